@@ -1,0 +1,136 @@
+"""The one fedrec ClientApp (Flower Message API).
+
+``app`` routes every message to the client half of the strategy named in the
+message (resolved through the node's own plugin registry, so one name selects both
+halves): ``query.fedrec_hello`` (handshake), ``train``, ``evaluate`` and any
+plugin action ``query.<action>``. A node acts for the logical clients the server
+names (its node-config ``partition-id`` of ``num-partitions`` decides which it
+hosts); each client's private state lives in ``context.state`` under its own key
+and never leaves the node. An optional node-config ``data-dir`` sets where the
+node reads raw datasets (``FEDREC_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec import protocol
+from fedrec.config import RunConfig, validate
+from fedrec.errors import FedrecError
+from fedrec.plugins import import_object, load_strategy
+
+
+@functools.lru_cache(maxsize=16)
+def _config(run_config_json: str) -> RunConfig:
+    return validate(json.loads(run_config_json))
+
+
+@functools.lru_cache(maxsize=16)
+def _half_class(strategy_name: str) -> type:
+    return import_object(load_strategy(strategy_name).client_half)
+
+
+def node_partition(context: Context) -> tuple[int, int]:
+    nc = context.node_config
+    if "partition-id" not in nc or "num-partitions" not in nc:
+        raise FedrecError("node config lacks 'partition-id'/'num-partitions'; start the "
+                          "SuperNode with --node-config \"partition-id=K num-partitions=N\"")
+    return int(nc["partition-id"]), int(nc["num-partitions"])
+
+
+def _load_state(context: Context, client_id: int) -> dict[str, np.ndarray]:
+    key = protocol.state_key(client_id)
+    if key in context.state.array_records:
+        rec = context.state.array_records[key]
+        return {k: rec[k].numpy() for k in rec}
+    return {}
+
+
+def _save_state(context: Context, client_id: int, state: dict[str, np.ndarray]) -> None:
+    if state:
+        context.state[protocol.state_key(client_id)] = ArrayRecord(
+            {k: _array(v) for k, v in state.items()})
+
+
+def _array(v: np.ndarray) -> Any:
+    from flwr.app import Array
+
+    return Array(np.ascontiguousarray(v))
+
+
+def _metrics(values: dict[str, Any]) -> MetricRecord:
+    clean: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.integer):
+            v = int(v)
+        elif isinstance(v, np.floating):
+            v = float(v)
+        clean[k] = v
+    return MetricRecord(clean)
+
+
+def handle(message: Message, context: Context) -> Message:
+    """Dispatch one message to the client halves of the logical clients it names."""
+    if "data-dir" in context.node_config:
+        os.environ["FEDREC_DATA_DIR"] = str(context.node_config["data-dir"])
+    head = message.content.config_records[protocol.FEDREC]
+    cfg = _config(str(head["run-config"]))
+    half_cls = _half_class(str(head["strategy"]))
+    pid, nparts = node_partition(context)
+    hosted = protocol.hosted_clients(pid, nparts, cfg.partition.num_clients)
+    mtype = message.metadata.message_type
+    rnd = int(head["round"])
+    if mtype == protocol.HELLO:
+        clients = hosted
+    else:
+        clients = [int(c) for c in head["clients"]]
+        stray = sorted(set(clients) - set(hosted))
+        if stray:
+            raise FedrecError(f"node partition {pid}/{nparts} does not host clients {stray}")
+    content = message.content
+    weights = (content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
+               if protocol.ARRAYS in content.array_records else None)
+    config = dict(content.config_records[protocol.CONFIG]) \
+        if protocol.CONFIG in content.config_records else {}
+    reply = RecordDict({protocol.FEDREC: ConfigRecord({
+        "clients": clients, "node-partition": pid, "num-node-partitions": nparts})})
+    for c in clients:
+        state = _load_state(context, c)
+        half = half_cls(cfg, c, state)
+        out_w = None
+        if mtype == protocol.HELLO:
+            metrics = half.hello()
+        elif mtype == "train":
+            out_w, metrics = half.fit(rnd, weights, config)
+        elif mtype == "evaluate":
+            metrics = half.evaluate(rnd, weights, config)
+        elif mtype.startswith("query."):
+            out_w, metrics = half.query(mtype.split(".", 1)[1], rnd, weights, config)
+        else:
+            raise FedrecError(f"unsupported message type '{mtype}'")
+        if out_w is not None:
+            reply[protocol.arrays_key(c)] = ArrayRecord([np.asarray(w) for w in out_w])
+        reply[protocol.metrics_key(c)] = _metrics(metrics)
+        _save_state(context, c, half.state)
+    return Message(reply, reply_to=message)
+
+
+class FedrecClientApp(ClientApp):
+    """A ClientApp that routes every ``train``/``evaluate``/``query.*`` message
+    (including plugins' actions, unknown at import time) to :func:`handle`."""
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        with self._lifespan(context):
+            return handle(message, context)
+
+
+app = FedrecClientApp()

@@ -1,0 +1,56 @@
+"""The client-half contract.
+
+A strategy names its client half (``FedrecStrategy.client_half``, a dotted path).
+For every logical client a node hosts, the ClientApp builds the half with the run
+config, the client id and the client's private state, then calls one method per
+message:
+
+==================  =============================================  ==================
+message type        method                                         returns
+==================  =============================================  ==================
+query.fedrec_hello  :meth:`hello`                                  metrics (counts)
+train               :meth:`fit`                                    weights, metrics
+evaluate            :meth:`evaluate`                               metrics
+query.<action>      :meth:`query` (plugins' extra phases)          weights|None, metrics
+==================  =============================================  ==================
+
+``state`` is a dict of numpy arrays that persists across rounds on the node (it is
+kept in Flower's ``context.state``) and never leaves it. Metrics values must be
+int, float, or lists of them (Flower ``MetricRecord``); counts are sent as counts,
+never as ratios, so the server can sum them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedrec.config import RunConfig
+
+Metrics = dict[str, Any]
+Weights = list[np.ndarray]
+
+
+class ClientHalf:
+    """Base class of the per-client logic of a strategy."""
+
+    def __init__(self, cfg: RunConfig, client_id: int, state: dict[str, np.ndarray]):
+        self.cfg = cfg
+        self.client_id = client_id
+        self.state = state
+
+    def hello(self) -> Metrics:
+        """Handshake: facts the server may know (sizes, counts)."""
+        return {}
+
+    def fit(self, server_round: int, weights: Weights, config: dict[str, Any]
+            ) -> tuple[Weights, Metrics]:
+        raise NotImplementedError
+
+    def evaluate(self, server_round: int, weights: Weights, config: dict[str, Any]) -> Metrics:
+        raise NotImplementedError
+
+    def query(self, action: str, server_round: int, weights: Weights | None,
+              config: dict[str, Any]) -> tuple[Weights | None, Metrics]:
+        raise ValueError(f"{type(self).__name__} has no query action '{action}'")

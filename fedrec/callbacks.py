@@ -1,0 +1,138 @@
+"""Callbacks: progress display, JSONL reporter, checkpoints (pure, no flwr).
+
+A callback gets the strategy and the round records; it never changes the
+training. Write your own by subclassing :class:`Callback` and passing it to the
+strategy (``callbacks=[...]``) — no need to copy the round loop.
+
+``rounds.jsonl`` has one JSON object per line and per (round, scope):
+``{"round": r, "scope": "global", ...}`` (metrics from pooled counts, plus the
+aggregated train metrics and ``local_*`` max/mean over clients),
+``{"round": r, "scope": "client", "client": c, ...}`` and
+``{"round": r, "scope": "group", "group": a, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Callback:
+    """Hooks called by ``FedrecStrategy.start``."""
+
+    def on_run_start(self, strategy: Any, info: dict[str, Any]) -> None: ...
+
+    def on_round_start(self, strategy: Any, server_round: int) -> None: ...
+
+    def on_round_end(self, strategy: Any, record: Any) -> None: ...
+
+    def on_run_end(self, strategy: Any, history: list[Any]) -> None: ...
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if math.isfinite(v) else None
+    if isinstance(v, np.ndarray):
+        return _clean(v.tolist())
+    return v
+
+
+def round_rows(record: Any, client_rows: bool = True) -> list[dict[str, Any]]:
+    """The rounds.jsonl rows of one round record."""
+    rnd = record.server_round
+    g: dict[str, Any] = {"round": rnd, "scope": "global", "wall_s": record.wall_s,
+                         "num_sampled": len(record.sampled), "failures": len(record.failures)}
+    g.update({f"train_{k.replace('-', '_')}": v for k, v in record.train.items()})
+    rows = [g]
+    ev = record.evaluation
+    if ev is not None:
+        g.update(ev.overall)
+        g.update(ev.local)
+        if client_rows:
+            for c in sorted(ev.by_client):
+                row = {"round": rnd, "scope": "client", "client": int(c), **ev.by_client[c]}
+                tr = record.train_by_client.get(c)
+                if tr and "train-loss" in tr:
+                    row["train_loss"] = tr["train-loss"]
+                rows.append(row)
+        for a, gm in enumerate(ev.by_group):
+            rows.append({"round": rnd, "scope": "group", "group": a, **gm})
+    g.update(record.extra)
+    return [_clean(r) for r in rows]
+
+
+class JsonlReporter(Callback):
+    """Appends one line per round and scope to ``path`` (flushed every round)."""
+
+    def __init__(self, path: str | Path, client_rows: bool = True):
+        self.path = Path(path)
+        self.client_rows = client_rows
+        self.path.write_text("")
+
+    def on_round_end(self, strategy, record) -> None:
+        with self.path.open("a") as fh:
+            for row in round_rows(record, self.client_rows):
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+class PartitionReportWriter(Callback):
+    """Writes the handshake's partition report to ``partition.json``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_run_start(self, strategy, info) -> None:
+        self.path.write_text(json.dumps(_clean(info["partition_report"]), indent=1))
+
+
+class Checkpoint(Callback):
+    """Saves the global weights and the round number after every round."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_round_end(self, strategy, record) -> None:
+        weights = strategy.result.arrays.to_numpy_ndarrays()
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, server_round=np.int64(record.server_round),
+                 **{f"w{i}": w for i, w in enumerate(weights)})
+        tmp.replace(self.path)
+
+
+class Progress(Callback):
+    """A progress bar over rounds showing the latest global metrics."""
+
+    def __init__(self, keys: tuple[str, ...] = ("accuracy", "dp_gap", "dp_gap_local_max")):
+        self.keys = keys
+        self.bar = None
+
+    def on_run_start(self, strategy, info) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=info["num_rounds"], desc=f"{strategy.name} rounds", unit="round",
+                        leave=True, dynamic_ncols=True)
+
+    def on_round_end(self, strategy, record) -> None:
+        if self.bar is None:
+            return
+        post = {}
+        if record.evaluation is not None:
+            merged = {**record.evaluation.overall, **record.evaluation.local}
+            post = {k: f"{merged[k]:.4f}" for k in self.keys if k in merged}
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def on_run_end(self, strategy, history) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,388 @@
+"""Experiment configuration: flat keys, typed sections, one-line errors.
+
+An experiment is a TOML file. Its tables flatten to dotted keys
+(``[train] lr = 0.1`` becomes ``train.lr``) that map 1:1 onto Flower's
+``run_config`` (``[tool.flwr.app.config]`` in ``pyproject.toml`` and
+``flwr run --run-config``), so the same keys work on every runtime.
+
+Every key is defined below as a dataclass field whose ``metadata["doc"]`` is its
+documentation (``fedrec list --keys`` prints them). Validation turns the flat dict
+into a :class:`RunConfig` of typed sections. An unknown key, a value of the wrong
+type or outside the allowed values raises :class:`~fedrec.errors.ConfigError`
+naming the key and what is allowed; nothing is run or written before that.
+
+Strategy- and model-specific keys live under ``strategy.params.*`` and
+``model.params.*``; the selected plugin validates them against its own ``Params``
+dataclass with the same machinery (:func:`validate_dataclass`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from fedrec.errors import ConfigError
+
+Scalar = int | float | bool | str
+
+
+def key(default: Any, doc: str, *, choices: tuple | None = None,
+        check: Callable[[Any], bool] | None = None, check_doc: str = "") -> Any:
+    """Declare a config key: its default, documentation and constraints."""
+    return field(default=default, metadata={
+        "doc": doc, "choices": choices, "check": check, "check_doc": check_doc})
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0.0 < v <= 1.0
+
+
+def _open_fraction(v: Any) -> bool:
+    return 0.0 < v < 1.0
+
+
+POSITIVE = dict(check=_positive, check_doc="> 0")
+NON_NEGATIVE = dict(check=_non_negative, check_doc=">= 0")
+FRACTION = dict(check=_fraction, check_doc="in (0, 1]")
+OPEN_FRACTION = dict(check=_open_fraction, check_doc="in (0, 1)")
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = key("adult", "Registered dataset (`fedrec list`). Adult ships with fedrec; "
+                    "others are read from FEDREC_DATA_DIR, the cache, or downloaded.")
+    sensitive: str = key("", "Sensitive attribute defining the groups; empty = the "
+                         "dataset's default (adult: sex).")
+    target: str = key("", "Prediction target; empty = the dataset's default.")
+    test_fraction: float = key(0.2, "Share of each client's rows held out for its "
+                               "test split (seeded per client).", **OPEN_FRACTION)
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    num_clients: int = key(10, "Number of logical clients (data partitions).", **POSITIVE)
+    scheme: str = key("dirichlet-sensitive", "How rows are split across clients: iid, "
+                      "dirichlet-label (Dir(alpha) over the label), dirichlet-sensitive "
+                      "(Dir(alpha) over the sensitive attribute).",
+                      choices=("iid", "dirichlet-label", "dirichlet-sensitive"))
+    alpha: float = key(0.5, "Dirichlet concentration; smaller = more heterogeneous.",
+                       **POSITIVE)
+    min_size: int = key(10, "Minimum rows per client for Dirichlet schemes (resampled "
+                        "until met).", **POSITIVE)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = key("logreg", "Classifier (`fedrec list`): logreg or mlp.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_epochs: int = key(1, "Local epochs per round on each sampled client.", **POSITIVE)
+    batch_size: int = key(64, "Local minibatch size.", **POSITIVE)
+    lr: float = key(0.05, "Local learning rate.", **POSITIVE)
+    optimizer: str = key("sgd", "Local optimizer.", choices=("sgd", "adam"))
+    weight_decay: float = key(0.0, "L2 weight decay of the local optimizer.",
+                              **NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = key("fedavg", "Strategy plugin: a registered name (entry point group "
+                    "`fedrec.strategies`) or a dotted path `pkg.mod:Class`.")
+    fraction_train: float = key(1.0, "Share of clients sampled for training each round "
+                                "(seeded by run seed and round).", **FRACTION)
+    fraction_evaluate: float = key(1.0, "Share of clients sampled for evaluation.",
+                                   **FRACTION)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    backend: str = key("ray", "Where clients run: ray (Flower simulation engine), local "
+                       "(in-process, no Ray) or deployment (SuperLink/SuperNodes via "
+                       "`flwr run`).", choices=("ray", "local", "deployment"))
+    num_nodes: int = key(0, "Simulated SuperNodes; 0 = one per client. Fewer nodes than "
+                         "clients makes each node host several logical clients.",
+                         **NON_NEGATIVE)
+    client_num_cpus: float = key(1.0, "CPUs reserved per simulated ClientApp (Ray).",
+                                 **POSITIVE)
+    client_num_gpus: float = key(0.0, "GPUs (fraction allowed) per simulated ClientApp.",
+                                 **NON_NEGATIVE)
+    ray_num_cpus: int = key(0, "CPUs given to Ray; 0 = all of this machine's.",
+                            **NON_NEGATIVE)
+    superlink: str = key("127.0.0.1:9093", "deployment: address of the SuperLink's Control "
+                         "API that `flwr run` submits the run to.")
+    insecure: bool = key(True, "deployment: connect to the SuperLink without TLS (local "
+                         "testing only; use a Flower connection with certificates otherwise).")
+    timeout: float = key(600.0, "Seconds to wait for nodes to connect and for the "
+                         "replies of one message phase before giving up.", **POSITIVE)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = key("", "Output directory; empty = runs/<strategy>-<dataset>-<time>.")
+    plots: bool = key(True, "Write PNG plots of the per-round metrics.")
+    checkpoint: bool = key(True, "Save the global model after every round "
+                           "(checkpoint.npz, overwritten).")
+    progress: bool = key(True, "Show a progress bar per round.")
+    client_metrics: bool = key(True, "Write per-client rows to rounds.jsonl.")
+
+
+SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "partition": PartitionConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "strategy": StrategyConfig,
+    "runtime": RuntimeConfig,
+    "output": OutputConfig,
+}
+# Free-form namespaces validated later by the selected plugin / model.
+OPEN_PREFIXES = ("strategy.params.", "model.params.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The validated experiment configuration (typed sections)."""
+
+    seed: int = key(0, "Run seed; every random draw derives from (seed, round, client).",
+                    **NON_NEGATIVE)
+    num_server_rounds: int = key(3, "Federated rounds.", **POSITIVE)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    strategy_params: Mapping[str, Scalar] = field(default_factory=dict)
+    model_params: Mapping[str, Scalar] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ views
+    def to_flat(self) -> dict[str, Scalar]:
+        """The flat key -> value dict (Flower run_config form), defaults included."""
+        out: dict[str, Scalar] = {}
+        for f in fields(RunConfig):
+            value = getattr(self, f.name)
+            if f.name in SECTIONS:
+                for sf in fields(value):
+                    out[f"{f.name}.{_kebab(sf.name)}"] = getattr(value, sf.name)
+            elif f.name == "strategy_params":
+                out.update({f"strategy.params.{k}": v for k, v in value.items()})
+            elif f.name == "model_params":
+                out.update({f"model.params.{k}": v for k, v in value.items()})
+            else:
+                out[_kebab(f.name)] = value
+        return out
+
+    def replace(self, **flat: Scalar) -> "RunConfig":
+        """A copy with flat keys overridden (validated)."""
+        merged = self.to_flat()
+        merged.update(flat)
+        return validate(merged)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_flat(), indent=2, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- helpers
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _snake(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _type_name(t: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        t, str(t))
+
+
+def coerce(key_name: str, value: Any, typ: Any) -> Any:
+    """Coerce a raw value (from TOML, a CLI override or Flower) to ``typ``."""
+    if isinstance(typ, str):  # postponed annotations
+        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"config key '{key_name}': {value!r} is not {_type_name(typ)}")
+
+
+def _check(key_name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config key '{key_name}': {value!r} is not allowed; "
+                          f"allowed values: {', '.join(map(str, choices))}")
+    check = meta.get("check")
+    if check is not None and not check(value):
+        raise ConfigError(f"config key '{key_name}': {value!r} must be "
+                          f"{meta.get('check_doc') or 'valid'}")
+
+
+def _unknown(key_name: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key_name, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key_name}'{hint}; see `fedrec list --keys` "
+                       "for the allowed keys")
+
+
+def validate_dataclass(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Build ``cls`` (a dataclass of :func:`key` fields) from kebab-case keys."""
+    by_kebab = {_kebab(f.name): f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in values.items():
+        f = by_kebab.get(k)
+        if f is None:
+            raise _unknown(prefix + k, [prefix + n for n in by_kebab])
+        value = coerce(prefix + k, v, f.type)
+        _check(prefix + k, value, f.metadata)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def all_keys() -> dict[str, dict[str, Any]]:
+    """Every fixed key with its default, type, doc and constraint (for docs and CLI)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in fields(RunConfig):
+        if f.name in SECTIONS:
+            for sf in fields(SECTIONS[f.name]):
+                out[f"{f.name}.{_kebab(sf.name)}"] = _describe(sf)
+        elif f.name not in ("strategy_params", "model_params"):
+            out[_kebab(f.name)] = _describe(f)
+    return out
+
+
+def _describe(f: dataclasses.Field) -> dict[str, Any]:
+    default = f.default
+    return {"default": default, "type": f.type if isinstance(f.type, str) else f.type.__name__,
+            "doc": f.metadata.get("doc", ""), "choices": f.metadata.get("choices"),
+            "constraint": f.metadata.get("check_doc", "")}
+
+
+# --------------------------------------------------------------------------- loading
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested tables to dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment TOML file into a flat dict (not yet validated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        with p.open("rb") as fh:
+            tree = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
+    flat = flatten(tree)
+    for k, v in flat.items():
+        if isinstance(v, (list, dict)) or not isinstance(v, (int, float, bool, str)):
+            raise ConfigError(f"config key '{k}' in '{path}': values must be numbers, "
+                              "booleans or strings (Flower run_config)")
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, Scalar]:
+    """Parse one ``key=value`` override; the value uses TOML syntax, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value")
+    k, raw = text.split("=", 1)
+    k, raw = k.strip(), raw.strip()
+    if not k:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"override '{text}': values must be numbers, booleans or strings")
+    return k, value
+
+
+def validate(flat: Mapping[str, Any]) -> RunConfig:
+    """Validate a flat key -> value mapping into a :class:`RunConfig`."""
+    top = {_kebab(f.name): f for f in fields(RunConfig) if f.name not in SECTIONS
+           and f.name not in ("strategy_params", "model_params")}
+    known = list(all_keys())
+    section_values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    top_kwargs: dict[str, Any] = {}
+    strategy_params: dict[str, Scalar] = {}
+    model_params: dict[str, Scalar] = {}
+    for k in sorted(flat):
+        v = flat[k]
+        if k.startswith("strategy.params."):
+            strategy_params[k[len("strategy.params."):]] = v
+        elif k.startswith("model.params."):
+            model_params[k[len("model.params."):]] = v
+        elif k in top:
+            value = coerce(k, v, top[k].type)
+            _check(k, value, top[k].metadata)
+            top_kwargs[_snake(k)] = value
+        elif "." in k and k.split(".", 1)[0] in SECTIONS:
+            section, sub = k.split(".", 1)
+            section_values[section][sub] = v
+        else:
+            raise _unknown(k, known)
+    sections = {s: validate_dataclass(cls, section_values[s], s + ".")
+                for s, cls in SECTIONS.items()}
+    return RunConfig(**top_kwargs, **sections, strategy_params=strategy_params,
+                     model_params=model_params)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                extra: Mapping[str, Any] | None = None) -> RunConfig:
+    """TOML file (optional) + ``extra`` flat keys + ``key=value`` overrides, validated."""
+    flat: dict[str, Any] = load_toml(path) if path else {}
+    flat.update(extra or {})
+    for text in overrides or []:
+        k, v = parse_override(text)
+        flat[k] = v
+    return validate(flat)

@@ -1,0 +1,84 @@
+"""Strategy plugin registry: Python entry points or dotted paths.
+
+A strategy is selected by one name. fedrec looks the name up in the entry-point
+group ``fedrec.strategies`` (built-ins register there too, so there is one code
+path), or imports it from a dotted path ``package.module:Class`` for unpublished
+code. The class carries its client half (``client_half``: a dotted path), so one
+name selects both sides. Duplicate names across distributions are an error rather
+than a silent override.
+
+Third-party registration (in the plugin's ``pyproject.toml``)::
+
+    [project.entry-points."fedrec.strategies"]
+    myfair = "myfair.strategy:MyFairStrategy"
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from importlib.metadata import entry_points
+from typing import Any
+
+from fedrec.errors import PluginError
+
+GROUP = "fedrec.strategies"
+_DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _entry_points() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=GROUP):
+        other = found.get(ep.name)
+        if other is not None and other.value != ep.value:
+            raise PluginError(f"strategy name '{ep.name}' is registered twice: "
+                              f"{other.value} and {ep.value}")
+        found[ep.name] = ep
+    return found
+
+
+def strategy_names() -> list[str]:
+    """Names registered in the ``fedrec.strategies`` entry-point group."""
+    return sorted(_entry_points())
+
+
+def import_object(path: str) -> Any:
+    """Import ``package.module:Attr`` (dotted attribute allowed after the colon)."""
+    if not _DOTTED.match(path):
+        raise PluginError(f"'{path}' is not a dotted path of the form package.module:Class")
+    module_name, attr = path.split(":", 1)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginError(f"cannot import module '{module_name}' for '{path}': {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PluginError(f"module '{module_name}' has no attribute '{attr}' "
+                              f"(from '{path}')") from None
+    return obj
+
+
+def load_strategy(name: str) -> type:
+    """Resolve a strategy name or dotted path to its class."""
+    if ":" in name:
+        cls = import_object(name)
+    else:
+        eps = _entry_points()
+        if name not in eps:
+            allowed = ", ".join(sorted(eps)) or "(none installed)"
+            raise PluginError(f"unknown strategy '{name}'; registered strategies: {allowed}; "
+                              "or give a dotted path package.module:Class")
+        try:
+            cls = eps[name].load()
+        except Exception as exc:  # a broken plugin must not look like a missing one
+            raise PluginError(f"strategy '{name}' ({eps[name].value}) failed to load: "
+                              f"{exc}") from None
+    if not isinstance(cls, type):
+        raise PluginError(f"strategy '{name}' does not name a class")
+    for attr in ("client_half", "Params"):
+        if not hasattr(cls, attr):
+            raise PluginError(f"strategy '{name}' ({cls.__module__}.{cls.__qualname__}) "
+                              f"lacks '{attr}'; subclass fedrec.strategies.FedrecStrategy")
+    return cls

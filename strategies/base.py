@@ -1,0 +1,385 @@
+"""``FedrecStrategy``: the one round loop every fedrec strategy shares.
+
+A subclass of Flower's Message-API :class:`flwr.serverapp.strategy.Strategy` that
+owns ``start()`` once, so plugins override small hooks instead of copying the loop:
+
+1. **Setup** (:meth:`setup`): wait (with a timeout, never forever) until the
+   expected nodes are connected, then a handshake ``query.fedrec_hello`` maps every
+   node id to the logical clients it hosts (``client c`` lives on node partition
+   ``c mod num-node-partitions``), collects each client's counts for the partition
+   report, and builds the initial model (:meth:`initial_weights`).
+2. **Per round**: :meth:`on_round_start`; seeded sampling of client ids (by id,
+   never by random node id); ``train`` phase; :meth:`aggregate` on the per-client
+   replies **sorted by client id**; :meth:`after_aggregate` (has the grid: extra
+   ``query.<action>`` phases via :meth:`communicate`); ``evaluate`` phase whose
+   confusion counts are summed into global / per-client / per-group metrics;
+   :meth:`on_round_end`; then the callbacks (progress, JSONL, checkpoint).
+
+A node may host many logical clients: a message names the clients to act for and
+the reply carries one record per client, so aggregation always sees one update
+per logical client (see :mod:`fedrec.protocol`).
+
+Plugins set ``name``, ``Params`` (a dataclass of :func:`fedrec.config.key` fields
+read from ``strategy.params.*``) and ``client_half`` (dotted path of the
+:class:`fedrec.clients.ClientHalf` subclass that runs on the clients).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Iterable, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from fedrec import protocol
+from fedrec.callbacks import Callback
+from fedrec.config import RunConfig, validate_dataclass
+from fedrec.errors import FedrecError
+from fedrec.metrics import FederatedMetrics, federated_metrics
+from fedrec.protocol import ClientReply
+from fedrec.seeding import sample_clients
+
+log = logging.getLogger("fedrec")
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A strategy without ``strategy.params.*`` keys."""
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced (passed to :meth:`on_round_end` and the callbacks)."""
+
+    server_round: int
+    train: dict[str, float]
+    train_by_client: dict[int, dict[str, float]]
+    evaluation: FederatedMetrics | None
+    sampled: list[int]
+    failures: list[str]
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def to_scalar_dict(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, (np.integer,)):
+            v = int(v)
+        elif isinstance(v, (np.floating,)):
+            v = float(v)
+        out[k] = v
+    return out
+
+
+class FedrecStrategy(Strategy):
+    """Base class of fedrec strategies (see the module docstring)."""
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type] = NoParams
+    client_half: ClassVar[str] = "fedrec.clients.classification:ClassifierClient"
+
+    def __init__(self, cfg: RunConfig, params: Any | None = None,
+                 callbacks: Sequence[Callback] = ()) -> None:
+        self.cfg = cfg
+        self.params = params if params is not None else self.parse_params(cfg)
+        self.callbacks = list(callbacks)
+        self.node_of: dict[int, int] = {}          # logical client id -> node id
+        self.hello: dict[int, dict[str, Any]] = {}  # client id -> handshake metrics
+        self.history: list[RoundRecord] = []
+        self.result = Result()
+        self._run_config_json = json.dumps(cfg.to_flat(), sort_keys=True)
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def parse_params(cls, cfg: RunConfig) -> Any:
+        """Validate ``strategy.params.*`` against :attr:`Params`."""
+        return validate_dataclass(cls.Params, dict(cfg.strategy_params), "strategy.params.")
+
+    @property
+    def client_ids(self) -> list[int]:
+        return sorted(self.node_of)
+
+    # ------------------------------------------------------------------ hooks
+    def initial_weights(self) -> list[np.ndarray]:
+        """The global model before round 1, built from the handshake facts."""
+        from fedrec.clients.classification import initial_model
+        from fedrec.models import get_weights
+
+        first = self.hello[self.client_ids[0]]
+        model = initial_model(self.cfg, int(first["num-features"]), int(first["num-classes"]))
+        return get_weights(model)
+
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        """Per-round settings sent with the train message."""
+        return {}
+
+    def evaluate_config(self, server_round: int) -> dict[str, Any]:
+        return {}
+
+    def aggregate(self, server_round: int, replies: list[ClientReply]
+                  ) -> tuple[list[np.ndarray] | None, dict[str, float]]:
+        """Combine the (sorted) train replies into new global weights."""
+        raise NotImplementedError
+
+    def on_round_start(self, server_round: int) -> None:
+        """Called before sampling; override for per-round state."""
+
+    def after_aggregate(self, server_round: int, weights: list[np.ndarray], grid: Grid
+                        ) -> list[np.ndarray]:
+        """Called after aggregation with grid access (extra query phases)."""
+        return weights
+
+    def on_round_end(self, server_round: int, record: RoundRecord) -> None:
+        """Called after evaluation of the round."""
+
+    # ------------------------------------------------------------------ messaging
+    def _content(self, clients: list[int], server_round: int, weights: list[np.ndarray] | None,
+                 config: dict[str, Any] | None, arrays: ArrayRecord | None = None) -> RecordDict:
+        rd = RecordDict({protocol.FEDREC: ConfigRecord({
+            "run-config": self._run_config_json, "clients": list(map(int, clients)),
+            "round": int(server_round), "strategy": self.cfg.strategy.name})})
+        if arrays is None and weights is not None:
+            arrays = ArrayRecord(list(weights))
+        if arrays is not None:
+            rd[protocol.ARRAYS] = arrays
+        rd[protocol.CONFIG] = ConfigRecord(config or {})
+        return rd
+
+    def build_messages(self, message_type: str, clients: Iterable[int], server_round: int,
+                       weights: list[np.ndarray] | None = None,
+                       config: dict[str, Any] | None = None) -> list[Message]:
+        """One message per node, naming the logical clients it should act for."""
+        by_node: dict[int, list[int]] = {}
+        for c in sorted(clients):
+            by_node.setdefault(self.node_of[c], []).append(c)
+        arrays = ArrayRecord(list(weights)) if weights is not None else None
+        return [Message(self._content(cs, server_round, None, config, arrays), dst_node_id=node,
+                        message_type=message_type, group_id=f"{message_type}-{server_round}")
+                for node, cs in sorted(by_node.items(), key=lambda kv: kv[1][0])]
+
+    def unpack(self, replies: Iterable[Message]) -> tuple[list[ClientReply], list[str]]:
+        """Per-client replies sorted by client id, plus failure descriptions."""
+        out: list[ClientReply] = []
+        failures: list[str] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                failures.append(f"node {node}: {msg.error.reason}")
+                continue
+            head = msg.content.config_records[protocol.FEDREC]
+            for c in head["clients"]:
+                c = int(c)
+                mk, ak = protocol.metrics_key(c), protocol.arrays_key(c)
+                metrics = dict(msg.content.metric_records[mk]) if mk in msg.content else {}
+                weights = (msg.content.array_records[ak].to_numpy_ndarrays()
+                           if ak in msg.content.array_records else None)
+                out.append(ClientReply(c, node, metrics, weights))
+        out.sort(key=lambda r: r.client_id)
+        return out, failures
+
+    def communicate(self, grid: Grid, message_type: str, clients: Iterable[int],
+                    server_round: int, weights: list[np.ndarray] | None = None,
+                    config: dict[str, Any] | None = None, *, require: bool = True
+                    ) -> list[ClientReply]:
+        """Send one phase (``train``, ``evaluate`` or ``query.<action>``) and collect
+        the per-client replies, sorted by client id. Missing or failed clients are
+        logged; if none answers and ``require``, raise :class:`FedrecError`."""
+        if message_type.startswith("query."):
+            protocol.check_action(message_type.split(".", 1)[1])
+        clients = sorted(clients)
+        msgs = self.build_messages(message_type, clients, server_round, weights, config)
+        raw = list(grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
+        replies, failures = self.unpack(raw)
+        got = {r.client_id for r in replies}
+        missing = [c for c in clients if c not in got]
+        if missing and not failures:
+            failures.append(f"no reply within {self.cfg.runtime.timeout:g}s from clients "
+                            f"{missing[:10]}{'...' if len(missing) > 10 else ''}")
+        for f in failures:
+            log.warning("%s round %s: %s", message_type, server_round, f)
+        self._last_failures = failures
+        if require and not replies:
+            reason = failures[0] if failures else "no clients"
+            raise FedrecError(f"{message_type} in round {server_round}: no client replied "
+                              f"({reason})")
+        return replies
+
+    # ------------------------------------------------------------------ setup
+    def expected_nodes(self) -> int:
+        return self.cfg.runtime.num_nodes or self.cfg.partition.num_clients
+
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        want, deadline = self.expected_nodes(), time.monotonic() + self.cfg.runtime.timeout
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= want:
+                return nodes
+            if time.monotonic() > deadline:
+                raise FedrecError(f"only {len(nodes)} of {want} nodes connected within "
+                                  f"{self.cfg.runtime.timeout:g}s (runtime.timeout); check "
+                                  "runtime.num-nodes and that the SuperNodes are running")
+            time.sleep(0.2)
+
+    def setup(self, grid: Grid) -> None:
+        """Wait for nodes, run the handshake and map client ids to node ids."""
+        nodes = self.wait_for_nodes(grid)
+        msgs = [Message(self._content([], 0, None, None), dst_node_id=n,
+                        message_type=protocol.HELLO, group_id="hello") for n in nodes]
+        replies = list(grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
+        client_replies, failures = self.unpack(replies)
+        if failures:
+            raise FedrecError(f"handshake failed: {failures[0]}")
+        for r in client_replies:
+            if r.client_id in self.node_of:
+                raise FedrecError(f"client {r.client_id} is hosted by two nodes; give every "
+                                  "SuperNode a distinct node-config partition-id")
+            self.node_of[r.client_id] = r.node_id
+            self.hello[r.client_id] = r.metrics
+        missing = sorted(set(range(self.cfg.partition.num_clients)) - set(self.node_of))
+        if missing:
+            raise FedrecError(f"no node hosts clients {missing[:10]}; the nodes' num-partitions "
+                              "must equal the number of nodes (runtime.num-nodes)")
+
+    def partition_report(self) -> dict[str, Any]:
+        """Per-client sizes and label x group counts, from the handshake."""
+        clients = []
+        for c in self.client_ids:
+            h = self.hello[c]
+            C, G = int(h.get("num-classes", 0)), int(h.get("num-groups", 0))
+            clients.append({
+                "client": c, "num_train": int(h.get("num-train", 0)),
+                "num_test": int(h.get("num-test", 0)),
+                "train_counts_label_by_group": np.asarray(h.get("train-counts", []), dtype=int
+                                                          ).reshape(C, G).tolist() if C else [],
+                "test_counts_label_by_group": np.asarray(h.get("test-counts", []), dtype=int
+                                                         ).reshape(C, G).tolist() if C else [],
+            })
+        sizes = [c["num_train"] + c["num_test"] for c in clients]
+        return {"num_clients": len(clients), "nodes": len(set(self.node_of.values())),
+                "sizes": sizes, "size_min": min(sizes), "size_max": max(sizes),
+                "size_mean": float(np.mean(sizes)), "clients": clients}
+
+    # ------------------------------------------------------------------ Flower API
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._sampled = sample_clients(self.client_ids, self.cfg.strategy.fraction_train,
+                                       self.cfg.seed, server_round)
+        cfg = {**dict(config), **self.train_config(server_round)}
+        return self.build_messages("train", self._sampled, server_round,
+                                   arrays.to_numpy_ndarrays(), cfg)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        client_replies, failures = self.unpack(replies)
+        self._last_failures = failures
+        weights, metrics = self.aggregate(server_round, client_replies)
+        return (ArrayRecord(weights) if weights is not None else None,
+                MetricRecord(to_scalar_dict(metrics)))
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        clients = sample_clients(self.client_ids, self.cfg.strategy.fraction_evaluate,
+                                 self.cfg.seed, server_round, purpose="evaluate")
+        cfg = {**dict(config), **self.evaluate_config(server_round)}
+        return self.build_messages("evaluate", clients, server_round,
+                                   arrays.to_numpy_ndarrays(), cfg)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        client_replies, _ = self.unpack(replies)
+        fm = self.evaluation_metrics(client_replies)
+        return MetricRecord(to_scalar_dict(fm.overall)) if fm else None
+
+    def evaluation_metrics(self, replies: list[ClientReply]) -> FederatedMetrics | None:
+        """Sum the clients' confusion counts into global/client/group metrics."""
+        counts: dict[int, np.ndarray] = {}
+        loss_sum, n = 0.0, 0
+        for r in replies:
+            m = r.metrics
+            if "counts" not in m:
+                continue
+            G, C = int(m["num-groups"]), int(m["num-classes"])
+            counts[r.client_id] = np.asarray(m["counts"], dtype=np.int64).reshape(G, C, C)
+            loss_sum += float(m.get("loss-sum", 0.0))
+            n += int(m.get("num-examples", 0))
+        if not counts:
+            return None
+        fm = federated_metrics(counts)
+        if n:
+            fm.overall["loss"] = loss_sum / n
+        return fm
+
+    def summary(self) -> None:
+        log.info("%s (%s): %s", type(self).__name__, self.name,
+                 json.dumps(asdict(self.params) if hasattr(self.params, "__dataclass_fields__")
+                            else {}, sort_keys=True))
+
+    # ------------------------------------------------------------------ loop
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,
+              num_rounds: int | None = None, timeout: float | None = None,
+              train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None, evaluate_fn: Any = None
+              ) -> Result:
+        """Run setup and ``num_rounds`` rounds; returns Flower's ``Result``."""
+        num_rounds = num_rounds or self.cfg.num_server_rounds
+        self.summary()
+        self.setup(grid)
+        arrays = initial_arrays if initial_arrays is not None else ArrayRecord(
+            self.initial_weights())
+        self._call("on_run_start", {"partition_report": self.partition_report(),
+                                    "num_rounds": num_rounds})
+        for rnd in range(1, num_rounds + 1):
+            t0 = time.perf_counter()
+            self.on_round_start(rnd)
+            self._call("on_round_start", rnd)
+            # train
+            msgs = list(self.configure_train(rnd, arrays, train_config or ConfigRecord(), grid))
+            raw = list(grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
+            train_replies, failures = self.unpack(raw)
+            missing = sorted(set(self._sampled) - {r.client_id for r in train_replies})
+            if missing and not failures:
+                failures.append(f"no train reply within {self.cfg.runtime.timeout:g}s from "
+                                f"clients {missing[:10]}")
+            for f in failures:
+                log.warning("train round %s: %s", rnd, f)
+            if not train_replies:
+                raise FedrecError(f"train in round {rnd}: no client replied "
+                                  f"({failures[0] if failures else 'no clients sampled'})")
+            weights, train_metrics = self.aggregate(rnd, train_replies)
+            if weights is None:
+                weights = arrays.to_numpy_ndarrays()
+            weights = self.after_aggregate(rnd, weights, grid)
+            arrays = ArrayRecord(list(weights))
+            self.result.arrays = arrays
+            self.result.train_metrics_clientapp[rnd] = MetricRecord(to_scalar_dict(train_metrics))
+            # evaluate
+            msgs = list(self.configure_evaluate(rnd, arrays, evaluate_config or ConfigRecord(),
+                                                grid))
+            eval_replies, eval_failures = self.unpack(
+                grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
+            evaluation = self.evaluation_metrics(eval_replies)
+            if evaluation is not None:
+                self.result.evaluate_metrics_clientapp[rnd] = MetricRecord(
+                    to_scalar_dict(evaluation.overall))
+            record = RoundRecord(
+                server_round=rnd, train=to_scalar_dict(train_metrics),
+                train_by_client={r.client_id: to_scalar_dict(r.metrics) for r in train_replies},
+                evaluation=evaluation, sampled=list(self._sampled),
+                failures=failures + eval_failures, wall_s=time.perf_counter() - t0)
+            self.on_round_end(rnd, record)
+            self.history.append(record)
+            self._call("on_round_end", record)
+        self.final_weights = arrays.to_numpy_ndarrays()
+        self._call("on_run_end", self.history)
+        return self.result
