@@ -1,0 +1,200 @@
+"""Partitioning rows among federated clients, and a JSON-ready partition report.
+
+Every partitioner returns ``list[np.ndarray]``: one sorted int64 index array per
+partition; together they cover every row exactly once. All randomness comes from
+``np.random.default_rng(seed)``; the same arguments give the same partitions.
+
+Choices:
+
+* ``iid_partition`` shuffles ``0..n-1`` and cuts it into ``num_partitions`` nearly equal
+  consecutive chunks (sizes differ by at most one, as ``np.array_split``).
+* ``dirichlet_partition`` follows flwr-datasets' ``DirichletPartitioner`` (Hsu et al.
+  2019, "Measuring the effects of non-identical data distribution"): for each distinct
+  value ``c`` (in sorted order) draw ``p ~ Dir(alpha * 1_K)``, shuffle the rows with
+  value ``c`` and cut them at ``floor(cumsum(p) * n_c)``; partition ``k`` gets the k-th
+  piece. If some partition has fewer than ``min_partition_size`` rows the whole draw is
+  repeated with the same generator, up to ``max_attempts`` times, then a
+  :class:`~fedrec.errors.DataError` is raised. Differences from flwr-datasets: the rows
+  of each value are shuffled before cutting (flwr-datasets cuts them in dataset order),
+  the "self-balancing" option is not implemented (flwr-datasets' default is off too),
+  alpha is a scalar (symmetric Dirichlet), and the output is sorted rather than
+  shuffled.
+* ``natural_partition`` gives one partition per distinct id (e.g. one client per user),
+  in increasing id order.
+* ``make_partitions("dirichlet-label" | "dirichlet-sensitive")`` applies the Dirichlet
+  partitioner to the labels or to the sensitive groups; ``"natural"`` requires
+  ``num_partitions`` to equal the number of distinct ids (or to be ``<= 0``, meaning
+  "as many as there are ids").
+* ``train_test_split_indices`` shuffles one partition's indices with its own seed and
+  puts ``round(test_fraction * m)`` of them in the test set, clamped to ``[1, m - 1]``
+  when ``0 < test_fraction`` and ``m >= 2`` so that both sides are non-empty. Callers
+  derive a distinct seed per partition (e.g. ``seed + partition_id``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = [
+    "iid_partition",
+    "dirichlet_partition",
+    "natural_partition",
+    "make_partitions",
+    "train_test_split_indices",
+    "partition_report",
+    "PARTITION_SCHEMES",
+]
+
+PARTITION_SCHEMES = ("iid", "dirichlet-label", "dirichlet-sensitive", "natural")
+
+
+def _check_k(n: int, num_partitions: int) -> None:
+    if int(num_partitions) < 1:
+        raise DataError(f"num_partitions must be >= 1, got {num_partitions}")
+    if int(num_partitions) > int(n):
+        raise DataError(f"cannot split {n} rows into num_partitions={num_partitions} partitions")
+
+
+def iid_partition(n: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Uniformly random, nearly equal-sized partitions of ``range(n)``."""
+    _check_k(n, num_partitions)
+    perm = np.random.default_rng(seed).permutation(int(n)).astype(np.int64)
+    return [np.sort(p) for p in np.array_split(perm, int(num_partitions))]
+
+
+def dirichlet_partition(
+    values: np.ndarray,
+    num_partitions: int,
+    alpha: float,
+    seed: int,
+    min_partition_size: int = 10,
+    max_attempts: int = 100,
+) -> list[np.ndarray]:
+    """Label- (or group-) skewed partitions with per-value proportions ~ Dir(alpha)."""
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise DataError(f"dirichlet partition needs a 1-d array of values, got shape {values.shape}")
+    n = values.shape[0]
+    _check_k(n, num_partitions)
+    if not alpha > 0:
+        raise DataError(f"dirichlet partition: alpha must be > 0, got {alpha}")
+    if max_attempts < 1:
+        raise DataError(f"dirichlet partition: max_attempts must be >= 1, got {max_attempts}")
+    k = int(num_partitions)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(values)
+    by_class = [np.flatnonzero(values == c) for c in classes]
+    for _ in range(max_attempts):
+        pieces: list[list[np.ndarray]] = [[] for _ in range(k)]
+        for idx in by_class:
+            props = rng.dirichlet(np.full(k, float(alpha)))
+            shuffled = rng.permutation(idx)
+            cuts = (np.cumsum(props) * len(idx)).astype(int)[:-1]
+            for pid, chunk in enumerate(np.split(shuffled, cuts)):
+                pieces[pid].append(chunk)
+        parts = [np.sort(np.concatenate(p)).astype(np.int64) for p in pieces]
+        if min(len(p) for p in parts) >= min_partition_size:
+            return parts
+    raise DataError(
+        f"dirichlet partition failed: no draw with alpha={alpha} gave all {k} partitions at least "
+        f"min_partition_size={min_partition_size} rows (n={n}) in {max_attempts} attempts; "
+        f"use a larger alpha or a smaller min_partition_size"
+    )
+
+
+def natural_partition(ids: np.ndarray) -> list[np.ndarray]:
+    """One partition per distinct id, ordered by id."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.size == 0:
+        raise DataError(f"natural partition needs a non-empty 1-d id array, got shape {ids.shape}")
+    _, inverse = np.unique(ids, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse)
+    return [np.sort(p).astype(np.int64) for p in np.split(order, np.cumsum(counts)[:-1])]
+
+
+def make_partitions(
+    scheme: str,
+    *,
+    n: int,
+    num_partitions: int,
+    seed: int,
+    labels: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
+    alpha: float = 0.5,
+    min_partition_size: int = 10,
+) -> list[np.ndarray]:
+    """Dispatch on ``scheme`` (one of :data:`PARTITION_SCHEMES`)."""
+
+    def need(arr: Any, what: str) -> np.ndarray:
+        if arr is None:
+            raise DataError(f"partition scheme '{scheme}' needs {what}")
+        arr = np.asarray(arr)
+        if arr.shape != (n,):
+            raise DataError(f"partition scheme '{scheme}': {what} has shape {arr.shape}, expected ({n},)")
+        return arr
+
+    if scheme == "iid":
+        return iid_partition(n, num_partitions, seed)
+    if scheme == "dirichlet-label":
+        return dirichlet_partition(need(labels, "labels"), num_partitions, alpha, seed, min_partition_size)
+    if scheme == "dirichlet-sensitive":
+        return dirichlet_partition(need(groups, "groups"), num_partitions, alpha, seed, min_partition_size)
+    if scheme == "natural":
+        parts = natural_partition(need(ids, "ids"))
+        if num_partitions > 0 and num_partitions != len(parts):
+            raise DataError(
+                f"natural partition has {len(parts)} partitions (distinct ids) but "
+                f"num_partitions={num_partitions}; set num_partitions to {len(parts)}"
+            )
+        return parts
+    raise DataError(f"unknown partition scheme '{scheme}'; allowed: {', '.join(PARTITION_SCHEMES)}")
+
+
+def train_test_split_indices(
+    idx: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of one partition's indices into sorted (train, test)."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    idx = np.asarray(idx, dtype=np.int64)
+    m = idx.shape[0]
+    n_test = int(round(test_fraction * m))
+    if test_fraction > 0 and m >= 2:
+        n_test = min(max(n_test, 1), m - 1)
+    perm = np.random.default_rng(seed).permutation(idx)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def partition_report(
+    parts: list[np.ndarray], y: np.ndarray, a: np.ndarray, num_classes: int, num_groups: int
+) -> dict:
+    """Sizes and (partition x label x group) counts; plain ints/floats, JSON-serializable."""
+    y = np.asarray(y)
+    a = np.asarray(a)
+    counts = np.zeros((len(parts), num_classes, num_groups), dtype=np.int64)
+    for k, p in enumerate(parts):
+        np.add.at(counts[k], (y[p], a[p]), 1)
+    sizes = counts.sum(axis=(1, 2))
+    group_tot = counts.sum(axis=1)  # (K, G)
+    label_tot = counts.sum(axis=2)  # (K, C)
+    denom = np.maximum(sizes, 1)[:, None]
+    n = int(sizes.sum())
+    return {
+        "num_partitions": len(parts),
+        "num_rows": n,
+        "sizes": [int(s) for s in sizes],
+        "size_min": int(sizes.min()) if len(parts) else 0,
+        "size_max": int(sizes.max()) if len(parts) else 0,
+        "size_mean": float(sizes.mean()) if len(parts) else 0.0,
+        "counts": counts.tolist(),
+        "group_share_per_partition": (group_tot / denom).tolist(),
+        "label_share_per_partition": (label_tot / denom).tolist(),
+        "group_share_overall": (group_tot.sum(0) / max(n, 1)).tolist(),
+        "label_share_overall": (label_tot.sum(0) / max(n, 1)).tolist(),
+    }
