@@ -57,7 +57,8 @@ def run_deployment(cfg, out_dir: str) -> None:
     with tempfile.TemporaryDirectory(prefix="fedrec-deploy-") as tmp:
         app = write_app(cfg, Path(tmp) / "app")
         env = {**os.environ, "FLWR_HOME": str(flwr_home(cfg, Path(tmp) / "flwr-home")),
-               "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+               "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         flwr = Path(sys.executable).with_name("flwr")
         cmd = [str(flwr) if flwr.exists() else "flwr", "run", str(app), "fedrec", "--stream"]
         proc = subprocess.run(cmd, env=env, timeout=None)
