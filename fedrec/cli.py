@@ -27,7 +27,7 @@ def _cmd_run(args) -> int:
           f"{summary['num_rounds']} rounds, backend {summary['backend']}, "
           f"{summary['wall_s']:.1f} s")
     print(format_table(summary))
-    print(f"outputs: {args.out or summary.get('out_dir') or ''}".rstrip())
+    print(f"outputs: {summary['out_dir']} (rounds.jsonl, summary.json, *.png)")
     return 0
 
 

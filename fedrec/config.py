@@ -161,7 +161,7 @@ class RunConfig:
 
     seed: int = key(0, "Run seed; every random draw derives from (seed, round, client).",
                     **NON_NEGATIVE)
-    num_server_rounds: int = key(3, "Federated rounds.", **POSITIVE)
+    num_server_rounds: int = key(5, "Federated rounds.", **POSITIVE)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

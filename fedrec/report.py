@@ -46,7 +46,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             if key in glob[0]:
                 axes[1].plot(rounds, [r[key] for r in glob], style, label=key)
         axes[1].set(xlabel="round", ylabel="gap", title="Fairness gaps (lower is fairer)")
+        from matplotlib.ticker import MaxNLocator
+
         for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -78,8 +79,17 @@ def run(config: RunConfig | str | Path | Mapping[str, Any] | None = None,
         from fedrec.runtime.ray import run_ray as runner
     else:
         from fedrec.runtime.deployment import run_deployment as runner
+    if not quiet:
+        nodes = cfg.runtime.num_nodes or cfg.partition.num_clients
+        where = {"local": "in-process grid", "ray": "Flower simulation engine (Ray)",
+                 "deployment": f"SuperLink at {cfg.runtime.superlink}"}[cfg.runtime.backend]
+        print(f"fedrec: {cfg.strategy.name} on {cfg.dataset.name}, "
+              f"{cfg.partition.num_clients} clients on {nodes} nodes, {where}; "
+              f"outputs -> {out_dir}", file=sys.stderr, flush=True)
     runner(cfg, str(out_dir))
-    return json.loads((out_dir / "summary.json").read_text())
+    summary = json.loads((out_dir / "summary.json").read_text())
+    summary["out_dir"] = str(out_dir)
+    return summary
 
 
 __all__ = ["run", "preflight", "as_config", "validate"]

@@ -12,7 +12,7 @@ def test_defaults_and_flat_roundtrip():
     assert cfg.dataset.name == "adult" and cfg.partition.num_clients == 10
     assert cfg.runtime.backend == "ray"
     flat = cfg.to_flat()
-    assert flat["train.local-epochs"] == 1 and flat["num-server-rounds"] == 3
+    assert flat["train.local-epochs"] == 1 and flat["num-server-rounds"] == 5
     assert validate(flat) == cfg
     assert set(all_keys()) == set(flat)
 

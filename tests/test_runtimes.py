@@ -111,3 +111,42 @@ def test_deployment_superlink_two_supernodes(tmp_path, small_config, federation)
                        capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["num_rounds"] == 1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_flwr_run_dot_against_local_simulation(tmp_path):
+    """`flwr run .` submits the repository app to a simulation SuperLink."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    port = _free_port()
+    log = open(tmp_path / "superlink.log", "w")
+    link = subprocess.Popen([str(BIN / "flower-superlink"), "--simulation", "--insecure",
+                             "--host", "127.0.0.1", "--port", str(port),
+                             "--disable-runtime-dependency-installation"],
+                            env={**env, "FLWR_HOME": str(tmp_path / "link")}, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    try:
+        _wait_port(port)
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "sim"\n[superlink.sim]\n'
+                                          f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+        out = tmp_path / "out"
+        p = subprocess.run(
+            [str(BIN / "flwr"), "run", str(ROOT), "sim", "--federation-config",
+             "num-supernodes=3 client-resources-num-cpus=1", "--run-config",
+             f"partition.num-clients=3 num-server-rounds=1 output.dir='{out}'", "--stream"],
+            env={**env, "FLWR_HOME": str(home)}, cwd=tmp_path, capture_output=True, text=True,
+            timeout=400)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["num_clients"] == 3 and summary["num_rounds"] == 1
+    finally:
+        os.killpg(link.pid, signal.SIGTERM)
+        try:
+            link.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(link.pid, signal.SIGKILL)

@@ -98,13 +98,23 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
     return summary
 
 
-def make_server_app(cfg: RunConfig | None = None, out_dir: str | None = None) -> ServerApp:
-    """A ServerApp bound to ``cfg`` (or reading ``context.run_config`` when None)."""
+def make_server_app(cfg: RunConfig | None = None, out_dir: str | None = None,
+                    errors: list[BaseException] | None = None) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (or reading ``context.run_config`` when None).
+
+    Exceptions are also appended to ``errors`` so an in-process caller can re-raise
+    them (Flower's simulation only logs them)."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        execute(grid, cfg if cfg is not None else validate(dict(context.run_config)), out_dir)
+        try:
+            execute(grid, cfg if cfg is not None else validate(dict(context.run_config)),
+                    out_dir)
+        except BaseException as exc:
+            if errors is not None:
+                errors.append(exc)
+            raise
 
     return server
 

@@ -18,6 +18,13 @@ from pathlib import Path
 from fedrec.errors import FedrecError
 
 
+class _HideDeprecation(logging.Filter):
+    """Drops Flower's notice that run_simulation is deprecated (we know; see above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in record.getMessage()
+
+
 def run_ray(cfg, out_dir: str) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -34,11 +41,22 @@ def run_ray(cfg, out_dir: str) -> None:
                       "include_dashboard": False, "_node_ip_address": "127.0.0.1",
                       "log_to_driver": True},
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_simulation(server_app=make_server_app(cfg, out_dir), client_app=client_app,
-                       num_supernodes=num_nodes, backend_config=backend_config,
-                       verbose_logging=False)
+    errors: list[BaseException] = []
+    flwr_log = logging.getLogger("flwr")
+    hide = _HideDeprecation()
+    flwr_log.addFilter(hide)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_simulation(server_app=make_server_app(cfg, out_dir, errors), client_app=client_app,
+                           num_supernodes=num_nodes, backend_config=backend_config,
+                           verbose_logging=False)
+    finally:
+        flwr_log.removeFilter(hide)
+    if errors:
+        if isinstance(errors[0], FedrecError):
+            raise errors[0]
+        raise FedrecError(f"the ray simulation failed: {type(errors[0]).__name__}: {errors[0]}")
     if not (Path(out_dir) / "summary.json").exists():
         raise FedrecError("the ray simulation ended without a result; see the log above "
                           "(a ClientApp or ServerApp exception is printed there)")
