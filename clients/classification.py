@@ -4,7 +4,9 @@ What leaves the client: in the handshake, train/test sizes and label x group cou
 of its partition (for the run's partition report); after training, the updated
 model weights, the number of training examples and the mean training loss; after
 evaluation, the (group, label, prediction) confusion counts of its test split and
-the summed test loss. Raw rows never leave.
+the summed test loss. Raw rows never leave, except with ``output.save-predictions``
+(an audit option): then the final round's per-row test labels, groups and
+predictions are sent so that predictions.csv can be written.
 """
 
 from __future__ import annotations
@@ -82,7 +84,17 @@ class ClassifierClient(ClientHalf):
         eps = 1e-12
         loss_sum = float(-np.log(np.clip(proba[np.arange(len(d.y_test)), d.y_test], eps, 1.0)
                                  ).sum())
+        return self.evaluation_reply(pred, loss_sum, config)
+
+    def evaluation_reply(self, pred: np.ndarray, loss_sum: float, config: dict[str, Any]
+                         ) -> Metrics:
+        """Confusion counts of ``pred`` on the test split (+ rows if auditing)."""
+        d = self.data
         counts = confusion_counts(d.y_test, pred, d.a_test, d.num_classes, d.num_groups)
-        return {"num-examples": len(d.y_test), "loss-sum": loss_sum,
-                "counts": counts.ravel().tolist(), "num-groups": d.num_groups,
-                "num-classes": d.num_classes}
+        out = {"num-examples": len(d.y_test), "loss-sum": float(loss_sum),
+               "counts": counts.ravel().tolist(), "num-groups": d.num_groups,
+               "num-classes": d.num_classes}
+        if config.get("save-predictions"):
+            out.update({"pred-label": d.y_test.tolist(), "pred-group": d.a_test.tolist(),
+                        "pred-value": np.asarray(pred).tolist()})
+        return out

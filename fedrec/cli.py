@@ -20,7 +20,9 @@ def _cmd_run(args) -> int:
     from fedrec.report import format_table
     from fedrec.runner import run
 
-    summary = run(args.config, backend=args.backend, out=args.out, overrides=args.override,
+    overrides = args.override + (["output.save-predictions=true"] if args.save_predictions
+                                 else [])
+    summary = run(args.config, backend=args.backend, out=args.out, overrides=overrides,
                   quiet=args.quiet)
     print()
     print(f"{summary['strategy']} on {summary['dataset']}: {summary['num_clients']} clients, "
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="override a config key (repeatable)")
     r.add_argument("--out", help="output directory (default runs/<strategy>-<dataset>-<time>)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--save-predictions", action="store_true",
+                   help="write predictions.csv (per-client test rows; an audit option)")
     r.set_defaults(func=_cmd_run)
     ls = sub.add_parser("list", help="registered strategies, datasets, models, metrics")
     ls.add_argument("--keys", action="store_true", help="list every config key instead")

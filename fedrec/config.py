@@ -140,6 +140,10 @@ class OutputConfig:
                            "(checkpoint.npz, overwritten).")
     progress: bool = key(True, "Show a progress bar per round.")
     client_metrics: bool = key(True, "Write per-client rows to rounds.jsonl.")
+    save_predictions: bool = key(False, "Audit: write predictions.csv (client, label, "
+                                 "sensitive group, prediction per test row of the final "
+                                 "round). Clients then SEND these rows to the server: for "
+                                 "simulations and audits, not for private deployments.")
 
 
 SECTIONS: dict[str, type] = {

@@ -93,6 +93,7 @@ class FedrecStrategy(Strategy):
         self.node_of: dict[int, int] = {}          # logical client id -> node id
         self.hello: dict[int, dict[str, Any]] = {}  # client id -> handshake metrics
         self.history: list[RoundRecord] = []
+        self.predictions: dict[int, dict[str, list[int]]] = {}  # --save-predictions
         self.result = Result()
         self._run_config_json = json.dumps(cfg.to_flat(), sort_keys=True)
 
@@ -119,6 +120,18 @@ class FedrecStrategy(Strategy):
     def train_config(self, server_round: int) -> dict[str, Any]:
         """Per-round settings sent with the train message."""
         return {}
+
+    def train_message_type(self, server_round: int) -> str:
+        """The message type of a round's first phase: ``train`` or a plugin's
+        ``query.<action>`` (e.g. a calibration round that trains no weights)."""
+        return "train"
+
+    def train_fraction(self, server_round: int) -> float:
+        return self.cfg.strategy.fraction_train
+
+    def total_rounds(self) -> int:
+        """Rounds the loop runs (``num-server-rounds`` unless a strategy adds stages)."""
+        return self.cfg.num_server_rounds
 
     def evaluate_config(self, server_round: int) -> dict[str, Any]:
         return {}
@@ -269,11 +282,11 @@ class FedrecStrategy(Strategy):
     # ------------------------------------------------------------------ Flower API
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._sampled = sample_clients(self.client_ids, self.cfg.strategy.fraction_train,
+        self._sampled = sample_clients(self.client_ids, self.train_fraction(server_round),
                                        self.cfg.seed, server_round)
         cfg = {**dict(config), **self.train_config(server_round)}
-        return self.build_messages("train", self._sampled, server_round,
-                                   arrays.to_numpy_ndarrays(), cfg)
+        return self.build_messages(self.train_message_type(server_round), self._sampled,
+                                   server_round, arrays.to_numpy_ndarrays(), cfg)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -287,7 +300,11 @@ class FedrecStrategy(Strategy):
                            grid: Grid) -> Iterable[Message]:
         clients = sample_clients(self.client_ids, self.cfg.strategy.fraction_evaluate,
                                  self.cfg.seed, server_round, purpose="evaluate")
+        if self.cfg.output.save_predictions and server_round == self.total_rounds():
+            clients = self.client_ids  # the audit file covers every client
         cfg = {**dict(config), **self.evaluate_config(server_round)}
+        if self.cfg.output.save_predictions and server_round == self.total_rounds():
+            cfg["save-predictions"] = True
         return self.build_messages("evaluate", clients, server_round,
                                    arrays.to_numpy_ndarrays(), cfg)
 
@@ -332,7 +349,7 @@ class FedrecStrategy(Strategy):
               evaluate_config: ConfigRecord | None = None, evaluate_fn: Any = None
               ) -> Result:
         """Run setup and ``num_rounds`` rounds; returns Flower's ``Result``."""
-        num_rounds = num_rounds or self.cfg.num_server_rounds
+        num_rounds = num_rounds or self.total_rounds()
         self.summary()
         self.setup(grid)
         arrays = initial_arrays if initial_arrays is not None else ArrayRecord(
@@ -369,6 +386,11 @@ class FedrecStrategy(Strategy):
             eval_replies, eval_failures = self.unpack(
                 grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
             evaluation = self.evaluation_metrics(eval_replies)
+            preds = {r.client_id: {k: r.metrics[k] for k in ("pred-label", "pred-group",
+                                                               "pred-value")}
+                     for r in eval_replies if "pred-value" in r.metrics}
+            if preds:
+                self.predictions = preds
             if evaluation is not None:
                 self.result.evaluate_metrics_clientapp[rnd] = MetricRecord(
                     to_scalar_dict(evaluation.overall))

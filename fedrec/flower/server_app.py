@@ -63,6 +63,17 @@ def build_summary(cfg: RunConfig, strategy, wall_s: float) -> dict:
     })
 
 
+def write_predictions(path: Path, predictions: dict) -> None:
+    """predictions.csv: client, row, label, group, prediction (sorted by client)."""
+    with path.open("w") as fh:
+        fh.write("client,row,label,group,prediction\n")
+        for c in sorted(predictions):
+            p = predictions[c]
+            for i, (y, a, yhat) in enumerate(zip(p["pred-label"], p["pred-group"],
+                                                 p["pred-value"])):
+                fh.write(f"{c},{i},{int(y)},{int(a)},{int(yhat)}\n")
+
+
 def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
     """Run ``cfg``'s strategy on ``grid`` and write the outputs; returns the summary."""
     strategy_cls = load_strategy(cfg.strategy.name)
@@ -84,6 +95,8 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
         t0 = time.perf_counter()
         strategy.start(grid)
         summary = build_summary(cfg, strategy, time.perf_counter() - t0)
+        if strategy.predictions:
+            write_predictions(stage / "predictions.csv", strategy.predictions)
         (stage / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
         if cfg.output.plots:
             from fedrec.report import plot_run

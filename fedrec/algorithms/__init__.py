@@ -1,0 +1,13 @@
+"""Pure mathematics of the fairness algorithms (no flwr import, no I/O).
+
+Submodules (imported explicitly, nothing is imported here so that importing one
+algorithm does not pull in the solvers of another):
+
+- :mod:`fedrec.algorithms.fedfact`: FedFACT (NeurIPS 2025) constraint matrices, the
+  calibration matrix ``M(a,k)``, the in-processing cost-sensitive loss and the
+  post-processing client / server dual steps (``reference/fedfact.md`` §2-§7).
+- :mod:`fedrec.algorithms.lp`: the centralized linear-programming limit of FedFACT's
+  problem (1) on a finite sample (cvxpy/CLARABEL and scipy/HiGHS), used as an oracle.
+"""
+
+__all__ = ["fedfact", "lp"]
