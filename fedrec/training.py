@@ -189,6 +189,7 @@ def train_classifier(
     sample_weight: np.ndarray | None = None,
     proximal_mu: float = 0.0,
     global_weights: list[np.ndarray] | None = None,
+    soft_targets: np.ndarray | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with minibatch SGD or Adam on (weighted) cross-entropy.
 
@@ -205,6 +206,9 @@ def train_classifier(
       in ``state_dict`` order (as from :func:`fedrec.models.get_weights`); when omitted,
       the model's weights at the start of this call are the anchor (the usual FedProx
       setting, where the client starts from the global model).
+    - ``soft_targets`` (n, C), optional: the per-example loss becomes the soft-target
+      cross-entropy ``-sum_j t_ij log softmax(logits_i)_j`` (cost-sensitive learning, e.g.
+      FedFACT's rows of the calibration matrix); ``y`` is then only used for checks.
     - The last minibatch of an epoch may be smaller than ``batch_size`` (not dropped).
     - The model's train/eval mode is restored on return.
     """
@@ -235,6 +239,12 @@ def train_classifier(
             raise ConfigError("sample_weight must be finite and non-negative")
 
     n = X.shape[0]
+    t_np: np.ndarray | None = None
+    if soft_targets is not None:
+        t_np = np.asarray(soft_targets, dtype=np.float32)
+        if t_np.ndim != 2 or t_np.shape[0] != n or not np.all(np.isfinite(t_np)):
+            raise ConfigError(f"soft_targets must be a finite (n={n}, C) array, got shape "
+                              f"{t_np.shape}")
     if n == 0:
         return TrainResult(loss=float("nan"), num_examples=0, steps=0)
 
@@ -242,6 +252,14 @@ def train_classifier(
     Xt = torch.from_numpy(X).to(device)
     yt = torch.from_numpy(y).to(device)
     wt = torch.from_numpy(w_np).to(device) if w_np is not None else None
+    tt = torch.from_numpy(t_np).to(device) if t_np is not None else None
+
+    def loss_of(logits: torch.Tensor, rows) -> torch.Tensor:
+        w = None if wt is None else wt[rows]
+        if tt is None:
+            return _weighted_ce(logits, yt[rows], w)
+        per = -(tt[rows] * torch.log_softmax(logits, dim=1)).sum(dim=1)
+        return (per * w).sum() / per.shape[0] if w is not None else per.mean()
     was_training = model.training
     rng = np.random.default_rng(seed)
     steps = 0
@@ -256,7 +274,7 @@ def train_classifier(
                         sl = slice(start, start + batch_size)
                         logits = model(Xt[sl])
                         _check_labels(y, logits)
-                        bl = _weighted_ce(logits, yt[sl], None if wt is None else wt[sl])
+                        bl = loss_of(logits, sl)
                         total += float(bl) * (min(n, start + batch_size) - start)
                 return TrainResult(loss=total / n, num_examples=n, steps=0)
 
@@ -277,7 +295,7 @@ def train_classifier(
                     if not checked:
                         _check_labels(y, logits)
                         checked = True
-                    data_loss = _weighted_ce(logits, yt[idx], None if wt is None else wt[idx])
+                    data_loss = loss_of(logits, idx)
                     objective = data_loss
                     if proximal_mu > 0:
                         prox = sum(((p - anchors[name]) ** 2).sum() for name, p in named)

@@ -237,3 +237,18 @@ def test_predict_proba():
     assert predict_proba(model, X[:0]).shape == (0, 3)
     empty = train_classifier(model, X[:0], np.zeros(0, int), epochs=1, batch_size=4, lr=0.1, seed=0)
     assert empty.num_examples == 0 and empty.steps == 0
+
+
+def test_one_hot_soft_targets_equal_cross_entropy():
+    from fedrec.models import build_model, get_weights
+    from fedrec.training import train_classifier
+
+    X = np.random.default_rng(0).normal(size=(120, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    m1, m2 = build_model("logreg", 4, 2, seed=0), build_model("logreg", 4, 2, seed=0)
+    r1 = train_classifier(m1, X, y, epochs=2, batch_size=32, lr=0.1, seed=1)
+    r2 = train_classifier(m2, X, y, epochs=2, batch_size=32, lr=0.1, seed=1,
+                          soft_targets=np.eye(2)[y])
+    assert abs(r1.loss - r2.loss) < 1e-6
+    for a, b in zip(get_weights(m1), get_weights(m2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
