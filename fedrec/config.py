@@ -77,10 +77,17 @@ class PartitionConfig:
     num_clients: int = key(10, "Number of logical clients (data partitions).", **POSITIVE)
     scheme: str = key("dirichlet-sensitive", "How rows are split across clients: iid, "
                       "dirichlet-label (Dir(alpha) over the label), dirichlet-sensitive "
-                      "(Dir(alpha) over the sensitive attribute).",
-                      choices=("iid", "dirichlet-label", "dirichlet-sensitive"))
+                      "(Dir(alpha) over the sensitive attribute), heterogeneous (FedFACT's "
+                      "split: per-client label/attribute correlation gamma_k ~ "
+                      "U[gamma-min, gamma-max]; binary label and attribute).",
+                      choices=("iid", "dirichlet-label", "dirichlet-sensitive",
+                               "heterogeneous"))
     alpha: float = key(0.5, "Dirichlet concentration; smaller = more heterogeneous.",
                        **POSITIVE)
+    gamma_min: float = key(0.2, "heterogeneous: lower end of gamma_k.", check=lambda v: 0 <= v <= 1,
+                           check_doc="in [0, 1]")
+    gamma_max: float = key(0.8, "heterogeneous: upper end of gamma_k.", check=lambda v: 0 <= v <= 1,
+                           check_doc="in [0, 1]")
     min_size: int = key(10, "Minimum rows per client for Dirichlet schemes (resampled "
                         "until met).", **POSITIVE)
 

@@ -490,3 +490,19 @@ def test_train_test_split_and_report():
     assert rep["size_min"] == 125 == rep["size_max"] and rep["size_mean"] == 125.0
     assert all(abs(sum(s) - 1) < 1e-9 for s in rep["group_share_per_partition"])
     assert isinstance(rep["counts"][0][0][0], int) and isinstance(rep["size_mean"], float)
+
+
+def test_heterogeneous_split_covers_rows_and_varies_correlation():
+    from fedrec.data.partition import heterogeneous_partition, make_partitions
+
+    rng = np.random.default_rng(0)
+    y, a = rng.integers(0, 2, 4000), rng.integers(0, 2, 4000)
+    parts = heterogeneous_partition(y, a, 5, seed=3)
+    allrows = np.concatenate(parts)
+    assert len(allrows) == 4000 and len(np.unique(allrows)) == 4000
+    corr = [np.corrcoef(y[p], a[p])[0, 1] for p in parts]
+    assert max(corr) - min(corr) > 0.2          # clients differ in the A-Y correlation
+    again = make_partitions("heterogeneous", n=4000, num_partitions=5, seed=3, labels=y, groups=a)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again))
+    with pytest.raises(DataError, match="binary"):
+        heterogeneous_partition(np.full(10, 2), a[:10], 2, seed=0)
