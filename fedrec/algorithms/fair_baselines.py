@@ -43,8 +43,9 @@ summing counts is exactly the paper's ``F_global = sum_k m_global,k``) and:
 
 Local debiasing (the paper's FairFed/RW): Kamiran & Calders (2012) reweighing of the
 client's own rows, ``W(y, a) = P(Y=y) P(A=a) / P(Y=y, A=a)`` from the client's own
-label x group counts (:func:`reweighing_weights`); the weights have mean exactly 1
-on the client, so the loss scale is unchanged.
+label x group counts (:func:`reweighing_weights`); the weights have mean 1 on the
+client (rescaled to 1 if the client has an empty (label, group) cell), so the loss
+scale is FedAvg's.
 
 FedFB (Zeng, Chen, Lee 2021, "Improving Fairness via Federated Learning",
 https://arxiv.org/abs/2110.15545; code ``yzeng58/Improving-Fairness-via-Federated-Learning``,
@@ -123,7 +124,8 @@ FAIRFED_METRICS = ("dp", "eop", "eo")
 def _as_counts(counts: np.ndarray) -> np.ndarray:
     arr = np.asarray(counts, dtype=np.float64)
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2] or arr.shape[0] < 1 or arr.shape[1] < 2:
-        raise ValueError(f"confusion counts must have shape (G, C, C) with C >= 2, got {arr.shape}")
+        raise ValueError(f"confusion counts must have shape (G, C, C) with C >= 2, "
+                         f"got {arr.shape}")
     if arr.size and arr.min() < 0:
         raise ValueError("confusion counts must be non-negative")
     return arr
@@ -153,7 +155,8 @@ def fairfed_signed_gaps(counts: np.ndarray, metric: str = "dp") -> np.ndarray:
     paper's SPD ``P(Yhat=1|A=0) - P(Yhat=1|A=1)`` (a 1-vector).
     """
     if metric not in FAIRFED_METRICS:
-        raise ValueError(f"unknown FairFed metric {metric!r}; allowed: {', '.join(FAIRFED_METRICS)}")
+        raise ValueError(f"unknown FairFed metric {metric!r}; "
+                         f"allowed: {', '.join(FAIRFED_METRICS)}")
     c = _as_counts(counts)
     G, C = c.shape[0], c.shape[1]
     classes = [1] if C == 2 else list(range(C))
@@ -193,7 +196,8 @@ def fairfed_deltas(local_counts: Sequence[np.ndarray], metric: str = "dp") -> np
             out[k] = float(np.max(np.abs(f_glob[keep] - f_k)))
         else:
             acc_k = counts_accuracy(c)
-            out[k] = abs(acc_k - acc_glob) if not (math.isnan(acc_k) or math.isnan(acc_glob)) else 0.0
+            defined = not (math.isnan(acc_k) or math.isnan(acc_glob))
+            out[k] = abs(acc_k - acc_glob) if defined else 0.0
     return out
 
 
@@ -234,10 +238,12 @@ def fairfed_aggregation_weights(weights: dict[int, float], clients: Sequence[int
 
 
 def reweighing_weights(label_group_counts: np.ndarray) -> np.ndarray:
-    """Kamiran–Calders weights ``W[y, a] = P(Y=y) P(A=a) / P(Y=y, A=a)``, shape ``(C, G)``.
+    """Kamiran–Calders weights ``W[y, a] ∝ P(Y=y) P(A=a) / P(Y=y, A=a)``, shape ``(C, G)``.
 
     From one client's label x group counts ``m[y, a]``; empty cells get weight 0
-    (they hold no rows). The row-weighted mean of ``W`` is exactly 1.
+    (they hold no rows). When no cell is empty the row-weighted mean of the raw
+    ratios is exactly 1; otherwise (the empty cells' expected mass is lost) we
+    rescale so that it is 1 again, keeping the local loss on FedAvg's scale.
     """
     m = np.asarray(label_group_counts, dtype=np.float64)
     if m.ndim != 2:
@@ -248,7 +254,7 @@ def reweighing_weights(label_group_counts: np.ndarray) -> np.ndarray:
     expected = np.outer(m.sum(axis=1), m.sum(axis=0)) / n
     out = np.zeros_like(m)
     np.divide(expected, m, out=out, where=m > 0)
-    return out
+    return out * (n / float((out * m).sum()))
 
 
 def cell_sample_weights(cell_weights: np.ndarray, y: np.ndarray, a: np.ndarray) -> np.ndarray:
