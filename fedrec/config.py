@@ -88,6 +88,10 @@ class PartitionConfig:
                            check_doc="in [0, 1]")
     gamma_max: float = key(0.8, "heterogeneous: upper end of gamma_k.", check=lambda v: 0 <= v <= 1,
                            check_doc="in [0, 1]")
+    min_per_group: int = key(0, "Dirichlet schemes: every client gets at least this many rows "
+                             "of every value (label or sensitive group); 0 = no minimum. "
+                             "Local fairness needs members of every group on every client.",
+                             check=lambda v: v >= 0, check_doc=">= 0")
     min_size: int = key(10, "Minimum rows per client for Dirichlet schemes (resampled "
                         "until met).", **POSITIVE)
 

@@ -62,12 +62,12 @@ def load_task_dataset(cfg: RunConfig) -> TabularDataset:
 @functools.lru_cache(maxsize=8)
 def _partitions(name: str, sensitive: str, target: str, scheme: str, num_clients: int,
                 alpha: float, min_size: int, seed: int, gamma_min: float = 0.2,
-                gamma_max: float = 0.8) -> tuple[np.ndarray, ...]:
+                gamma_max: float = 0.8, min_per_group: int = 0) -> tuple[np.ndarray, ...]:
     ds = load_dataset(name, sensitive=sensitive or None, target=target or None)
     parts = make_partitions(scheme, n=len(ds.y), num_partitions=num_clients,
                             seed=derive_seed(seed, "partition"), labels=ds.y, groups=ds.a,
                             alpha=alpha, min_partition_size=min_size, gamma_min=gamma_min,
-                            gamma_max=gamma_max)
+                            gamma_max=gamma_max, min_per_value=min_per_group)
     return tuple(parts)
 
 
@@ -75,7 +75,7 @@ def partitions(cfg: RunConfig) -> tuple[np.ndarray, ...]:
     """Row indices of every client's partition (cached per process)."""
     d, p = cfg.dataset, cfg.partition
     return _partitions(d.name, d.sensitive, d.target, p.scheme, p.num_clients, p.alpha,
-                       p.min_size, cfg.seed, p.gamma_min, p.gamma_max)
+                       p.min_size, cfg.seed, p.gamma_min, p.gamma_max, p.min_per_group)
 
 
 def load_client_data(cfg: RunConfig, client_id: int) -> ClientData:

@@ -7,7 +7,9 @@ import sys
 PURE = ["fedrec", "fedrec.config", "fedrec.data", "fedrec.models", "fedrec.metrics",
         "fedrec.training", "fedrec.tasks", "fedrec.seeding", "fedrec.plugins",
         "fedrec.protocol", "fedrec.callbacks", "fedrec.report", "fedrec.clients.base",
-        "fedrec.clients.classification"]
+        "fedrec.clients.classification",
+        "fedrec.algorithms.fedfact", "fedrec.algorithms.lp", "fedrec.algorithms.fair_baselines",
+        "fedrec.clients.fedfact", "fedrec.clients.fair_baselines"]
 
 
 def test_pure_modules_do_not_import_flwr():

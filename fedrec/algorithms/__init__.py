@@ -8,6 +8,8 @@ algorithm does not pull in the solvers of another):
   post-processing client / server dual steps (``reference/fedfact.md`` §2-§7).
 - :mod:`fedrec.algorithms.lp`: the centralized linear-programming limit of FedFACT's
   problem (1) on a finite sample (cvxpy/CLARABEL and scipy/HiGHS), used as an oracle.
+- :mod:`fedrec.algorithms.fair_baselines`: server/client maths of the FairFed and FedFB
+  baselines.
 """
 
-__all__ = ["fedfact", "lp"]
+__all__ = ["fair_baselines", "fedfact", "lp"]

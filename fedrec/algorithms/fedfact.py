@@ -97,6 +97,9 @@ dual (dual function ``= 1 - H``), minimised over the signed duals.
   over the client's rows only, so the curvature in ``mu`` is about ``1/p̂_k^2`` times the
   curvature in ``lam``; a client learning rate of order ``p̂_k^2`` times the server's is
   a sensible choice (not done automatically).
+- **Client computations** run on the CPU in float64 with ``torch.set_num_threads(1)``
+  (restored afterwards; :func:`fedrec.training.single_thread`): deterministic and, for
+  these small tensors, much faster than multi-threaded kernels on a busy machine.
 - **Prediction** is deterministic: ``argmax_j (M(a,k)^T eta)_j`` with ties broken
   towards the **lowest** class index (``numpy.argmax``); the paper breaks ties at random,
   which only matters on a measure-zero set under its Assumption 1.
@@ -119,6 +122,7 @@ import numpy as np
 import torch
 
 from fedrec.errors import ConfigError
+from fedrec.training import single_thread
 
 __all__ = [
     "CRITERIA",
@@ -147,6 +151,7 @@ __all__ = [
 
 CRITERIA: tuple[str, ...] = ("dp", "eop", "eo")
 SCOPES: tuple[str, ...] = ("global", "local", "both")
+INNER_SOLVERS: tuple[str, ...] = ("prox", "lbfgs")
 
 
 # --------------------------------------------------------------------------- checks
@@ -435,9 +440,10 @@ def cost_sensitive_loss(logits: torch.Tensor, y: Any, a: Any, Mbar: Any) -> torc
     """
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ConfigError("logits must be a 2-D (n, m) torch tensor")
-    y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, dtype=torch.long)
-    a_t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=torch.long)
-    Mb = torch.as_tensor(Mbar, dtype=logits.dtype) if not isinstance(Mbar, torch.Tensor) else Mbar.to(logits.dtype)
+    dev = logits.device
+    y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, dtype=torch.long, device=dev)
+    a_t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=torch.long, device=dev)
+    Mb = torch.as_tensor(np.asarray(Mbar) if not isinstance(Mbar, torch.Tensor) else Mbar, dtype=logits.dtype, device=dev)
     if Mb.ndim != 3 or Mb.shape[1:] != (logits.shape[1], logits.shape[1]):
         raise ConfigError(f"Mbar must be (A, m, m) with m = {logits.shape[1]}, got {tuple(Mb.shape)}")
     targets = Mb[a_t, y_t]  # (n, m): row y_i of Mbar(a_i)
@@ -599,7 +605,7 @@ def server_lambda_step(
 
 
 # ------------------------------------------------------------ post-processing
-@dataclass
+@dataclass(eq=False)
 class PostProcessingClient:
     """What one client of FedFACT-Post does (Algorithm 2, fedfact.md §7.2), pure.
 
@@ -625,12 +631,14 @@ class PostProcessingClient:
     lr: float = 0.1
     local_steps: int = 10
     mu: np.ndarray | None = None
+    inner: str = "prox"
     Dg: np.ndarray = field(init=False, repr=False)
     Dl: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice("criterion", self.criterion, CRITERIA)
         check_choice("scope", self.scope, SCOPES)
+        check_choice("inner", self.inner, INNER_SOLVERS)
         own, pooled = _count_pair(self.own_counts, self.pooled_counts)
         self.own_counts, self.pooled_counts = own, pooled
         A, m = own.shape
@@ -648,6 +656,8 @@ class PostProcessingClient:
         empty = np.zeros((0, A, m, m))
         self.Dg = global_constraints(self.criterion, own, pooled) if self.scope in ("global", "both") else empty
         self.Dl = local_constraints(self.criterion, own) if self.scope in ("local", "both") else empty
+        if isinstance(self.mu, torch.Tensor):
+            self.mu = self.mu.detach().cpu().numpy()
         self.mu = _dual("mu", self.mu, self.Dl.shape[0], False, torch.float64).copy()
         self._inv_p = _safe_div(np.float64(pooled.sum()), own.sum(axis=1))
         self._eta_t = torch.as_tensor(self.eta)
@@ -665,6 +675,10 @@ class PostProcessingClient:
         return _dual("lam", lam, self.num_global, False, torch.float64)
 
     def _smooth_and_grads(self, lam: np.ndarray, mu: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        with single_thread():
+            return self._smooth_and_grads_impl(lam, mu)
+
+    def _smooth_and_grads_impl(self, lam: np.ndarray, mu: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         lam_t = torch.tensor(lam, dtype=torch.float64, requires_grad=True)
         mu_t = torch.tensor(mu, dtype=torch.float64, requires_grad=True)
         M = _calibration(self._inv_p, self.Dg, lam_t, self.Dl, mu_t)
@@ -689,7 +703,9 @@ class PostProcessingClient:
         """
         lam_ = self._lam(lam)
         mu = self.mu.copy()
-        if self.num_local:
+        if self.num_local and self.inner == "lbfgs":
+            mu = self._solve_mu(lam_, mu)
+        elif self.num_local:
             for _ in range(int(self.local_steps)):
                 _, _, g_mu = self._smooth_and_grads(lam_, mu)
                 mu = dual_prox_step(mu, g_mu, self.lr, self.xi_k / self.p_k, self.bound)
@@ -699,6 +715,38 @@ class PostProcessingClient:
         else:
             g_lam = np.zeros(0)
         return mu.copy(), g_lam
+
+    def _solve_mu(self, lam: np.ndarray, mu0: np.ndarray) -> np.ndarray:
+        """The inner problem ``min_mu H'_k(lam, mu)`` solved to (near) optimality.
+
+        L-BFGS-B on the split ``mu = u - v`` (``u, v >= 0``, each entry <= ``bound``), where
+        the L1 penalty ``(xi_k/p̂_k) ||mu||_1`` becomes the linear term ``(xi_k/p̂_k) sum(u + v)``,
+        warm-started at ``mu0``; the result is projected onto the L1 ball. ``local_steps``
+        caps the L-BFGS iterations (x10). Why: ``mu`` enters ``M`` through ``mu/p_{a,k}``,
+        so the curvature of the inner problem grows like ``1/p_{a,k}^2`` and fixed-step
+        proximal gradient diverges on clients with a small group (measured on Adult, 5
+        clients, Dir(0.5)); a quasi-Newton solve of this U_l-dimensional convex problem
+        is robust and cheap. This is the bi-level form of eq. 8, F_k(lam) = min_mu H'_k.
+        """
+        from scipy.optimize import minimize
+
+        U = self.num_local
+        lam_t = torch.as_tensor(lam, dtype=torch.float64)
+        pen = self.xi_k / self.p_k
+
+        def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
+            zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+            M = _calibration(self._inv_p, self.Dg, lam_t, self.Dl, zt[:U] - zt[U:])
+            val = _smooth_part(self._eta_t, self._a_t, M, self.beta) + pen * zt.sum()
+            (g,) = torch.autograd.grad(val, zt)
+            return float(val.detach()), g.numpy()
+
+        z0 = np.concatenate([np.maximum(mu0, 0.0), np.maximum(-mu0, 0.0)])
+        with single_thread():
+            res = minimize(fun, z0, jac=True, method="L-BFGS-B",
+                           bounds=[(0.0, self.bound)] * (2 * U),
+                           options={"maxiter": max(10, 10 * int(self.local_steps))})
+        return project_l1_ball(res.x[:U] - res.x[U:], self.bound)
 
     def calibration(self, lam: Any) -> np.ndarray:
         """``M(a,k)`` ``(A, m, m)`` for ``lam`` and the current ``mu``."""

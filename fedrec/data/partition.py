@@ -74,8 +74,14 @@ def dirichlet_partition(
     seed: int,
     min_partition_size: int = 10,
     max_attempts: int = 100,
+    min_per_value: int = 0,
 ) -> list[np.ndarray]:
-    """Label- (or group-) skewed partitions with per-value proportions ~ Dir(alpha)."""
+    """Label- (or group-) skewed partitions with per-value proportions ~ Dir(alpha).
+
+    Draws are repeated (same generator) until every partition has at least
+    ``min_partition_size`` rows and at least ``min_per_value`` rows of every value
+    (LoGoFair's ``least_samples``: local group fairness needs members of every group
+    on every client)."""
     values = np.asarray(values)
     if values.ndim != 1:
         raise DataError(f"dirichlet partition needs a 1-d array of values, got shape {values.shape}")
@@ -98,12 +104,15 @@ def dirichlet_partition(
             for pid, chunk in enumerate(np.split(shuffled, cuts)):
                 pieces[pid].append(chunk)
         parts = [np.sort(np.concatenate(p)).astype(np.int64) for p in pieces]
-        if min(len(p) for p in parts) >= min_partition_size:
+        per_value_ok = min_per_value <= 0 or all(
+            min(len(np.intersect1d(p, idx, assume_unique=True)) for idx in by_class)
+            >= min_per_value for p in parts)
+        if min(len(p) for p in parts) >= min_partition_size and per_value_ok:
             return parts
     raise DataError(
         f"dirichlet partition failed: no draw with alpha={alpha} gave all {k} partitions at least "
-        f"min_partition_size={min_partition_size} rows (n={n}) in {max_attempts} attempts; "
-        f"use a larger alpha or a smaller min_partition_size"
+        f"min_partition_size={min_partition_size} rows and min_per_value={min_per_value} rows of "
+        f"every value (n={n}) in {max_attempts} attempts; use a larger alpha or smaller minimums"
     )
 
 
@@ -169,6 +178,7 @@ def make_partitions(
     ids: np.ndarray | None = None,
     alpha: float = 0.5,
     min_partition_size: int = 10,
+    min_per_value: int = 0,
     gamma_min: float = 0.2,
     gamma_max: float = 0.8,
 ) -> list[np.ndarray]:
@@ -185,9 +195,11 @@ def make_partitions(
     if scheme == "iid":
         return iid_partition(n, num_partitions, seed)
     if scheme == "dirichlet-label":
-        return dirichlet_partition(need(labels, "labels"), num_partitions, alpha, seed, min_partition_size)
+        return dirichlet_partition(need(labels, "labels"), num_partitions, alpha, seed,
+                                   min_partition_size, min_per_value=min_per_value)
     if scheme == "dirichlet-sensitive":
-        return dirichlet_partition(need(groups, "groups"), num_partitions, alpha, seed, min_partition_size)
+        return dirichlet_partition(need(groups, "groups"), num_partitions, alpha, seed,
+                                   min_partition_size, min_per_value=min_per_value)
     if scheme == "heterogeneous":
         return heterogeneous_partition(need(labels, "labels"), need(groups, "groups"),
                                        num_partitions, seed, gamma_min, gamma_max)
