@@ -33,6 +33,33 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    """Run several strategies on the same experiment and print one comparison table."""
+    from pathlib import Path
+
+    from fedrec.flower.server_app import default_out_dir
+    from fedrec.report import format_comparison
+    from fedrec.runner import as_config, run
+
+    base = as_config(args.config, args.override)
+    root = Path(args.out or default_out_dir(base.replace(**{"strategy.name": "compare"})))
+    from fedrec.plugins import load_strategy
+
+    for name in args.strategies:  # fail before running anything
+        load_strategy(name).parse_params(base.replace(**{"strategy.name": name}))
+    summaries = {}
+    for name in args.strategies:
+        summaries[name] = run(base.replace(**{"strategy.name": name}), backend=args.backend,
+                              out=root / name.replace(":", "_"), quiet=args.quiet)
+    print()
+    first = next(iter(summaries.values()))
+    print(f"{first['dataset']}: {first['num_clients']} clients, backend {first['backend']}, "
+          f"seed {first['seed']}")
+    print(format_comparison(summaries))
+    print(f"outputs: {root}/<strategy>/")
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.keys:
         from fedrec.config import all_keys
@@ -90,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-predictions", action="store_true",
                    help="write predictions.csv (per-client test rows; an audit option)")
     r.set_defaults(func=_cmd_run)
+    c = sub.add_parser("compare", help="run several strategies on one experiment, one table")
+    c.add_argument("config", nargs="?", help="experiment TOML (default: built-in defaults)")
+    c.add_argument("--strategies", nargs="+", default=["fedavg", "fedfact-post"],
+                   help="strategy names (default: fedavg fedfact-post)")
+    c.add_argument("--backend", choices=("ray", "local", "deployment"))
+    c.add_argument("-c", "--config-override", dest="override", action="append", default=[],
+                   metavar="KEY=VALUE")
+    c.add_argument("--out", help="parent output directory (one folder per strategy)")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cmd_compare)
     ls = sub.add_parser("list", help="registered strategies, datasets, models, metrics")
     ls.add_argument("--keys", action="store_true", help="list every config key instead")
     ls.set_defaults(func=_cmd_list)

@@ -114,3 +114,21 @@ def format_table(summary: dict, keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")
     lines.append("(local rows: worst / mean over clients; accuracy column shows the minimum "
                  "/ mean client accuracy)")
     return "\n".join(lines)
+
+
+def format_comparison(summaries: dict[str, dict],
+                      keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")) -> str:
+    """One row per strategy: global metrics and the worst client's gaps (D_local)."""
+    cols = [("accuracy", "global"), ("dp_gap", "global"), ("dp_gap", "local max"),
+            ("eo_gap", "global"), ("eo_gap", "local max"), ("accuracy", "worst client")]
+    head = f"{'strategy':<16}" + "".join(f"{k + ' ' + s:>22}" for k, s in cols)
+    lines = [head, "-" * len(head)]
+    for name, sm in summaries.items():
+        g, loc = sm["final"]["global"], sm["final"]["local"]
+        vals = [g.get("accuracy"), g.get("dp_gap"), loc.get("dp_gap_local_max"),
+                g.get("eo_gap"), loc.get("eo_gap_local_max"), loc.get("accuracy_local_min")]
+        lines.append(f"{name:<16}" + "".join(
+            f"{v:>22.4f}" if v is not None else f"{'-':>22}" for v in vals))
+    lines.append("(dp_gap: max over classes and group pairs of |P(Yhat=y|A=a)-P(Yhat=y|A=b)|; "
+                 "local max = worst client, D_local)")
+    return "\n".join(lines)

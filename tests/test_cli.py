@@ -74,3 +74,19 @@ def test_existing_output_dir_is_refused(tmp_path):
     p = _run(["run", "--backend", "local", "--out", "o"], tmp_path)
     assert p.returncode == 2 and "'o'" in p.stderr
     assert (tmp_path / "o" / "keep.txt").read_text() == "x"
+
+
+def test_compare_prints_one_table(tmp_path):
+    p = _run(["compare", "--backend", "local", "--quiet", "--out", "cmp", "-c",
+              "num-server-rounds=1", "-c", "partition.num-clients=3", "-c", "output.plots=false",
+              "-c", "strategy.params.post-rounds=2"], tmp_path)
+    # strategy.params.* are validated per strategy: fedavg has none -> a clear error
+    assert p.returncode == 2 and "strategy.params.post-rounds" in p.stderr
+    p = _run(["compare", "--backend", "local", "--quiet", "--out", "cmp", "-c",
+              "num-server-rounds=1", "-c", "partition.num-clients=3", "-c", "output.plots=false"],
+             tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert any(l.startswith("fedavg ") for l in lines)
+    assert any(l.startswith("fedfact-post ") for l in lines)
+    assert (tmp_path / "cmp" / "fedfact-post" / "summary.json").exists()
