@@ -61,17 +61,24 @@ class ClassifierClient(ClientHalf):
         set_weights(m, weights)
         return m
 
-    def fit(self, server_round: int, weights: Weights, config: dict[str, Any]
-            ) -> tuple[Weights, Metrics]:
+    def train_model(self, model, server_round: int, config: dict[str, Any], *,
+                    sample_weight: np.ndarray | None = None,
+                    soft_targets: np.ndarray | None = None, seed_offset: int = 0):
+        """Local training of ``model`` on the train split with the run's settings
+        (seeded by run seed, round and client); FedProx if ``proximal-mu`` is sent."""
         t, d = self.cfg.train, self.data
-        model = self.model(weights)
-        res = train_classifier(
+        mu = float(config.get("proximal-mu", 0.0))
+        return train_classifier(
             model, d.X_train, d.y_train, epochs=t.local_epochs, batch_size=t.batch_size,
             lr=float(config.get("lr", t.lr)), optimizer=t.optimizer,
             weight_decay=t.weight_decay,
-            seed=derive_seed(self.cfg.seed, "train", server_round, self.client_id),
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
-            global_weights=weights if config.get("proximal-mu") else None)
+            seed=derive_seed(self.cfg.seed, "train", server_round, self.client_id) + seed_offset,
+            proximal_mu=mu, sample_weight=sample_weight, soft_targets=soft_targets)
+
+    def fit(self, server_round: int, weights: Weights, config: dict[str, Any]
+            ) -> tuple[Weights, Metrics]:
+        model = self.model(weights)
+        res = self.train_model(model, server_round, config)
         return get_weights(model), {"num-examples": res.num_examples, "train-loss": res.loss}
 
     def predict(self, weights: Weights, X: np.ndarray) -> np.ndarray:

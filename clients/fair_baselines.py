@@ -36,8 +36,6 @@ from fedrec.clients.base import Metrics, Weights
 from fedrec.clients.classification import ClassifierClient
 from fedrec.metrics import confusion_counts
 from fedrec.models import get_weights
-from fedrec.seeding import derive_seed
-from fedrec.training import train_classifier
 
 #: Train-config keys sent by the FairFed / FedFB servers.
 FAIRFED_DEBIAS = "fairfed-local-debias"
@@ -51,14 +49,8 @@ class WeightedClassifierClient(ClassifierClient):
 
     def train_weighted(self, server_round: int, weights: Weights, config: dict[str, Any],
                        sample_weight: np.ndarray | None) -> tuple[Weights, Metrics]:
-        t, d = self.cfg.train, self.data
         model = self.model(weights)
-        res = train_classifier(
-            model, d.X_train, d.y_train, epochs=t.local_epochs, batch_size=t.batch_size,
-            lr=float(config.get("lr", t.lr)), optimizer=t.optimizer,
-            weight_decay=t.weight_decay,
-            seed=derive_seed(self.cfg.seed, "train", server_round, self.client_id),
-            sample_weight=sample_weight)
+        res = self.train_model(model, server_round, config, sample_weight=sample_weight)
         return get_weights(model), {"num-examples": res.num_examples, "train-loss": res.loss}
 
 

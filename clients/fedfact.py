@@ -84,10 +84,8 @@ class FedFactInClient(ClassifierClient):
                                                dual_prox_step, global_constraints,
                                                local_constraints, shift_positive)
         from fedrec.models import get_weights
-        from fedrec.seeding import derive_seed
-        from fedrec.training import train_classifier
 
-        d, t = self.data, self.cfg.train
+        d = self.data
         A = int(config["num-groups"])
         pooled = np.asarray(config["pooled-counts"], dtype=np.int64).reshape(A, -1)
         own = d.counts("train").T
@@ -124,15 +122,9 @@ class FedFactInClient(ClassifierClient):
             self.state[self.MU] = mu
         # 6. local SGD on theta and phi with the soft targets Mbar[a_i, y_i, :]
         targets = np.asarray(Mbar)[d.a_train, d.y_train]
-        seed = derive_seed(self.cfg.seed, "train", server_round, self.client_id)
         theta_m, phi_m = self.model(weights), self.model(phi)
-        res = None
-        for k, model in enumerate((theta_m, phi_m)):
-            r = train_classifier(model, d.X_train, d.y_train, epochs=t.local_epochs,
-                                 batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer,
-                                 weight_decay=t.weight_decay, seed=seed + k,
-                                 soft_targets=targets)
-            res = res or r
+        res = self.train_model(theta_m, server_round, config, soft_targets=targets)
+        self.train_model(phi_m, server_round, config, soft_targets=targets, seed_offset=1)
         for i, arr in enumerate(get_weights(phi_m)):
             self.state[f"{self.PHI}{i}"] = arr
         self.state[self.W] = np.array([w])

@@ -1,10 +1,8 @@
 """The CLI's user-error contract: one line naming the culprit, exit 2, nothing written."""
 
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

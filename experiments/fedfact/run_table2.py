@@ -168,8 +168,8 @@ def fmt(vals: list[float], pct: bool = False) -> str:
 
 def table(dataset: str, crit: str, seeds: list[int], out: Path, args) -> tuple[str, dict]:
     rows, raw = [], {}
-    head = (f"| Method | Acc % | D_global | D_local | paper Acc / Dg / Dl |\n"
-            f"|---|---|---|---|---|")
+    head = ("| Method | Acc % | D_global | D_local | paper Acc / Dg / Dl |\n"
+            "|---|---|---|---|---|")
     for method in METHODS + ["central"]:
         runs = []
         for s in seeds:
