@@ -103,24 +103,29 @@ def handle(message: Message, context: Context) -> Message:
         if protocol.CONFIG in content.config_records else {}
     reply = RecordDict({protocol.FEDREC: ConfigRecord({
         "clients": clients, "node-partition": pid, "num-node-partitions": nparts})})
+    states = {c: _load_state(context, c) for c in clients}
+    results = half_cls.handle_cohort(cfg, mtype, rnd, weights, config, states)
+    if results is None:
+        results = {}
+        for c in clients:
+            half = half_cls(cfg, c, states[c])
+            if mtype == protocol.HELLO:
+                results[c] = (None, half.hello())
+            elif mtype == "train":
+                results[c] = half.fit(rnd, weights, config)
+            elif mtype == "evaluate":
+                results[c] = (None, half.evaluate(rnd, weights, config))
+            elif mtype.startswith("query."):
+                results[c] = half.query(mtype.split(".", 1)[1], rnd, weights, config)
+            else:
+                raise FedrecError(f"unsupported message type '{mtype}'")
+            states[c] = half.state
     for c in clients:
-        state = _load_state(context, c)
-        half = half_cls(cfg, c, state)
-        out_w = None
-        if mtype == protocol.HELLO:
-            metrics = half.hello()
-        elif mtype == "train":
-            out_w, metrics = half.fit(rnd, weights, config)
-        elif mtype == "evaluate":
-            metrics = half.evaluate(rnd, weights, config)
-        elif mtype.startswith("query."):
-            out_w, metrics = half.query(mtype.split(".", 1)[1], rnd, weights, config)
-        else:
-            raise FedrecError(f"unsupported message type '{mtype}'")
+        out_w, metrics = results[c]
         if out_w is not None:
             reply[protocol.arrays_key(c)] = ArrayRecord([np.asarray(w) for w in out_w])
         reply[protocol.metrics_key(c)] = _metrics(metrics)
-        _save_state(context, c, half.state)
+        _save_state(context, c, states[c])
     return Message(reply, reply_to=message)
 
 

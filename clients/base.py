@@ -54,3 +54,17 @@ class ClientHalf:
     def query(self, action: str, server_round: int, weights: Weights | None,
               config: dict[str, Any]) -> tuple[Weights | None, Metrics]:
         raise ValueError(f"{type(self).__name__} has no query action '{action}'")
+
+    @classmethod
+    def handle_cohort(cls, cfg: RunConfig, message_type: str, server_round: int,
+                      weights: Weights | None, config: dict[str, Any],
+                      states: dict[int, dict[str, np.ndarray]]
+                      ) -> dict[int, tuple[Weights | None, Metrics]] | None:
+        """Optional: act for all logical clients a node hosts in one batched call.
+
+        ``states`` maps client id -> that client's private state (update it in place).
+        Return client id -> (weights or None, metrics), computed exactly as the per-client
+        methods would (each client's math, seed and reply stay separate), or None to let
+        the ClientApp call the per-client methods one by one (the default).
+        """
+        return None
