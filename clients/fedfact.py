@@ -116,8 +116,12 @@ class FedFactInClient(ClassifierClient):
         C = confusion_from_predictions(d.y_train, h, d.a_train, A, m)
         dg = constraint_values(Dg, C) if Dg.shape[0] else np.zeros(0)
         if Dl.shape[0]:
-            p_k = own.sum() / pooled.sum()
-            mu = dual_prox_step(mu, -constraint_values(Dl, C), float(config["dual-lr"]) * p_k,
+            # step scaled by the smallest group share p_{a,k} = n_k[a]/N of this client: mu
+            # enters M(a,k) as mu/p_{a,k}, so an unscaled step moves the costs of a small
+            # group by O(1) per round and the hard classifier oscillates (measured)
+            sizes = own.sum(axis=1)
+            p_min = sizes[sizes > 0].min() / pooled.sum()
+            mu = dual_prox_step(mu, -constraint_values(Dl, C), float(config["dual-lr"]) * p_min,
                                 float(config["xi-local"]), float(config["dual-bound"]))
             self.state[self.MU] = mu
         # 6. local SGD on theta and phi with the soft targets Mbar[a_i, y_i, :]

@@ -178,8 +178,8 @@ class FedFactInParams:
                           check_doc=">= 0")
     dual_bound: float = key(5.0, "B_d: radius of the L1 ball of the duals.",
                             check=lambda v: v > 0, check_doc="> 0")
-    dual_lr: float = key(0.05, "eta_d: dual ascent step (global; the local step is "
-                         "eta_d * p_k on client k).", check=lambda v: v > 0, check_doc="> 0")
+    dual_lr: float = key(0.05, "eta_d: dual ascent step (global; the local step on client "
+                         "k is eta_d * min_a p_{a,k}, its smallest group share).", check=lambda v: v > 0, check_doc="> 0")
     eta_w: float = key(0.3, "eta_w: exponentiated-gradient rate of the ensemble weight "
                        "(paper grid {0.03, 0.3}).", check=lambda v: v > 0, check_doc="> 0")
 

@@ -79,11 +79,20 @@ def method_overrides(method: str, crit: str, xi_g: float, xi_k: float, rounds: i
             "strategy.params.scope": SCOPE[scope], **fedfact}
 
 
-def base_config(dataset: str, crit: str) -> dict:
+def base_config(dataset: str, crit: str, strategy: str) -> dict:
+    """The TOML's keys; of its strategy.params only those ``strategy`` accepts."""
+    from dataclasses import fields
+
     from fedrec.config import load_toml
+    from fedrec.plugins import load_strategy
 
     flat = load_toml(HERE / f"{dataset}_{crit}.toml")
-    return {k: v for k, v in flat.items() if not k.startswith("strategy.")}
+    accepted = {f.name.replace("_", "-") for f in fields(load_strategy(strategy).Params)}
+    if strategy not in (flat.get("strategy.name"), "local-post"):
+        # the TOML's [strategy.params] tune its own strategy; others share only these
+        accepted &= {"criterion", "scope", "xi-global", "xi-local"}
+    return {k: v for k, v in flat.items() if not k.startswith("strategy.")
+            or (k.startswith("strategy.params.") and k.split(".", 2)[2] in accepted)}
 
 
 def run_one(dataset: str, crit: str, method: str, seed: int, out: Path, xi_g: float,
@@ -94,10 +103,10 @@ def run_one(dataset: str, crit: str, method: str, seed: int, out: Path, xi_g: fl
     cache = out / f"{tag}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    cfg = {**base_config(dataset, crit), "seed": seed, "output.plots": False,
+    overrides = method_overrides(method, crit, xi_g, xi_k, rounds, in_rounds)
+    cfg = {**base_config(dataset, crit, overrides["strategy.name"]), "seed": seed, "output.plots": False,
            "output.progress": False, "output.checkpoint": method == "fedavg",
-           "output.client-metrics": False,
-           **method_overrides(method, crit, xi_g, xi_k, rounds, in_rounds)}
+           "output.client-metrics": False, **overrides}
     run_dir = out / "runs" / tag
     if run_dir.exists():
         import shutil
