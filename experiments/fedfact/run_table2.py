@@ -179,18 +179,24 @@ def table(dataset: str, crit: str, seeds: list[int], out: Path, args) -> tuple[s
     rows, raw = [], {}
     head = ("| Method | Acc % | D_global | D_local | paper Acc / Dg / Dl |\n"
             "|---|---|---|---|---|")
+    from fedrec.errors import FedrecError
+
     for method in METHODS + ["central"]:
         runs = []
-        for s in seeds:
-            if method == "central":
-                runs.append(central_limit(dataset, crit, s, out, args.xi_g, args.xi_k,
-                                          args.rounds))
-            else:
-                runs.append(run_one(dataset, crit, method, s, out, args.xi_g, args.xi_k,
-                                    args.rounds, args.in_rounds))
-            print(f"  {dataset}/{crit} {method} seed {s}: acc {runs[-1]['acc']:.4f} "
-                  f"Dg {runs[-1]['dg']:.4f} Dl {runs[-1]['dl']:.4f}", file=sys.stderr,
-                  flush=True)
+        try:
+            for s in seeds:
+                if method == "central":
+                    runs.append(central_limit(dataset, crit, s, out, args.xi_g, args.xi_k,
+                                              args.rounds))
+                else:
+                    runs.append(run_one(dataset, crit, method, s, out, args.xi_g, args.xi_k,
+                                        args.rounds, args.in_rounds))
+                print(f"  {dataset}/{crit} {method} seed {s}: acc {runs[-1]['acc']:.4f} "
+                      f"Dg {runs[-1]['dg']:.4f} Dl {runs[-1]['dl']:.4f}", file=sys.stderr,
+                      flush=True)
+        except FedrecError as exc:  # e.g. a binary-only baseline on multi-class data
+            rows.append(f"| {LABEL[method]} | n/a: {exc} | | | |")
+            continue
         raw[method] = runs
         paper = PAPER.get(dataset, {}).get(method) if crit == "dp" else None
         ptxt = f"{paper[0]:.2f} / {paper[1]:.4f} / {paper[2]:.4f}" if paper else "—"
