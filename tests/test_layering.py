@@ -9,7 +9,8 @@ PURE = ["fedrec", "fedrec.config", "fedrec.data", "fedrec.models", "fedrec.metri
         "fedrec.protocol", "fedrec.callbacks", "fedrec.report", "fedrec.clients.base",
         "fedrec.clients.classification",
         "fedrec.algorithms.fedfact", "fedrec.algorithms.lp", "fedrec.algorithms.fair_baselines",
-        "fedrec.clients.fedfact", "fedrec.clients.fair_baselines", "fedrec.attacks"]
+        "fedrec.clients.fedfact", "fedrec.clients.fair_baselines", "fedrec.attacks", "fedrec.recsys", "fedrec.models.recsys",
+        "fedrec.metrics.ranking"]
 
 
 def test_pure_modules_do_not_import_flwr():
