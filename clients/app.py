@@ -45,10 +45,10 @@ def node_partition(context: Context) -> tuple[int, int]:
     return int(nc["partition-id"]), int(nc["num-partitions"])
 
 
-def _load_state(context: Context, client_id: int) -> dict[str, np.ndarray]:
+def _load_state(records: dict, client_id: int) -> dict[str, np.ndarray]:
     key = protocol.state_key(client_id)
-    if key in context.state.array_records:
-        rec = context.state.array_records[key]
+    if key in records:
+        rec = records[key]
         return {k: rec[k].numpy() for k in rec}
     return {}
 
@@ -103,7 +103,8 @@ def handle(message: Message, context: Context) -> Message:
         if protocol.CONFIG in content.config_records else {}
     reply = RecordDict({protocol.FEDREC: ConfigRecord({
         "clients": clients, "node-partition": pid, "num-node-partitions": nparts})})
-    states = {c: _load_state(context, c) for c in clients}
+    records = context.state.array_records  # a typed view is rebuilt per access: once
+    states = {c: _load_state(records, c) for c in clients}
     results = half_cls.handle_cohort(cfg, mtype, rnd, weights, config, states)
     if results is None:
         results = {}

@@ -33,6 +33,24 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     plt = _plt()
     rows = read_rounds(run_dir / "rounds.jsonl")
     written = []
+    rec = [r for r in rows if r["scope"] == "global" and "ndcg@10" in r]
+    if rec:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        rounds = [r["round"] for r in rec]
+        for key in ("ndcg@10", "hr@10"):
+            axes[0].plot(rounds, [r[key] for r in rec], "o-", ms=3, label=key)
+        for key in ("exposure_popular@10", "gini@10", "coverage@10"):
+            if key in rec[0]:
+                axes[1].plot(rounds, [r[key] for r in rec], "o-", ms=3, label=key)
+        axes[0].set(xlabel="round", title="Ranking accuracy")
+        axes[1].set(xlabel="round", title="Item-side exposure")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(run_dir / "metrics.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
     glob = [r for r in rows if r["scope"] == "global" and "accuracy" in r]
     if glob:
         rounds = [r["round"] for r in glob]
@@ -94,9 +112,17 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return written
 
 
+RANKING_KEYS = ("hr@10", "ndcg@10", "recall@20", "ndcg@20", "exposure_popular@10", "gini@10",
+                "coverage@10", "ndcg_gap@10", "user_ndcg@10_gap")
+
+
 def format_table(summary: dict, keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")) -> str:
-    """The final metrics as a small text table: global, worst client, mean client."""
+    """The final metrics as a small text table: global, worst client, mean client
+    (classification) or one row of ranking and item-fairness metrics (recommendation)."""
     g, loc = summary["final"]["global"], summary["final"]["local"]
+    if "accuracy" not in g:
+        ks = [k for k in RANKING_KEYS if k in g]
+        return "\n".join(f"{k:<24}{g[k]:>10.4f}" for k in ks)
     head = f"{'scope':<14}" + "".join(f"{k:>12}" for k in keys)
     lines = [head, "-" * len(head)]
     lines.append(f"{'global':<14}" + "".join(f"{g.get(k, float('nan')):>12.4f}" for k in keys))

@@ -37,14 +37,11 @@ def as_config(config: RunConfig | str | Path | Mapping[str, Any] | None,
 
 def preflight(cfg: RunConfig) -> None:
     """Fail fast (one-line errors) on anything that would fail later."""
-    from fedrec.clients.classification import initial_model
     from fedrec.plugins import load_strategy
-    from fedrec.tasks import load_task_dataset, partitions
 
-    load_strategy(cfg.strategy.name).parse_params(cfg)
-    ds = load_task_dataset(cfg)
-    partitions(cfg)
-    initial_model(cfg, ds.num_features, ds.num_classes)
+    cls = load_strategy(cfg.strategy.name)
+    cls.parse_params(cfg)
+    cls.preflight(cfg)
 
 
 def run(config: RunConfig | str | Path | Mapping[str, Any] | None = None,

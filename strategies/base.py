@@ -107,6 +107,22 @@ class FedrecStrategy(Strategy):
     def client_ids(self) -> list[int]:
         return sorted(self.node_of)
 
+    progress_keys: ClassVar[tuple[str, ...]] = ("accuracy", "dp_gap", "dp_gap_local_max")
+
+    @classmethod
+    def preflight(cls, cfg: RunConfig) -> None:
+        """Fail fast before any runtime starts (default: classification on a tabular
+        dataset: load, partition and build the model once)."""
+        from fedrec.clients.classification import initial_model
+        from fedrec.tasks import load_task_dataset, partitions
+
+        ds = load_task_dataset(cfg)
+        partitions(cfg)
+        initial_model(cfg, ds.num_features, ds.num_classes)
+
+    def write_outputs(self, out_dir: Any) -> None:
+        """Write strategy-specific files into the run folder (default: none)."""
+
     # ------------------------------------------------------------------ hooks
     def initial_weights(self) -> list[np.ndarray]:
         """The global model before round 1, built from the handshake facts."""
@@ -186,13 +202,15 @@ class FedrecStrategy(Strategy):
             if msg.has_error():
                 failures.append(f"node {node}: {msg.error.reason}")
                 continue
-            head = msg.content.config_records[protocol.FEDREC]
+            content = msg.content
+            # typed views of a RecordDict are rebuilt on every access: take them once
+            head = content.config_records[protocol.FEDREC]
+            mrs, ars = content.metric_records, content.array_records
             for c in head["clients"]:
                 c = int(c)
                 mk, ak = protocol.metrics_key(c), protocol.arrays_key(c)
-                metrics = dict(msg.content.metric_records[mk]) if mk in msg.content else {}
-                weights = (msg.content.array_records[ak].to_numpy_ndarrays()
-                           if ak in msg.content.array_records else None)
+                metrics = dict(mrs[mk]) if mk in mrs else {}
+                weights = ars[ak].to_numpy_ndarrays() if ak in ars else None
                 out.append(ClientReply(c, node, metrics, weights))
         out.sort(key=lambda r: r.client_id)
         return out, failures

@@ -1,0 +1,196 @@
+"""Client half of ``fedmf`` (federated MF-BPR, FedRec/FCF style).
+
+A logical client owns ``users-per-client`` users (1 = one client per user). Their
+embeddings live in the client's private state (``P``, kept in Flower's
+``context.state``) and never leave it; their interactions never leave either.
+
+What leaves a client:
+
+- handshake: numbers of users, training interactions and items;
+- train: for the item rows its users touched (positives and sampled negatives) the
+  row ids, the summed row deltas over its users and the number of its users that
+  touched each row (``[ids, delta_sum, counts]``), plus the example count and the
+  mean local BPR loss. In ``aggregation = "dense"`` (baseline) the full item matrix.
+- evaluate: per-user ranking metric values (HR/NDCG/recall/MRR@K, popular- and
+  long-tail-item recall/NDCG) and each user's top-K item ids (for exposure, Gini and
+  coverage). These are measurements of the simulation, not training traffic.
+- ``query.fedmf_release`` (only with ``strategy.params.release-embeddings = true``):
+  the user embeddings, i.e. the "released embeddings" threat model of the attack
+  suite. Off by default.
+
+All users a node hosts are trained in one batched call (:meth:`handle_cohort`); each
+user's computation (its own copy of the item rows, its own negatives and seeds) is
+exactly what it would be alone, so grouping clients onto nodes changes no result.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from fedrec.clients.base import ClientHalf
+from fedrec.config import RunConfig
+from fedrec.seeding import derive_seed
+
+K_LIST = (10, 20)
+
+
+@functools.lru_cache(maxsize=4)
+def user_data(dataset: str):
+    """(RecDataset, leave-one-out UserData), cached per process."""
+    from fedrec.data import RecDataset, load_dataset
+    from fedrec.errors import ConfigError
+    from fedrec.recsys.splits import leave_one_out
+
+    ds = load_dataset(dataset)
+    if not isinstance(ds, RecDataset):
+        raise ConfigError(f"config key 'dataset.name': '{dataset}' is not a recommendation "
+                          "dataset; fedmf needs one (ml-100k, lastfm, synthetic-rec)")
+    return ds, leave_one_out(ds)
+
+
+def client_users(client_id: int, users_per_client: int, num_users: int) -> np.ndarray:
+    lo = client_id * users_per_client
+    return np.arange(lo, min(lo + users_per_client, num_users), dtype=np.int64)
+
+
+def num_clients_for(num_users: int, users_per_client: int) -> int:
+    return -(-num_users // users_per_client)
+
+
+class MFClient(ClientHalf):
+    """Per-user BPR on private user embeddings and private copies of item rows."""
+
+    P = "P"
+
+    @staticmethod
+    def params(cfg: RunConfig):
+        from fedrec.plugins import load_strategy
+
+        return load_strategy(cfg.strategy.name).parse_params(cfg)
+
+    @classmethod
+    def _users_and_P(cls, cfg, p, ud, states):
+        users, owner, P = [], [], []
+        for c in sorted(states):
+            us = client_users(c, p.users_per_client, ud.num_users)
+            if cls.P not in states[c]:  # private init, seeded by (run seed, client)
+                g = torch.Generator().manual_seed(derive_seed(cfg.seed, "user-init", c) % 2**63)
+                states[c][cls.P] = (torch.randn(len(us), p.dim, generator=g) * p.init_std).numpy()
+            users.append(us)
+            owner.append(np.full(len(us), c))
+            P.append(states[c][cls.P])
+        return np.concatenate(users), np.concatenate(owner), np.concatenate(P).astype(np.float32)
+
+    @classmethod
+    def handle_cohort(cls, cfg, message_type, server_round, weights, config, states):
+        p = cls.params(cfg)
+        ds, ud = user_data(cfg.dataset.name)
+        if message_type == "query.fedrec_hello":
+            out = {}
+            for c in sorted(states):
+                us = client_users(c, p.users_per_client, ud.num_users)
+                out[c] = (None, {"num-users": len(us), "num-items": ud.num_items,
+                                 "num-train": int(ud.train.lengths[us].sum()),
+                                 "num-test": int((ud.test.lengths[us] > 0).sum())})
+            return out
+        users, owner, P = cls._users_and_P(cfg, p, ud, states)
+        if message_type == "train":
+            return cls._train(cfg, p, ud, server_round, weights, users, owner, P, states)
+        if message_type == "evaluate":
+            return cls._evaluate(p, ud, weights, config, users, owner, P)
+        if message_type == "query.fedmf_release":
+            return {c: (None, {"users": users[owner == c].tolist(),
+                               "embedding": P[owner == c].ravel().astype(float).tolist()})
+                    for c in sorted(states)}
+        raise ValueError(f"fedmf clients do not handle '{message_type}'")
+
+    @classmethod
+    def _train(cls, cfg, p, ud, rnd, weights, users, owner, P, states):
+        from fedrec.models.recsys import mf_bpr_user_step
+        from fedrec.recsys.splits import sample_negatives
+
+        t = cfg.train
+        Q = torch.as_tensor(np.asarray(weights[0], dtype=np.float32))
+        pos = [ud.train[u] for u in users]
+        neg = [sample_negatives(ud.num_items, np.unique(ud.train[u]),
+                                len(pos[j]) * p.negatives * t.local_epochs,
+                                derive_seed(cfg.seed, "neg", rnd, int(u)))
+               for j, u in enumerate(users)]
+        if p.negatives > 1:  # one (pos, neg) triple per negative
+            pos = [np.tile(x, p.negatives) for x in pos]
+        upd = mf_bpr_user_step(torch.as_tensor(P), Q, pos, neg, lr=t.lr, reg=p.reg,
+                               epochs=t.local_epochs, batch_size=t.batch_size,
+                               seed=[derive_seed(cfg.seed, "local", rnd, int(u)) for u in users])
+        newP = upd.P.detach().numpy()
+        dq, _ = upd.item_deltas(Q)
+        dq = dq.detach().numpy()
+        # users of one client are contiguous in ``users`` (clients sorted), so are their rows
+        user_lo = {c: int(np.searchsorted(owner, c, "left")) for c in states}
+        user_hi = {c: int(np.searchsorted(owner, c, "right")) for c in states}
+        n_pos = np.array([len(x) for x in pos])
+        out = {}
+        for c in sorted(states):
+            lo, hi = user_lo[c], user_hi[c]
+            states[c][cls.P] = newP[lo:hi]
+            rows = slice(int(upd.indptr[lo]), int(upd.indptr[hi]))
+            ids, inv = np.unique(upd.item_ids[rows], return_inverse=True)
+            delta = np.zeros((len(ids), Q.shape[1]), dtype=np.float32)
+            np.add.at(delta, inv, dq[rows])
+            counts = np.bincount(inv, minlength=len(ids)).astype(np.int64)
+            n = int(n_pos[lo:hi].sum())
+            losses = upd.losses[lo:hi]
+            loss = float(np.nanmean(losses)) if np.isfinite(losses).any() else 0.0
+            if p.aggregation == "dense":
+                full = np.zeros_like(Q.numpy())
+                full[ids] = delta / np.maximum(counts, 1)[:, None]
+                arrays = [Q.numpy() + full]
+            else:
+                arrays = [ids, delta, counts]
+            out[c] = (arrays, {"num-examples": n, "train-loss": loss})
+        return out
+
+    @classmethod
+    def _evaluate(cls, p, ud, weights, config, users, owner, P):
+        from fedrec.metrics.ranking import first_relevant_rank, per_user_metrics, topk_items
+
+        Q = np.asarray(weights[0], dtype=np.float32)
+        scores = P @ Q.T
+        hist = ud.history("test")
+        for j, u in enumerate(users):  # exclude what the user has already seen
+            scores[j, hist[u]] = -np.inf
+        rel = [ud.test[u] for u in users]
+        top = topk_items(scores, max(K_LIST))
+        ranks = first_relevant_rank(scores, rel)
+        popular = np.zeros(ud.num_items, dtype=bool)
+        popular[np.asarray(config.get("popular", []), dtype=np.int64)] = True
+        pu = per_user_metrics(top, rel, K_LIST, ranks=ranks, popular=popular)
+        out = {}
+        for c in sorted(set(owner.tolist())):
+            m = owner == c
+            metrics = {f"pu.{k}": np.nan_to_num(v[m], nan=-1.0).astype(float).tolist()
+                       for k, v in pu.items()}
+            metrics.update({"users": users[m].tolist(), "topk": top[m].ravel().tolist(),
+                            "num-examples": int(m.sum())})
+            out[c] = (None, metrics)
+        return out
+
+    # per-client entry points (used when the ClientApp is not batching)
+    def _one(self, message_type, rnd, weights, config):
+        states = {self.client_id: self.state}
+        return type(self).handle_cohort(self.cfg, message_type, rnd, weights, config,
+                                        states)[self.client_id]
+
+    def hello(self):
+        return self._one("query.fedrec_hello", 0, None, {})[1]
+
+    def fit(self, server_round, weights, config):
+        return self._one("train", server_round, weights, config)
+
+    def evaluate(self, server_round, weights, config):
+        return self._one("evaluate", server_round, weights, config)[1]
+
+    def query(self, action, server_round, weights, config):
+        return self._one(f"query.{action}", server_round, weights, config)

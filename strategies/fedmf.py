@@ -1,0 +1,197 @@
+"""Federated MF-BPR (``fedmf``): per-user clients with private user embeddings.
+
+FedRec / FCF-style federated matrix factorisation (Ammad-ud-din et al. 2019,
+https://arxiv.org/abs/1901.09888; Lin et al. 2020): every user's embedding stays on
+its client; the item embedding matrix Q is the only shared parameter. Each round,
+the sampled clients run local BPR epochs (one sampled negative per positive by
+default, seeded per (run seed, round, user)) on their own copy of the item rows they
+touch and send back, per touched row, the summed delta and the number of users that
+touched it (see :mod:`fedrec.clients.recsys`).
+
+Sparse aggregation (default): ``Q[i] += server_lr * (sum of deltas for row i) /
+(number of users that touched row i)`` over rows that were touched; an untouched row
+is bit-for-bit unchanged. ``aggregation = "dense"`` is the FedAvg baseline: every
+client sends a full matrix (the global rows plus its users' mean delta where they
+touched), averaged with example weights, so each row's update is diluted by the
+clients that never touched it.
+
+Evaluation: leave-one-out by time, full ranking over all items with each user's
+training and validation items excluded; HR/NDCG/recall/MRR@K are means over users with
+a test item, summed from per-user values; item-side fairness (exposure share of the
+20% most popular items, popular vs long-tail recall/NDCG gap, Gini of exposure,
+coverage) from the users' top-K lists; user-side gap by gender. Popularity and gender
+are evaluation metadata that the evaluator (this server object, in the simulation)
+reads from the dataset; they are not sent by clients and not used in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedrec.config import key
+from fedrec.errors import ConfigError
+from fedrec.metrics.fairness import FederatedMetrics
+from fedrec.protocol import ClientReply
+from fedrec.strategies.base import FedrecStrategy
+
+
+@dataclass(frozen=True)
+class FedMFParams:
+    dim: int = key(64, "Embedding dimension d.", check=lambda v: v >= 1, check_doc=">= 1")
+    negatives: int = key(1, "Sampled negatives per positive per local epoch.",
+                         check=lambda v: v >= 1, check_doc=">= 1")
+    reg: float = key(0.0, "L2 regularisation of the BPR objective.", check=lambda v: v >= 0,
+                     check_doc=">= 0")
+    init_std: float = key(0.1, "Std of the Gaussian initialisation of P and Q.",
+                          check=lambda v: v > 0, check_doc="> 0")
+    users_per_client: int = key(1, "Users per logical client (1 = one client per user, as "
+                                "FedRec/FCF; larger = cross-silo).", check=lambda v: v >= 1,
+                                check_doc=">= 1")
+    aggregation: str = key("sparse", "sparse: per-row mean over the users that touched the "
+                           "row; dense: FedAvg of full item matrices (baseline).",
+                           choices=("sparse", "dense"))
+    server_lr: float = key(1.0, "Multiplier of the aggregated item-row delta.",
+                           check=lambda v: v > 0, check_doc="> 0")
+    release_embeddings: bool = key(False, "After the last round, ask clients to release "
+                                   "their user embeddings (saved as embeddings.npz) and save "
+                                   "the last round's uploads (uploads.npz), for the attack "
+                                   "suite's threat models. Off by default.")
+
+
+class FedMF(FedrecStrategy):
+    """Federated MF-BPR with sparse per-row aggregation of item embeddings."""
+
+    name = "fedmf"
+    Params = FedMFParams
+    client_half = "fedrec.clients.recsys:MFClient"
+    progress_keys = ("ndcg@10", "hr@10", "coverage@10")
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        from fedrec.clients.recsys import num_clients_for, user_data
+
+        params = cls.parse_params(cfg)
+        ds, ud = user_data(cfg.dataset.name)
+        want = num_clients_for(ud.num_users, params.users_per_client)
+        if cfg.partition.num_clients != want:
+            raise ConfigError(f"config key 'partition.num-clients': {cfg.partition.num_clients} "
+                              f"does not match {ud.num_users} users / users-per-client "
+                              f"{params.users_per_client}; set it to {want}")
+
+    def setup(self, grid) -> None:
+        super().setup(grid)
+        from fedrec.clients.recsys import user_data
+        from fedrec.metrics.ranking import popular_items
+
+        self.ds, self.ud = user_data(self.cfg.dataset.name)
+        self.popular = np.flatnonzero(popular_items(self.ud.item_counts(), 0.2))
+        self.uploads: dict[int, np.ndarray] = {}
+
+    def initial_weights(self) -> list[np.ndarray]:
+        import torch
+
+        from fedrec.seeding import derive_seed
+
+        num_items = int(self.hello[self.client_ids[0]]["num-items"])
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "item-init") % 2**63)
+        Q = torch.randn(num_items, self.params.dim, generator=g) * self.params.init_std
+        return [Q.numpy()]
+
+    def evaluate_config(self, server_round: int) -> dict[str, Any]:
+        return {"popular": self.popular.tolist()}
+
+    def aggregate(self, server_round: int, replies: list[ClientReply]):
+        Q = self._current
+        replies = [r for r in replies if r.weights is not None]
+        n = sum(r.num_examples for r in replies)
+        loss = sum(float(r.metrics["train-loss"]) * r.num_examples for r in replies) / max(n, 1)
+        if self.params.aggregation == "dense":
+            acc = np.zeros(Q.shape, dtype=np.float64)
+            for r in replies:
+                acc += r.weights[0].astype(np.float64) * (r.num_examples / n)
+            newQ = acc.astype(Q.dtype)
+            touched = int(Q.shape[0])
+        else:
+            delta = np.zeros(Q.shape, dtype=np.float64)
+            count = np.zeros(Q.shape[0], dtype=np.float64)
+            for r in replies:
+                ids, d, c = r.weights
+                np.add.at(delta, ids.astype(np.int64), d.astype(np.float64))
+                np.add.at(count, ids.astype(np.int64), c.astype(np.float64))
+            rows = count > 0
+            newQ = Q.copy()
+            newQ[rows] = (Q[rows].astype(np.float64) + self.params.server_lr
+                          * delta[rows] / count[rows, None]).astype(Q.dtype)
+            touched = int(rows.sum())
+            if self.params.release_embeddings:
+                self.uploads = {r.client_id: r.weights[0].astype(np.int64) for r in replies}
+        return [newQ], {"num-examples": n, "num-clients": len(replies), "train-loss": loss,
+                        "rows-touched": touched}
+
+    def start(self, grid, initial_arrays=None, **kw):
+        self._grid = grid
+        return super().start(grid, initial_arrays, **kw)
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._current = arrays.to_numpy_ndarrays()[0]
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def evaluation_metrics(self, replies: list[ClientReply]) -> FederatedMetrics | None:
+        from fedrec.metrics.ranking import exposure_metrics, mean_metrics, user_group_metrics
+
+        replies = [r for r in replies if "users" in r.metrics]
+        if not replies:
+            return None
+        users = np.concatenate([np.asarray(r.metrics["users"], dtype=np.int64) for r in replies])
+        keys = [k for k in replies[0].metrics if k.startswith("pu.")]
+        pu = {}
+        for k in keys:
+            v = np.concatenate([np.asarray(r.metrics[k], dtype=np.float64) for r in replies])
+            pu[k[3:]] = np.where(v < 0, np.nan, v)
+        K = 20
+        top = np.concatenate([np.asarray(r.metrics["topk"], dtype=np.int64).reshape(-1, K)
+                              for r in replies])
+        popular = np.zeros(self.ud.num_items, dtype=bool)
+        popular[self.popular] = True
+        overall = mean_metrics(pu)
+        overall["num_users"] = float((~np.isnan(pu["hr@10"])).sum())
+        for k in (10, 20):
+            if f"recall_pop@{k}" in overall:
+                overall[f"recall_gap@{k}"] = overall[f"recall_pop@{k}"] - overall[f"recall_tail@{k}"]
+                overall[f"ndcg_gap@{k}"] = overall[f"ndcg_pop@{k}"] - overall[f"ndcg_tail@{k}"]
+        overall.update(exposure_metrics(top, self.ud.num_items, (10, 20), popular))
+        by_group = []
+        gender = self.ds.user_attrs.get("gender") if self.ds.user_attrs else None
+        if gender is not None:
+            g = np.asarray(gender)[users]
+            overall.update({f"user_{k}": v for k, v in user_group_metrics(pu, g).items()
+                            if k.endswith("_gap") and k.split("_gap")[0] in ("ndcg@10", "hr@10")})
+            for a in np.unique(g):
+                m = g == a
+                by_group.append({"n": int(m.sum()), **{k: float(np.nanmean(v[m]))
+                                                       for k, v in pu.items()
+                                                       if k in ("hr@10", "ndcg@10")}})
+        return FederatedMetrics(overall=overall, by_client={}, by_group=by_group, local={})
+
+    def on_round_end(self, server_round: int, record) -> None:
+        if server_round == self.total_rounds() and self.params.release_embeddings:
+            self.release(self._grid, server_round)
+
+    def release(self, grid, server_round: int) -> None:
+        """Threat model (b): collect released user embeddings; (a): keep the uploads."""
+        replies = self.communicate(grid, "query.fedmf_release", self.client_ids, server_round)
+        users = np.concatenate([np.asarray(r.metrics["users"], dtype=np.int64) for r in replies])
+        emb = np.concatenate([np.asarray(r.metrics["embedding"], dtype=np.float32)
+                              .reshape(-1, self.params.dim) for r in replies])
+        self.released = {"users": users, "embeddings": emb}
+
+    def write_outputs(self, out_dir) -> None:
+        if getattr(self, "released", None):
+            np.savez(out_dir / "embeddings.npz", **self.released)
+        if self.uploads:
+            cids = sorted(self.uploads)
+            np.savez(out_dir / "uploads.npz", clients=np.asarray(cids),
+                     **{f"touched_{c}": self.uploads[c] for c in cids})

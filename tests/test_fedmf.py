@@ -1,0 +1,97 @@
+"""Federated MF-BPR: sparse aggregation, cohort = per-user, no private data leaves."""
+
+import json
+
+import numpy as np
+import pytest
+
+import fedrec
+from fedrec.config import validate
+from fedrec.protocol import ClientReply
+from fedrec.strategies.fedmf import FedMF
+
+SMALL = {"strategy.name": "fedmf", "dataset.name": "synthetic-rec",
+         "strategy.params.users-per-client": 50, "partition.num-clients": 20,
+         "strategy.params.dim": 16, "num-server-rounds": 2, "train.lr": 0.5,
+         "train.batch-size": 8, "output.plots": False, "output.progress": False,
+         "output.client-metrics": False}
+
+
+def test_sparse_aggregation_leaves_untouched_rows_unchanged():
+    s = FedMF(validate({"strategy.name": "fedmf"}))
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(6, 3)).astype(np.float32)
+    s._current = Q
+    r1 = ClientReply(0, 1, {"num-examples": 2, "train-loss": 0.5},
+                     [np.array([1, 3]), np.ones((2, 3), np.float32), np.array([1, 1])])
+    r2 = ClientReply(1, 1, {"num-examples": 1, "train-loss": 0.7},
+                     [np.array([3]), 3 * np.ones((1, 3), np.float32), np.array([1])])
+    (newQ,), m = s.aggregate(1, [r1, r2])
+    untouched = [0, 2, 4, 5]
+    assert np.array_equal(newQ[untouched], Q[untouched])          # bit for bit
+    np.testing.assert_allclose(newQ[1], Q[1] + 1.0, rtol=1e-6)      # one user touched it
+    np.testing.assert_allclose(newQ[3], Q[3] + 2.0, rtol=1e-6)      # mean of 1 and 3
+    assert m["rows-touched"] == 2 and m["num-examples"] == 3
+
+
+def test_cohort_on_one_node_equals_one_node_per_client(tmp_path):
+    a = fedrec.run({**SMALL, "runtime.num-nodes": 1}, backend="local", out=tmp_path / "a")
+    b = fedrec.run({**SMALL, "runtime.num-nodes": 0}, backend="local", out=tmp_path / "b")
+    assert a["num_nodes"] == 1 and b["num_nodes"] == 20
+    assert a["final"] == b["final"]
+    assert a["final"]["global"]["ndcg@10"] > 0
+
+
+def test_no_message_leaving_a_client_holds_embeddings_or_interactions(tmp_path, monkeypatch):
+    from fedrec.clients import app as client_app_module
+    from fedrec.clients.recsys import user_data
+
+    sent = []
+    original = client_app_module.handle
+
+    def spy(message, context):
+        reply = original(message, context)
+        sent.append((reply, context))
+        return reply
+
+    monkeypatch.setattr(client_app_module, "handle", spy)
+    fedrec.run({**SMALL, "runtime.num-nodes": 4}, backend="local", out=tmp_path / "r")
+    ds, ud = user_data("synthetic-rec")
+    emb_rows, arrays, lists = [], [], []
+    contexts = {id(ctx): ctx for _, ctx in sent}  # each node's private state, final
+    for context in contexts.values():
+        for rec in context.state.array_records.values():
+            for k in rec:
+                emb_rows.append(rec[k].numpy())
+    for reply, _ in sent:
+        for rec in reply.content.array_records.values():
+            arrays += rec.to_numpy_ndarrays()
+        for rec in reply.content.metric_records.values():
+            lists += [np.asarray(v) for v in rec.values() if isinstance(v, list)]
+    P = np.concatenate(emb_rows)
+    assert P.shape[1] == 16 and len(P) == ud.num_users
+    for arr in arrays:  # item ids, item-row deltas and counts only
+        if arr.ndim == 2:
+            assert arr.shape[1] == 16
+            assert not any(np.isclose(arr, row, atol=1e-7).all(axis=1).any() for row in P[:50])
+    train_sets = {tuple(np.unique(ud.train[u])) for u in range(ud.num_users)}
+    for lst in lists + [a for a in arrays if a.ndim == 1]:
+        assert tuple(np.unique(lst)) not in train_sets or len(lst) < 3
+    assert not any(np.array_equal(np.sort(l), np.sort(ds.timestamp[:len(l)])) for l in lists
+                   if len(l) > 10)
+
+
+def test_release_writes_threat_model_files(tmp_path):
+    out = tmp_path / "rel"
+    fedrec.run({**SMALL, "num-server-rounds": 1, "strategy.params.release-embeddings": True},
+               backend="local", out=out)
+    emb = np.load(out / "embeddings.npz")
+    assert emb["embeddings"].shape == (1000, 16) and len(np.unique(emb["users"])) == 1000
+    assert "clients" in np.load(out / "uploads.npz")
+
+
+def test_num_clients_must_match_users(tmp_path):
+    from fedrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set it to 20"):
+        fedrec.run({**SMALL, "partition.num-clients": 7}, backend="local", out=tmp_path / "x")
