@@ -1,6 +1,5 @@
 """Federated MF-BPR: sparse aggregation, cohort = per-user, no private data leaves."""
 
-import json
 
 import numpy as np
 import pytest
