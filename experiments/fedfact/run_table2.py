@@ -242,9 +242,8 @@ def pareto_plot(raw: dict, pareto: dict | None, path: Path, title: str) -> None:
                     textcoords="offset points")
     if pareto:
         for kind, pts in pareto.items():
-            pts = sorted(pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", alpha=0.6,
-                    label=f"FedFACT g&l ({kind}) over xi")
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="x", alpha=0.7,
+                       label=f"FedFACT g&l ({kind}), (xi_g, xi_l) grid")
     if "central" in raw:
         acc = statistics.fmean(r["acc"] for r in raw["central"]) * 100
         ax.axhline(acc, color="k", lw=1, ls=":", label="centralized limit (LP, same xi)")
