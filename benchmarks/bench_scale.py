@@ -1,0 +1,565 @@
+#!/usr/bin/env python
+"""Scaling benchmark: per-round time and peak memory vs. number of clients.
+
+For each number of clients N and each runtime, one FedAvg experiment (Adult, iid
+partition, logreg, 1 local epoch, batch 64, fraction 1.0, ``--rounds`` rounds) runs in
+its own subprocess (``--single``) while this process samples the resident memory of
+that subprocess and all its descendants (Ray's GCS, raylet, workers...) every 0.2 s.
+
+Runtimes:
+
+* ``local``  -- ``fedrec.run(..., backend="local")`` (in-process grid, no Ray);
+* ``ray``    -- ``fedrec.run(..., backend="ray")``, one SuperNode per client,
+  ``runtime.client-num-cpus=1`` (so 2 Ray actors on a 2-core machine);
+* ``flower`` -- a plain-Flower reference written here: a Message-API ClientApp and
+  Flower's built-in ``FedAvg`` run with ``flwr.simulation.run_simulation`` (same Ray
+  resources), doing the same compute with fedrec's pure data/model/training functions;
+* ``raw``    -- the same per-round work (train every client, FedAvg, evaluate every
+  client) in one Python loop, no Flower: the compute floor.
+
+Reported: round 1 (s), median of rounds 2..R (s), total wall time of the subprocess
+(s, interpreter start to exit, so imports, Ray start-up and shutdown included) and the
+peak summed RSS of the process tree (GiB; shared pages, e.g. Ray's object store, are
+counted once per process that maps them, so this is an upper bound).
+
+Usage::
+
+    python benchmarks/bench_scale.py [--clients 10 100 1000] \
+        [--backends local ray flower raw] [--rounds 3] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Quiet, offline Flower/Ray; set before flwr or ray is imported anywhere (the
+# subprocesses and Ray workers inherit them).
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+if "FLWR_HOME" not in os.environ or "fedrec-bench-flwr-home" not in os.environ["FLWR_HOME"]:
+    os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="fedrec-bench-flwr-home-")
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RUNTIME_LABELS = {"local": "fedrec local", "ray": "fedrec ray",
+                  "flower": "plain Flower (ray)", "raw": "raw loop (no Flower)"}
+
+
+# =========================================================================== config
+def base_config(num_clients: int, rounds: int) -> dict:
+    """The flat fedrec config shared by every runtime (defaults for the rest)."""
+    return {
+        "dataset.name": "adult", "partition.scheme": "iid",
+        "partition.num-clients": int(num_clients), "model.name": "logreg",
+        "train.local-epochs": 1, "train.batch-size": 64, "num-server-rounds": int(rounds),
+        "strategy.fraction-train": 1.0, "strategy.fraction-evaluate": 1.0,
+        "output.plots": False, "output.checkpoint": False, "output.client-metrics": False,
+        "output.progress": False,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def run_config(num_clients: int, rounds: int = 3):
+    from fedrec.config import validate
+
+    return validate(base_config(num_clients, rounds))
+
+
+# =========================================================================== shared compute
+# The per-client work, identical to fedrec.clients.classification.ClassifierClient
+# (fit / evaluate), built only from fedrec's pure functions.
+_DATA: dict[tuple[int, int], object] = {}
+
+
+def client_data(num_clients: int, pid: int):
+    """Client ``pid``'s data, cached per process (as fedrec does in its actors)."""
+    from fedrec.tasks import load_client_data
+
+    key = (num_clients, pid)
+    if key not in _DATA:
+        _DATA[key] = load_client_data(run_config(num_clients), pid)
+    return _DATA[key]
+
+
+def _model(cfg, data, weights):
+    from fedrec.clients.classification import initial_model
+    from fedrec.models import set_weights
+
+    m = initial_model(cfg, data.num_features, data.num_classes)
+    set_weights(m, weights)
+    return m
+
+
+def client_fit(num_clients: int, pid: int, server_round: int, weights):
+    """Local training: returns (new weights, num examples, mean train loss)."""
+    from fedrec.models import get_weights
+    from fedrec.seeding import derive_seed
+    from fedrec.training import train_classifier
+
+    cfg, d = run_config(num_clients), client_data(num_clients, pid)
+    t = cfg.train
+    model = _model(cfg, d, weights)
+    res = train_classifier(model, d.X_train, d.y_train, epochs=t.local_epochs,
+                           batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer,
+                           weight_decay=t.weight_decay,
+                           seed=derive_seed(cfg.seed, "train", server_round, pid))
+    return get_weights(model), int(res.num_examples), float(res.loss)
+
+
+def client_evaluate(num_clients: int, pid: int, weights) -> dict:
+    """Confusion counts and summed log loss on the client's test split."""
+    import numpy as np
+    from fedrec.metrics import confusion_counts
+    from fedrec.training import predict_proba
+
+    cfg, d = run_config(num_clients), client_data(num_clients, pid)
+    proba = predict_proba(_model(cfg, d, weights), d.X_test)
+    pred = proba.argmax(axis=1)
+    loss_sum = float(-np.log(np.clip(proba[np.arange(len(d.y_test)), d.y_test], 1e-12, 1.0)
+                             ).sum())
+    counts = confusion_counts(d.y_test, pred, d.a_test, d.num_classes, d.num_groups)
+    return {"num-examples": int(len(d.y_test)), "loss-sum": loss_sum,
+            "counts": [int(c) for c in counts.ravel()], "num-groups": int(d.num_groups),
+            "num-classes": int(d.num_classes)}
+
+
+def initial_weights(num_clients: int):
+    from fedrec.clients.classification import initial_model
+    from fedrec.models import get_weights
+    from fedrec.tasks import load_task_dataset
+
+    cfg = run_config(num_clients)
+    ds = load_task_dataset(cfg)
+    return get_weights(initial_model(cfg, ds.num_features, ds.num_classes))
+
+
+# =========================================================================== plain Flower
+# Defined at module level of an importable module (``bench_scale``), so Ray workers
+# unpickle the handlers by reference and their per-process data cache persists.
+def _train_handler(msg, context):
+    """@app.train(): FedAvg's train message -> updated arrays + num-examples."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    n = int(msg.content["config"]["num-clients"])
+    rnd = int(msg.content["config"]["server-round"])
+    pid = int(context.node_config["partition-id"])
+    weights = msg.content["arrays"].to_numpy_ndarrays()
+    new_w, num_examples, loss = client_fit(n, pid, rnd, weights)
+    content = RecordDict({"arrays": ArrayRecord(new_w), "metrics": MetricRecord(
+        {"num-examples": num_examples, "train-loss": loss})})
+    return Message(content=content, reply_to=msg)
+
+
+def _evaluate_handler(msg, context):
+    """@app.evaluate(): confusion counts etc., with num-examples for FedAvg's weighting."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    n = int(msg.content["config"]["num-clients"])
+    pid = int(context.node_config["partition-id"])
+    weights = msg.content["arrays"].to_numpy_ndarrays()
+    metrics = client_evaluate(n, pid, weights)
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _make_client_app():
+    """A Message-API ClientApp with the two module-level handlers above (module-level
+    functions, as in a normal Flower app, so Ray pickles them by reference)."""
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    app.train()(_train_handler)
+    app.evaluate()(_evaluate_handler)
+    return app
+
+
+_ROUND_T0: dict[int, float] = {}
+_ROUND_T1: dict[int, float] = {}
+
+
+def _make_server_app(num_clients: int, rounds: int, timeout: float, result: dict):
+    from flwr.app import ArrayRecord, ConfigRecord, Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    class TimedFedAvg(FedAvg):
+        """Flower's FedAvg; a round runs from configure_train to aggregate_evaluate."""
+
+        def configure_train(self, server_round, arrays, config, grid):
+            _ROUND_T0[server_round] = time.perf_counter()
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_evaluate(self, server_round, replies):
+            out = super().aggregate_evaluate(server_round, replies)
+            _ROUND_T1[server_round] = time.perf_counter()
+            return out
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        n = num_clients
+        strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0,
+                               min_available_nodes=n, min_train_nodes=n, min_evaluate_nodes=n)
+        res = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_weights(n)),
+                             num_rounds=rounds, timeout=timeout,
+                             train_config=ConfigRecord({"num-clients": n}),
+                             evaluate_config=ConfigRecord({"num-clients": n}))
+        last = res.train_metrics_clientapp.get(rounds)
+        result["train_loss"] = float(last["train-loss"]) if last else None
+        result["rounds_done"] = len(res.train_metrics_clientapp)
+
+    return app
+
+
+def run_flower(num_clients: int, rounds: int, timeout: float) -> dict:
+    import warnings
+
+    from flwr.simulation import run_simulation
+
+    result: dict = {}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(
+            server_app=_make_server_app(num_clients, rounds, timeout, result),
+            client_app=_make_client_app(), num_supernodes=num_clients,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                            "init_args": {"num_cpus": 2, "include_dashboard": False}},
+            verbose_logging=False)
+    wall = time.perf_counter() - t0
+    rounds_s = [_ROUND_T1[r] - _ROUND_T0[r] for r in sorted(_ROUND_T1) if r in _ROUND_T0]
+    if len(rounds_s) != rounds:
+        raise RuntimeError(f"only {len(rounds_s)} of {rounds} rounds completed "
+                           "(see the ServerApp log)")
+    return {"round_wall_s": rounds_s, "run_s": wall, "train_loss": result.get("train_loss")}
+
+
+# =========================================================================== raw loop
+def run_raw(num_clients: int, rounds: int) -> dict:
+    from fedrec.strategies.fedavg import weighted_average
+
+    t0 = time.perf_counter()
+    for pid in range(num_clients):  # like fedrec's handshake: data is loaded up front
+        client_data(num_clients, pid)
+    weights = initial_weights(num_clients)
+    rounds_s, loss = [], None
+    for rnd in range(1, rounds + 1):
+        r0 = time.perf_counter()
+        fits = [client_fit(num_clients, pid, rnd, weights) for pid in range(num_clients)]
+        n = [f[1] for f in fits]
+        weights = weighted_average([f[0] for f in fits], n)
+        loss = sum(f[2] * k for f, k in zip(fits, n)) / sum(n)
+        evals = [client_evaluate(num_clients, pid, weights) for pid in range(num_clients)]
+        assert len(evals) == num_clients
+        rounds_s.append(time.perf_counter() - r0)
+    return {"round_wall_s": rounds_s, "run_s": time.perf_counter() - t0, "train_loss": loss}
+
+
+# =========================================================================== fedrec
+def run_fedrec(backend: str, num_clients: int, rounds: int, timeout: float, workdir: Path
+               ) -> dict:
+    import fedrec
+
+    cfg = base_config(num_clients, rounds)
+    cfg["runtime.timeout"] = float(timeout)
+    if backend == "ray":
+        cfg.update({"runtime.num-nodes": 0, "runtime.client-num-cpus": 1.0})
+    out = workdir / f"fedrec-{backend}-{num_clients}"
+    t0 = time.perf_counter()
+    try:
+        s = fedrec.run(cfg, backend=backend, out=str(out), quiet=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"round_wall_s": list(s["round_wall_s"]), "run_s": time.perf_counter() - t0,
+            "fedrec_wall_s": s["wall_s"], "train_loss": s.get("final_train", {}).get(
+                "train-loss"), "accuracy": s.get("final", {}).get("global", {}).get("accuracy"),
+            "failures": s.get("failures"), "num_clients": s["num_clients"]}
+
+
+def single(backend: str, num_clients: int, rounds: int, timeout: float, result_path: Path
+           ) -> None:
+    """Run one configuration in this process and write its measurements as JSON."""
+    if backend in ("local", "ray"):
+        res = run_fedrec(backend, num_clients, rounds, timeout, result_path.parent)
+    elif backend == "flower":
+        res = run_flower(num_clients, rounds, timeout)
+    elif backend == "raw":
+        res = run_raw(num_clients, rounds)
+    else:
+        raise SystemExit(f"unknown backend {backend!r}")
+    result_path.write_text(json.dumps(res))
+
+
+# =========================================================================== driver
+def other_cpu_cores(exclude: set[int], cache: dict) -> float:
+    """CPU (in cores) used by processes outside ``exclude`` since the previous call with
+    the same ``cache`` (the first call primes it and returns 0). Used to flag runs that
+    shared the machine with other work."""
+    import psutil
+
+    total = 0.0
+    alive = set()
+    for p in psutil.process_iter():
+        if p.pid in exclude:
+            continue
+        alive.add(p.pid)
+        proc = cache.get(p.pid)
+        if proc is None or proc.create_time() != p.create_time():
+            cache[p.pid] = proc = p
+        try:
+            total += proc.cpu_percent(None)
+        except psutil.Error:
+            pass
+    for pid in set(cache) - alive:
+        del cache[pid]
+    return total / 100.0
+
+
+def wait_idle(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (up to ``max_wait`` s) until other processes use < ``threshold`` cores;
+    returns their last measured use."""
+    cache: dict = {}
+    me = {os.getpid()}
+    other_cpu_cores(me, cache)
+    deadline = time.monotonic() + max_wait
+    for i in itertools.count():
+        time.sleep(3.0)
+        busy = other_cpu_cores(me, cache)
+        if busy < threshold or time.monotonic() > deadline:
+            return busy
+        if i % 10 == 0:
+            print(f"[bench]   waiting: other processes use {busy:.1f} cores",
+                  file=sys.stderr, flush=True)
+    return busy
+
+
+class TreeSampler(threading.Thread):
+    """Samples the summed RSS of a process and its descendants every ``interval`` s
+    (and, every 5th sample, the CPU used by processes outside the tree)."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.psutil = psutil
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.max_procs = 0
+        self.seen: dict[int, object] = {}  # pid -> psutil.Process, for cleanup
+        self._halt = threading.Event()
+        self._cpu_cache: dict = {}
+        self._tree: set[int] = {os.getpid(), pid}
+        self.other_cores: list[float] = []
+        self._n = 0
+
+    def sample(self) -> None:
+        ps = self.psutil
+        try:
+            procs = [self.root] + self.root.children(recursive=True)
+        except ps.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+                self.seen.setdefault(p.pid, p)
+            except ps.Error:
+                pass
+        self.peak = max(self.peak, total)
+        self.max_procs = max(self.max_procs, len(procs))
+        self._tree |= {p.pid for p in procs}
+        if self._n % 5 == 0:
+            busy = other_cpu_cores(self._tree, self._cpu_cache)
+            if self._n:
+                self.other_cores.append(busy)
+        self._n += 1
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def _reap(sampler: TreeSampler, wait_s: float = 30.0) -> None:
+    """Wait for the processes the run started to exit; kill what is left (by pid)."""
+    ps = sampler.psutil
+    alive = [p for p in sampler.seen.values() if p.is_running()]
+    if not alive:
+        return
+    _, alive = ps.wait_procs(alive, timeout=wait_s)
+    for p in alive:
+        try:
+            p.kill()
+        except ps.Error:
+            pass
+    ps.wait_procs(alive, timeout=5)
+
+
+def _failure_reason(log_path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
+                 if ln.strip()]
+    except OSError:
+        return "no log"
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln:
+            return ln[:160]
+    return lines[-1][:160] if lines else "no output"
+
+
+def measure(backend: str, num_clients: int, rounds: int, timeout: float, workdir: Path,
+            max_wait: float = 0.0) -> dict:
+    """Run one configuration in a fresh subprocess; return its row."""
+    tag = f"{backend}-{num_clients}"
+    result_path = workdir / f"{tag}.json"
+    log_path = workdir / f"{tag}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE),
+                                                      os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--single", backend,
+           str(num_clients), "--rounds", str(rounds), "--timeout", str(timeout),
+           "--result", str(result_path)]
+    idle = wait_idle(max_wait) if max_wait > 0 else None
+    row = {"clients": num_clients, "runtime": backend, "rounds": rounds,
+           "other_cores_before": idle, "loadavg_1m_before": os.getloadavg()[0]}
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=str(workdir), start_new_session=True)
+        sampler = TreeSampler(proc.pid)
+        sampler.start()
+        try:
+            rc = proc.wait(timeout=timeout)
+            error = None if rc == 0 else f"exit {rc}: {_failure_reason(log_path)}"
+        except subprocess.TimeoutExpired:
+            sampler.sample()
+            for p in list(sampler.seen.values()):
+                try:
+                    p.kill()
+                except sampler.psutil.Error:
+                    pass
+            proc.wait()
+            error = f"timeout after {timeout:g} s"
+        total = time.perf_counter() - t0
+        sampler.stop()
+    _reap(sampler)
+    row.update(total_s=total, peak_rss_gib=sampler.peak / 2**30, max_procs=sampler.max_procs,
+               loadavg_1m_after=os.getloadavg()[0], log=str(log_path),
+               other_cores_mean=(statistics.fmean(sampler.other_cores)
+                                 if sampler.other_cores else None))
+    if error is None and not result_path.exists():
+        error = f"no result: {_failure_reason(log_path)}"
+    if error is not None:
+        row["error"] = error
+        return row
+    res = json.loads(result_path.read_text())
+    rs = res["round_wall_s"]
+    row.update(res, round1_s=rs[0] if rs else math.nan,
+               later_median_s=statistics.median(rs[1:]) if len(rs) > 1 else math.nan)
+    return row
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}" if v < 100 else f"{v:.0f}"
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| clients | runtime | round 1 s | median later round s | total s | peak RSS GiB |",
+           "|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        label = RUNTIME_LABELS.get(r["runtime"], r["runtime"])
+        if "error" in r:
+            out.append(f"| {r['clients']} | {label} | failed ({r['error']}) | | "
+                       f"{_fmt(r['total_s'], 1)} | {_fmt(r['peak_rss_gib'])} |")
+        else:
+            out.append(f"| {r['clients']} | {label} | {_fmt(r['round1_s'])} | "
+                       f"{_fmt(r['later_median_s'])} | {_fmt(r['total_s'], 1)} | "
+                       f"{_fmt(r['peak_rss_gib'])} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--backends", nargs="+", default=["local", "ray", "flower", "raw"],
+                    choices=["local", "ray", "flower", "raw"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=900.0,
+                    help="seconds per configuration before it is killed (default 900)")
+    ap.add_argument("--json", help="also write all measurements to this JSON file")
+    ap.add_argument("--wait-idle", type=float, default=300.0, metavar="S",
+                    help="before each configuration wait up to S seconds until other "
+                         "processes use < 0.3 cores (0 = don't wait; default 300)")
+    ap.add_argument("--keep-logs", action="store_true",
+                    help="keep the per-run logs (kept anyway when a run fails)")
+    ap.add_argument("--single", nargs=2, metavar=("BACKEND", "CLIENTS"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.single:
+        # Run from the importable module (not __main__) so Ray workers unpickle the
+        # plain-Flower ClientApp handlers by reference.
+        import bench_scale
+
+        bench_scale.single(args.single[0], int(args.single[1]), args.rounds, args.timeout,
+               Path(args.result))
+        return 0
+
+    workdir = Path(tempfile.mkdtemp(prefix="fedrec-bench-"))
+    rows = []
+    for n in args.clients:
+        for b in args.backends:
+            print(f"[bench] {RUNTIME_LABELS[b]}, {n} clients ...", file=sys.stderr, flush=True)
+            row = measure(b, n, args.rounds, args.timeout, workdir, args.wait_idle)
+            rows.append(row)
+            other = row.get("other_cores_mean")
+            msg = row.get("error") or (f"round1 {row['round1_s']:.2f}s, later "
+                                       f"{row['later_median_s']:.2f}s, total "
+                                       f"{row['total_s']:.1f}s, peak "
+                                       f"{row['peak_rss_gib']:.2f} GiB, train-loss "
+                                       f"{row.get('train_loss')}, others used "
+                                       f"{other if other is None else round(other, 2)} cores")
+            print(f"[bench]   {msg}", file=sys.stderr, flush=True)
+            if args.json:  # written as we go, so a long sweep leaves partial results
+                Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    print(table(rows))
+    busy = [r for r in rows if (r.get("other_cores_mean") or 0) > 0.25]
+    if busy:
+        print("\nshared machine: other processes used on average " + ", ".join(
+            f"{r['other_cores_mean']:.1f} cores during {r['runtime']}/{r['clients']}"
+            for r in busy) + " (of 2); those timings are inflated.")
+    failed = any("error" in r for r in rows)
+    if failed or args.keep_logs:
+        print(f"\nlogs: {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(os.environ["FLWR_HOME"], ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
