@@ -39,7 +39,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         rounds = [r["round"] for r in rec]
         for key in ("ndcg@10", "hr@10"):
             axes[0].plot(rounds, [r[key] for r in rec], "o-", ms=3, label=key)
-        for key in ("exposure_popular@10", "gini@10", "coverage@10"):
+        for key in ("exposure_pop@10", "gini@10", "coverage@10"):
             if key in rec[0]:
                 axes[1].plot(rounds, [r[key] for r in rec], "o-", ms=3, label=key)
         axes[0].set(xlabel="round", title="Ranking accuracy")
@@ -112,7 +112,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return written
 
 
-RANKING_KEYS = ("hr@10", "ndcg@10", "recall@20", "ndcg@20", "exposure_popular@10", "gini@10",
+RANKING_KEYS = ("hr@10", "ndcg@10", "recall@20", "ndcg@20", "exposure_pop@10", "gini@10",
                 "coverage@10", "ndcg_gap@10", "user_ndcg@10_gap")
 
 

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     ds, ud = user_data("ml-100k")
     gender = np.asarray(ds.user_attrs["gender"])
     t0 = time.perf_counter()
-    params = train_mf_bpr(ud.train, ud.num_items, d=64, epochs=args.rounds, reg=0.0, seed=0)
+    params = train_mf_bpr(ud, ud.num_items, d=64, epochs=args.rounds, reg=0.0, seed=0)
     P = params.P
     central_s = time.perf_counter() - t0
     central = evaluate_full_ranking(mf_score_fn(params), ud, (10, 20),
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     for name, m, wall in (("FedMF-BPR, 943 per-user clients", g, fed["wall_s"]),
                           ("centralized MF-BPR", central, central_s)):
         lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | "
-                     f"{m['exposure_popular@10']:.3f} | {m['gini@10']:.3f} | "
+                     f"{m['exposure_pop@10']:.3f} | {m['gini@10']:.3f} | "
                      f"{m['coverage@10']:.3f} | {m['ndcg_gap@10']:.4f} | "
                      f"{m.get('user_ndcg@10_gap', m.get('ndcg@10_gap', float('nan'))):.4f} | "
                      f"{wall:.0f} |")
