@@ -313,7 +313,7 @@ def test_drug_fixture_parser():
 
 
 def test_compas_fixture_parser():
-    data = (FIXTURES / "compas" / "compas-scores-two-years.csv").read_bytes()
+    data = (FIXTURES / "compas" / "compas-scores-two-years.csv.fixture").read_bytes()
     c = tabular.parse_compas(data)
     assert len(c.y) == 4  # ids 1, 2, 3, 9 survive the ProPublica filter
     assert c.y.tolist() == [1, 0, 0, 1]
@@ -334,7 +334,7 @@ def test_compas_real():
 
 def test_ml100k_fixture_parser():
     f = FIXTURES / "ml-100k"
-    ds = recsys.parse_ml100k(*[(f / n).read_bytes() for n in ("u.data", "u.user", "u.item")])
+    ds = recsys.parse_ml100k(*[(f / f"{n}.fixture").read_bytes() for n in ("u.data", "u.user", "u.item")])
     assert isinstance(ds, RecDataset)
     assert (ds.num_users, ds.num_items, len(ds.user)) == (4, 3, 6)
     assert ds.user.tolist() == [0, 1, 2, 0, 3, 1] and ds.item.tolist() == [1, 0, 2, 2, 1, 2]
@@ -347,9 +347,9 @@ def test_ml100k_fixture_parser():
     assert ds.item_titles[1] == "Cit\u00e9 des enfants perdus, La (1995)"  # latin-1
     assert ds.item_genres.shape == (3, 19) and ds.genre_names[8] == "Drama"
     assert ds.item_genres[1].nonzero()[0].tolist() == [8, 15]
-    bad_data = (f / "u.data").read_bytes() + b"9\t1\t3\t1\n"
+    bad_data = (f / "u.data.fixture").read_bytes() + b"9\t1\t3\t1\n"
     with pytest.raises(DataError, match="missing from u.user"):
-        recsys.parse_ml100k(bad_data, (f / "u.user").read_bytes(), (f / "u.item").read_bytes())
+        recsys.parse_ml100k(bad_data, (f / "u.user.fixture").read_bytes(), (f / "u.item.fixture").read_bytes())
 
 
 def test_ml100k_real():
@@ -362,7 +362,7 @@ def test_ml100k_real():
 
 
 def test_lastfm_fixture_and_real():
-    data = (FIXTURES / "hetrec2011-lastfm-2k" / "user_artists.dat").read_bytes()
+    data = (FIXTURES / "hetrec2011-lastfm-2k" / "user_artists.dat.fixture").read_bytes()
     ds = recsys.parse_lastfm(data)
     assert (ds.num_users, ds.num_items) == (3, 3)
     assert ds.user.tolist() == [0, 0, 1, 2] and ds.item.tolist() == [0, 1, 0, 2]
