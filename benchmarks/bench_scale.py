@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 # Quiet, offline Flower/Ray; set before flwr or ray is imported anywhere (the
@@ -40,7 +41,10 @@ os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-if "FLWR_HOME" not in os.environ or "fedrec-bench-flwr-home" not in os.environ["FLWR_HOME"]:
+# A private, temporary FLWR_HOME, made by the top-level run (its --single subprocesses
+# and their Ray workers inherit it; importing this module creates nothing).
+_OWN_FLWR_HOME = __name__ == "__main__" and "--single" not in sys.argv
+if _OWN_FLWR_HOME:
     os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="fedrec-bench-flwr-home-")
 
 import argparse  # noqa: E402
@@ -51,7 +55,6 @@ import math  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -557,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nlogs: {workdir}", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    shutil.rmtree(os.environ["FLWR_HOME"], ignore_errors=True)
+    if _OWN_FLWR_HOME:
+        shutil.rmtree(os.environ["FLWR_HOME"], ignore_errors=True)
     return 1 if failed else 0
 
 

@@ -211,7 +211,12 @@ class RunConfig:
         return validate(merged)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_flat(), indent=2, sort_keys=True)
+        """The flat config as JSON (memoised: clients use it as a cache key per message)."""
+        cached = self.__dict__.get("_json")
+        if cached is None:
+            cached = json.dumps(self.to_flat(), indent=2, sort_keys=True)
+            object.__setattr__(self, "_json", cached)
+        return cached
 
 
 # --------------------------------------------------------------------------- helpers
