@@ -70,8 +70,10 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 if "FLWR_HOME" not in os.environ or "fedrec-bench-flwr-home" not in os.environ["FLWR_HOME"]:
     os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="fedrec-bench-flwr-home-")
-if "FEDREC_DATA_DIR" not in os.environ and os.path.isdir("/work/shared/data"):
-    os.environ["FEDREC_DATA_DIR"] = "/work/shared/data"
+# the development layout: ../shared/data beside the checkout
+_SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+if "FEDREC_DATA_DIR" not in os.environ and os.path.isdir(_SHARED):
+    os.environ["FEDREC_DATA_DIR"] = os.path.normpath(_SHARED)
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -81,7 +83,6 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -391,104 +392,8 @@ def single(key: str, rounds: int, timeout: float, result_path: Path) -> None:
 
 
 # =========================================================================== driver
-class TreeSampler(threading.Thread):
-    """Summed RSS of a process and its descendants every ``interval`` s, and the CPU
-    (in cores) used by processes outside the tree (the machine is shared)."""
-
-    def __init__(self, pid: int, interval: float = 0.2):
-        super().__init__(daemon=True)
-        import psutil
-
-        self.ps = psutil
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.max_procs = 0
-        self.seen: dict[int, object] = {}
-        self.tree = {os.getpid(), pid}
-        self.other: list[float] = []
-        self._cpu: dict[int, object] = {}
-        self._halt = threading.Event()
-        self._n = 0
-
-    def _other_cores(self) -> float:
-        total, alive = 0.0, set()
-        for p in self.ps.process_iter():
-            if p.pid in self.tree:
-                continue
-            alive.add(p.pid)
-            q = self._cpu.get(p.pid)
-            try:
-                if q is None or q.create_time() != p.create_time():
-                    self._cpu[p.pid] = q = p
-                total += q.cpu_percent(None)
-            except self.ps.Error:
-                pass
-        for pid in set(self._cpu) - alive:
-            del self._cpu[pid]
-        return total / 100.0
-
-    def sample(self) -> None:
-        try:
-            procs = [self.root] + self.root.children(recursive=True)
-        except self.ps.Error:
-            return
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-                self.seen.setdefault(p.pid, p)
-            except self.ps.Error:
-                pass
-        self.peak = max(self.peak, total)
-        self.max_procs = max(self.max_procs, len(procs))
-        self.tree |= {p.pid for p in procs}
-        if self._n % 10 == 0:  # every 2 s
-            busy = self._other_cores()
-            if self._n:
-                self.other.append(busy)
-        self._n += 1
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.sample()
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-    def kill_all(self) -> None:
-        """Kill every process of the tree this sampler has seen (by pid)."""
-        self.sample()
-        for p in list(self.seen.values()):
-            try:
-                p.kill()
-            except self.ps.Error:
-                pass
-        self.ps.wait_procs(list(self.seen.values()), timeout=10)
-
-    def reap(self, wait_s: float = 30.0) -> None:
-        alive = [p for p in self.seen.values() if p.is_running()]
-        if alive:
-            _, alive = self.ps.wait_procs(alive, timeout=wait_s)
-            for p in alive:
-                try:
-                    p.kill()
-                except self.ps.Error:
-                    pass
-
-
-def _log_reason(log_path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
-                 if ln.strip()]
-    except OSError:
-        return "no log"
-    for ln in reversed(lines):
-        if "Error" in ln or "Exception" in ln:
-            return ln[:160]
-    return lines[-1][:160] if lines else "no output"
+# one process-tree sampler and failure reader for both benchmarks (same folder)
+from bench_scale import TreeSampler, _failure_reason as _log_reason, _reap  # noqa: E402
 
 
 def _read_events(path: Path) -> list[dict]:
@@ -537,13 +442,14 @@ def measure(key: str, rounds: int, timeout: float, workdir: Path) -> dict:
                 error = f"exit {rc}: {_log_reason(log_path)}"
         except subprocess.TimeoutExpired:
             sampler.kill_all()
+            sampler.psutil.wait_procs(list(sampler.seen.values()), timeout=10)
             proc.wait()
             error = f"timeout after {timeout:.0f} s"
         total = time.perf_counter() - t0
         sampler.stop()
-    sampler.reap()
+    _reap(sampler)
     row.update(total_s=total, peak_rss_gib=sampler.peak / 2**30, max_procs=sampler.max_procs,
-               other_cores_mean=(statistics.fmean(sampler.other) if sampler.other else None),
+               other_cores_mean=(statistics.fmean(sampler.other_cores) if sampler.other_cores else None),
                loadavg_1m_after=os.getloadavg()[0], log=str(log_path))
     ev = _rounds_from_events(_read_events(prog_path))
     row["train_phase_s"] = ev["train_phase_s"]

@@ -403,6 +403,15 @@ class TreeSampler(threading.Thread):
         self._halt.set()
         self.join()
 
+    def kill_all(self) -> None:
+        """Kill every process of the tree this sampler has seen (by pid)."""
+        self.sample()
+        for p in list(self.seen.values()):
+            try:
+                p.kill()
+            except self.psutil.Error:
+                pass
+
 
 def _reap(sampler: TreeSampler, wait_s: float = 30.0) -> None:
     """Wait for the processes the run started to exit; kill what is left (by pid)."""
@@ -456,12 +465,7 @@ def measure(backend: str, num_clients: int, rounds: int, timeout: float, workdir
             rc = proc.wait(timeout=timeout)
             error = None if rc == 0 else f"exit {rc}: {_failure_reason(log_path)}"
         except subprocess.TimeoutExpired:
-            sampler.sample()
-            for p in list(sampler.seen.values()):
-                try:
-                    p.kill()
-                except sampler.psutil.Error:
-                    pass
+            sampler.kill_all()
             proc.wait()
             error = f"timeout after {timeout:g} s"
         total = time.perf_counter() - t0
