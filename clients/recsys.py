@@ -60,6 +60,35 @@ def num_clients_for(num_users: int, users_per_client: int) -> int:
     return -(-num_users // users_per_client)
 
 
+def ranking_replies(ud, users, owner, scores, config):
+    """Per-client evaluation replies: per-user ranking metrics and top-K lists.
+
+    ``scores`` (len(users), num_items) for the cohort's users (rows in ``users`` order);
+    each user's training and validation items are excluded before ranking.
+    """
+    from fedrec.metrics.ranking import first_relevant_rank, per_user_metrics, topk_items
+
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    hist = ud.history("test")
+    for j, u in enumerate(users):  # exclude what the user has already seen
+        scores[j, hist[u]] = -np.inf
+    rel = [ud.test[u] for u in users]
+    top = topk_items(scores, max(K_LIST))
+    ranks = first_relevant_rank(scores, rel)
+    popular = np.zeros(ud.num_items, dtype=bool)
+    popular[np.asarray(config.get("popular", []), dtype=np.int64)] = True
+    pu = per_user_metrics(top, rel, K_LIST, ranks=ranks, popular=popular)
+    out = {}
+    for c in sorted(set(owner.tolist())):
+        m = owner == c
+        metrics = {f"pu.{k}": np.nan_to_num(v[m], nan=-1.0).astype(float).tolist()
+                   for k, v in pu.items()}
+        metrics.update({"users": users[m].tolist(), "topk": top[m].ravel().tolist(),
+                        "num-examples": int(m.sum())})
+        out[c] = (None, metrics)
+    return out
+
+
 class MFClient(ClientHalf):
     """Per-user BPR on private user embeddings and private copies of item rows."""
 
@@ -154,28 +183,8 @@ class MFClient(ClientHalf):
 
     @classmethod
     def _evaluate(cls, p, ud, weights, config, users, owner, P):
-        from fedrec.metrics.ranking import first_relevant_rank, per_user_metrics, topk_items
-
         Q = np.asarray(weights[0], dtype=np.float32)
-        scores = P @ Q.T
-        hist = ud.history("test")
-        for j, u in enumerate(users):  # exclude what the user has already seen
-            scores[j, hist[u]] = -np.inf
-        rel = [ud.test[u] for u in users]
-        top = topk_items(scores, max(K_LIST))
-        ranks = first_relevant_rank(scores, rel)
-        popular = np.zeros(ud.num_items, dtype=bool)
-        popular[np.asarray(config.get("popular", []), dtype=np.int64)] = True
-        pu = per_user_metrics(top, rel, K_LIST, ranks=ranks, popular=popular)
-        out = {}
-        for c in sorted(set(owner.tolist())):
-            m = owner == c
-            metrics = {f"pu.{k}": np.nan_to_num(v[m], nan=-1.0).astype(float).tolist()
-                       for k, v in pu.items()}
-            metrics.update({"users": users[m].tolist(), "topk": top[m].ravel().tolist(),
-                            "num-examples": int(m.sum())})
-            out[c] = (None, metrics)
-        return out
+        return ranking_replies(ud, users, owner, P @ Q.T, config)
 
     # per-client entry points (used when the ClientApp is not batching)
     def _one(self, message_type, rnd, weights, config):
@@ -194,3 +203,124 @@ class MFClient(ClientHalf):
 
     def query(self, action, server_round, weights, config):
         return self._one(f"query.{action}", server_round, weights, config)
+
+
+class SASRecClient(ClientHalf):
+    """Client half of ``fedsasrec``: local SGD on the users' own item sequences.
+
+    SASRec has no user parameters: every weight is shared. A user's sequence is its
+    private data. What leaves a client in ``train``: the ids of the item-embedding rows
+    its users touched (their input, target and negative items), the example-weighted
+    sums ``sum_u n_u * delta_u`` of those rows' deltas and of every other parameter's
+    delta (``n_u`` = the user's number of target positions), the example count and the
+    mean local loss. With ``users-per-client = 1`` that is one user's update. In
+    ``evaluate``: per-user ranking metrics and top-K lists, as for ``fedmf``.
+    """
+
+    _models: dict = {}
+
+    @staticmethod
+    def params(cfg: RunConfig):
+        from fedrec.plugins import load_strategy
+
+        return load_strategy(cfg.strategy.name).parse_params(cfg)
+
+    @classmethod
+    def model(cls, cfg, p, num_items, weights):
+        from fedrec.models.recsys import SASRec
+
+        key = (num_items, p.dim, p.max_len, p.num_blocks, p.num_heads, p.dropout)
+        if key not in cls._models:
+            cls._models.clear()
+            cls._models[key] = SASRec(num_items, p.dim, p.max_len, p.num_blocks, p.num_heads,
+                                      p.dropout, seed=0)
+        m = cls._models[key]
+        with torch.no_grad():
+            for prm, w in zip(m.parameters(), weights):
+                prm.copy_(torch.as_tensor(np.asarray(w, dtype=np.float32)))
+        return m
+
+    @classmethod
+    def handle_cohort(cls, cfg, message_type, server_round, weights, config, states):
+        p = cls.params(cfg)
+        ds, ud = user_data(cfg.dataset.name)
+        owner_users = {c: client_users(c, p.users_per_client, ud.num_users) for c in sorted(states)}
+        if message_type == "query.fedrec_hello":
+            return {c: (None, {"num-users": len(us), "num-items": ud.num_items,
+                               "num-train": int(ud.train.lengths[us].sum()),
+                               "num-test": int((ud.test.lengths[us] > 0).sum())})
+                    for c, us in owner_users.items()}
+        users = np.concatenate(list(owner_users.values()))
+        owner = np.concatenate([np.full(len(us), c) for c, us in owner_users.items()])
+        model = cls.model(cfg, p, ud.num_items, weights)
+        if message_type == "train":
+            return cls._train(cfg, p, ud, server_round, model, users, owner)
+        if message_type == "evaluate":
+            from fedrec.models.recsys import to_tokens
+
+            seqs = ud.sequences("test")
+            model.eval()
+            with torch.no_grad():
+                scores = torch.cat([model.score_all(to_tokens([seqs[u] for u in users[a:a + 256]],
+                                                              model.max_len))
+                                    for a in range(0, len(users), 256)]).numpy()
+            return ranking_replies(ud, users, owner, scores, config)
+        raise ValueError(f"fedsasrec clients do not handle '{message_type}'")
+
+    @classmethod
+    def _train(cls, cfg, p, ud, rnd, model, users, owner):
+        from fedrec.models.recsys import sasrec_user_step
+        from fedrec.recsys.splits import sample_negatives
+
+        t = cfg.train
+        E = t.local_epochs
+        seqs = [ud.train_seq[u] for u in users]
+        n_t = [min(max(len(s) - 1, 0), model.max_len) for s in seqs]
+        negs = [sample_negatives(ud.num_items, np.unique(ud.train[u]), E * n,
+                                 derive_seed(cfg.seed, "neg", rnd, int(u)))
+                for u, n in zip(users, n_t)]
+        upd = sasrec_user_step(model, seqs, negs, lr=t.lr, epochs=E,
+                               seeds=[derive_seed(cfg.seed, "dropout", rnd, int(u)) % 2**62
+                                      for u in users])
+        # all non-embedding deltas as one flat row per user (one array per reply, not one per
+        # parameter: Flower's per-array cost dominates otherwise), weighted by n_u
+        wts = torch.as_tensor(upd.num_targets, dtype=torch.float32)
+        flat = torch.cat([upd.dense[n].reshape(len(users), -1) for n in upd.dense], 1) * wts[:, None]
+        single = bool((np.bincount(owner - owner.min()) <= 1).all())
+        out = {}
+        for c in sorted(set(owner.tolist())):
+            idx = np.flatnonzero(owner == c)
+            w = upd.num_targets[idx].astype(np.float32)
+            if single:
+                j = int(idx[0])
+                r = slice(int(upd.indptr[j]), int(upd.indptr[j + 1]))
+                ids, item_sum = upd.item_ids[r], (upd.item_deltas[r] * float(w[0])).numpy()
+                dense = flat[j].numpy()
+            else:
+                rows = [slice(int(upd.indptr[j]), int(upd.indptr[j + 1])) for j in idx]
+                ids_all = np.concatenate([upd.item_ids[r] for r in rows])
+                d_all = torch.cat([upd.item_deltas[r] * float(wj) for r, wj in zip(rows, w)]).numpy()
+                ids, inv = np.unique(ids_all, return_inverse=True)
+                item_sum = np.zeros((len(ids), model.d), dtype=np.float32)
+                np.add.at(item_sum, inv, d_all)
+                dense = flat[torch.as_tensor(idx)].sum(0).numpy()
+            losses = upd.losses[idx, 0]
+            ok = np.isfinite(losses)
+            loss = float(np.average(losses[ok], weights=w[ok])) if ok.any() and w[ok].sum() > 0 else 0.0
+            out[c] = ([np.asarray(ids, dtype=np.int64), np.asarray(item_sum, dtype=np.float32), dense],
+                      {"num-examples": int(w.sum()), "train-loss": loss})
+        return out
+
+    def _one(self, message_type, rnd, weights, config):
+        states = {self.client_id: self.state}
+        return type(self).handle_cohort(self.cfg, message_type, rnd, weights, config,
+                                        states)[self.client_id]
+
+    def hello(self):
+        return self._one("query.fedrec_hello", 0, None, {})[1]
+
+    def fit(self, server_round, weights, config):
+        return self._one("train", server_round, weights, config)
+
+    def evaluate(self, server_round, weights, config):
+        return self._one("evaluate", server_round, weights, config)[1]

@@ -27,15 +27,12 @@ reads from the dataset; they are not sent by clients and not used in training.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from fedrec.config import key
-from fedrec.errors import ConfigError
-from fedrec.metrics.fairness import FederatedMetrics
 from fedrec.protocol import ClientReply
-from fedrec.strategies.base import FedrecStrategy
+from fedrec.strategies.ranking import RankingStrategy
 
 
 @dataclass(frozen=True)
@@ -61,33 +58,15 @@ class FedMFParams:
                                    "suite's threat models. Off by default.")
 
 
-class FedMF(FedrecStrategy):
+class FedMF(RankingStrategy):
     """Federated MF-BPR with sparse per-row aggregation of item embeddings."""
 
     name = "fedmf"
     Params = FedMFParams
     client_half = "fedrec.clients.recsys:MFClient"
-    progress_keys = ("ndcg@10", "hr@10", "coverage@10")
-
-    @classmethod
-    def preflight(cls, cfg) -> None:
-        from fedrec.clients.recsys import num_clients_for, user_data
-
-        params = cls.parse_params(cfg)
-        ds, ud = user_data(cfg.dataset.name)
-        want = num_clients_for(ud.num_users, params.users_per_client)
-        if cfg.partition.num_clients != want:
-            raise ConfigError(f"config key 'partition.num-clients': {cfg.partition.num_clients} "
-                              f"does not match {ud.num_users} users / users-per-client "
-                              f"{params.users_per_client}; set it to {want}")
 
     def setup(self, grid) -> None:
         super().setup(grid)
-        from fedrec.clients.recsys import user_data
-        from fedrec.metrics.ranking import popular_items
-
-        self.ds, self.ud = user_data(self.cfg.dataset.name)
-        self.popular = np.flatnonzero(popular_items(self.ud.item_counts(), 0.2))
         self.uploads: dict[int, np.ndarray] = {}
 
     def initial_weights(self) -> list[np.ndarray]:
@@ -99,9 +78,6 @@ class FedMF(FedrecStrategy):
         g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "item-init") % 2**63)
         Q = torch.randn(num_items, self.params.dim, generator=g) * self.params.init_std
         return [Q.numpy()]
-
-    def evaluate_config(self, server_round: int) -> dict[str, Any]:
-        return {"popular": self.popular.tolist()}
 
     def aggregate(self, server_round: int, replies: list[ClientReply]):
         Q = self._current
@@ -130,51 +106,6 @@ class FedMF(FedrecStrategy):
                 self.uploads = {r.client_id: r.weights[0].astype(np.int64) for r in replies}
         return [newQ], {"num-examples": n, "num-clients": len(replies), "train-loss": loss,
                         "rows-touched": touched}
-
-    def start(self, grid, initial_arrays=None, **kw):
-        self._grid = grid
-        return super().start(grid, initial_arrays, **kw)
-
-    def configure_train(self, server_round, arrays, config, grid):
-        self._current = arrays.to_numpy_ndarrays()[0]
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def evaluation_metrics(self, replies: list[ClientReply]) -> FederatedMetrics | None:
-        from fedrec.metrics.ranking import exposure_metrics, mean_metrics, user_group_metrics
-
-        replies = [r for r in replies if "users" in r.metrics]
-        if not replies:
-            return None
-        users = np.concatenate([np.asarray(r.metrics["users"], dtype=np.int64) for r in replies])
-        keys = [k for k in replies[0].metrics if k.startswith("pu.")]
-        pu = {}
-        for k in keys:
-            v = np.concatenate([np.asarray(r.metrics[k], dtype=np.float64) for r in replies])
-            pu[k[3:]] = np.where(v < 0, np.nan, v)
-        K = 20
-        top = np.concatenate([np.asarray(r.metrics["topk"], dtype=np.int64).reshape(-1, K)
-                              for r in replies])
-        popular = np.zeros(self.ud.num_items, dtype=bool)
-        popular[self.popular] = True
-        overall = mean_metrics(pu)
-        overall["num_users"] = float((~np.isnan(pu["hr@10"])).sum())
-        for k in (10, 20):
-            if f"recall_pop@{k}" in overall:
-                overall[f"recall_gap@{k}"] = overall[f"recall_pop@{k}"] - overall[f"recall_tail@{k}"]
-                overall[f"ndcg_gap@{k}"] = overall[f"ndcg_pop@{k}"] - overall[f"ndcg_tail@{k}"]
-        overall.update(exposure_metrics(top, self.ud.num_items, (10, 20), popular))
-        by_group = []
-        gender = self.ds.user_attrs.get("gender") if self.ds.user_attrs else None
-        if gender is not None:
-            g = np.asarray(gender)[users]
-            overall.update({f"user_{k}": v for k, v in user_group_metrics(pu, g).items()
-                            if k.endswith("_gap") and k.split("_gap")[0] in ("ndcg@10", "hr@10")})
-            for a in np.unique(g):
-                m = g == a
-                by_group.append({"n": int(m.sum()), **{k: float(np.nanmean(v[m]))
-                                                       for k, v in pu.items()
-                                                       if k in ("hr@10", "ndcg@10")}})
-        return FederatedMetrics(overall=overall, by_client={}, by_group=by_group, local={})
 
     def on_round_end(self, server_round: int, record) -> None:
         if server_round == self.total_rounds() and self.params.release_embeddings:

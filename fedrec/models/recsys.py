@@ -82,10 +82,12 @@ __all__ = [
     "CohortUpdate",
     "MFParams",
     "SASRec",
+    "SASRecCohortUpdate",
     "bpr_loss",
     "init_mf",
     "mf_bpr_user_step",
     "mf_scores",
+    "sasrec_user_step",
     "sum_item_deltas",
     "to_tokens",
 ]
@@ -347,14 +349,21 @@ class _Attention(nn.Module):
         self.h, self.dropout = num_heads, dropout
         self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
         B, L, d = query.shape
 
         def heads(t):
             return t.view(B, L, self.h, d // self.h).transpose(1, 2)
 
-        a = F.scaled_dot_product_attention(heads(self.q(query)), heads(self.k(key)), heads(self.v(key)),
-                                           attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        q, k, v = heads(self.q(query)), heads(self.k(key)), heads(self.v(key))
+        if drop is None:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:  # explicit dropout multipliers on the attention weights (B, h, L, L)
+            w = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.h)
+            w = torch.softmax(w.masked_fill(~mask, float("-inf")), dim=-1)
+            a = (w * drop) @ v
         return self.out(a.transpose(1, 2).reshape(B, L, d))
 
 
@@ -367,11 +376,17 @@ class _Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(d, eps=1e-8)
         self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, d), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         q = self.ln_attn(x)
-        x = q + self.drop_attn(self.attn(q, x, mask))
+        if noise is None:
+            x = q + self.drop_attn(self.attn(q, x, mask))
+            y = self.ln_ffn(x)
+            return y + self.ffn(y)
+        n_w, n_a, n_f1, n_f2 = noise
+        x = q + self.attn(q, x, mask, n_w) * n_a
         y = self.ln_ffn(x)
-        return y + self.ffn(y)
+        lin1, _, _, lin2, _ = self.ffn
+        return y + lin2(F.relu(lin1(y)) * n_f1) * n_f2
 
 
 class SASRec(nn.Module):
@@ -407,34 +422,63 @@ class SASRec(nn.Module):
             with torch.no_grad():
                 self.item_emb.weight[self.PAD].zero_()
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``(B, L, d)`` of token batches ``(B, L)``, ``L <= max_len`` (0 = padding)."""
+    def forward(self, seqs: torch.Tensor, noise: dict | None = None) -> torch.Tensor:
+        """Hidden states ``(B, L, d)`` of token batches ``(B, L)``, ``L <= max_len`` (0 = padding).
+
+        ``noise``: explicit dropout multipliers from :meth:`dropout_noise` (keep / (1 - p) or 0),
+        used instead of the ``nn.Dropout`` modules, so that each row's masks can come from its own
+        generator (federated cohorts: every user's computation is what it would be alone).
+        """
         if seqs.dim() != 2 or seqs.shape[1] > self.max_len:
             raise ConfigError(f"seqs must be (B, L) with L <= max_len={self.max_len} (got {tuple(seqs.shape)})")
         B, L = seqs.shape
         keep = seqs != self.PAD
         x = self.item_emb(seqs) * math.sqrt(self.d)
         x = x + self.pos_emb(torch.arange(self.max_len - L, self.max_len, device=seqs.device))
-        x = self.emb_dropout(x) * keep.unsqueeze(-1)
+        x = (self.emb_dropout(x) if noise is None else x * noise["emb"]) * keep.unsqueeze(-1)
         eye = torch.eye(L, dtype=torch.bool, device=seqs.device)
         causal = torch.ones(L, L, dtype=torch.bool, device=seqs.device).tril()
         mask = (causal & keep[:, None, :]) | eye  # (B, L, L): query t may attend to key s
         mask = mask.unsqueeze(1)
-        for blk in self.blocks:
-            x = blk(x, mask) * keep.unsqueeze(-1)
+        for b, blk in enumerate(self.blocks):
+            x = blk(x, mask, None if noise is None else noise["blocks"][b]) * keep.unsqueeze(-1)
         return self.final_ln(x)
 
     def item_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``h . E[token]`` for matching hidden states ``(..., d)`` and tokens ``(...)``."""
         return (hidden * self.item_emb(tokens)).sum(-1)
 
-    def bce_loss(self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    def dropout_noise(self, seeds: Sequence[int], L: int | None = None) -> dict:
+        """Dropout multipliers for ``len(seeds)`` rows of length ``L``; row ``r`` from ``Generator(seeds[r])``.
+
+        Layout: ``{"emb": (B, L, d), "blocks": [(attn weights (B, h, L, L), attn out (B, L, d),
+        ffn hidden (B, L, d), ffn out (B, L, d)), ...]}``; each entry is ``(U >= p) / (1 - p)`` with
+        ``U`` uniform, i.e. the same Bernoulli(1 - p) keep masks ``nn.Dropout`` draws. A row's
+        multipliers depend only on its own seed.
+        """
+        L = self.max_len if L is None else int(L)
+        p, d = float(self.emb_dropout.p), self.d
+        h = self.blocks[0].attn.h if len(self.blocks) else 1
+        sizes = [L * d] + [h * L * L, L * d, L * d, L * d] * len(self.blocks)
+        total = sum(sizes)
+        u = torch.stack([torch.rand(total, generator=torch.Generator().manual_seed(int(s) % 2**63))
+                         for s in seeds]) if len(seeds) else torch.zeros(0, total)
+        m = (u >= p).to(torch.float32) / (1.0 - p)
+        B = m.shape[0]
+        parts = list(torch.split(m, sizes, dim=1))
+        shapes = [(L, d)] + [(h, L, L), (L, d), (L, d), (L, d)] * len(self.blocks)
+        parts = [t.reshape(B, *sh) for t, sh in zip(parts, shapes)]
+        blocks = [tuple(parts[1 + 4 * b: 5 + 4 * b]) for b in range(len(self.blocks))]
+        return {"emb": parts[0], "blocks": blocks}
+
+    def bce_loss(self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                 noise: dict | None = None) -> torch.Tensor:
         """Mean over non-padded targets of BCE(next item, 1) + BCE(one sampled negative, 0).
 
         ``seqs``, ``pos``, ``neg``: token tensors ``(B, L)``; position ``t`` of ``pos`` is the item that
         follows ``seqs[:, t]`` (0 where there is no target) and ``neg`` one sampled negative token.
         """
-        h = self(seqs)
+        h = self(seqs, noise)
         m = pos != self.PAD
         if not bool(m.any()):
             return h.sum() * 0.0
@@ -442,7 +486,141 @@ class SASRec(nn.Module):
         return (F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp))
                 + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln)))
 
+    def masked_bce(self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                   noise: dict | None = None) -> torch.Tensor:
+        """:meth:`bce_loss` without data-dependent indexing (usable under ``torch.func.vmap``).
+
+        Same value: the mean over non-padded targets, as a masked sum divided by the count.
+        """
+        h = self(seqs, noise)
+        m = (pos != self.PAD).to(h.dtype)
+        lp, ln = self.item_logits(h, pos), self.item_logits(h, neg)
+        per = F.softplus(-lp) + F.softplus(ln)
+        return (per * m).sum() / m.sum().clamp_min(1.0)
+
     def score_all(self, seqs: torch.Tensor) -> torch.Tensor:
         """Scores ``(B, num_items)`` (0-based item ids) of the next item after each sequence's last position."""
         h = self(seqs)[:, -1, :]
         return h @ self.item_emb.weight[1:].T
+
+
+# =========================================================================== federated SASRec
+
+
+@dataclass
+class SASRecCohortUpdate:
+    """Result of :func:`sasrec_user_step` for ``U`` users, each trained alone from the same weights.
+
+    User ``j`` touched the item-embedding rows ``item_ids[indptr[j]:indptr[j+1]]`` (0-based item
+    ids, sorted; the items of its input, target and negative tokens): their deltas are the same
+    slice of ``item_deltas`` (T, d). Every other item row has an exactly zero delta (its gradient
+    is zero). ``dense[name]`` (U, ...): the deltas of every other parameter. ``losses[j, e]``: the
+    user's loss at the start of local step ``e`` (NaN for users without a training target).
+    ``num_targets[j]``: its non-padded target positions (its example count).
+    """
+
+    indptr: np.ndarray
+    item_ids: np.ndarray
+    item_deltas: torch.Tensor
+    dense: dict
+    losses: np.ndarray
+    num_targets: np.ndarray
+
+
+def sasrec_user_step(model: "SASRec", seqs: Sequence, neg_lists: Sequence, lr: float, epochs: int = 1,
+                     seeds: Sequence[int] | None = None, *, chunk: int = 64) -> SASRecCohortUpdate:
+    """Local SGD of ``U`` users on their own sequences, each on its own copy of ``model``'s weights.
+
+    ``seqs[j]``: user ``j``'s chronological training items (0-based); inputs are ``seq[:-1]`` and
+    targets ``seq[1:]``, the last ``model.max_len`` of each. ``neg_lists[j]``: ``epochs`` blocks of
+    one negative item per target (``epochs * n_targets`` ids, block ``e`` for step ``e``).
+    ``seeds[j]``: the user's dropout seed; step ``e`` uses ``seeds[j] + e``. Each step is one
+    full-batch SGD step of lr ``lr`` on the user's mean BCE over its targets
+    (:meth:`SASRec.masked_bce`). Users are vectorised with ``torch.func.vmap`` over per-user
+    weight copies in chunks of ``chunk``; dropout masks are explicit per-user draws
+    (:meth:`SASRec.dropout_noise`), so a user's result does not depend on its cohort (tested).
+    ``model`` is not modified.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    U = len(seqs)
+    if len(neg_lists) != U:
+        raise ConfigError(f"neg_lists must have one entry per user ({U}), got {len(neg_lists)}")
+    if not lr > 0:
+        raise ConfigError(f"lr must be > 0 (got {lr})")
+    if int(epochs) != epochs or epochs < 1:
+        raise ConfigError(f"epochs must be an integer >= 1 (got {epochs})")
+    seeds = [0] * U if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != U:
+        raise ConfigError(f"seeds must have one entry per user ({U}), got {len(seeds)}")
+    E, L = int(epochs), model.max_len
+    names = [n for n, _ in model.named_parameters()]
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    x_tok = to_tokens([np.asarray(s, dtype=np.int64)[:-1] for s in seqs], L)
+    y_tok = to_tokens([np.asarray(s, dtype=np.int64)[1:] for s in seqs], L)
+    n_t = (y_tok > 0).sum(1).numpy()
+    neg_tok = torch.zeros(E, U, L, dtype=torch.long)
+    for j in range(U):
+        a = np.asarray(neg_lists[j], dtype=np.int64).reshape(-1)
+        if a.size != E * n_t[j]:
+            raise ConfigError(f"neg_lists[{j}] must hold epochs * targets = {E * n_t[j]} items (got {a.size})")
+        if n_t[j]:
+            if a.min() < 0 or a.max() >= model.num_items:
+                raise ConfigError(f"neg_lists[{j}] must hold item ids in [0, {model.num_items})")
+            neg_tok[:, j, L - n_t[j]:] = torch.from_numpy(a.reshape(E, n_t[j]) + 1)
+
+    # Each user's private copy of the item rows it touches: a local table (row 0 = the padding
+    # row) indexed by remapped tokens, so per-user gradients stay (T_max, d) instead of
+    # (num_items + 1, d). Untouched rows have zero gradient, so nothing is lost.
+    all_tok = torch.cat([x_tok[None], y_tok[None], neg_tok], 0)  # (E + 2, U, L)
+    local_ids = [torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), all_tok[:, j].reshape(-1)]))
+                 for j in range(U)]
+    T = max(int(t.numel()) for t in local_ids) if U else 1
+    loc = torch.zeros_like(all_tok)
+    tables = torch.zeros(U, T, dtype=torch.long)
+    for j in range(U):
+        loc[:, j] = torch.searchsorted(local_ids[j], all_tok[:, j].contiguous())
+        tables[j, :local_ids[j].numel()] = local_ids[j]
+    x_loc, y_loc, neg_loc = loc[0], loc[1], loc[2:]
+
+    was_training = model.training
+    model.train()
+
+    def user_loss(params, x, y, neg, noise):
+        noise = {"emb": noise["emb"][None], "blocks": [tuple(t[None] for t in b) for b in noise["blocks"]]}
+        h = functional_call(model, params, (x[None],), {"noise": noise})[0]
+        Emb = params["item_emb.weight"]
+        lp, ln = (h * Emb[y]).sum(-1), (h * Emb[neg]).sum(-1)
+        m = (y > 0).to(h.dtype)
+        return ((F.softplus(-lp) + F.softplus(ln)) * m).sum() / m.sum().clamp_min(1.0)
+
+    step = vmap(torch.func.grad_and_value(user_loss))
+    losses = np.full((U, E), np.nan)
+    dense = {n: torch.empty((U, *base[n].shape)) for n in names if n != "item_emb.weight"}
+    item_ids, item_rows, indptr = [], [], np.zeros(U + 1, dtype=np.int64)
+    for a in range(0, U, chunk):
+        b = min(a + chunk, U)
+        params = {n: base[n].unsqueeze(0).expand(b - a, *base[n].shape).clone() for n in dense}
+        params["item_emb.weight"] = base["item_emb.weight"][tables[a:b]].clone()
+        for e in range(E):
+            noise = model.dropout_noise([seeds[j] + e for j in range(a, b)], L)
+            g, v = step(params, x_loc[a:b], y_loc[a:b], neg_loc[e, a:b], noise)
+            with torch.no_grad():
+                for n in names:
+                    params[n] -= lr * g[n]
+            losses[a:b, e] = v.detach().numpy()
+        with torch.no_grad():
+            for n in dense:
+                dense[n][a:b] = params[n] - base[n]
+            demb = params["item_emb.weight"] - base["item_emb.weight"][tables[a:b]]
+        for j in range(a, b):
+            k = local_ids[j].numel()
+            item_ids.append(local_ids[j][1:].numpy() - 1)
+            item_rows.append(demb[j - a, 1:k])
+            indptr[j + 1] = indptr[j] + k - 1
+    losses[n_t == 0] = np.nan
+    model.train(was_training)
+    return SASRecCohortUpdate(indptr=indptr,
+                              item_ids=np.concatenate(item_ids) if item_ids else np.zeros(0, np.int64),
+                              item_deltas=torch.cat(item_rows) if item_rows else torch.zeros(0, model.d),
+                              dense=dense, losses=losses, num_targets=n_t.astype(np.int64))

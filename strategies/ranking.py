@@ -1,0 +1,97 @@
+"""Shared server half of the federated recommenders (``fedmf``, ``fedsasrec``, ...).
+
+:class:`RankingStrategy` checks that ``partition.num-clients`` matches the users and
+``users-per-client`` (logical client ``c`` owns users ``c*upc .. (c+1)*upc - 1`` of the
+leave-one-out split), loads the evaluation metadata (item popularity, user gender) and
+turns the clients' per-user evaluation replies into metrics: HR/NDCG/recall/MRR@K as
+means of per-user values (summed, never averaged per client), item-side fairness from
+the users' top-K lists, user-side gaps by gender. Subclasses provide the model
+(``initial_weights``, ``aggregate``) and its client half.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedrec.errors import ConfigError
+from fedrec.metrics.fairness import FederatedMetrics
+from fedrec.protocol import ClientReply
+from fedrec.strategies.base import FedrecStrategy
+
+
+class RankingStrategy(FedrecStrategy):
+    """Base of per-user federated recommenders evaluated by full ranking."""
+
+    progress_keys = ("ndcg@10", "hr@10", "coverage@10")
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        from fedrec.clients.recsys import num_clients_for, user_data
+
+        params = cls.parse_params(cfg)
+        ds, ud = user_data(cfg.dataset.name)
+        want = num_clients_for(ud.num_users, params.users_per_client)
+        if cfg.partition.num_clients != want:
+            raise ConfigError(f"config key 'partition.num-clients': {cfg.partition.num_clients} "
+                              f"does not match {ud.num_users} users / users-per-client "
+                              f"{params.users_per_client}; set it to {want}")
+
+    def setup(self, grid) -> None:
+        super().setup(grid)
+        from fedrec.clients.recsys import user_data
+        from fedrec.metrics.ranking import popular_items
+
+        self.ds, self.ud = user_data(self.cfg.dataset.name)
+        self.popular = np.flatnonzero(popular_items(self.ud.item_counts(), 0.2))
+
+    def evaluate_config(self, server_round: int) -> dict[str, Any]:
+        return {"popular": self.popular.tolist()}
+
+    def start(self, grid, initial_arrays=None, **kw):
+        self._grid = grid
+        return super().start(grid, initial_arrays, **kw)
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._current_all = arrays.to_numpy_ndarrays()
+        self._current = self._current_all[0]
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def evaluation_metrics(self, replies: list[ClientReply]) -> FederatedMetrics | None:
+        from fedrec.metrics.ranking import exposure_metrics, mean_metrics, user_group_metrics
+
+        replies = [r for r in replies if "users" in r.metrics]
+        if not replies:
+            return None
+        users = np.concatenate([np.asarray(r.metrics["users"], dtype=np.int64) for r in replies])
+        keys = [k for k in replies[0].metrics if k.startswith("pu.")]
+        pu = {}
+        for k in keys:
+            v = np.concatenate([np.asarray(r.metrics[k], dtype=np.float64) for r in replies])
+            pu[k[3:]] = np.where(v < 0, np.nan, v)
+        K = 20
+        top = np.concatenate([np.asarray(r.metrics["topk"], dtype=np.int64).reshape(-1, K)
+                              for r in replies])
+        popular = np.zeros(self.ud.num_items, dtype=bool)
+        popular[self.popular] = True
+        overall = mean_metrics(pu)
+        overall["num_users"] = float((~np.isnan(pu["hr@10"])).sum())
+        for k in (10, 20):
+            if f"recall_pop@{k}" in overall:
+                overall[f"recall_gap@{k}"] = overall[f"recall_pop@{k}"] - overall[f"recall_tail@{k}"]
+                overall[f"ndcg_gap@{k}"] = overall[f"ndcg_pop@{k}"] - overall[f"ndcg_tail@{k}"]
+        overall.update(exposure_metrics(top, self.ud.num_items, (10, 20), popular))
+        by_group = []
+        gender = self.ds.user_attrs.get("gender") if self.ds.user_attrs else None
+        if gender is not None:
+            g = np.asarray(gender)[users]
+            overall.update({f"user_{k}": v for k, v in user_group_metrics(pu, g).items()
+                            if k.endswith("_gap") and k.split("_gap")[0] in ("ndcg@10", "hr@10")})
+            for a in np.unique(g):
+                m = g == a
+                by_group.append({"n": int(m.sum()), **{k: float(np.nanmean(v[m]))
+                                                       for k, v in pu.items()
+                                                       if k in ("hr@10", "ndcg@10")}})
+        return FederatedMetrics(overall=overall, by_client={}, by_group=by_group, local={})
+
