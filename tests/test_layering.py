@@ -9,6 +9,7 @@ PURE = ["fedrec", "fedrec.config", "fedrec.data", "fedrec.models", "fedrec.metri
         "fedrec.protocol", "fedrec.callbacks", "fedrec.report", "fedrec.clients.base",
         "fedrec.clients.classification",
         "fedrec.algorithms.fedfact", "fedrec.algorithms.lp", "fedrec.algorithms.fair_baselines",
+        "fedrec.algorithms.raid", "fedrec.algorithms.lego",
         "fedrec.clients.fedfact", "fedrec.clients.fair_baselines", "fedrec.attacks", "fedrec.recsys", "fedrec.models.recsys",
         "fedrec.metrics.ranking"]
 

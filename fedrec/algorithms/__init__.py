@@ -10,6 +10,11 @@ algorithm does not pull in the solvers of another):
   problem (1) on a finite sample (cvxpy/CLARABEL and scipy/HiGHS), used as an oracle.
 - :mod:`fedrec.algorithms.fair_baselines`: server/client maths of the FairFed and FedFB
   baselines.
+- :mod:`fedrec.algorithms.raid`: RAID's optimal-transport pieces (group moments,
+  Bures-Wasserstein and free-support barycenters with POT, OT alignment targets, W2
+  between groups).
+- :mod:`fedrec.algorithms.lego`: LEGO's per-user vCLUB calibration, variational
+  classifier, flexible combination and dynamic requests.
 """
 
-__all__ = ["fair_baselines", "fedfact", "lp"]
+__all__ = ["fair_baselines", "fedfact", "lego", "lp", "raid"]
