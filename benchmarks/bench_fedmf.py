@@ -26,11 +26,8 @@ Configurations (``--only`` picks a subset, by key):
   aggregation ``Q[i] += server_lr * sum(delta_i) / count_i``. No evaluation.
 * ``raw-synth10k``: ``raw`` for 10,000 ``synthetic-rec`` users (``load_dataset(
   "synthetic-rec", num_users=10000)``, 500 items, 30 interactions per user): its peak RSS.
-  ``fedrec.run`` cannot size synthetic-rec (the config has no dataset options; fedmf
-  calls ``load_dataset(name)`` with the defaults, 1,000 users).
 * ``local-synth10k`` (only with ``--only``): ``fedrec.run`` local, one cohort node, on
-  10,000 synthetic users by patching ``fedrec.data.load_dataset`` in the subprocess (not
-  a supported configuration; a memory probe).
+  10,000 synthetic users (``dataset.options = "num_users=10000"``), evaluation included.
 
 fedrec rounds include fedmf's evaluation phase (full ranking of all items for every
 user); plain Flower and raw have none. So the table also gives the **train phase**:
@@ -106,7 +103,7 @@ CONFIGS = {
     "ray-8": ("fedrec ray", "8", 600),
     "flower": ("plain Flower (ray), dense FedAvg", "943 (1 per user)", 720),
     "ray-0": ("fedrec ray", "943 (1 per user)", 660),
-    "local-synth10k": ("fedrec local, 10,000 synthetic users (patched loader)", "1 (cohort)", 600),
+    "local-synth10k": ("fedrec local, 10,000 synthetic users", "1 (cohort)", 600),
 }
 DEFAULT_KEYS = ["local-1", "local-8", "raw", "raw-synth10k", "ray-2", "ray-8", "flower",
                 "ray-0"]
@@ -172,18 +169,8 @@ def run_fedrec(backend: str, nodes: int, rounds: int, timeout: float, workdir: P
     if backend == "ray":
         cfg["runtime.client-num-cpus"] = 1.0
     if synthetic_users:
-        # fedrec's config cannot size synthetic-rec; patch the loader fedmf calls.
-        import fedrec.data as fdata
-
-        orig = fdata.load_dataset
-
-        def load(name, **kw):
-            if name == "synthetic-rec":
-                kw.setdefault("num_users", synthetic_users)
-            return orig(name, **kw)
-
-        fdata.load_dataset = load
-        cfg.update({"dataset.name": "synthetic-rec", "partition.num-clients": synthetic_users})
+        cfg.update({"dataset.name": "synthetic-rec", "partition.num-clients": synthetic_users,
+                    "dataset.options": f"num_users={synthetic_users}"})
     out = workdir / f"fedrec-{backend}-{nodes}-{synthetic_users or 0}"
     try:
         s = fedrec.run(cfg, backend=backend, out=str(out), quiet=True)

@@ -37,14 +37,40 @@ from fedrec.seeding import derive_seed
 K_LIST = (10, 20)
 
 
+def parse_options(options: str) -> dict:
+    """``"a=1,b=0.5,c=x"`` -> ``{"a": 1, "b": 0.5, "c": "x"}`` (config key ``dataset.options``)."""
+    from fedrec.errors import ConfigError
+
+    out = {}
+    for part in filter(None, (p.strip() for p in str(options).split(","))):
+        k, sep, v = part.partition("=")
+        if not sep or not k.strip():
+            raise ConfigError(f"config key 'dataset.options': '{part}' is not key=value "
+                              "(example: num_users=10000,num_items=2000)")
+        v = v.strip()
+        for cast in (int, float):
+            try:
+                v = cast(v)
+                break
+            except ValueError:
+                pass
+        out[k.strip()] = v
+    return out
+
+
+def cfg_user_data(cfg: RunConfig):
+    """:func:`user_data` for a run config (dataset name and ``dataset.options``)."""
+    return user_data(cfg.dataset.name, cfg.dataset.options)
+
+
 @functools.lru_cache(maxsize=4)
-def user_data(dataset: str):
+def user_data(dataset: str, options: str = ""):
     """(RecDataset, leave-one-out UserData), cached per process."""
     from fedrec.data import RecDataset, load_dataset
     from fedrec.errors import ConfigError
     from fedrec.recsys.splits import leave_one_out
 
-    ds = load_dataset(dataset)
+    ds = load_dataset(dataset, **parse_options(options))
     if not isinstance(ds, RecDataset):
         raise ConfigError(f"config key 'dataset.name': '{dataset}' is not a recommendation "
                           "dataset; fedmf needs one (ml-100k, lastfm, synthetic-rec)")
@@ -116,7 +142,7 @@ class MFClient(ClientHalf):
     @classmethod
     def handle_cohort(cls, cfg, message_type, server_round, weights, config, states):
         p = cls.params(cfg)
-        ds, ud = user_data(cfg.dataset.name)
+        ds, ud = cfg_user_data(cfg)
         if message_type == "query.fedrec_hello":
             out = {}
             for c in sorted(states):
@@ -243,7 +269,7 @@ class SASRecClient(ClientHalf):
     @classmethod
     def handle_cohort(cls, cfg, message_type, server_round, weights, config, states):
         p = cls.params(cfg)
-        ds, ud = user_data(cfg.dataset.name)
+        ds, ud = cfg_user_data(cfg)
         owner_users = {c: client_users(c, p.users_per_client, ud.num_users) for c in sorted(states)}
         if message_type == "query.fedrec_hello":
             return {c: (None, {"num-users": len(us), "num-items": ud.num_items,

@@ -70,6 +70,9 @@ class DatasetConfig:
     target: str = key("", "Prediction target; empty = the dataset's default.")
     test_fraction: float = key(0.2, "Share of each client's rows held out for its "
                                "test split (seeded per client).", **OPEN_FRACTION)
+    options: str = key("", "Loader options as 'key=value,key=value' (recommendation "
+                       "datasets; e.g. synthetic-rec: num_users=10000,num_items=2000). "
+                       "Unknown options are rejected with the allowed ones.")
 
 
 @dataclass(frozen=True)

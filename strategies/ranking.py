@@ -28,10 +28,10 @@ class RankingStrategy(FedrecStrategy):
 
     @classmethod
     def preflight(cls, cfg) -> None:
-        from fedrec.clients.recsys import num_clients_for, user_data
+        from fedrec.clients.recsys import cfg_user_data, num_clients_for
 
         params = cls.parse_params(cfg)
-        ds, ud = user_data(cfg.dataset.name)
+        ds, ud = cfg_user_data(cfg)
         want = num_clients_for(ud.num_users, params.users_per_client)
         if cfg.partition.num_clients != want:
             raise ConfigError(f"config key 'partition.num-clients': {cfg.partition.num_clients} "
@@ -40,10 +40,10 @@ class RankingStrategy(FedrecStrategy):
 
     def setup(self, grid) -> None:
         super().setup(grid)
-        from fedrec.clients.recsys import user_data
+        from fedrec.clients.recsys import cfg_user_data
         from fedrec.metrics.ranking import popular_items
 
-        self.ds, self.ud = user_data(self.cfg.dataset.name)
+        self.ds, self.ud = cfg_user_data(self.cfg)
         self.popular = np.flatnonzero(popular_items(self.ud.item_counts(), 0.2))
 
     def evaluate_config(self, server_round: int) -> dict[str, Any]:

@@ -94,3 +94,19 @@ def test_num_clients_must_match_users(tmp_path):
 
     with pytest.raises(ConfigError, match="set it to 20"):
         fedrec.run({**SMALL, "partition.num-clients": 7}, backend="local", out=tmp_path / "x")
+
+
+def test_dataset_options_size_the_synthetic_world(tmp_path):
+    from fedrec.clients.recsys import parse_options
+    from fedrec.errors import ConfigError, FedrecError
+
+    assert parse_options("num_users=120, attr_strength=0.5,x=a") == {
+        "num_users": 120, "attr_strength": 0.5, "x": "a"}
+    with pytest.raises(ConfigError, match="dataset.options"):
+        parse_options("num_users")
+    s = fedrec.run({**SMALL, "dataset.options": "num_users=120", "partition.num-clients": 3,
+                    "strategy.params.users-per-client": 40, "num-server-rounds": 1},
+                   backend="local", out=tmp_path / "r")
+    assert s["final"]["global"]["num_users"] == 120
+    with pytest.raises(FedrecError, match="allowed: num_users"):
+        fedrec.run({**SMALL, "dataset.options": "users=5"}, backend="local", out=tmp_path / "x")
