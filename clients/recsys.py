@@ -86,7 +86,7 @@ def num_clients_for(num_users: int, users_per_client: int) -> int:
     return -(-num_users // users_per_client)
 
 
-def ranking_replies(ud, users, owner, scores, config):
+def ranking_replies(ud, users, owner, scores, config, split: str = "test"):
     """Per-client evaluation replies: per-user ranking metrics and top-K lists.
 
     ``scores`` (len(users), num_items) for the cohort's users (rows in ``users`` order);
@@ -95,10 +95,10 @@ def ranking_replies(ud, users, owner, scores, config):
     from fedrec.metrics.ranking import first_relevant_rank, per_user_metrics, topk_items
 
     scores = np.array(scores, dtype=np.float32, copy=True)
-    hist = ud.history("test")
+    hist, targets = ud.history(split), ud.targets(split)
     for j, u in enumerate(users):  # exclude what the user has already seen
         scores[j, hist[u]] = -np.inf
-    rel = [ud.test[u] for u in users]
+    rel = [targets[u] for u in users]
     top = topk_items(scores, max(K_LIST))
     ranks = first_relevant_rank(scores, rel)
     popular = np.zeros(ud.num_items, dtype=bool)
@@ -163,7 +163,7 @@ class MFClient(ClientHalf):
         raise ValueError(f"fedmf clients do not handle '{message_type}'")
 
     @classmethod
-    def _train(cls, cfg, p, ud, rnd, weights, users, owner, P, states):
+    def _train(cls, cfg, p, ud, rnd, weights, users, owner, P, states, user_grad=None):
         from fedrec.models.recsys import mf_bpr_user_step
         from fedrec.recsys.splits import sample_negatives
 
@@ -178,7 +178,8 @@ class MFClient(ClientHalf):
             pos = [np.tile(x, p.negatives) for x in pos]
         upd = mf_bpr_user_step(torch.as_tensor(P), Q, pos, neg, lr=t.lr, reg=p.reg,
                                epochs=t.local_epochs, batch_size=t.batch_size,
-                               seed=[derive_seed(cfg.seed, "local", rnd, int(u)) for u in users])
+                               seed=[derive_seed(cfg.seed, "local", rnd, int(u)) for u in users],
+                               user_grad=user_grad)
         newP = upd.P.detach().numpy()
         dq, _ = upd.item_deltas(Q)
         dq = dq.detach().numpy()
@@ -208,9 +209,9 @@ class MFClient(ClientHalf):
         return out
 
     @classmethod
-    def _evaluate(cls, p, ud, weights, config, users, owner, P):
+    def _evaluate(cls, p, ud, weights, config, users, owner, P, split="test"):
         Q = np.asarray(weights[0], dtype=np.float32)
-        return ranking_replies(ud, users, owner, P @ Q.T, config)
+        return ranking_replies(ud, users, owner, P @ Q.T, config, split)
 
     # per-client entry points (used when the ClientApp is not batching)
     def _one(self, message_type, rnd, weights, config):

@@ -10,7 +10,10 @@ touched it (see :mod:`fedrec.clients.recsys`).
 
 Sparse aggregation (default): ``Q[i] += server_lr * (sum of deltas for row i) /
 (number of users that touched row i)`` over rows that were touched; an untouched row
-is bit-for-bit unchanged. ``aggregation = "dense"`` is the FedAvg baseline: every
+is bit-for-bit unchanged. With ``server-optimizer = "adam"`` the per-row mean delta is
+the pseudo-gradient of a lazy (sparse) Adam step with step size ``server-lr`` (FedAdam,
+Reddi et al. 2021; touched rows only, so untouched rows stay unchanged too).
+``aggregation = "dense"`` is the FedAvg baseline: every
 client sends a full matrix (the global rows plus its users' mean delta where they
 touched), averaged with example weights, so each row's update is diluted by the
 clients that never touched it.
@@ -52,6 +55,10 @@ class FedMFParams:
                            choices=("sparse", "dense"))
     server_lr: float = key(1.0, "Multiplier of the aggregated item-row delta.",
                            check=lambda v: v > 0, check_doc="> 0")
+    server_optimizer: str = key("sgd", "sgd: Q += server-lr * per-row mean delta; adam: lazy "
+                                "(sparse) Adam on the per-row mean delta, only touched rows "
+                                "step (FedAdam, Reddi et al. 2021), betas (0.9, 0.999).",
+                                choices=("sgd", "adam"))
     release_embeddings: bool = key(False, "After the last round, ask clients to release "
                                    "their user embeddings (saved as embeddings.npz) and save "
                                    "the last round's uploads (uploads.npz), for the attack "
@@ -99,13 +106,35 @@ class FedMF(RankingStrategy):
                 np.add.at(count, ids.astype(np.int64), c.astype(np.float64))
             rows = count > 0
             newQ = Q.copy()
-            newQ[rows] = (Q[rows].astype(np.float64) + self.params.server_lr
-                          * delta[rows] / count[rows, None]).astype(Q.dtype)
+            step = delta[rows] / count[rows, None]
+            if self.params.server_optimizer == "adam":
+                step = self._adam_rows(np.flatnonzero(rows), step, Q.shape)
+            newQ[rows] = (Q[rows].astype(np.float64) + self.params.server_lr * step).astype(Q.dtype)
             touched = int(rows.sum())
             if self.params.release_embeddings:
                 self.uploads = {r.client_id: r.weights[0].astype(np.int64) for r in replies}
         return [newQ], {"num-examples": n, "num-clients": len(replies), "train-loss": loss,
                         "rows-touched": touched}
+
+    def _adam_rows(self, rows: np.ndarray, delta: np.ndarray, shape) -> np.ndarray:
+        """Lazy Adam direction for ``rows`` from their mean deltas (pseudo-gradient ``-delta``).
+
+        Like ``torch.optim.SparseAdam``: moments and step counts of a row change only when
+        the row is touched, so an untouched row stays bit-for-bit unchanged.
+        """
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        st = getattr(self, "_adam", None)
+        if st is None:
+            st = self._adam = {"m": np.zeros(shape), "v": np.zeros(shape),
+                               "t": np.zeros(shape[0])}
+        g = -delta
+        st["t"][rows] += 1
+        st["m"][rows] = b1 * st["m"][rows] + (1 - b1) * g
+        st["v"][rows] = b2 * st["v"][rows] + (1 - b2) * g * g
+        t = st["t"][rows][:, None]
+        mh = st["m"][rows] / (1 - b1 ** t)
+        vh = st["v"][rows] / (1 - b2 ** t)
+        return -mh / (np.sqrt(vh) + eps)
 
     def on_round_end(self, server_round: int, record) -> None:
         if server_round == self.total_rounds() and self.params.release_embeddings:

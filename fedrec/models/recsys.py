@@ -208,7 +208,8 @@ def _flatten_lists(lists: Sequence, name: str, num_items: int) -> tuple[np.ndarr
 @torch.no_grad()
 def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence, neg_lists: Sequence,
                      lr: float, reg: float = 0.0, epochs: int = 1, seed: int | Sequence[int] = 0, *,
-                     batch_size: int | None = None, item_bias: torch.Tensor | None = None) -> CohortUpdate:
+                     batch_size: int | None = None, item_bias: torch.Tensor | None = None,
+                     user_grad=None) -> CohortUpdate:
     """Local BPR training of ``U`` users at once, each on its own copy of the item rows it touches.
 
     ``P_users`` (U, d): the cohort's embeddings; ``Q`` (num_items, d) (and ``item_bias``): the
@@ -218,6 +219,12 @@ def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence
     paired with positive ``t``. ``seed``: one int for all users, or one per user (the caller derives
     them, e.g. ``derive_seed(run_seed, "local", round, user)``); it only orders mini-batches.
     Returns a :class:`CohortUpdate`; running the users one at a time gives the same numbers.
+
+    ``user_grad(P_active (k, d), users (k,) cohort indices) -> (k, d)``: an optional extra
+    per-user gradient on the user embeddings, added once per mini-batch step of each user that
+    has triples in the step, from the pre-step values (e.g. RAID's ``2 * gamma * (p - t_u)``
+    or a gradient-reversal adversary). It must be per-user (row ``i`` may depend only on user
+    ``users[i]``) so that the cohort result stays the per-user result.
     """
     if P_users.dim() != 2 or Q.dim() != 2 or P_users.shape[1] != Q.shape[1]:
         raise ConfigError(f"P_users (U, d) and Q (num_items, d) must share d (got {tuple(P_users.shape)}, "
@@ -314,6 +321,8 @@ def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence
             gw = w * -torch.sigmoid(-x)  # w * dL/dx, per triple
             active = torch.unique_consecutive(u)
             reg_p = P.index_select(0, active).mul_(reg)
+            if user_grad is not None:
+                reg_p += user_grad(P.index_select(0, active), active)
             wr = (w * reg)[:, None]
             # in place on the gathered copies (pre-step values are no longer needed afterwards)
             P.index_add_(0, u, diff.mul_(gw[:, None]), alpha=-lr)
