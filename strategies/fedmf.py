@@ -55,6 +55,9 @@ class FedMFParams:
                            choices=("sparse", "dense"))
     server_lr: float = key(1.0, "Multiplier of the aggregated item-row delta.",
                            check=lambda v: v > 0, check_doc="> 0")
+    server_lr_final: float = key(0.0, "If > 0, the server lr decays linearly from server-lr "
+                                 "in round 1 to this value in the last round (0 = constant).",
+                                 check=lambda v: v >= 0, check_doc=">= 0")
     server_optimizer: str = key("sgd", "sgd: Q += server-lr * per-row mean delta; adam: lazy "
                                 "(sparse) Adam on the per-row mean delta, only touched rows "
                                 "step (FedAdam, Reddi et al. 2021), betas (0.9, 0.999).",
@@ -109,12 +112,20 @@ class FedMF(RankingStrategy):
             step = delta[rows] / count[rows, None]
             if self.params.server_optimizer == "adam":
                 step = self._adam_rows(np.flatnonzero(rows), step, Q.shape)
-            newQ[rows] = (Q[rows].astype(np.float64) + self.params.server_lr * step).astype(Q.dtype)
+            newQ[rows] = (Q[rows].astype(np.float64) + self.server_lr(server_round) * step).astype(Q.dtype)
             touched = int(rows.sum())
             if self.params.release_embeddings:
                 self.uploads = {r.client_id: r.weights[0].astype(np.int64) for r in replies}
         return [newQ], {"num-examples": n, "num-clients": len(replies), "train-loss": loss,
                         "rows-touched": touched}
+
+    def server_lr(self, server_round: int) -> float:
+        """``server-lr``, or the linear decay to ``server-lr-final`` over the rounds."""
+        p = self.params
+        if p.server_lr_final <= 0:
+            return p.server_lr
+        frac = (server_round - 1) / max(self.total_rounds() - 1, 1)
+        return p.server_lr + frac * (p.server_lr_final - p.server_lr)
 
     def _adam_rows(self, rows: np.ndarray, delta: np.ndarray, shape) -> np.ndarray:
         """Lazy Adam direction for ``rows`` from their mean deltas (pseudo-gradient ``-delta``).

@@ -110,3 +110,18 @@ def test_dataset_options_size_the_synthetic_world(tmp_path):
     assert s["final"]["global"]["num_users"] == 120
     with pytest.raises(FedrecError, match="allowed: num_users"):
         fedrec.run({**SMALL, "dataset.options": "users=5"}, backend="local", out=tmp_path / "x")
+
+
+def test_server_lr_decays_linearly_and_adam_leaves_untouched_rows():
+    s = FedMF(validate({"strategy.name": "fedmf", "num-server-rounds": 5,
+                        "strategy.params.server-lr": 20.0, "strategy.params.server-lr-final": 4.0}))
+    assert [s.server_lr(r) for r in (1, 3, 5)] == [20.0, 12.0, 4.0]
+    a = FedMF(validate({"strategy.name": "fedmf", "strategy.params.server-optimizer": "adam",
+                        "strategy.params.server-lr": 0.1}))
+    Q = np.ones((4, 2), np.float32)
+    a._current = Q
+    r = ClientReply(0, 1, {"num-examples": 1, "train-loss": 0.1},
+                    [np.array([2]), np.full((1, 2), -3.0, np.float32), np.array([1])])
+    (newQ,), _ = a.aggregate(1, [r])
+    np.testing.assert_allclose(newQ[2], 1 - 0.1, rtol=1e-6)   # first Adam step: lr * sign
+    assert np.array_equal(newQ[[0, 1, 3]], Q[[0, 1, 3]])
