@@ -1,0 +1,311 @@
+"""Federated LEGO (``lego`` strategy + ``LegoClient``): equal to the pure drivers,
+eps balls, dynamic requests, cohort invariance, what leaves a client, config errors.
+
+Small synthetic world (``synthetic-rec``, 200 users, d = 16, 2 FedMF rounds) with a
+short LEGO schedule. ``synthetic-rec`` plants one attribute (``gender``); the fixture
+:func:`extra_attributes` adds two random categorical attributes to the cached dataset
+(``age_bucket`` with 3 classes, ``occupation`` with 4) so that multi-attribute and
+dynamic requests can be exercised; they carry no signal, which does not matter for
+these mechanical checks (the quality is measured in ``experiments/lego``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import fedrec
+from fedrec.algorithms import lego as L
+from fedrec.clients import lego as C
+from fedrec.clients.recsys import user_data
+from fedrec.errors import ConfigError
+
+OPTIONS = "num_users=200"
+N, D = 200, 16
+BASE = {"strategy.name": "lego", "dataset.name": "synthetic-rec",
+        "dataset.options": OPTIONS, "strategy.params.users-per-client": 10,
+        "partition.num-clients": 20, "strategy.params.dim": D, "num-server-rounds": 2,
+        "train.lr": 0.5, "train.batch-size": 8, "output.plots": False,
+        "output.progress": False, "output.client-metrics": False, "output.checkpoint": False,
+        "runtime.num-nodes": 1,
+        "strategy.params.eps": 0.5, "strategy.params.steps": 8, "strategy.params.n-phi": 2,
+        "strategy.params.warmup-phi": 4, "strategy.params.lr-phi": 1e-2,
+        "strategy.params.lr-emb": 0.1, "strategy.params.hidden": 8,
+        "strategy.params.combine-steps": 4, "strategy.params.combine-lr": 0.1}
+DYNAMIC = {**BASE, "strategy.params.attributes": "gender,age_bucket",
+           "strategy.params.add-attributes": "occupation",
+           "strategy.params.withdraw-attributes": "age_bucket",
+           "strategy.params.consent-fraction": 0.8, "strategy.params.release-embeddings": True}
+EXTRA = {"age_bucket": ["a", "b", "c"], "occupation": ["w", "x", "y", "z"]}
+
+
+@pytest.fixture
+def extra_attributes():
+    ds, _ = user_data("synthetic-rec", OPTIONS)
+    rng = np.random.default_rng(123)
+    for name, classes in EXTRA.items():
+        ds.user_attrs[name] = rng.integers(0, len(classes), ds.num_users).astype(np.int64)
+        ds.attr_names[name] = list(classes)
+    yield ds
+    for name in EXTRA:
+        ds.user_attrs.pop(name, None)
+        ds.attr_names.pop(name, None)
+
+
+def released(path, name="embeddings.npz"):
+    z = np.load(path / name)
+    return z["embeddings"][np.argsort(z["users"])].astype(np.float64)
+
+
+@pytest.fixture
+def dynamic_run(tmp_path, extra_attributes, monkeypatch):
+    from fedrec.strategies.lego import FedLego
+
+    sent = []
+    original = FedLego._send
+
+    def spy(self, grid, action, weights, config, stats):
+        sent.append((action, config.get("attrs"), len(weights or [])))
+        return original(self, grid, action, weights, config, stats)
+
+    monkeypatch.setattr(FedLego, "_send", spy)
+    out = tmp_path / "dyn"
+    summary = fedrec.run(DYNAMIC, backend="local", out=out)
+    return out, summary, sent, extra_attributes
+
+
+def pure_lego(lg, U0):
+    """The pure dynamic driver with the run's seed and options."""
+    return L.Lego(U0, eps=lg["eps"], relative=True, seed=lg["seed"],
+                  calibrate_options=lg["calibrate_options"],
+                  combine_options=lg["combine_options"])
+
+
+# ----------------------------------------------------------------- (a) + (b) + (c)
+def test_federated_lego_equals_pure_drivers_and_stays_in_balls(dynamic_run):
+    out, summary, _, ds = dynamic_run
+    lg = json.loads((out / "lego.json").read_text())
+    U0, U = released(out, "embeddings_original.npz"), released(out)
+    mask = C.consent_mask(0, np.arange(N), 0.8)               # the users who consent
+    assert 0.6 * N < mask.sum() < N
+    assert lg["consenting_users"] == {"gender": mask.sum(), "occupation": mask.sum()}
+    # the pure drivers on the released originals, requests replayed one attribute at a time
+    ref = pure_lego(lg, U0)
+    ref.add("gender", ds.user_attrs["gender"], mask)
+    ref.add("age_bucket", ds.user_attrs["age_bucket"], mask)
+    first = lg["requests"][0]
+    assert first["alpha"] == pytest.approx(ref.alpha, abs=1e-7)
+    ref.add("occupation", ds.user_attrs["occupation"], mask)
+    assert lg["requests"][1]["alpha"] == pytest.approx(ref.alpha, abs=1e-7)
+    ref.withdraw("age_bucket")
+    assert lg["requests"][2]["alpha"] == pytest.approx(ref.alpha, abs=1e-7)
+    assert list(lg["requests"][2]["alpha"]) == ["gender", "occupation"]
+    np.testing.assert_allclose(U, ref.embeddings(), atol=1e-6, rtol=0)
+    assert L.max_row_shift(U, U0) > 1e-3                 # something moved
+    # the Step-1 MI histories are the driver's too
+    np.testing.assert_allclose(first["history"]["calibrate"]["gender"]["mi"],
+                               ref.calibrations["gender"].history["mi"], rtol=1e-6, atol=1e-9)
+    # (b) every row inside its own ball
+    eps_u = lg["eps"] * np.linalg.norm(U0, axis=1)
+    assert np.all(L.row_shifts(U, U0) <= eps_u * (1 + 1e-6) + 1e-7)
+    # the summary's final metrics are those after the last request; before = FedMF's model
+    assert summary["final"]["global"]["ndcg@10"] == pytest.approx(
+        lg["requests"][-1]["metrics"]["ndcg@10"])
+    assert lg["before"]["ndcg@10"] > 0
+
+
+def test_add_reruns_only_the_new_calibration_and_withdraw_none(dynamic_run):
+    out, _, sent, _ = dynamic_run
+    lg = json.loads((out / "lego.json").read_text())
+    req = lg["requests"]
+    assert [r["op"] for r in req] == ["request", "add", "withdraw"]
+    assert [r["num_calibrations"] for r in req] == [2, 1, 0]
+    assert [r["calibrations_run"] for r in req] == [["gender", "age_bucket"], ["occupation"], []]
+    assert lg["total_calibrations"] == 3
+    assert [r["active"] for r in req] == [["gender", "age_bucket"],
+                                          ["gender", "age_bucket", "occupation"],
+                                          ["gender", "occupation"]]
+    # what was actually sent: one prior phase per calibrating request, carrying only them
+    priors = [a for action, a, _ in sent if action == "lego_prior"]
+    assert priors == ["gender,age_bucket", "occupation"]
+    cal = [(a, n) for action, a, n in sent if action == "lego_calibrate"]
+    n_msgs = len(base_schedule())
+    assert cal == [("gender,age_bucket", 8)] * n_msgs + [("occupation", 4)] * n_msgs
+    assert req[2]["messages"]["calibrate"] == 0 and req[2]["upload_bytes"]["calibrate"] == 0
+    for r in req:
+        assert r["total_s"] >= r["combine_s"] > 0
+    # rounds.jsonl carries the compact record on the last round
+    rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r.get("scope") == "global"][-1]
+    assert last["lego"]["total_calibrations"] == 3 and "history" not in last["lego"]["requests"][0]
+
+
+def base_schedule():
+    from fedrec.strategies.lego import calibration_schedule
+
+    return calibration_schedule(BASE["strategy.params.steps"], BASE["strategy.params.n-phi"],
+                                BASE["strategy.params.warmup-phi"])
+
+
+def test_calibration_schedule_is_the_driver_sequence():
+    from fedrec.strategies.lego import calibration_schedule
+
+    for steps, n_phi, warm in [(3, 2, 4), (2, 0, 1), (0, 5, 3), (4, 1, 0)]:
+        msgs = calibration_schedule(steps, n_phi, warm)
+        ops = []
+        for step, fit in msgs:
+            ops += (["step"] if step else []) + (["fit"] if fit else [])
+        want = ["fit"] * warm + (["fit"] * n_phi + ["step"]) * steps
+        while want and want[-1] == "fit":     # fits after the last step change nothing
+            want.pop()
+        assert ops == want
+        if steps and n_phi:                  # every step shares the next fit's message
+            assert len(msgs) == warm + steps * n_phi + 1
+
+
+# ----------------------------------------------------------------- (d) cohort invariance
+@pytest.mark.slow
+def test_cohort_on_one_node_equals_one_node_per_client(tmp_path, extra_attributes):
+    cfg = DYNAMIC
+    a = fedrec.run({**cfg, "runtime.num-nodes": 1}, backend="local", out=tmp_path / "a")
+    b = fedrec.run({**cfg, "runtime.num-nodes": 0}, backend="local", out=tmp_path / "b")
+    c = fedrec.run({**cfg, "runtime.num-nodes": 3}, backend="local", out=tmp_path / "c")
+    assert (a["num_nodes"], b["num_nodes"], c["num_nodes"]) == (1, 20, 3)
+    assert a["final"] == b["final"] == c["final"]
+    ea = released(tmp_path / "a")
+    for other in ("b", "c"):
+        np.testing.assert_array_equal(released(tmp_path / other), ea)
+        la, lo = (json.loads((tmp_path / x / "lego.json").read_text()) for x in ("a", other))
+        assert [r["alpha"] for r in la["requests"]] == [r["alpha"] for r in lo["requests"]]
+
+
+def test_batched_client_maths_match_the_pure_functions():
+    rng = np.random.default_rng(0)
+    Cn, n, d, K, h = 5, 3, 6, 3, 7
+    X = rng.standard_normal((Cn, n, d))
+    y = rng.integers(0, K, (Cn, n))
+    m = rng.random((Cn, n)) < 0.6
+    m[0] = False
+    params = L.classifier_init(d, K, h, seed=2)
+    p64 = [np.asarray(a, dtype=np.float64) for a in params]
+    flat, cnt, loss = C.grad_sums(p64, X, y, m)
+    for c in range(Cn):
+        g, c0, l0 = L.classifier_grad_sums(params, X[c], y[c], m[c])
+        np.testing.assert_allclose(flat[c], np.concatenate([a.ravel() for a in g]), atol=1e-12)
+        assert cnt[c] == c0 and loss[c] == pytest.approx(l0, abs=1e-12)
+    assert not flat[0].any()
+    # calibration step (two steps, so the Adam state is exercised), rows of every client
+    X0 = X.copy()
+    prior = np.array([0.2, 0.5, 0.3])
+    eps = 0.3 * np.linalg.norm(X0, axis=-1)
+    lr = 0.05 * eps
+    st = [np.zeros((Cn, n, d)), np.zeros((Cn, n, d)), np.zeros((Cn, n))]
+    U, ref, ref_state = X0, X0.reshape(-1, d), None
+    for _ in range(2):
+        U, st[0], st[1], st[2], mi = C.calibration_step(p64, U, X0, y, prior, lr, eps, *st,
+                                                        m.astype(float))
+        ref, ref_state, ref_mi = L.calibration_step(params, ref, X0.reshape(-1, d), y.ravel(),
+                                                    prior, lr.ravel(), eps.ravel(),
+                                                    opt_state=ref_state, mask=m.ravel())
+        assert mi.sum() == pytest.approx(ref_mi, abs=1e-10)
+    np.testing.assert_allclose(U.reshape(-1, d), ref, atol=1e-12)
+    # combination gradient
+    S = np.stack([X0, U, X0 + 0.1])
+    at = np.array([0.2, -0.1, 0.4])
+    ps = [L.classifier_init(d, K, h, seed=s) for s in (3, 4, 5)]
+    ys = [y, (y + 1) % K, y[:, ::-1]]
+    w = np.array([0.5, 0.25, 1.0])
+    g, mis = C.combine_grads(at, S, [[np.asarray(a, float) for a in p] for p in ps], ys,
+                             [prior] * 3, m.astype(float), w)
+    for c in range(Cn):
+        g0, mi0 = L.combine_grad(at, [s[c] for s in S], ps, [yy[c] for yy in ys], [prior] * 3,
+                                 masks=[m[c]] * 3, weights=w)
+        np.testing.assert_allclose(g[c], g0, atol=1e-12)
+        np.testing.assert_allclose(mis[c], mi0, atol=1e-12)
+    np.testing.assert_allclose(C.mix(at, S), L.mix(at, list(S.reshape(3, -1, d))).reshape(Cn, n, d),
+                               atol=1e-14)
+
+
+# ----------------------------------------------------------------- (e) what leaves a client
+ALLOWED_LEGO_METRICS = {"counts", "num-examples", "count", "loss", "mi", "g-alpha"}
+
+
+def test_no_message_leaving_a_client_holds_embeddings_or_labels(tmp_path, monkeypatch,
+                                                                extra_attributes):
+    from fedrec.clients import app as client_app_module
+
+    sent = []
+    original = client_app_module.handle
+
+    def spy(message, context):
+        reply = original(message, context)
+        sent.append((message.metadata.message_type, reply, context))
+        return reply
+
+    monkeypatch.setattr(client_app_module, "handle", spy)
+    cfg = {**BASE, "strategy.params.users-per-client": 1, "partition.num-clients": N,
+           "num-server-rounds": 1, "strategy.params.attributes": "gender,age_bucket",
+           "strategy.params.consent-fraction": 0.5, "strategy.params.steps": 3,
+           "strategy.params.warmup-phi": 2, "strategy.params.combine-steps": 2}
+    fedrec.run(cfg, backend="local", out=tmp_path / "r")
+    ds = extra_attributes
+    consent = C.consent_mask(0, np.arange(N), 0.5)
+    assert 0 < consent.sum() < N
+    # every private embedding any client held: U0, calibrations, final P
+    rows = []
+    for ctx in {id(c): c for _, _, c in sent}.values():
+        for rec in ctx.state.array_records.values():
+            rows.append(rec["P"].numpy())
+            rows += C.state_embeddings(rec[C.STATE_KEY].numpy(), D)
+    rows = np.unique(np.concatenate(rows), axis=0)
+    assert len(rows) >= 3 * N                               # U0, P (= U(alpha)), 2 calibrations
+
+    def keys(a):  # rows / windows as hashable float32 values rounded to 1e-6
+        return {tuple(r) for r in np.round(np.asarray(a, dtype=np.float32), 6).tolist()}
+
+    private = keys(rows)
+    lego_replies = 0
+    for mtype, reply, _ in sent:
+        if not mtype.startswith("query.lego_"):
+            continue
+        for key, rec in reply.content.metric_records.items():
+            c = int(key.split(".")[1])
+            assert set(rec) <= ALLOWED_LEGO_METRICS, set(rec)
+            if not consent[c]:                              # nothing label-dependent at all
+                for v in rec.values():
+                    assert not np.any(np.asarray(v)), (mtype, c, dict(rec))
+            lego_replies += 1
+        for key, rec in reply.content.array_records.items():
+            c = int(key.split(".")[1])
+            assert consent[c], f"non-consenting client {c} sent arrays in {mtype}"
+            for arr in rec.to_numpy_ndarrays():
+                win = np.lib.stride_tricks.sliding_window_view(arr.ravel(), D)
+                assert not keys(win) & private, f"{mtype} from client {c} contains an embedding"
+    assert lego_replies > 0
+    # no metric of a LEGO reply is a label: only counts (of consenting users), sums, losses
+    for mtype, reply, _ in sent:
+        if mtype == "query.lego_prior":
+            for key, rec in reply.content.metric_records.items():
+                c = int(key.split(".")[1])
+                assert sum(rec["counts"]) == 2 * int(consent[c])   # one user, two attributes
+    assert ds.user_attrs["gender"].shape == (N,)
+
+
+# ----------------------------------------------------------------- errors
+@pytest.mark.parametrize("params, match", [
+    ({"attributes": "gender,zodiac"}, r"'strategy.params.attributes': 'zodiac' .*allowed: gender"),
+    ({"attributes": ""}, r"'strategy.params.attributes': empty"),
+    ({"attributes": "gender,gender"}, r"'strategy.params.attributes': .*twice"),
+    ({"add-attributes": "gender"}, r"'strategy.params.add-attributes': gender already"),
+    ({"withdraw-attributes": "gender2"}, r"'strategy.params.withdraw-attributes'"),
+    ({"eps": -0.1}, r"'strategy.params.eps'.*>= 0"),
+    ({"consent-fraction": 0.0}, r"'strategy.params.consent-fraction'.*\(0, 1\]"),
+])
+def test_bad_params_are_one_line_config_errors(tmp_path, params, match):
+    cfg = {**BASE, "strategy.params.attributes": "gender",
+           **{f"strategy.params.{k}": v for k, v in params.items()}}
+    with pytest.raises(ConfigError, match=match) as info:
+        fedrec.run(cfg, backend="local", out=tmp_path / "x")
+    assert "\n" not in str(info.value)
