@@ -115,7 +115,40 @@ def ranking_replies(ud, users, owner, scores, config, split: str = "test"):
     return out
 
 
-class MFClient(ClientHalf):
+class CohortClient(ClientHalf):
+    """A client half whose logic is :meth:`handle_cohort`; the per-client entry points
+    (used when the ClientApp is not batching) call it with a one-client cohort."""
+
+    def _one(self, message_type, rnd, weights, config):
+        states = {self.client_id: self.state}
+        return type(self).handle_cohort(self.cfg, message_type, rnd, weights, config,
+                                        states)[self.client_id]
+
+    def hello(self):
+        return self._one("query.fedrec_hello", 0, None, {})[1]
+
+    def fit(self, server_round, weights, config):
+        return self._one("train", server_round, weights, config)
+
+    def evaluate(self, server_round, weights, config):
+        return self._one("evaluate", server_round, weights, config)[1]
+
+    def query(self, action, server_round, weights, config):
+        return self._one(f"query.{action}", server_round, weights, config)
+
+
+def hello_replies(ud, users_per_client: int, states) -> dict:
+    """Handshake counts of each client in ``states`` (users, items, training and test)."""
+    out = {}
+    for c in sorted(states):
+        us = client_users(c, users_per_client, ud.num_users)
+        out[c] = (None, {"num-users": len(us), "num-items": ud.num_items,
+                         "num-train": int(ud.train.lengths[us].sum()),
+                         "num-test": int((ud.test.lengths[us] > 0).sum())})
+    return out
+
+
+class MFClient(CohortClient):
     """Per-user BPR on private user embeddings and private copies of item rows."""
 
     P = "P"
@@ -144,13 +177,7 @@ class MFClient(ClientHalf):
         p = cls.params(cfg)
         ds, ud = cfg_user_data(cfg)
         if message_type == "query.fedrec_hello":
-            out = {}
-            for c in sorted(states):
-                us = client_users(c, p.users_per_client, ud.num_users)
-                out[c] = (None, {"num-users": len(us), "num-items": ud.num_items,
-                                 "num-train": int(ud.train.lengths[us].sum()),
-                                 "num-test": int((ud.test.lengths[us] > 0).sum())})
-            return out
+            return hello_replies(ud, p.users_per_client, states)
         users, owner, P = cls._users_and_P(cfg, p, ud, states)
         if message_type == "train":
             return cls._train(cfg, p, ud, server_round, weights, users, owner, P, states)
@@ -213,26 +240,10 @@ class MFClient(ClientHalf):
         Q = np.asarray(weights[0], dtype=np.float32)
         return ranking_replies(ud, users, owner, P @ Q.T, config, split)
 
-    # per-client entry points (used when the ClientApp is not batching)
-    def _one(self, message_type, rnd, weights, config):
-        states = {self.client_id: self.state}
-        return type(self).handle_cohort(self.cfg, message_type, rnd, weights, config,
-                                        states)[self.client_id]
-
-    def hello(self):
-        return self._one("query.fedrec_hello", 0, None, {})[1]
-
-    def fit(self, server_round, weights, config):
-        return self._one("train", server_round, weights, config)
-
-    def evaluate(self, server_round, weights, config):
-        return self._one("evaluate", server_round, weights, config)[1]
-
-    def query(self, action, server_round, weights, config):
-        return self._one(f"query.{action}", server_round, weights, config)
 
 
-class SASRecClient(ClientHalf):
+
+class SASRecClient(CohortClient):
     """Client half of ``fedsasrec``: local SGD on the users' own item sequences.
 
     SASRec has no user parameters: every weight is shared. A user's sequence is its
@@ -271,12 +282,9 @@ class SASRecClient(ClientHalf):
     def handle_cohort(cls, cfg, message_type, server_round, weights, config, states):
         p = cls.params(cfg)
         ds, ud = cfg_user_data(cfg)
-        owner_users = {c: client_users(c, p.users_per_client, ud.num_users) for c in sorted(states)}
         if message_type == "query.fedrec_hello":
-            return {c: (None, {"num-users": len(us), "num-items": ud.num_items,
-                               "num-train": int(ud.train.lengths[us].sum()),
-                               "num-test": int((ud.test.lengths[us] > 0).sum())})
-                    for c, us in owner_users.items()}
+            return hello_replies(ud, p.users_per_client, states)
+        owner_users = {c: client_users(c, p.users_per_client, ud.num_users) for c in sorted(states)}
         users = np.concatenate(list(owner_users.values()))
         owner = np.concatenate([np.full(len(us), c) for c, us in owner_users.items()])
         model = cls.model(cfg, p, ud.num_items, weights)
@@ -338,16 +346,3 @@ class SASRecClient(ClientHalf):
                       {"num-examples": int(w.sum()), "train-loss": loss})
         return out
 
-    def _one(self, message_type, rnd, weights, config):
-        states = {self.client_id: self.state}
-        return type(self).handle_cohort(self.cfg, message_type, rnd, weights, config,
-                                        states)[self.client_id]
-
-    def hello(self):
-        return self._one("query.fedrec_hello", 0, None, {})[1]
-
-    def fit(self, server_round, weights, config):
-        return self._one("train", server_round, weights, config)
-
-    def evaluate(self, server_round, weights, config):
-        return self._one("evaluate", server_round, weights, config)[1]

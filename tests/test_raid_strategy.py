@@ -86,6 +86,11 @@ def test_free_support_cross_silo_runs_and_bad_attribute_is_named(tmp_path):
                    backend="local", out=tmp_path / "fs")
     assert s["final"]["global"]["ndcg@10"] >= 0
     log = json.loads((tmp_path / "fs" / "raid.json").read_text())["defense"]
-    assert log[0]["atoms"] == 12 * 2 * 3  # 12 silos x 2 groups x 3 atoms
+    from fedrec.data import load_dataset
+
+    g = np.asarray(load_dataset("synthetic-rec", num_users=120).user_attrs["gender"])
+    per_silo = [np.bincount(g[10 * c:10 * c + 10], minlength=2) for c in range(12)]
+    # k-means atoms: min(k, users of the group in the silo), for every silo and group
+    assert log[0]["atoms"] == sum(int(np.minimum(n, 3).sum()) for n in per_silo)
     with pytest.raises(FedrecError, match="allowed: gender"):
         fedrec.run({**BASE, "strategy.params.attribute": "age"}, backend="local", out=tmp_path / "x")
