@@ -125,3 +125,23 @@ def test_server_lr_decays_linearly_and_adam_leaves_untouched_rows():
     (newQ,), _ = a.aggregate(1, [r])
     np.testing.assert_allclose(newQ[2], 1 - 0.1, rtol=1e-6)   # first Adam step: lr * sign
     assert np.array_equal(newQ[[0, 1, 3]], Q[[0, 1, 3]])
+
+
+@pytest.mark.slow
+def test_federated_ndcg_within_10_percent_of_centralized(tmp_path):
+    """Reference check on small data: FedMF-BPR (per-user clients, the ML-100K experiment's
+    local settings) against centralized MF-BPR with as many passes over the data."""
+    from fedrec.clients.recsys import user_data
+    from fedrec.recsys.train import evaluate_full_ranking, mf_score_fn, train_mf_bpr
+
+    rounds, local_epochs = 10, 2
+    s = fedrec.run({**SMALL, "dataset.options": "num_users=300", "partition.num-clients": 300,
+                    "strategy.params.users-per-client": 1, "num-server-rounds": rounds,
+                    "train.local-epochs": local_epochs, "strategy.params.server-lr": 20.0,
+                    "runtime.num-nodes": 1}, backend="local", out=tmp_path / "r")
+    _, ud = user_data("synthetic-rec", "num_users=300")
+    params = train_mf_bpr(ud, ud.num_items, d=16, epochs=rounds * local_epochs, reg=0.0, seed=0)
+    central = evaluate_full_ranking(mf_score_fn(params), ud, (10,))["ndcg@10"]
+    fed = s["final"]["global"]["ndcg@10"]
+    assert central > 0.05
+    assert fed >= 0.9 * central, (fed, central)

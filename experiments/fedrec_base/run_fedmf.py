@@ -1,7 +1,8 @@
 """FedMF-BPR vs centralized MF-BPR on ML-100K, with the attribute-inference attack.
 
 Runs the federated config (fedmf_ml100k.toml), trains the centralized reference
-(fedrec.recsys.train.train_mf_bpr, same d, no regularisation, epochs = rounds) and
+(fedrec.recsys.train.train_mf_bpr, same d, no regularisation, epochs = rounds x
+local epochs, i.e. as many passes over the data) and
 attacks user gender from (b) the released user embeddings of both models, and (a) the
 items the federated clients uploaded in the last round (multi-hot "touched" features),
 with the attack suite (MLP and logistic regression, balanced 5-fold x 3).
@@ -41,7 +42,12 @@ def main(argv=None) -> int:
     ds, ud = user_data("ml-100k")
     gender = np.asarray(ds.user_attrs["gender"])
     t0 = time.perf_counter()
-    params = train_mf_bpr(ud, ud.num_items, d=64, epochs=args.rounds, reg=0.0, seed=0)
+    from fedrec.config import load_config
+
+    local_epochs = load_config(HERE / "fedmf_ml100k.toml").train.local_epochs
+    # same number of passes over every user's data: rounds x local epochs
+    params = train_mf_bpr(ud, ud.num_items, d=64, epochs=args.rounds * local_epochs, reg=0.0,
+                          seed=0)
     P = params.P
     central_s = time.perf_counter() - t0
     central = evaluate_full_ranking(mf_score_fn(params), ud, (10, 20),
