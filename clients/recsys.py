@@ -119,6 +119,12 @@ class CohortClient(ClientHalf):
     """A client half whose logic is :meth:`handle_cohort`; the per-client entry points
     (used when the ClientApp is not batching) call it with a one-client cohort."""
 
+    @staticmethod
+    def params(cfg: RunConfig):
+        from fedrec.plugins import load_strategy
+
+        return load_strategy(cfg.strategy.name).parse_params(cfg)
+
     def _one(self, message_type, rnd, weights, config):
         states = {self.client_id: self.state}
         return type(self).handle_cohort(self.cfg, message_type, rnd, weights, config,
@@ -137,6 +143,13 @@ class CohortClient(ClientHalf):
         return self._one(f"query.{action}", server_round, weights, config)
 
 
+def cohort_users(users_per_client: int, num_users: int, states) -> tuple[np.ndarray, np.ndarray]:
+    """``(users, owner)`` of a cohort: its clients' users in client order, and each one's client."""
+    us = [client_users(c, users_per_client, num_users) for c in sorted(states)]
+    owner = [np.full(len(u), c) for c, u in zip(sorted(states), us)]
+    return np.concatenate(us), np.concatenate(owner)
+
+
 def hello_replies(ud, users_per_client: int, states) -> dict:
     """Handshake counts of each client in ``states`` (users, items, training and test)."""
     out = {}
@@ -153,24 +166,17 @@ class MFClient(CohortClient):
 
     P = "P"
 
-    @staticmethod
-    def params(cfg: RunConfig):
-        from fedrec.plugins import load_strategy
-
-        return load_strategy(cfg.strategy.name).parse_params(cfg)
 
     @classmethod
     def _users_and_P(cls, cfg, p, ud, states):
-        users, owner, P = [], [], []
+        users, owner = cohort_users(p.users_per_client, ud.num_users, states)
         for c in sorted(states):
-            us = client_users(c, p.users_per_client, ud.num_users)
             if cls.P not in states[c]:  # private init, seeded by (run seed, client)
                 g = torch.Generator().manual_seed(derive_seed(cfg.seed, "user-init", c) % 2**63)
-                states[c][cls.P] = (torch.randn(len(us), p.dim, generator=g) * p.init_std).numpy()
-            users.append(us)
-            owner.append(np.full(len(us), c))
-            P.append(states[c][cls.P])
-        return np.concatenate(users), np.concatenate(owner), np.concatenate(P).astype(np.float32)
+                n = int((owner == c).sum())
+                states[c][cls.P] = (torch.randn(n, p.dim, generator=g) * p.init_std).numpy()
+        P = np.concatenate([states[c][cls.P] for c in sorted(states)])
+        return users, owner, P.astype(np.float32)
 
     @classmethod
     def handle_cohort(cls, cfg, message_type, server_round, weights, config, states):
@@ -257,11 +263,6 @@ class SASRecClient(CohortClient):
 
     _models: dict = {}
 
-    @staticmethod
-    def params(cfg: RunConfig):
-        from fedrec.plugins import load_strategy
-
-        return load_strategy(cfg.strategy.name).parse_params(cfg)
 
     @classmethod
     def model(cls, cfg, p, num_items, weights):
@@ -284,9 +285,7 @@ class SASRecClient(CohortClient):
         ds, ud = cfg_user_data(cfg)
         if message_type == "query.fedrec_hello":
             return hello_replies(ud, p.users_per_client, states)
-        owner_users = {c: client_users(c, p.users_per_client, ud.num_users) for c in sorted(states)}
-        users = np.concatenate(list(owner_users.values()))
-        owner = np.concatenate([np.full(len(us), c) for c, us in owner_users.items()])
+        users, owner = cohort_users(p.users_per_client, ud.num_users, states)
         model = cls.model(cfg, p, ud.num_items, weights)
         if message_type == "train":
             return cls._train(cfg, p, ud, server_round, model, users, owner)
