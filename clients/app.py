@@ -5,8 +5,9 @@ message (resolved through the node's own plugin registry, so one name selects bo
 halves): ``query.fedrec_hello`` (handshake), ``train``, ``evaluate`` and any
 plugin action ``query.<action>``. A node acts for the logical clients the server
 names (its node-config ``partition-id`` of ``num-partitions`` decides which it
-hosts); each client's private state lives in ``context.state`` under its own key
-and never leaves the node. An optional node-config ``data-dir`` sets where the
+hosts); the private state of all clients it hosts lives in ``context.state`` as one
+columnar record (:mod:`fedrec.state`) and never leaves the node. Replies are columnar
+too (:func:`fedrec.protocol.pack_replies`). An optional node-config ``data-dir`` sets where the
 node reads raw datasets (``FEDREC_DATA_DIR``).
 """
 
@@ -15,16 +16,16 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec import protocol
 from fedrec.config import RunConfig, validate
 from fedrec.errors import FedrecError
 from fedrec.plugins import import_object, load_strategy
+from fedrec.state import StateStore
 
 
 @functools.lru_cache(maxsize=16)
@@ -45,37 +46,21 @@ def node_partition(context: Context) -> tuple[int, int]:
     return int(nc["partition-id"]), int(nc["num-partitions"])
 
 
-def _load_state(records: dict, client_id: int) -> dict[str, np.ndarray]:
-    key = protocol.state_key(client_id)
-    if key in records:
-        rec = records[key]
-        return {k: rec[k].numpy() for k in rec}
-    return {}
+def _load_store(context: Context) -> StateStore:
+    """The node's columnar client state (one ArrayRecord, four arrays per field)."""
+    records = context.state.array_records  # a typed view is rebuilt per access: once
+    if protocol.STATE not in records:
+        return StateStore()
+    rec = records[protocol.STATE]
+    return StateStore.from_arrays({k: rec[k].numpy() for k in rec})
 
 
-def _save_state(context: Context, client_id: int, state: dict[str, np.ndarray]) -> None:
-    if state:
-        context.state[protocol.state_key(client_id)] = ArrayRecord(
-            {k: _array(v) for k, v in state.items()})
+def _save_store(context: Context, store: StateStore) -> None:
+    context.state[protocol.STATE] = _array_record(store.to_arrays())
 
 
-def _array(v: np.ndarray) -> Any:
-    from flwr.app import Array
-
-    return Array(np.ascontiguousarray(v))
-
-
-def _metrics(values: dict[str, Any]) -> MetricRecord:
-    clean: dict[str, Any] = {}
-    for k, v in values.items():
-        if isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, np.integer):
-            v = int(v)
-        elif isinstance(v, np.floating):
-            v = float(v)
-        clean[k] = v
-    return MetricRecord(clean)
+def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 def handle(message: Message, context: Context) -> Message:
@@ -101,15 +86,18 @@ def handle(message: Message, context: Context) -> Message:
                if protocol.ARRAYS in content.array_records else None)
     config = dict(content.config_records[protocol.CONFIG]) \
         if protocol.CONFIG in content.config_records else {}
+    if protocol.CONFIG_ARRAYS in content.array_records:
+        rec = content.array_records[protocol.CONFIG_ARRAYS]
+        config.update({k: rec[k].numpy() for k in rec})
     reply = RecordDict({protocol.FEDREC: ConfigRecord({
         "clients": clients, "node-partition": pid, "num-node-partitions": nparts})})
-    records = context.state.array_records  # a typed view is rebuilt per access: once
-    states = {c: _load_state(records, c) for c in clients}
+    store = _load_store(context)
+    states = store.cohort(clients)
     results = half_cls.handle_cohort(cfg, mtype, rnd, weights, config, states)
     if results is None:
         results = {}
         for c in clients:
-            half = half_cls(cfg, c, states[c])
+            half = half_cls(cfg, c, states.load(c))
             if mtype == protocol.HELLO:
                 results[c] = (None, half.hello())
             elif mtype == "train":
@@ -120,13 +108,15 @@ def handle(message: Message, context: Context) -> Message:
                 results[c] = half.query(mtype.split(".", 1)[1], rnd, weights, config)
             else:
                 raise FedrecError(f"unsupported message type '{mtype}'")
-            states[c] = half.state
-    for c in clients:
-        out_w, metrics = results[c]
-        if out_w is not None:
-            reply[protocol.arrays_key(c)] = ArrayRecord([np.asarray(w) for w in out_w])
-        reply[protocol.metrics_key(c)] = _metrics(metrics)
-        _save_state(context, c, states[c])
+            states.save(c, half.state)
+    missing = sorted(set(clients) - set(results))
+    if missing:
+        raise FedrecError(f"{half_cls.__name__} returned no reply for clients {missing[:10]}")
+    reply[protocol.REPLIES] = _array_record(protocol.pack_replies(
+        {c: (None if results[c][0] is None else [np.asarray(w) for w in results[c][0]],
+             results[c][1]) for c in clients}))
+    if states.commit():
+        _save_store(context, store)
     return Message(reply, reply_to=message)
 
 

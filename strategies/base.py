@@ -13,11 +13,14 @@ owns ``start()`` once, so plugins override small hooks instead of copying the lo
    replies **sorted by client id**; :meth:`after_aggregate` (has the grid: extra
    ``query.<action>`` phases via :meth:`communicate`); ``evaluate`` phase whose
    confusion counts are summed into global / per-client / per-group metrics;
-   :meth:`on_round_end`; then the callbacks (progress, JSONL, checkpoint).
+   :meth:`after_evaluate` (has the grid: post-training phases such as releases or
+   unlearning requests); :meth:`on_round_end`; then the callbacks (progress, JSONL,
+   checkpoint). Every phase goes through :meth:`communicate`.
 
 A node may host many logical clients: a message names the clients to act for and
-the reply carries one record per client, so aggregation always sees one update
-per logical client (see :mod:`fedrec.protocol`).
+the reply carries their replies by column, unpacked into one :class:`ClientReply`
+per logical client, so aggregation always sees one update per logical client (see
+:mod:`fedrec.protocol`).
 
 Plugins set ``name``, ``Params`` (a dataclass of :func:`fedrec.config.key` fields
 read from ``strategy.params.*``) and ``client_half`` (dotted path of the
@@ -33,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -70,7 +73,9 @@ class RoundRecord:
 def to_scalar_dict(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in values.items():
-        if isinstance(v, (np.integer,)):
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, (np.integer,)):
             v = int(v)
         elif isinstance(v, (np.floating,)):
             v = float(v)
@@ -108,6 +113,25 @@ class FedrecStrategy(Strategy):
         return sorted(self.node_of)
 
     progress_keys: ClassVar[tuple[str, ...]] = ("accuracy", "dp_gap", "dp_gap_local_max")
+
+    #: What the server half carries from one round to the next besides the global
+    #: weights: names of attributes (optimizer moments, duals, broadcast maps, counters,
+    #: stored history). :meth:`server_state` collects them and the checkpoint saves them,
+    #: so a run can be restored exactly. Sampling needs no state (seeded per round).
+    server_state_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def server_state(self) -> dict[str, Any]:
+        """The declared server state (:attr:`server_state_attrs`) by attribute name."""
+        return {a: getattr(self, a, None) for a in self.server_state_attrs}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`server_state` returned (e.g. from a checkpoint)."""
+        unknown = sorted(set(state) - set(self.server_state_attrs))
+        if unknown:
+            raise FedrecError(f"{type(self).__name__} has no server state {unknown}; it "
+                              f"declares {list(self.server_state_attrs)}")
+        for a, v in state.items():
+            setattr(self, a, v)
 
     @classmethod
     def preflight(cls, cfg: RunConfig) -> None:
@@ -165,8 +189,14 @@ class FedrecStrategy(Strategy):
         """Called after aggregation with grid access (extra query phases)."""
         return weights
 
+    def after_evaluate(self, server_round: int, record: RoundRecord, grid: Grid) -> None:
+        """Called after the round's evaluation, with grid access: post-training phases
+        (releases, unlearning requests, audits) send ``query.<action>`` messages through
+        :meth:`communicate` here and may update ``record`` (``extra``, ``evaluation``)."""
+
     def on_round_end(self, server_round: int, record: RoundRecord) -> None:
-        """Called after evaluation of the round."""
+        """Called at the end of the round (bookkeeping; no grid: use
+        :meth:`after_evaluate` for extra phases)."""
 
     # ------------------------------------------------------------------ messaging
     def _content(self, clients: list[int], server_round: int, weights: list[np.ndarray] | None,
@@ -178,7 +208,11 @@ class FedrecStrategy(Strategy):
             arrays = ArrayRecord(list(weights))
         if arrays is not None:
             rd[protocol.ARRAYS] = arrays
-        rd[protocol.CONFIG] = ConfigRecord(config or {})
+        scalars, big = protocol.split_config(config or {})
+        rd[protocol.CONFIG] = ConfigRecord(scalars)
+        if big:
+            rd[protocol.CONFIG_ARRAYS] = ArrayRecord(
+                {k: Array(np.ascontiguousarray(v)) for k, v in big.items()})
         return rd
 
     def build_messages(self, message_type: str, clients: Iterable[int], server_round: int,
@@ -202,15 +236,12 @@ class FedrecStrategy(Strategy):
             if msg.has_error():
                 failures.append(f"node {node}: {msg.error.reason}")
                 continue
-            content = msg.content
-            # typed views of a RecordDict are rebuilt on every access: take them once
-            head = content.config_records[protocol.FEDREC]
-            mrs, ars = content.metric_records, content.array_records
-            for c in head["clients"]:
-                c = int(c)
-                mk, ak = protocol.metrics_key(c), protocol.arrays_key(c)
-                metrics = dict(mrs[mk]) if mk in mrs else {}
-                weights = ars[ak].to_numpy_ndarrays() if ak in ars else None
+            rec = msg.content.array_records.get(protocol.REPLIES)
+            if rec is None:
+                failures.append(f"node {node}: reply without '{protocol.REPLIES}' record")
+                continue
+            cols = {k: rec[k].numpy() for k in rec}
+            for c, weights, metrics in protocol.unpack_replies(cols):
                 out.append(ClientReply(c, node, metrics, weights))
         out.sort(key=lambda r: r.client_id)
         return out, failures
@@ -298,13 +329,32 @@ class FedrecStrategy(Strategy):
                 "size_mean": float(np.mean(sizes)), "clients": clients}
 
     # ------------------------------------------------------------------ Flower API
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def sample_train(self, server_round: int) -> list[int]:
+        """The round's train clients: seeded by (run seed, round), by client id."""
         self._sampled = sample_clients(self.client_ids, self.train_fraction(server_round),
                                        self.cfg.seed, server_round)
+        return self._sampled
+
+    def evaluate_clients(self, server_round: int) -> list[int]:
+        if self.cfg.output.save_predictions and server_round == self.total_rounds():
+            return self.client_ids  # the audit file covers every client
+        return sample_clients(self.client_ids, self.cfg.strategy.fraction_evaluate,
+                              self.cfg.seed, server_round, purpose="evaluate")
+
+    def _evaluate_settings(self, server_round: int, config: ConfigRecord | None
+                           ) -> dict[str, Any]:
+        cfg = {**dict(config or {}), **self.evaluate_config(server_round)}
+        if self.cfg.output.save_predictions and server_round == self.total_rounds():
+            cfg["save-predictions"] = True
+        return cfg
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.current_weights = arrays.to_numpy_ndarrays()
         cfg = {**dict(config), **self.train_config(server_round)}
-        return self.build_messages(self.train_message_type(server_round), self._sampled,
-                                   server_round, arrays.to_numpy_ndarrays(), cfg)
+        return self.build_messages(self.train_message_type(server_round),
+                                   self.sample_train(server_round), server_round,
+                                   self.current_weights, cfg)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -316,15 +366,9 @@ class FedrecStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        clients = sample_clients(self.client_ids, self.cfg.strategy.fraction_evaluate,
-                                 self.cfg.seed, server_round, purpose="evaluate")
-        if self.cfg.output.save_predictions and server_round == self.total_rounds():
-            clients = self.client_ids  # the audit file covers every client
-        cfg = {**dict(config), **self.evaluate_config(server_round)}
-        if self.cfg.output.save_predictions and server_round == self.total_rounds():
-            cfg["save-predictions"] = True
-        return self.build_messages("evaluate", clients, server_round,
-                                   arrays.to_numpy_ndarrays(), cfg)
+        return self.build_messages("evaluate", self.evaluate_clients(server_round),
+                                   server_round, arrays.to_numpy_ndarrays(),
+                                   self._evaluate_settings(server_round, config))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
@@ -374,35 +418,28 @@ class FedrecStrategy(Strategy):
             self.initial_weights())
         self._call("on_run_start", {"partition_report": self.partition_report(),
                                     "num_rounds": num_rounds})
+        weights = arrays.to_numpy_ndarrays()
         for rnd in range(1, num_rounds + 1):
             t0 = time.perf_counter()
             self.on_round_start(rnd)
             self._call("on_round_start", rnd)
             # train
-            msgs = list(self.configure_train(rnd, arrays, train_config or ConfigRecord(), grid))
-            raw = list(grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
-            train_replies, failures = self.unpack(raw)
-            missing = sorted(set(self._sampled) - {r.client_id for r in train_replies})
-            if missing and not failures:
-                failures.append(f"no train reply within {self.cfg.runtime.timeout:g}s from "
-                                f"clients {missing[:10]}")
-            for f in failures:
-                log.warning("train round %s: %s", rnd, f)
-            if not train_replies:
-                raise FedrecError(f"train in round {rnd}: no client replied "
-                                  f"({failures[0] if failures else 'no clients sampled'})")
-            weights, train_metrics = self.aggregate(rnd, train_replies)
-            if weights is None:
-                weights = arrays.to_numpy_ndarrays()
-            weights = self.after_aggregate(rnd, weights, grid)
-            arrays = ArrayRecord(list(weights))
-            self.result.arrays = arrays
+            self.current_weights = weights
+            cfg = {**dict(train_config or {}), **self.train_config(rnd)}
+            train_replies = self.communicate(grid, self.train_message_type(rnd),
+                                             self.sample_train(rnd), rnd, weights, cfg)
+            failures = list(self._last_failures)
+            new, train_metrics = self.aggregate(rnd, train_replies)
+            if new is not None:
+                weights = list(new)
+            weights = list(self.after_aggregate(rnd, weights, grid))
+            self.result.arrays = ArrayRecord(weights)
             self.result.train_metrics_clientapp[rnd] = MetricRecord(to_scalar_dict(train_metrics))
             # evaluate
-            msgs = list(self.configure_evaluate(rnd, arrays, evaluate_config or ConfigRecord(),
-                                                grid))
-            eval_replies, eval_failures = self.unpack(
-                grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
+            eval_replies = self.communicate(grid, "evaluate", self.evaluate_clients(rnd), rnd,
+                                            weights, self._evaluate_settings(rnd, evaluate_config),
+                                            require=False)
+            eval_failures = list(self._last_failures)
             evaluation = self.evaluation_metrics(eval_replies)
             preds = {r.client_id: {k: r.metrics[k] for k in ("pred-label", "pred-group",
                                                                "pred-value")}
@@ -416,10 +453,12 @@ class FedrecStrategy(Strategy):
                 server_round=rnd, train=to_scalar_dict(train_metrics),
                 train_by_client={r.client_id: to_scalar_dict(r.metrics) for r in train_replies},
                 evaluation=evaluation, sampled=list(self._sampled),
-                failures=failures + eval_failures, wall_s=time.perf_counter() - t0)
+                failures=failures + eval_failures, wall_s=0.0)
+            self.after_evaluate(rnd, record, grid)
+            record.wall_s = time.perf_counter() - t0
             self.on_round_end(rnd, record)
             self.history.append(record)
             self._call("on_round_end", record)
-        self.final_weights = arrays.to_numpy_ndarrays()
+        self.final_weights = weights
         self._call("on_run_end", self.history)
         return self.result

@@ -4,7 +4,7 @@ from unittest.mock import Mock
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedrec import protocol
@@ -79,9 +79,9 @@ def test_hosted_clients_cover_all_exactly_once():
 def test_unpack_splits_multi_client_replies_and_errors():
     s = FedAvg(validate({}))
     rd = RecordDict({protocol.FEDREC: ConfigRecord({"clients": [3, 1]})})
-    rd[protocol.metrics_key(3)] = MetricRecord({"num-examples": 3})
-    rd[protocol.metrics_key(1)] = MetricRecord({"num-examples": 1})
-    rd[protocol.arrays_key(1)] = ArrayRecord([np.zeros(2, dtype=np.float32)])
+    cols = protocol.pack_replies({3: (None, {"num-examples": 3}),
+                                  1: ([np.zeros(2, dtype=np.float32)], {"num-examples": 1})})
+    rd[protocol.REPLIES] = ArrayRecord({k: Array(v) for k, v in cols.items()})
     ok = Mock(spec=Message)
     ok.content, ok.metadata = rd, Mock(src_node_id=42)
     ok.has_error.return_value = False
