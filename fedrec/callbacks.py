@@ -97,17 +97,38 @@ class PartitionReportWriter(Callback):
 
 
 class Checkpoint(Callback):
-    """Saves the global weights and the round number after every round."""
+    """Saves, after every round, the global weights (``w0, w1, ...``), the round number and
+    the strategy's declared server state (``server-state`` skeleton + ``s.*`` arrays, see
+    :mod:`fedrec.checkpoint`); :func:`load_checkpoint` reads it back."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def on_round_end(self, strategy, record) -> None:
+        from fedrec.checkpoint import pack_state
+
         weights = strategy.result.arrays.to_numpy_ndarrays()
+        skeleton, arrays = pack_state(strategy.server_state())
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(tmp, server_round=np.int64(record.server_round),
-                 **{f"w{i}": w for i, w in enumerate(weights)})
+                 **{"server-state": np.asarray(skeleton)},
+                 **{f"w{i}": w for i, w in enumerate(weights)},
+                 **{f"s.{k}": v for k, v in arrays.items()})
         tmp.replace(self.path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[int, list[np.ndarray], dict]:
+    """``(server_round, weights, server_state)`` of a :class:`Checkpoint` file."""
+    from fedrec.checkpoint import unpack_state
+
+    with np.load(Path(path), allow_pickle=False) as z:
+        weights = [z[f"w{i}"] for i in range(sum(1 for k in z.files if k[1:].isdigit()
+                                                  and k[0] == "w"))]
+        state = {}
+        if "server-state" in z.files:
+            state = unpack_state(str(z["server-state"]),
+                                 {k[2:]: z[k] for k in z.files if k.startswith("s.")})
+        return int(z["server_round"]), weights, state
 
 
 class Progress(Callback):
