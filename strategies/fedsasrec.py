@@ -9,7 +9,7 @@ dropout masks per (run seed, round, user)), each user on its own copy of the wei
 (:func:`fedrec.models.recsys.sasrec_user_step`; a node's users are vectorised, with the
 same numbers as one node per user).
 
-Upload (see :class:`fedrec.clients.recsys.SASRecClient`): the touched item-embedding
+Upload (see :class:`fedrec.clients.fedsasrec.SASRecClient`, :mod:`fedrec.specs.fedsasrec`): the touched item-embedding
 rows only (ids + example-weighted delta sums) and example-weighted delta sums of the
 other parameters. The server forms the FedAvg pseudo-gradient
 ``Delta = sum_u n_u delta_u / sum_u n_u`` (untouched item rows have an exactly zero
@@ -31,29 +31,17 @@ the test input sequence ends with the validation item).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from fedrec.config import key
+from fedrec.optim import AdamState, adam_step
 from fedrec.protocol import ClientReply
+from fedrec.specs import fedsasrec as spec
+from fedrec.specs.fedsasrec import FedSASRecParams
 from fedrec.strategies.ranking import RankingStrategy
 
+__all__ = ["FedSASRec", "FedSASRecParams"]
 
-@dataclass(frozen=True)
-class FedSASRecParams:
-    dim: int = key(64, "Hidden size d.", check=lambda v: v >= 1, check_doc=">= 1")
-    max_len: int = key(50, "Most recent items a sequence keeps.", check=lambda v: v >= 2,
-                       check_doc=">= 2")
-    num_blocks: int = key(2, "Self-attention blocks.", check=lambda v: v >= 0, check_doc=">= 0")
-    num_heads: int = key(1, "Attention heads (must divide dim).", check=lambda v: v >= 1,
-                         check_doc=">= 1")
-    dropout: float = key(0.2, "Dropout rate.", check=lambda v: 0 <= v < 1, check_doc="in [0, 1)")
-    users_per_client: int = key(1, "Users per logical client (1 = one client per user).",
-                                check=lambda v: v >= 1, check_doc=">= 1")
-    server_optimizer: str = key("adam", "adam: FedAdam on the FedAvg pseudo-gradient; sgd: "
-                                "FedAvg with server-lr.", choices=("adam", "sgd"))
-    server_lr: float = key(0.01, "Server learning rate.", check=lambda v: v > 0, check_doc="> 0")
+ADAM_BETAS = (0.9, 0.98)  # SASRec's reference trainer
 
 
 class FedSASRec(RankingStrategy):
@@ -61,7 +49,9 @@ class FedSASRec(RankingStrategy):
 
     name = "fedsasrec"
     Params = FedSASRecParams
-    client_half = "fedrec.clients.recsys:SASRecClient"
+    client_half = "fedrec.clients.fedsasrec:SASRecClient"
+    server_state_attrs = ("_adam",)  # FedAdam moments and step (None with sgd)
+    _adam: AdamState | None = None
 
     def initial_weights(self) -> list[np.ndarray]:
         from fedrec.models.recsys import SASRec
@@ -83,35 +73,20 @@ class FedSASRec(RankingStrategy):
         W = [w.astype(np.float64) for w in self._current_all]
         replies = [r for r in replies if r.weights is not None]
         n = sum(r.num_examples for r in replies)
-        loss = sum(float(r.metrics["train-loss"]) * r.num_examples for r in replies) / max(n, 1)
-        delta = [np.zeros_like(w) for w in W]
-        flat = np.zeros(sum(w.size for w in W[1:]), dtype=np.float64)
+        loss = sum(float(r.metrics[spec.TRAIN_LOSS]) * r.num_examples for r in replies) / max(n, 1)
+        layout = spec.dense_layout(W)
+        item_delta = np.zeros_like(W[0])
+        flat = np.zeros(layout.size, dtype=np.float64)
         for r in replies:
-            ids, item_sum, dense = r.weights
-            np.add.at(delta[0], ids.astype(np.int64) + 1, item_sum.astype(np.float64))
+            ids, item_sum, dense = spec.unpack_train(r.weights)
+            np.add.at(item_delta, ids + 1, item_sum.astype(np.float64))
             flat += dense
-        off = 0
-        for k in range(1, len(W)):  # the flat non-embedding deltas, in parameter order
-            delta[k] = flat[off:off + W[k].size].reshape(W[k].shape)
-            off += W[k].size
-        delta = [d / max(n, 1) for d in delta]
+        delta = [d / max(n, 1) for d in [item_delta, *layout.unpack(flat)]]
         if self.params.server_optimizer == "sgd":
             new = [w + self.params.server_lr * d for w, d in zip(W, delta)]
-        else:
-            b1, b2, eps = 0.9, 0.98, 1e-8
-            if self._adam is None:
-                self._adam = {"t": 0, "m": [np.zeros_like(w) for w in W],
-                              "v": [np.zeros_like(w) for w in W]}
-            st = self._adam
-            st["t"] += 1
-            new = []
-            for k, (w, d) in enumerate(zip(W, delta)):
-                g = -d
-                st["m"][k] = b1 * st["m"][k] + (1 - b1) * g
-                st["v"][k] = b2 * st["v"][k] + (1 - b2) * g * g
-                mh = st["m"][k] / (1 - b1 ** st["t"])
-                vh = st["v"][k] / (1 - b2 ** st["t"])
-                new.append(w - self.params.server_lr * mh / (np.sqrt(vh) + eps))
+        else:  # FedAdam: Adam on the pseudo-gradient -Delta
+            new, self._adam = adam_step(W, [-d for d in delta], self._adam or AdamState.zeros(W),
+                                        self.params.server_lr, betas=ADAM_BETAS)
         new[0][0] = 0.0  # the padding row stays zero
         dtype = self._current_all[0].dtype
         return [w.astype(dtype) for w in new], {"num-examples": n, "num-clients": len(replies),

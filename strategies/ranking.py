@@ -18,6 +18,7 @@ import numpy as np
 from fedrec.errors import ConfigError
 from fedrec.metrics.fairness import FederatedMetrics
 from fedrec.protocol import ClientReply
+from fedrec.specs import ranking as spec
 from fedrec.strategies.base import FedrecStrategy
 
 
@@ -28,7 +29,7 @@ class RankingStrategy(FedrecStrategy):
 
     @classmethod
     def preflight(cls, cfg) -> None:
-        from fedrec.clients.recsys import cfg_user_data, num_clients_for
+        from fedrec.recsys.data import cfg_user_data, num_clients_for
 
         params = cls.parse_params(cfg)
         ds, ud = cfg_user_data(cfg)
@@ -40,48 +41,47 @@ class RankingStrategy(FedrecStrategy):
 
     def setup(self, grid) -> None:
         super().setup(grid)
-        from fedrec.clients.recsys import cfg_user_data
+        from fedrec.recsys.data import cfg_user_data
         from fedrec.metrics.ranking import popular_items
 
         self.ds, self.ud = cfg_user_data(self.cfg)
         self.popular = np.flatnonzero(popular_items(self.ud.item_counts(), 0.2))
 
     def evaluate_config(self, server_round: int) -> dict[str, Any]:
-        return {"popular": self.popular.tolist()}
+        return {spec.POPULAR: self.popular.astype(np.int64)}
 
-    def start(self, grid, initial_arrays=None, **kw):
-        self._grid = grid
-        return super().start(grid, initial_arrays, **kw)
+    @property
+    def _current_all(self) -> list[np.ndarray]:
+        """The global weights the round's train message carried."""
+        return self.current_weights
 
-    def configure_train(self, server_round, arrays, config, grid):
-        self._current_all = arrays.to_numpy_ndarrays()
-        self._current = self._current_all[0]
-        return super().configure_train(server_round, arrays, config, grid)
+    @property
+    def _current(self) -> np.ndarray:
+        return self.current_weights[0]
 
     def evaluation_metrics(self, replies: list[ClientReply]) -> FederatedMetrics | None:
         from fedrec.metrics.ranking import exposure_metrics, mean_metrics, user_group_metrics
 
-        replies = [r for r in replies if "users" in r.metrics]
+        replies = [r for r in replies if spec.USERS in r.metrics]
         if not replies:
             return None
-        users = np.concatenate([np.asarray(r.metrics["users"], dtype=np.int64) for r in replies])
-        keys = [k for k in replies[0].metrics if k.startswith("pu.")]
-        pu = {}
-        for k in keys:
-            v = np.concatenate([np.asarray(r.metrics[k], dtype=np.float64) for r in replies])
-            pu[k[3:]] = np.where(v < 0, np.nan, v)
-        K = 20
-        top = np.concatenate([np.asarray(r.metrics["topk"], dtype=np.int64).reshape(-1, K)
+        users = np.concatenate([np.asarray(r.metrics[spec.USERS], dtype=np.int64)
+                                for r in replies])
+        keys = [k for k in replies[0].metrics if k.startswith(spec.PER_USER)]
+        pu = {k[len(spec.PER_USER):]: spec.unpack_per_user(np.concatenate(
+            [np.asarray(r.metrics[k], dtype=np.float64) for r in replies])) for k in keys}
+        K = spec.TOPK_LEN
+        top = np.concatenate([np.asarray(r.metrics[spec.TOPK], dtype=np.int64).reshape(-1, K)
                               for r in replies])
         popular = np.zeros(self.ud.num_items, dtype=bool)
         popular[self.popular] = True
         overall = mean_metrics(pu)
         overall["num_users"] = float((~np.isnan(pu["hr@10"])).sum())
-        for k in (10, 20):
+        for k in spec.K_LIST:
             if f"recall_pop@{k}" in overall:
                 overall[f"recall_gap@{k}"] = overall[f"recall_pop@{k}"] - overall[f"recall_tail@{k}"]
                 overall[f"ndcg_gap@{k}"] = overall[f"ndcg_pop@{k}"] - overall[f"ndcg_tail@{k}"]
-        overall.update(exposure_metrics(top, self.ud.num_items, (10, 20), popular))
+        overall.update(exposure_metrics(top, self.ud.num_items, spec.K_LIST, popular))
         by_group = []
         gender = self.ds.user_attrs.get("gender") if self.ds.user_attrs else None
         if gender is not None:

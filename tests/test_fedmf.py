@@ -20,7 +20,7 @@ def test_sparse_aggregation_leaves_untouched_rows_unchanged():
     s = FedMF(validate({"strategy.name": "fedmf"}))
     rng = np.random.default_rng(0)
     Q = rng.normal(size=(6, 3)).astype(np.float32)
-    s._current = Q
+    s.current_weights = [Q]
     r1 = ClientReply(0, 1, {"num-examples": 2, "train-loss": 0.5},
                      [np.array([1, 3]), np.ones((2, 3), np.float32), np.array([1, 1])])
     r2 = ClientReply(1, 1, {"num-examples": 1, "train-loss": 0.7},
@@ -42,8 +42,10 @@ def test_cohort_on_one_node_equals_one_node_per_client(tmp_path):
 
 
 def test_no_message_leaving_a_client_holds_embeddings_or_interactions(tmp_path, monkeypatch):
+    from fedrec import protocol
     from fedrec.clients import app as client_app_module
-    from fedrec.clients.recsys import user_data
+    from fedrec.recsys.data import user_data
+    from fedrec.state import StateStore
 
     sent = []
     original = client_app_module.handle
@@ -58,15 +60,15 @@ def test_no_message_leaving_a_client_holds_embeddings_or_interactions(tmp_path, 
     ds, ud = user_data("synthetic-rec")
     emb_rows, arrays, lists = [], [], []
     contexts = {id(ctx): ctx for _, ctx in sent}  # each node's private state, final
-    for context in contexts.values():
-        for rec in context.state.array_records.values():
-            for k in rec:
-                emb_rows.append(rec[k].numpy())
+    for context in contexts.values():  # the node's columnar state: field "P" of each client
+        rec = context.state.array_records[protocol.STATE]
+        store = StateStore.from_arrays({k: rec[k].numpy() for k in rec})
+        emb_rows.append(store.columns["P"].values)
     for reply, _ in sent:
-        for rec in reply.content.array_records.values():
-            arrays += rec.to_numpy_ndarrays()
-        for rec in reply.content.metric_records.values():
-            lists += [np.asarray(v) for v in rec.values() if isinstance(v, list)]
+        rec = reply.content.array_records[protocol.REPLIES]
+        for _, weights, metrics in protocol.unpack_replies({k: rec[k].numpy() for k in rec}):
+            arrays += list(weights or [])
+            lists += [np.asarray(v) for v in metrics.values() if isinstance(v, np.ndarray)]
     P = np.concatenate(emb_rows)
     assert P.shape[1] == 16 and len(P) == ud.num_users
     for arr in arrays:  # item ids, item-row deltas and counts only
@@ -97,7 +99,7 @@ def test_num_clients_must_match_users(tmp_path):
 
 
 def test_dataset_options_size_the_synthetic_world(tmp_path):
-    from fedrec.clients.recsys import parse_options
+    from fedrec.recsys.data import parse_options
     from fedrec.errors import ConfigError, FedrecError
 
     assert parse_options("num_users=120, attr_strength=0.5,x=a") == {
@@ -119,7 +121,7 @@ def test_server_lr_decays_linearly_and_adam_leaves_untouched_rows():
     a = FedMF(validate({"strategy.name": "fedmf", "strategy.params.server-optimizer": "adam",
                         "strategy.params.server-lr": 0.1}))
     Q = np.ones((4, 2), np.float32)
-    a._current = Q
+    a.current_weights = [Q]
     r = ClientReply(0, 1, {"num-examples": 1, "train-loss": 0.1},
                     [np.array([2]), np.full((1, 2), -3.0, np.float32), np.array([1])])
     (newQ,), _ = a.aggregate(1, [r])
@@ -131,7 +133,7 @@ def test_server_lr_decays_linearly_and_adam_leaves_untouched_rows():
 def test_federated_ndcg_within_10_percent_of_centralized(tmp_path):
     """Reference check on small data: FedMF-BPR (per-user clients, the ML-100K experiment's
     local settings) against centralized MF-BPR with as many passes over the data."""
-    from fedrec.clients.recsys import user_data
+    from fedrec.recsys.data import user_data
     from fedrec.recsys.train import evaluate_full_ranking, mf_score_fn, train_mf_bpr
 
     rounds, local_epochs = 10, 2

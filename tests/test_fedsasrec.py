@@ -21,7 +21,7 @@ SMALL = {"strategy.name": "fedsasrec", "dataset.name": "synthetic-rec",
 
 
 def _user_data():
-    from fedrec.clients.recsys import user_data
+    from fedrec.recsys.data import user_data
 
     return user_data("synthetic-rec")[1]
 
@@ -80,7 +80,7 @@ def test_server_step_is_example_weighted_fedavg_then_adam():
     s = FedSASRec(validate({"strategy.name": "fedsasrec", "strategy.params.server-optimizer": "sgd",
                             "strategy.params.server-lr": 1.0}))
     W = [np.zeros((5, 2), np.float32), np.zeros(3, np.float32)]
-    s._current_all, s._adam = W, None
+    s.current_weights, s._adam = W, None
     r1 = ClientReply(0, 1, {"num-examples": 2, "train-loss": 0.5},
                      [np.array([0, 2]), np.full((2, 2), 2.0, np.float32), np.full(3, 4.0, np.float32)])
     r2 = ClientReply(1, 1, {"num-examples": 1, "train-loss": 0.2},
@@ -92,7 +92,7 @@ def test_server_step_is_example_weighted_fedavg_then_adam():
     np.testing.assert_allclose(new[1], 1.0)            # (4 - 1) / 3
     assert m["num-examples"] == 3 and abs(m["train-loss"] - 1.2 / 3) < 1e-9
     s2 = FedSASRec(validate({"strategy.name": "fedsasrec", "strategy.params.server-lr": 0.1}))
-    s2._current_all, s2._adam = W, None
+    s2.current_weights, s2._adam = W, None
     new2, _ = s2.aggregate(1, [r1, r2])                # first Adam step: lr * sign(Delta)
     np.testing.assert_allclose(new2[1], 0.1, rtol=1e-6)
     np.testing.assert_allclose(new2[0][1], 0.1, rtol=1e-6)
@@ -121,14 +121,21 @@ def test_cohort_on_one_node_equals_one_node_per_client_and_nothing_private_leave
     seqs = {tuple(ud.train_seq[u].tolist()) for u in range(ud.num_users) if len(ud.train_seq[u]) > 2}
     int_arrays = 0
     for reply in sent:  # item-row ids, deltas, counts and metrics only; never a sequence
-        for rec in reply.content.array_records.values():
-            for arr in rec.to_numpy_ndarrays():
+        for _, weights, metrics in _decoded(reply):
+            for arr in weights or []:
                 if arr.dtype.kind in "iu":
                     int_arrays += 1
                     assert arr.ndim == 1 and np.all(np.diff(arr) > 0)  # sorted unique row ids
                     assert tuple(arr.tolist()) not in seqs
-        for rec in reply.content.metric_records.values():
-            for k, v in rec.items():
-                if isinstance(v, list) and v and isinstance(v[0], int) and k not in ("users", "topk"):
-                    assert tuple(v) not in seqs, k
+            for k, v in metrics.items():
+                if isinstance(v, np.ndarray) and v.dtype.kind in "iu" and k not in ("users", "topk"):
+                    assert tuple(v.tolist()) not in seqs, k
     assert int_arrays > 0  # the spy did see the training uploads
+
+
+def _decoded(reply):
+    """Per-client (id, arrays, metrics) of a node's columnar reply."""
+    from fedrec import protocol
+
+    rec = reply.content.array_records[protocol.REPLIES]
+    return protocol.unpack_replies({k: rec[k].numpy() for k in rec})

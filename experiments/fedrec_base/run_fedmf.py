@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 def main(argv=None) -> int:
     import fedrec
     from fedrec.attacks import attack, upload_features
-    from fedrec.clients.recsys import user_data
+    from fedrec.recsys.data import user_data
     from fedrec.recsys.train import evaluate_full_ranking, mf_score_fn, train_mf_bpr
 
     p = argparse.ArgumentParser()

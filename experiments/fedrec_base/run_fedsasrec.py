@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv=None) -> int:
     import fedrec
-    from fedrec.clients.recsys import user_data
+    from fedrec.recsys.data import user_data
     from fedrec.recsys.train import evaluate_full_ranking, sasrec_score_fn, train_sasrec
 
     p = argparse.ArgumentParser()

@@ -1,0 +1,93 @@
+"""Client-side pieces shared by the per-user recommenders (``fedmf``, ``fedsasrec``, ...).
+
+:class:`CohortClient` is a client half whose logic is one batched
+:meth:`~CohortClient.handle_cohort` over all the clients a node hosts;
+:func:`ranking_replies` turns a cohort's score matrix into the per-user evaluation
+replies the server half (:mod:`fedrec.strategies.ranking`) sums.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedrec.clients.base import ClientHalf
+from fedrec.config import RunConfig, validate_dataclass
+from fedrec.recsys.data import client_users
+from fedrec.specs import ranking as spec
+
+def ranking_replies(ud, users, owner, scores, config, split: str = "test"):
+    """Per-client evaluation replies: per-user ranking metrics and top-K lists.
+
+    ``scores`` (len(users), num_items) for the cohort's users (rows in ``users`` order);
+    each user's training and validation items are excluded before ranking.
+    """
+    from fedrec.metrics.ranking import first_relevant_rank, per_user_metrics, topk_items
+
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    hist, targets = ud.history(split), ud.targets(split)
+    for j, u in enumerate(users):  # exclude what the user has already seen
+        scores[j, hist[u]] = -np.inf
+    rel = [targets[u] for u in users]
+    top = topk_items(scores, spec.TOPK_LEN)
+    ranks = first_relevant_rank(scores, rel)
+    popular = np.zeros(ud.num_items, dtype=bool)
+    popular[np.asarray(config.get(spec.POPULAR, []), dtype=np.int64)] = True
+    pu = {k: spec.pack_per_user(v) for k, v in
+          per_user_metrics(top, rel, spec.K_LIST, ranks=ranks, popular=popular).items()}
+    out = {}
+    for c in sorted(set(owner.tolist())):
+        m = owner == c
+        metrics: dict[str, Any] = {spec.PER_USER + k: v[m] for k, v in pu.items()}
+        metrics.update({spec.USERS: users[m].astype(np.int64), spec.TOPK: top[m].ravel(),
+                        spec.NUM_EXAMPLES: int(m.sum())})
+        out[c] = (None, metrics)
+    return out
+
+
+class CohortClient(ClientHalf):
+    """A client half whose logic is :meth:`handle_cohort`; the per-client entry points
+    (used when the ClientApp is not batching) call it with a one-client cohort."""
+
+    Params: type = object  # the method's Params dataclass (from its spec module)
+
+    @classmethod
+    def params(cls, cfg: RunConfig) -> Any:
+        """``strategy.params.*`` validated against the method's Params (the spec's)."""
+        return validate_dataclass(cls.Params, dict(cfg.strategy_params), "strategy.params.")
+
+    def _one(self, message_type, rnd, weights, config):
+        states = {self.client_id: self.state}
+        return type(self).handle_cohort(self.cfg, message_type, rnd, weights, config,
+                                        states)[self.client_id]
+
+    def hello(self):
+        return self._one("query.fedrec_hello", 0, None, {})[1]
+
+    def fit(self, server_round, weights, config):
+        return self._one("train", server_round, weights, config)
+
+    def evaluate(self, server_round, weights, config):
+        return self._one("evaluate", server_round, weights, config)[1]
+
+    def query(self, action, server_round, weights, config):
+        return self._one(f"query.{action}", server_round, weights, config)
+
+
+def cohort_users(users_per_client: int, num_users: int, states) -> tuple[np.ndarray, np.ndarray]:
+    """``(users, owner)`` of a cohort: its clients' users in client order, and each one's client."""
+    us = [client_users(c, users_per_client, num_users) for c in sorted(states)]
+    owner = [np.full(len(u), c) for c, u in zip(sorted(states), us)]
+    return np.concatenate(us), np.concatenate(owner)
+
+
+def hello_replies(ud, users_per_client: int, states) -> dict:
+    """Handshake counts of each client in ``states`` (users, items, training and test)."""
+    out = {}
+    for c in sorted(states):
+        us = client_users(c, users_per_client, ud.num_users)
+        out[c] = (None, {"num-users": len(us), "num-items": ud.num_items,
+                         "num-train": int(ud.train.lengths[us].sum()),
+                         "num-test": int((ud.test.lengths[us] > 0).sum())})
+    return out

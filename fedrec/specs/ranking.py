@@ -1,0 +1,34 @@
+"""Evaluation messages shared by the per-user recommenders (full-ranking evaluation).
+
+The server sends :data:`POPULAR` (the ids of the popular items, an int64 array) with the
+``evaluate`` message; each client replies, for its users with a test item, per-user
+metric values (``pu.<metric>``, one value per user, ``NAN_CODE`` where undefined), the
+users' ids and their top-``max(K_LIST)`` item lists.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+K_LIST = (10, 20)
+TOPK_LEN = max(K_LIST)
+
+# config keys (server -> client)
+POPULAR = "popular"
+# metric keys (client -> server)
+USERS = "users"
+TOPK = "topk"
+NUM_EXAMPLES = "num-examples"
+PER_USER = "pu."  # prefix of per-user metric values
+NAN_CODE = -1.0  # an undefined per-user value (e.g. recall of a user without a test item)
+
+
+def pack_per_user(values: np.ndarray) -> np.ndarray:
+    """Per-user metric values as sent (NaN -> :data:`NAN_CODE`, float64)."""
+    return np.nan_to_num(np.asarray(values, dtype=np.float64), nan=NAN_CODE)
+
+
+def unpack_per_user(values: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pack_per_user` (every valid value is >= 0)."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.where(v < 0, np.nan, v)
