@@ -6,7 +6,8 @@ Every configuration trains all 943 ML-100K users (one logical client per user,
 rounds with ``dim=64``, 1 local epoch, 1 sampled negative per positive, batch 8,
 ``train.lr=0.5``, ``strategy.params.server-lr=20``. Each runs in its own subprocess
 (``--single KEY``) while this process samples the summed RSS of that subprocess and all
-its descendants (Ray's GCS, raylet, workers, ...) every 0.2 s.
+its descendants (Ray's GCS, raylet, workers, ...) every 0.2 s (``harness.py``, shared
+with ``bench_scale.py``).
 
 Configurations (``--only`` picks a subset, by key):
 
@@ -17,15 +18,17 @@ Configurations (``--only`` picks a subset, by key):
   943 nodes).
 * ``flower``: plain Flower written here: a Message-API ``ClientApp`` (``@app.train()``)
   on 943 SuperNodes (``run_simulation``, ``num_cpus=1`` per ClientApp); each node keeps
-  its user's embedding in ``context.state``, runs :func:`fedrec.models.recsys.mf_bpr_user_step`
-  for its one user (same seeds, negatives and initialisation as fedrec) and returns the
-  **dense** updated item matrix; the server is Flower's built-in
+  its user's embedding in ``context.state`` (:func:`fedrec.algorithms.fedmf.init_users`),
+  runs :func:`fedrec.algorithms.fedmf.local_step` for its one user (same seeds, negatives
+  and initialisation as fedrec) and returns the **dense** updated item matrix; the server is Flower's built-in
   ``flwr.serverapp.strategy.FedAvg`` (``fraction_evaluate=0``: **no evaluation phase**).
-* ``raw``: the same round in one process without Flower: negatives for every user, one
-  ``mf_bpr_user_step`` call for all 943 users (the cohort) and the per-row sparse
-  aggregation ``Q[i] += server_lr * sum(delta_i) / count_i``. No evaluation.
-* ``raw-synth10k``: ``raw`` for 10,000 ``synthetic-rec`` users (``load_dataset(
-  "synthetic-rec", num_users=10000)``, 500 items, 30 interactions per user): its peak RSS.
+* ``raw``: the same round in one process without Flower, calling the functions fedrec's
+  two halves call (:mod:`fedrec.algorithms.fedmf`): one ``local_step`` for all 943 users
+  (negatives and local BPR, the cohort), ``client_uploads`` with one client per user and
+  ``sparse_server_step``, the per-row aggregation ``Q[i] += server_lr * sum(delta_i) /
+  count_i``. No evaluation.
+* ``raw-synth10k``: ``raw`` for 10,000 ``synthetic-rec`` users (``user_data(
+  "synthetic-rec", "num_users=10000")``, 500 items, 30 interactions per user): its peak RSS.
 * ``local-synth10k`` (only with ``--only``): ``fedrec.run`` local, one cohort node, on
   10,000 synthetic users (``dataset.options = "num_users=10000"``), evaluation included.
 
@@ -58,13 +61,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Quiet, offline Flower/Ray; set before flwr or ray is imported anywhere (subprocesses
-# and Ray workers inherit them).
-os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
-os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# the measuring harness (this folder is sys.path[0], or on PYTHONPATH in the subprocesses)
+from harness import fmt as _f, quiet_flower_env, run_measured, subprocess_env
+
+quiet_flower_env()  # before flwr or ray is imported anywhere
 if "FLWR_HOME" not in os.environ or "fedrec-bench-flwr-home" not in os.environ["FLWR_HOME"]:
     os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="fedrec-bench-flwr-home-")
 # the development layout: ../shared/data beside the checkout
@@ -73,17 +73,12 @@ if "FEDREC_DATA_DIR" not in os.environ and os.path.isdir(_SHARED):
     os.environ["FEDREC_DATA_DIR"] = os.path.normpath(_SHARED)
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
 
 NUM_USERS = 943
 SEED = 0
@@ -92,6 +87,8 @@ LR = 0.5
 BATCH = 8
 SERVER_LR = 20.0
 INIT_STD = 0.1
+# fedmf's local training (MFClient._train with these settings)
+LOCAL = {"seed": SEED, "lr": LR, "epochs": 1, "batch_size": BATCH, "negatives": 1, "reg": 0.0}
 
 # key: (label, nodes column, default timeout s)
 CONFIGS = {
@@ -183,83 +180,31 @@ def run_fedrec(backend: str, nodes: int, rounds: int, timeout: float, workdir: P
             "failures": s.get("failures")}
 
 
-# =========================================================================== shared compute
-@functools.lru_cache(maxsize=2)
-def user_data(name: str = "ml-100k", num_users: int | None = None):
-    """Leave-one-out split of the dataset, cached per process (each Ray worker once)."""
-    from fedrec.data import load_dataset
-    from fedrec.recsys.splits import leave_one_out
-
-    kw = {"num_users": num_users} if num_users else {}
-    return leave_one_out(load_dataset(name, **kw))
-
-
-def initial_Q(num_items: int):
-    """fedmf's item matrix initialisation (FedMF.initial_weights)."""
-    import torch
-
-    from fedrec.seeding import derive_seed
-
-    g = torch.Generator().manual_seed(derive_seed(SEED, "item-init") % 2**63)
-    return (torch.randn(num_items, DIM, generator=g) * INIT_STD).numpy()
-
-
-def initial_P(users):
-    """fedmf's private user embedding initialisation (MFClient, one user per client)."""
-    import numpy as np
-    import torch
-
-    from fedrec.seeding import derive_seed
-
-    out = []
-    for u in users:
-        g = torch.Generator().manual_seed(derive_seed(SEED, "user-init", int(u)) % 2**63)
-        out.append((torch.randn(1, DIM, generator=g) * INIT_STD).numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
-def cohort_step(ud, users, P, Q, server_round: int):
-    """Negatives + ``mf_bpr_user_step`` for ``users`` at once (exactly fedmf's client math)."""
-    import numpy as np
-    import torch
-
-    from fedrec.models.recsys import mf_bpr_user_step
-    from fedrec.recsys.splits import sample_negatives
-    from fedrec.seeding import derive_seed
-
-    pos = [ud.train[u] for u in users]
-    neg = [sample_negatives(ud.num_items, np.unique(ud.train[u]), len(pos[j]),
-                            derive_seed(SEED, "neg", server_round, int(u)))
-           for j, u in enumerate(users)]
-    upd = mf_bpr_user_step(torch.as_tensor(P), torch.as_tensor(Q), pos, neg, lr=LR, reg=0.0,
-                           epochs=1, batch_size=BATCH,
-                           seed=[derive_seed(SEED, "local", server_round, int(u)) for u in users])
-    return upd, np.array([len(x) for x in pos])
-
-
 # =========================================================================== raw compute
-def run_raw(rounds: int, dataset: str = "ml-100k", num_users: int | None = None) -> dict:
+def run_raw(rounds: int, dataset: str = "ml-100k", options: str = "") -> dict:
+    """fedrec's fedmf round without Flower: every user its own client (``client_id`` =
+    user id), the client half's :func:`~fedrec.algorithms.fedmf.local_step` for all users
+    in one call and the server half's :func:`~fedrec.algorithms.fedmf.sparse_server_step`
+    over the per-client uploads."""
     import numpy as np
-    import torch
 
-    from fedrec.models.recsys import sum_item_deltas
+    from fedrec.algorithms import fedmf
+    from fedrec.recsys.data import user_data
 
-    ud = user_data(dataset, num_users)
+    _, ud = user_data(dataset, options)
     users = np.arange(ud.num_users)
-    P, Q = initial_P(users), initial_Q(ud.num_items)
+    bounds = np.arange(ud.num_users + 1)  # client i owns user i
+    P = np.concatenate([fedmf.init_users(SEED, int(u), 1, DIM, INIT_STD) for u in users])
+    Q = fedmf.init_items(ud.num_items, DIM, INIT_STD, SEED)
     rounds_s, losses = [], []
     for rnd in range(1, rounds + 1):
         event("round-start", round=rnd)
         t0 = time.perf_counter()
-        upd, n = cohort_step(ud, users, P, Q, rnd)
-        Qt = torch.as_tensor(Q)
-        delta, count, _ = sum_item_deltas(upd, Qt)  # per-row sums over the users
-        rows = count > 0
-        newQ = Qt.clone()
-        newQ[rows] += SERVER_LR * delta[rows] / count[rows, None]
-        Q, P = newQ.numpy(), upd.P.numpy()
+        res = fedmf.local_step(ud, users, P, Q, rnd, **LOCAL)
+        Q, _ = fedmf.sparse_server_step(Q, fedmf.client_uploads(res, bounds), SERVER_LR)
+        P = res.P
         rounds_s.append(time.perf_counter() - t0)
-        loss = float(np.nansum(upd.losses[:, 0] * n) / n.sum())
+        loss = float(np.nansum(res.losses[:, 0] * res.num_pos) / res.num_pos.sum())
         losses.append(loss)
         event("train-end", round=rnd, loss=loss)
         event("round-end", round=rnd, wall_s=rounds_s[-1])
@@ -274,20 +219,25 @@ def _train_handler(msg, context):
     import numpy as np
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
+    from fedrec.algorithms import fedmf
+    from fedrec.recsys.data import user_data
+
     u = int(context.node_config["partition-id"])
     rnd = int(msg.content["config"]["server-round"])
     Q = msg.content["arrays"].to_numpy_ndarrays()[0]
-    if "P" not in context.state:  # private init, seeded like fedrec's MFClient
-        context.state["P"] = ArrayRecord([initial_P([u])])
+    if "P" not in context.state:  # private init, seeded like fedrec's MFClient (client u)
+        context.state["P"] = ArrayRecord([fedmf.init_users(SEED, u, 1, DIM, INIT_STD)])
     P = context.state["P"].to_numpy_ndarrays()[0]
-    ud = user_data("ml-100k")
-    upd, n = cohort_step(ud, [u], P, Q, rnd)
-    context.state["P"] = ArrayRecord([upd.P.numpy()])
+    _, ud = user_data("ml-100k")
+    res = fedmf.local_step(ud, np.array([u]), P, Q, rnd, **LOCAL)
+    context.state["P"] = ArrayRecord([res.P])
+    rows = slice(int(res.indptr[0]), int(res.indptr[1]))  # this user's touched rows
+    ids, deltas = res.item_ids[rows], res.item_deltas[rows]
     full = Q.copy()  # dense: the global rows plus this user's new copies of its rows
-    full[upd.item_ids] = upd.item_rows.numpy()
-    loss = float(np.nan_to_num(upd.losses[0, 0]))
+    full[ids] = Q[ids] + deltas
+    loss = float(np.nan_to_num(res.losses[0, 0]))
     content = RecordDict({"arrays": ArrayRecord([full]), "metrics": MetricRecord(
-        {"num-examples": int(n[0]), "train-loss": loss})})
+        {"num-examples": int(res.num_pos[0]), "train-loss": loss})})
     return Message(content=content, reply_to=msg)
 
 
@@ -303,6 +253,9 @@ def _make_server_app(rounds: int, timeout: float, result: dict):
     from flwr.app import ArrayRecord, Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
+
+    from fedrec.algorithms import fedmf
+    from fedrec.recsys.data import user_data
 
     class TimedFedAvg(FedAvg):
         """Flower's FedAvg; a round runs from configure_train to the end of aggregate_train."""
@@ -326,10 +279,10 @@ def _make_server_app(rounds: int, timeout: float, result: dict):
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        ud = user_data("ml-100k")
+        _, ud = user_data("ml-100k")
         strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0,
                                min_available_nodes=NUM_USERS, min_train_nodes=NUM_USERS)
-        strategy.start(grid=grid, initial_arrays=ArrayRecord([initial_Q(ud.num_items)]),
+        strategy.start(grid=grid, initial_arrays=ArrayRecord([fedmf.init_items(ud.num_items, DIM, INIT_STD, SEED)]),
                        num_rounds=rounds, timeout=timeout)
 
     return app
@@ -370,7 +323,7 @@ def single(key: str, rounds: int, timeout: float, result_path: Path) -> None:
     elif key == "raw":
         res = run_raw(rounds)
     elif key == "raw-synth10k":
-        res = run_raw(rounds, "synthetic-rec", 10_000)
+        res = run_raw(rounds, "synthetic-rec", "num_users=10000")
     elif key == "flower":
         res = run_flower(rounds, timeout)
     else:
@@ -379,10 +332,6 @@ def single(key: str, rounds: int, timeout: float, result_path: Path) -> None:
 
 
 # =========================================================================== driver
-# one process-tree sampler and failure reader for both benchmarks (same folder)
-from bench_scale import TreeSampler, _failure_reason as _log_reason, _reap  # noqa: E402
-
-
 def _read_events(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -407,70 +356,36 @@ def measure(key: str, rounds: int, timeout: float, workdir: Path) -> dict:
     result_path = workdir / f"{key}.json"
     log_path = workdir / f"{key}.log"
     prog_path = workdir / f"{key}.events"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FEDREC_BENCH_PROGRESS": str(prog_path),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE),
-                                                      os.environ.get("PYTHONPATH")]))}
+    env = subprocess_env(FEDREC_BENCH_PROGRESS=str(prog_path))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--single", key,
            "--rounds", str(rounds), "--timeout", str(timeout), "--result", str(result_path)]
     label, nodes, _ = CONFIGS[key]
     row: dict = {"key": key, "runtime": label, "nodes": nodes, "rounds": rounds,
                  "timeout_s": timeout, "loadavg_1m_before": os.getloadavg()[0]}
-    t0 = time.perf_counter()
-    t0_wall = time.time()
-    error = None
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(workdir), start_new_session=True)
-        sampler = TreeSampler(proc.pid)
-        sampler.start()
-        try:
-            rc = proc.wait(timeout=timeout)
-            if rc != 0:
-                error = f"exit {rc}: {_log_reason(log_path)}"
-        except subprocess.TimeoutExpired:
-            sampler.kill_all()
-            sampler.psutil.wait_procs(list(sampler.seen.values()), timeout=10)
-            proc.wait()
-            error = f"timeout after {timeout:.0f} s"
-        total = time.perf_counter() - t0
-        sampler.stop()
-    _reap(sampler)
-    row.update(total_s=total, peak_rss_gib=sampler.peak / 2**30, max_procs=sampler.max_procs,
-               other_cores_mean=(statistics.fmean(sampler.other_cores) if sampler.other_cores else None),
-               loadavg_1m_after=os.getloadavg()[0], log=str(log_path))
+    run = run_measured(cmd, env=env, cwd=workdir, log_path=log_path, result_path=result_path,
+                       timeout=timeout)
+    row.update(run.measures())
     ev = _rounds_from_events(_read_events(prog_path))
     row["train_phase_s"] = ev["train_phase_s"]
     row["train_loss"] = ev["train_loss"]
     first_start = ev["started"].get(1)
-    row["startup_s"] = None if first_start is None else first_start - t0_wall
-    res = None
-    if error is None:
-        if result_path.exists():
-            res = json.loads(result_path.read_text())
-        else:
-            error = f"no result: {_log_reason(log_path)}"
-    if res is not None:
-        row.update({k: v for k, v in res.items() if k != "train_loss"})
+    row["startup_s"] = None if first_start is None else first_start - run.t0_wall
+    if run.result is not None:
+        row.update({k: v for k, v in run.result.items() if k != "train_loss"})
     else:
-        row["error"] = error
+        row["error"] = run.error
         row["round_wall_s"] = ev["round_wall_s"]  # the rounds it finished
         unfinished = [r for r in ev["started"] if r > len(ev["round_wall_s"])]
         if unfinished:
             r = min(unfinished)
             row["unfinished_round"] = r
-            row["unfinished_round_running_s"] = (t0_wall + total) - ev["started"][r]
+            row["unfinished_round_running_s"] = (run.t0_wall + run.total_s) - ev["started"][r]
     rs = row.get("round_wall_s") or []
     tp = row["train_phase_s"]
     row["round1_s"] = rs[0] if rs else None
     row["later_median_s"] = statistics.median(rs[1:]) if len(rs) > 1 else None
     row["train_phase_median_s"] = statistics.median(tp[1:]) if len(tp) > 1 else None
     return row
-
-
-def _f(v, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.{digits}f}" if v < 100 else f"{v:.0f}"
 
 
 def table(rows: list[dict]) -> str:

@@ -4,7 +4,8 @@
 For each number of clients N and each runtime, one FedAvg experiment (Adult, iid
 partition, logreg, 1 local epoch, batch 64, fraction 1.0, ``--rounds`` rounds) runs in
 its own subprocess (``--single``) while this process samples the resident memory of
-that subprocess and all its descendants (Ray's GCS, raylet, workers...) every 0.2 s.
+that subprocess and all its descendants (Ray's GCS, raylet, workers...) every 0.2 s
+(``harness.py``, shared with ``bench_fedmf.py``).
 
 Runtimes:
 
@@ -34,13 +35,11 @@ import os
 import sys
 import tempfile
 
-# Quiet, offline Flower/Ray; set before flwr or ray is imported anywhere (the
-# subprocesses and Ray workers inherit them).
-os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
-os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# the measuring harness (this folder is sys.path[0], or on PYTHONPATH in the subprocesses)
+from harness import (fmt as _fmt, quiet_flower_env, run_measured, subprocess_env,
+                     wait_idle)
+
+quiet_flower_env()  # before flwr or ray is imported anywhere
 # A private, temporary FLWR_HOME, made by the top-level run (its --single subprocesses
 # and their Ray workers inherit it; importing this module creates nothing).
 _OWN_FLWR_HOME = __name__ == "__main__" and "--single" not in sys.argv
@@ -49,17 +48,13 @@ if _OWN_FLWR_HOME:
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 RUNTIME_LABELS = {"local": "fedrec local", "ray": "fedrec ray",
                   "flower": "plain Flower (ray)", "raw": "raw loop (no Flower)"}
 
@@ -310,187 +305,29 @@ def single(backend: str, num_clients: int, rounds: int, timeout: float, result_p
 
 
 # =========================================================================== driver
-def other_cpu_cores(exclude: set[int], cache: dict) -> float:
-    """CPU (in cores) used by processes outside ``exclude`` since the previous call with
-    the same ``cache`` (the first call primes it and returns 0). Used to flag runs that
-    shared the machine with other work."""
-    import psutil
-
-    total = 0.0
-    alive = set()
-    for p in psutil.process_iter():
-        if p.pid in exclude:
-            continue
-        alive.add(p.pid)
-        proc = cache.get(p.pid)
-        if proc is None or proc.create_time() != p.create_time():
-            cache[p.pid] = proc = p
-        try:
-            total += proc.cpu_percent(None)
-        except psutil.Error:
-            pass
-    for pid in set(cache) - alive:
-        del cache[pid]
-    return total / 100.0
-
-
-def wait_idle(max_wait: float, threshold: float = 0.3) -> float:
-    """Wait (up to ``max_wait`` s) until other processes use < ``threshold`` cores;
-    returns their last measured use."""
-    cache: dict = {}
-    me = {os.getpid()}
-    other_cpu_cores(me, cache)
-    deadline = time.monotonic() + max_wait
-    for i in itertools.count():
-        time.sleep(3.0)
-        busy = other_cpu_cores(me, cache)
-        if busy < threshold or time.monotonic() > deadline:
-            return busy
-        if i % 10 == 0:
-            print(f"[bench]   waiting: other processes use {busy:.1f} cores",
-                  file=sys.stderr, flush=True)
-    return busy
-
-
-class TreeSampler(threading.Thread):
-    """Samples the summed RSS of a process and its descendants every ``interval`` s
-    (and, every 5th sample, the CPU used by processes outside the tree)."""
-
-    def __init__(self, pid: int, interval: float = 0.2):
-        super().__init__(daemon=True)
-        import psutil
-
-        self.psutil = psutil
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.max_procs = 0
-        self.seen: dict[int, object] = {}  # pid -> psutil.Process, for cleanup
-        self._halt = threading.Event()
-        self._cpu_cache: dict = {}
-        self._tree: set[int] = {os.getpid(), pid}
-        self.other_cores: list[float] = []
-        self._n = 0
-
-    def sample(self) -> None:
-        ps = self.psutil
-        try:
-            procs = [self.root] + self.root.children(recursive=True)
-        except ps.Error:
-            return
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-                self.seen.setdefault(p.pid, p)
-            except ps.Error:
-                pass
-        self.peak = max(self.peak, total)
-        self.max_procs = max(self.max_procs, len(procs))
-        self._tree |= {p.pid for p in procs}
-        if self._n % 5 == 0:
-            busy = other_cpu_cores(self._tree, self._cpu_cache)
-            if self._n:
-                self.other_cores.append(busy)
-        self._n += 1
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.sample()
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-    def kill_all(self) -> None:
-        """Kill every process of the tree this sampler has seen (by pid)."""
-        self.sample()
-        for p in list(self.seen.values()):
-            try:
-                p.kill()
-            except self.psutil.Error:
-                pass
-
-
-def _reap(sampler: TreeSampler, wait_s: float = 30.0) -> None:
-    """Wait for the processes the run started to exit; kill what is left (by pid)."""
-    ps = sampler.psutil
-    alive = [p for p in sampler.seen.values() if p.is_running()]
-    if not alive:
-        return
-    _, alive = ps.wait_procs(alive, timeout=wait_s)
-    for p in alive:
-        try:
-            p.kill()
-        except ps.Error:
-            pass
-    ps.wait_procs(alive, timeout=5)
-
-
-def _failure_reason(log_path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
-                 if ln.strip()]
-    except OSError:
-        return "no log"
-    for ln in reversed(lines):
-        if "Error" in ln or "Exception" in ln:
-            return ln[:160]
-    return lines[-1][:160] if lines else "no output"
-
-
 def measure(backend: str, num_clients: int, rounds: int, timeout: float, workdir: Path,
             max_wait: float = 0.0) -> dict:
     """Run one configuration in a fresh subprocess; return its row."""
     tag = f"{backend}-{num_clients}"
     result_path = workdir / f"{tag}.json"
     log_path = workdir / f"{tag}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE),
-                                                      os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--single", backend,
            str(num_clients), "--rounds", str(rounds), "--timeout", str(timeout),
            "--result", str(result_path)]
     idle = wait_idle(max_wait) if max_wait > 0 else None
     row = {"clients": num_clients, "runtime": backend, "rounds": rounds,
            "other_cores_before": idle, "loadavg_1m_before": os.getloadavg()[0]}
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(workdir), start_new_session=True)
-        sampler = TreeSampler(proc.pid)
-        sampler.start()
-        try:
-            rc = proc.wait(timeout=timeout)
-            error = None if rc == 0 else f"exit {rc}: {_failure_reason(log_path)}"
-        except subprocess.TimeoutExpired:
-            sampler.kill_all()
-            proc.wait()
-            error = f"timeout after {timeout:g} s"
-        total = time.perf_counter() - t0
-        sampler.stop()
-    _reap(sampler)
-    row.update(total_s=total, peak_rss_gib=sampler.peak / 2**30, max_procs=sampler.max_procs,
-               loadavg_1m_after=os.getloadavg()[0], log=str(log_path),
-               other_cores_mean=(statistics.fmean(sampler.other_cores)
-                                 if sampler.other_cores else None))
-    if error is None and not result_path.exists():
-        error = f"no result: {_failure_reason(log_path)}"
-    if error is not None:
-        row["error"] = error
+    run = run_measured(cmd, env=subprocess_env(), cwd=workdir, log_path=log_path,
+                       result_path=result_path, timeout=timeout)
+    row.update(run.measures())
+    if run.error is not None:
+        row["error"] = run.error
         return row
-    res = json.loads(result_path.read_text())
+    res = run.result
     rs = res["round_wall_s"]
     row.update(res, round1_s=rs[0] if rs else math.nan,
                later_median_s=statistics.median(rs[1:]) if len(rs) > 1 else math.nan)
     return row
-
-
-def _fmt(v: float, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.{digits}f}" if v < 100 else f"{v:.0f}"
 
 
 def table(rows: list[dict]) -> str:
