@@ -109,12 +109,15 @@ def handle(message: Message, context: Context) -> Message:
             else:
                 raise FedrecError(f"unsupported message type '{mtype}'")
             states.save(c, half.state)
-    missing = sorted(set(clients) - set(results))
+    columnar = isinstance(results, protocol.ReplyColumns)
+    got = [int(c) for c in results.clients] if columnar else list(results)
+    missing = sorted(set(clients) - set(got))
     if missing:
         raise FedrecError(f"{half_cls.__name__} returned no reply for clients {missing[:10]}")
-    reply[protocol.REPLIES] = _array_record(protocol.pack_replies(
-        {c: (None if results[c][0] is None else [np.asarray(w) for w in results[c][0]],
-             results[c][1]) for c in clients}))
+    reply[protocol.REPLIES] = _array_record(results.to_arrays() if columnar else (
+        protocol.pack_replies(
+            {c: (None if results[c][0] is None else [np.asarray(w) for w in results[c][0]],
+                 results[c][1]) for c in clients})))
     if states.commit():
         _save_store(context, store)
     return Message(reply, reply_to=message)

@@ -12,13 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from fedrec import protocol
 from fedrec.clients.base import ClientHalf
 from fedrec.config import RunConfig, validate_dataclass
 from fedrec.recsys.data import client_users
 from fedrec.specs import ranking as spec
+from fedrec.state import StateStore
 
-def ranking_replies(ud, users, owner, scores, config, split: str = "test"):
-    """Per-client evaluation replies: per-user ranking metrics and top-K lists.
+def ranking_replies(ud, users, owner, scores, config, split: str = "test"
+                    ) -> protocol.ReplyColumns:
+    """Per-client evaluation replies, by column: per-user ranking metrics and top-K lists.
+
+    ``owner`` (per user, its client) must be sorted (a cohort lists its clients' users in
+    client order).
 
     ``scores`` (len(users), num_items) for the cohort's users (rows in ``users`` order);
     each user's training and validation items are excluded before ranking.
@@ -34,16 +40,16 @@ def ranking_replies(ud, users, owner, scores, config, split: str = "test"):
     ranks = first_relevant_rank(scores, rel)
     popular = np.zeros(ud.num_items, dtype=bool)
     popular[np.asarray(config.get(spec.POPULAR, []), dtype=np.int64)] = True
-    pu = {k: spec.pack_per_user(v) for k, v in
-          per_user_metrics(top, rel, spec.K_LIST, ranks=ranks, popular=popular).items()}
-    out = {}
-    for c in sorted(set(owner.tolist())):
-        m = owner == c
-        metrics: dict[str, Any] = {spec.PER_USER + k: v[m] for k, v in pu.items()}
-        metrics.update({spec.USERS: users[m].astype(np.int64), spec.TOPK: top[m].ravel(),
-                        spec.NUM_EXAMPLES: int(m.sum())})
-        out[c] = (None, metrics)
-    return out
+    pu = per_user_metrics(top, rel, spec.K_LIST, ranks=ranks, popular=popular)
+    # users are grouped by client (clients sorted): one column per field, no per-client work
+    cids, start = np.unique(owner, return_index=True)
+    indptr = np.append(start, len(owner)).astype(np.int64)
+    metrics: dict[str, Any] = {spec.PER_USER + k: (spec.pack_per_user(v), indptr)
+                               for k, v in pu.items()}
+    metrics[spec.USERS] = (np.asarray(users, dtype=np.int64), indptr)
+    metrics[spec.TOPK] = (np.asarray(top).reshape(-1), indptr * top.shape[1])
+    metrics[spec.NUM_EXAMPLES] = np.diff(indptr)
+    return protocol.ReplyColumns(cids.astype(np.int64), None, metrics)
 
 
 class CohortClient(ClientHalf):
@@ -58,12 +64,21 @@ class CohortClient(ClientHalf):
         return validate_dataclass(cls.Params, dict(cfg.strategy_params), "strategy.params.")
 
     def _one(self, message_type, rnd, weights, config):
-        states = {self.client_id: self.state}
-        return type(self).handle_cohort(self.cfg, message_type, rnd, weights, config,
-                                        states)[self.client_id]
+        """A one-client cohort over this client's own state."""
+        store = StateStore()
+        states = store.cohort([self.client_id])
+        states.save(self.client_id, self.state)
+        states.commit()
+        states = store.cohort([self.client_id])
+        out = type(self).handle_cohort(self.cfg, message_type, rnd, weights, config, states)
+        states.commit()
+        self.state = {k: np.array(v) for k, v in store.load(self.client_id).items()}
+        if isinstance(out, protocol.ReplyColumns):
+            out = out.as_dict()
+        return out[self.client_id]
 
     def hello(self):
-        return self._one("query.fedrec_hello", 0, None, {})[1]
+        return self._one(protocol.HELLO, 0, None, {})[1]
 
     def fit(self, server_round, weights, config):
         return self._one("train", server_round, weights, config)

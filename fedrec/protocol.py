@@ -164,6 +164,47 @@ def pack_replies(results: dict[int, tuple[list[np.ndarray] | None, dict[str, Any
     return out
 
 
+@dataclass
+class ReplyColumns:
+    """The replies of a cohort, already by column (a client half may return this from
+    ``handle_cohort`` instead of a per-client dict; same wire format as
+    :func:`pack_replies`).
+
+    ``clients`` (C,) sorted ids; ``arrays``: per returned array slot ``(values, indptr)``
+    (client ``i`` owns ``values[indptr[i]:indptr[i+1]]``), or None when no client returns
+    arrays; ``metrics``: per key either a ``(C,)`` column of scalars or ``(values, indptr)``
+    of per-client arrays.
+    """
+
+    clients: np.ndarray
+    arrays: list[tuple[np.ndarray, np.ndarray]] | None
+    metrics: dict[str, Any]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        n = len(self.clients)
+        out: dict[str, np.ndarray] = {CLIENTS_COL: np.asarray(self.clients, dtype=np.int64)}
+        out["w.has"] = np.full(n, self.arrays is not None, dtype=bool)
+        for i, (v, p) in enumerate(self.arrays or []):
+            out[f"w{i}.v"], out[f"w{i}.p"] = np.asarray(v), np.asarray(p, dtype=np.int64)
+            out[f"w{i}.k"] = np.asarray([_LIST])
+        for k in sorted(self.metrics):
+            m = self.metrics[k]
+            if isinstance(m, tuple):
+                v, p = m
+                out[f"m.{k}.v"], out[f"m.{k}.p"] = np.asarray(v), np.asarray(p, dtype=np.int64)
+                out[f"m.{k}.k"] = np.asarray([_LIST])
+            else:
+                col = np.asarray(m)
+                out[f"m.{k}.v"] = col.astype(np.int64 if col.dtype.kind in "biu" else np.float64)
+                out[f"m.{k}.k"] = np.asarray([_SCALAR])
+            out[f"m.{k}.has"] = np.ones(n, dtype=bool)
+        return out
+
+    def as_dict(self) -> dict[int, tuple[list[np.ndarray] | None, dict[str, Any]]]:
+        """The per-client form: client id -> (arrays or None, metrics)."""
+        return {c: (w, m) for c, w, m in unpack_replies(self.to_arrays())}
+
+
 def unpack_replies(cols: dict[str, np.ndarray]
                    ) -> list[tuple[int, list[np.ndarray] | None, dict[str, Any]]]:
     """Inverse of :func:`pack_replies`: ``(client_id, arrays or None, metrics)`` per client.

@@ -105,12 +105,32 @@ def local_step(ud, users: np.ndarray, P: np.ndarray, Q: np.ndarray, server_round
 
 def client_uploads(res: LocalResult, bounds: np.ndarray) -> list[RowSparse]:
     """One row-sparse upload per client; client ``i`` owns users ``bounds[i]:bounds[i+1]``
-    of the cohort (contiguous: clients are sorted and own consecutive users)."""
-    out = []
-    for i in range(len(bounds) - 1):
-        rows = slice(int(res.indptr[bounds[i]]), int(res.indptr[bounds[i + 1]]))
-        out.append(RowSparse.from_contributions(res.item_ids[rows], res.item_deltas[rows]))
-    return out
+    of the cohort (contiguous: clients are sorted and own consecutive users).
+
+    A client's upload sums its users' deltas per touched row (float32, in user order) and
+    counts the users that touched it, exactly :meth:`RowSparse.from_contributions` on the
+    client's rows; computed for the whole cohort at once.
+    """
+    bounds = np.asarray(bounds, dtype=np.int64)
+    C = len(bounds) - 1
+    row_ptr = np.asarray(res.indptr, dtype=np.int64)[bounds]  # each client's row range
+    ids = np.asarray(res.item_ids, dtype=np.int64)
+    deltas = np.asarray(res.item_deltas, dtype=np.float32)
+    if C and np.all(np.diff(bounds) <= 1):  # one user per client: its rows are unique already
+        sums = deltas + np.float32(0.0)  # (what a zero-initialised float32 sum would hold)
+        ones = np.ones(len(ids), dtype=np.int64)
+        return [RowSparse(ids[a:b], sums[a:b], ones[a:b])
+                for a, b in zip(row_ptr[:-1].tolist(), row_ptr[1:].tolist())]
+    client_of_row = np.repeat(np.arange(C, dtype=np.int64), np.diff(row_ptr))
+    span = int(ids.max()) + 1 if len(ids) else 1
+    keys, inv = np.unique(client_of_row * span + ids[row_ptr[0]:row_ptr[-1]],
+                          return_inverse=True)
+    sums = np.zeros((len(keys),) + deltas.shape[1:], dtype=np.float32)
+    np.add.at(sums, inv, deltas[row_ptr[0]:row_ptr[-1]])
+    counts = np.bincount(inv, minlength=len(keys)).astype(np.int64)
+    cut = np.searchsorted(keys // span, np.arange(C + 1))
+    return [RowSparse(keys[a:b] % span, sums[a:b], counts[a:b])
+            for a, b in zip(cut[:-1].tolist(), cut[1:].tolist())]
 
 
 def sparse_server_step(Q: np.ndarray, uploads: Sequence[RowSparse], server_lr: float,
