@@ -1,4 +1,8 @@
-"""Client half for federated classification (FedAvg and its relatives).
+"""Client half of ``fedavg`` (:mod:`fedrec.strategies.fedavg`): the generic classifier
+half, and the base class of the halves of the classification strategies that extend it
+(``fedfact-post`` / ``local-post`` / ``fedfact-in`` in :mod:`fedrec.clients.fedfact`,
+``fairfed`` in :mod:`fedrec.clients.fairfed`, ``fedfb`` in :mod:`fedrec.clients.fedfb`).
+Its messages are declared in :mod:`fedrec.specs.fedavg`.
 
 What leaves the client: in the handshake, train/test sizes and label x group counts
 of its partition (for the run's partition report); after training, the updated
@@ -18,17 +22,13 @@ import numpy as np
 from fedrec.clients.base import ClientHalf, Metrics, Weights
 from fedrec.config import RunConfig
 from fedrec.metrics import confusion_counts
-from fedrec.models import build_model, get_weights, set_weights
+from fedrec.models import get_weights, set_weights
 from fedrec.seeding import derive_seed
-from fedrec.tasks import ClientData, load_client_data
+from fedrec.specs import fedavg as spec
+from fedrec.tasks import ClientData, initial_model, load_client_data
 from fedrec.training import predict_proba, train_classifier
 
-
-def initial_model(cfg: RunConfig, num_features: int, num_classes: int):
-    """The global model before round 1 (seeded by the run seed only)."""
-    return build_model(cfg.model.name, num_features, num_classes,
-                       seed=derive_seed(cfg.seed, "init"), **dict(cfg.model_params))
-
+__all__ = ["ClassifierClient", "initial_model", "loss_sum"]  # initial_model: re-export
 
 _DATA: dict[tuple[str, int], ClientData] = {}
 
@@ -41,6 +41,11 @@ def _cached_data(cfg: RunConfig, client_id: int) -> ClientData:
     return _DATA[k]
 
 
+def loss_sum(proba: np.ndarray, y: np.ndarray, eps: float = 1e-12) -> float:
+    """Summed cross-entropy ``-sum_i log proba[i, y_i]`` (probabilities clipped to eps)."""
+    return float(-np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0)).sum())
+
+
 class ClassifierClient(ClientHalf):
     """Local SGD on the client's train split; confusion counts on its test split."""
 
@@ -50,11 +55,11 @@ class ClassifierClient(ClientHalf):
 
     def hello(self) -> Metrics:
         d = self.data
-        return {"num-train": len(d.y_train), "num-test": len(d.y_test),
-                "num-features": d.num_features, "num-classes": d.num_classes,
-                "num-groups": d.num_groups,
-                "train-counts": d.counts("train").ravel().tolist(),
-                "test-counts": d.counts("test").ravel().tolist()}
+        return {spec.NUM_TRAIN: len(d.y_train), spec.NUM_TEST: len(d.y_test),
+                spec.NUM_FEATURES: d.num_features, spec.NUM_CLASSES: d.num_classes,
+                spec.NUM_GROUPS: d.num_groups,
+                spec.TRAIN_COUNTS: spec.pack_counts(d.counts("train")),
+                spec.TEST_COUNTS: spec.pack_counts(d.counts("test"))}
 
     def model(self, weights: Weights):
         m = initial_model(self.cfg, self.data.num_features, self.data.num_classes)
@@ -67,19 +72,25 @@ class ClassifierClient(ClientHalf):
         """Local training of ``model`` on the train split with the run's settings
         (seeded by run seed, round and client); FedProx if ``proximal-mu`` is sent."""
         t, d = self.cfg.train, self.data
-        mu = float(config.get("proximal-mu", 0.0))
+        mu = float(config.get(spec.PROXIMAL_MU, 0.0))
         return train_classifier(
             model, d.X_train, d.y_train, epochs=t.local_epochs, batch_size=t.batch_size,
-            lr=float(config.get("lr", t.lr)), optimizer=t.optimizer,
+            lr=float(config.get(spec.LR, t.lr)), optimizer=t.optimizer,
             weight_decay=t.weight_decay,
             seed=derive_seed(self.cfg.seed, "train", server_round, self.client_id) + seed_offset,
             proximal_mu=mu, sample_weight=sample_weight, soft_targets=soft_targets)
 
+    def fit_weighted(self, server_round: int, weights: Weights, config: dict[str, Any],
+                     sample_weight: np.ndarray | None) -> tuple[Weights, Metrics]:
+        """:meth:`fit` with per-row weights of the training rows (None: unweighted)."""
+        model = self.model(weights)
+        res = self.train_model(model, server_round, config, sample_weight=sample_weight)
+        return get_weights(model), {spec.NUM_EXAMPLES: res.num_examples,
+                                    spec.TRAIN_LOSS: res.loss}
+
     def fit(self, server_round: int, weights: Weights, config: dict[str, Any]
             ) -> tuple[Weights, Metrics]:
-        model = self.model(weights)
-        res = self.train_model(model, server_round, config)
-        return get_weights(model), {"num-examples": res.num_examples, "train-loss": res.loss}
+        return self.fit_weighted(server_round, weights, config, None)
 
     def predict(self, weights: Weights, X: np.ndarray) -> np.ndarray:
         return predict_proba(self.model(weights), X)
@@ -87,21 +98,18 @@ class ClassifierClient(ClientHalf):
     def evaluate(self, server_round: int, weights: Weights, config: dict[str, Any]) -> Metrics:
         d = self.data
         proba = self.predict(weights, d.X_test)
-        pred = proba.argmax(axis=1)
-        eps = 1e-12
-        loss_sum = float(-np.log(np.clip(proba[np.arange(len(d.y_test)), d.y_test], eps, 1.0)
-                                 ).sum())
-        return self.evaluation_reply(pred, loss_sum, config)
+        return self.evaluation_reply(proba.argmax(axis=1), loss_sum(proba, d.y_test), config)
 
     def evaluation_reply(self, pred: np.ndarray, loss_sum: float, config: dict[str, Any]
                          ) -> Metrics:
         """Confusion counts of ``pred`` on the test split (+ rows if auditing)."""
         d = self.data
         counts = confusion_counts(d.y_test, pred, d.a_test, d.num_classes, d.num_groups)
-        out = {"num-examples": len(d.y_test), "loss-sum": float(loss_sum),
-               "counts": counts.ravel().tolist(), "num-groups": d.num_groups,
-               "num-classes": d.num_classes}
-        if config.get("save-predictions"):
-            out.update({"pred-label": d.y_test.tolist(), "pred-group": d.a_test.tolist(),
-                        "pred-value": np.asarray(pred).tolist()})
+        out = {spec.NUM_EXAMPLES: len(d.y_test), spec.LOSS_SUM: float(loss_sum),
+               spec.COUNTS: spec.pack_confusion(counts), spec.NUM_GROUPS: d.num_groups,
+               spec.NUM_CLASSES: d.num_classes}
+        if config.get(spec.SAVE_PREDICTIONS):
+            out.update({spec.PRED_LABEL: np.asarray(d.y_test, dtype=np.int64),
+                        spec.PRED_GROUP: np.asarray(d.a_test, dtype=np.int64),
+                        spec.PRED_VALUE: np.asarray(pred, dtype=np.int64)})
         return out

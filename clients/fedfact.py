@@ -1,102 +1,106 @@
-"""Client half of ``fedfact-post`` / ``local-post`` (see fedrec.strategies.fedfact).
+"""Client halves of ``fedfact-post`` / ``local-post`` and ``fedfact-in`` (see
+:mod:`fedrec.strategies.fedfact`; messages and state fields in :mod:`fedrec.specs.fedfact`,
+the math in :mod:`fedrec.algorithms.fedfact`).
 
-The client keeps its local dual mu_k in its node state (``fedfact-mu``); it never
-leaves. In a calibration round it scores its training rows with the frozen global
-model (eta_hat), runs R proximal steps on mu_k and returns grad_lambda. In
-evaluation it predicts argmax_j (M(a,k)^T eta_hat(x))_j on its test rows.
+What leaves a client:
+
+- on top of :class:`~fedrec.clients.classification.ClassifierClient` (handshake label x
+  group counts, FedAvg weights and example counts, test confusion counts per group);
+- ``fedfact-post``, in a calibration round (``query.fedfact_post``): grad_lambda (U_g =
+  |A| m numbers for DP/EOP, 2 |A| m for EO), the L1 norm of mu_k and its example count;
+- ``fedfact-in``, in a train round: the trained copy of the shared model theta, its
+  example count, the client's contributions sum_a <D^g_u, C^{a,k}(h_k)> to the global
+  constraint values (U_g numbers; the server subtracts xi_g once), the ensemble weight
+  w_k and the L1 norm of mu_k.
+
+The local dual mu_k and (fedfact-in) the private model phi_k never leave the client.
+grad_lambda and the constraint contributions reveal group-conditional prediction rates
+of the client (as FairFed and LoGoFair messages do); add secure aggregation or DP noise
+if that matters.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import torch
 
-from fedrec.algorithms.fedfact import PostProcessingClient
-from fedrec.clients.classification import ClassifierClient
+from fedrec.algorithms.fedfact import (
+    PostProcessingClient,
+    calibration_matrix,
+    confusion_from_predictions,
+    constraint_values,
+    cost_sensitive_loss,
+    dual_prox_step,
+    global_constraints,
+    local_constraints,
+    shift_positive,
+)
+from fedrec.clients.classification import ClassifierClient, loss_sum
+from fedrec.models import get_weights
+from fedrec.specs import fedavg as base_spec
+from fedrec.specs import fedfact as spec
 
 
 class FedFactPostClient(ClassifierClient):
-    MU = "fedfact-mu"
+    """fedfact-post / local-post: the local dual mu_k lives in the client's state. In a
+    calibration round the client scores its training rows with the frozen global model
+    (eta_hat), updates mu_k and returns grad_lambda; in a calibrated evaluation it
+    predicts argmax_j (M(a,k)^T eta_hat(x))_j on its test rows."""
 
-    def _post(self, weights, config: dict[str, Any], rows: str = "train") -> PostProcessingClient:
+    def _post(self, weights, cfg: spec.PostConfig, rows: str = "train") -> PostProcessingClient:
         d = self.data
-        A = int(config["num-groups"])
-        pooled = np.asarray(config["pooled-counts"], dtype=np.int64).reshape(A, -1)
-        own = self.data.counts("train").T  # (A, m)
         X, a = (d.X_train, d.a_train) if rows == "train" else (d.X_test, d.a_test)
         return PostProcessingClient(
-            eta=self.predict(weights, X), a=a, own_counts=own, pooled_counts=pooled,
-            criterion=str(config["criterion"]), scope=str(config["scope"]),
-            xi_g=float(config["xi-global"]), xi_k=float(config["xi-local"]),
-            bound=float(config["dual-bound"]), beta=float(config["temperature"]),
-            lr=float(config["local-lr"]), local_steps=int(config["local-steps"]),
-            mu=self.state.get(self.MU), inner=str(config.get("inner-solver", "prox")))
+            eta=self.predict(weights, X), a=a, own_counts=d.counts("train").T,
+            pooled_counts=cfg.pooled, criterion=cfg.criterion, scope=cfg.scope,
+            xi_g=cfg.xi_global, xi_k=cfg.xi_local, bound=cfg.dual_bound,
+            beta=cfg.temperature, lr=cfg.local_lr, local_steps=cfg.local_steps,
+            mu=self.state.get(spec.POST_MU), inner=cfg.inner_solver)
 
     def query(self, action, server_round, weights, config):
-        if action != "fedfact_post":
+        if action != spec.POST:
             return super().query(action, server_round, weights, config)
-        post = self._post(weights, config)
-        mu, grad = post.step(np.asarray(config.get("lam", []), dtype=np.float64))
+        cfg = spec.unpack_post(config)
+        mu, grad = self._post(weights, cfg).step(cfg.lam)
         if mu.size:
-            self.state[self.MU] = mu
-        return None, {"grad-lam": grad.tolist() if grad.size else [0.0],
-                      "num-examples": len(self.data.y_train),
-                      "mu-l1": float(np.abs(mu).sum()) if mu.size else 0.0}
+            self.state[spec.POST_MU] = mu
+        return None, {spec.GRAD_LAM: spec.pack_duals(grad),
+                      base_spec.NUM_EXAMPLES: len(self.data.y_train),
+                      spec.MU_L1: float(np.abs(mu).sum()) if mu.size else 0.0}
 
     def evaluate(self, server_round, weights, config):
-        if not config.get("calibrated"):
+        if not spec.is_calibrated(config):
             return super().evaluate(server_round, weights, config)
-        post = self._post(weights, config, rows="test")
-        lam = np.asarray(config.get("lam", []), dtype=np.float64)
-        pred = post.predict(lam)
-        proba = post.eta
-        loss_sum = float(-np.log(np.clip(proba[np.arange(len(pred)), self.data.y_test],
-                                         1e-12, 1.0)).sum())
-        return self.evaluation_reply(pred, loss_sum, config)
+        cfg = spec.unpack_post(config)
+        post = self._post(weights, cfg, rows="test")
+        pred = post.predict(cfg.lam)
+        return self.evaluation_reply(pred, loss_sum(post.eta, self.data.y_test), config)
 
 
 class FedFactInClient(ClassifierClient):
-    """Client half of ``fedfact-in`` (Algorithm 1, fedfact.md §6.2).
-
-    Private state (never sent): the local model phi_k (``fedfact-in-phi.*``), the local
-    dual mu_k (``fedfact-in-mu``) and the ensemble weight w_k (``fedfact-in-w``).
-    Sent: the trained copy of the shared model theta, its example count, and the
-    client's contributions sum_a <D^g_u, C^{a,k}(h_k)> to the global constraint values
-    (``dg-values``, U_g numbers; the server subtracts xi_g once).
-    """
-
-    PHI, MU, W = "fedfact-in-phi.", "fedfact-in-mu", "fedfact-in-w"
+    """fedfact-in (Algorithm 1, fedfact.md §6.2): cost-sensitive training of the shared
+    model theta and the private model phi_k, ensembled with the private weight w_k."""
 
     def _phi_weights(self, theta):
-        keys = sorted((k for k in self.state if k.startswith(self.PHI)),
-                      key=lambda k: int(k[len(self.PHI):]))
-        return [self.state[k] for k in keys] if keys else [w.copy() for w in theta]
+        phi = spec.load_phi(self.state)
+        return phi if phi is not None else [w.copy() for w in theta]
 
     def _ensemble(self, theta, phi, w, X):
         return w * self.predict(theta, X) + (1.0 - w) * self.predict(phi, X)
 
     def fit(self, server_round, weights, config):
-        import torch
-
-        from fedrec.algorithms.fedfact import (calibration_matrix, confusion_from_predictions,
-                                               constraint_values, cost_sensitive_loss,
-                                               dual_prox_step, global_constraints,
-                                               local_constraints, shift_positive)
-        from fedrec.models import get_weights
-
         d = self.data
-        A = int(config["num-groups"])
-        pooled = np.asarray(config["pooled-counts"], dtype=np.int64).reshape(A, -1)
+        cfg = spec.unpack_in(config)
+        pooled = cfg.pooled
         own = d.counts("train").T
-        m = own.shape[1]
-        scope, crit = str(config["scope"]), str(config["criterion"])
+        A, m = own.shape[0], own.shape[1]
         empty = np.zeros((0, A, m, m))
-        Dg = global_constraints(crit, own, pooled) if scope in ("global", "both") else empty
-        Dl = local_constraints(crit, own) if scope in ("local", "both") else empty
-        lam = np.asarray(config.get("lam", []), dtype=np.float64)
-        mu = np.asarray(self.state.get(self.MU, np.zeros(Dl.shape[0])), dtype=np.float64)
-        w = float(self.state.get(self.W, np.array([0.5]))[0])
+        Dg = global_constraints(cfg.criterion, own, pooled) \
+            if cfg.scope in ("global", "both") else empty
+        Dl = local_constraints(cfg.criterion, own) if cfg.scope in ("local", "both") else empty
+        lam = cfg.lam
+        mu = np.asarray(self.state.get(spec.IN_MU, np.zeros(Dl.shape[0])), dtype=np.float64)
+        w = float(self.state.get(spec.IN_W, np.array([0.5]))[0])
         phi = self._phi_weights(weights)
         # 2. ensemble classifier h_k^t and 3. cost matrices with the current duals
         f_ens = self._ensemble(weights, phi, w, d.X_train)
@@ -109,8 +113,7 @@ class FedFactInClient(ClassifierClient):
                 logits = torch.log(torch.as_tensor(self.predict(ws, d.X_train)).clamp_min(1e-12))
                 return float(cost_sensitive_loss(logits, d.y_train, d.a_train, Mbar))
             l_theta, l_phi = loss(weights), loss(phi)
-        eta_w = float(config["eta-w"])
-        ratio = (1.0 - w) / w * np.exp(-eta_w * (l_phi - l_theta))
+        ratio = (1.0 - w) / w * np.exp(-cfg.eta_w * (l_phi - l_theta))
         w = float(np.clip(1.0 / (1.0 + ratio), 1e-3, 1.0 - 1e-3))
         # 5. constraint values of h on the local data; local dual ascent (signed, prox)
         C = confusion_from_predictions(d.y_train, h, d.a_train, A, m)
@@ -121,29 +124,27 @@ class FedFactInClient(ClassifierClient):
             # group by O(1) per round and the hard classifier oscillates (measured)
             sizes = own.sum(axis=1)
             p_min = sizes[sizes > 0].min() / pooled.sum()
-            mu = dual_prox_step(mu, -constraint_values(Dl, C), float(config["dual-lr"]) * p_min,
-                                float(config["xi-local"]), float(config["dual-bound"]))
-            self.state[self.MU] = mu
+            mu = dual_prox_step(mu, -constraint_values(Dl, C), cfg.dual_lr * p_min,
+                                cfg.xi_local, cfg.dual_bound)
+            self.state[spec.IN_MU] = mu
         # 6. local SGD on theta and phi with the soft targets Mbar[a_i, y_i, :]
         targets = np.asarray(Mbar)[d.a_train, d.y_train]
         theta_m, phi_m = self.model(weights), self.model(phi)
         res = self.train_model(theta_m, server_round, config, soft_targets=targets)
         self.train_model(phi_m, server_round, config, soft_targets=targets, seed_offset=1)
-        for i, arr in enumerate(get_weights(phi_m)):
-            self.state[f"{self.PHI}{i}"] = arr
-        self.state[self.W] = np.array([w])
+        spec.save_phi(self.state, get_weights(phi_m))
+        self.state[spec.IN_W] = np.array([w])
         return get_weights(theta_m), {
-            "num-examples": res.num_examples, "train-loss": res.loss,
-            "dg-values": dg.tolist() if dg.size else [0.0], "w-ensemble": w,
-            "mu-l1": float(np.abs(mu).sum()) if mu.size else 0.0}
+            base_spec.NUM_EXAMPLES: res.num_examples, base_spec.TRAIN_LOSS: res.loss,
+            spec.DG_VALUES: spec.pack_duals(dg), spec.W_ENSEMBLE: w,
+            spec.MU_L1: float(np.abs(mu).sum()) if mu.size else 0.0}
 
     def evaluate(self, server_round, weights, config):
         d = self.data
-        if not any(k.startswith(self.PHI) for k in self.state):
+        phi = spec.load_phi(self.state)
+        if phi is None:
             return super().evaluate(server_round, weights, config)
-        w = float(self.state[self.W][0])
-        proba = self._ensemble(weights, self._phi_weights(weights), w, d.X_test)
+        w = float(self.state[spec.IN_W][0])
+        proba = self._ensemble(weights, phi, w, d.X_test)
         pred = proba.argmax(axis=1)  # attribute-blind at inference
-        loss_sum = float(-np.log(np.clip(proba[np.arange(len(pred)), d.y_test], 1e-12,
-                                         1.0)).sum())
-        return self.evaluation_reply(pred, loss_sum, config)
+        return self.evaluation_reply(pred, loss_sum(proba, d.y_test), config)

@@ -8,7 +8,8 @@ clients' handshake replies.
 
 Choices: the dataset is partitioned as a whole (``partition.scheme``), then each
 client's rows are split into train/test with ``dataset.test-fraction`` and a seed
-derived from (run seed, "split", client id).
+derived from (run seed, "split", client id). :func:`initial_model` builds the classifier
+both halves start from (the server's initial weights, the model a client loads them into).
 """
 
 from __future__ import annotations
@@ -88,3 +89,13 @@ def load_client_data(cfg: RunConfig, client_id: int) -> ClientData:
                                            derive_seed(cfg.seed, "split", client_id))
     return ClientData(client_id, ds.X[train], ds.y[train], ds.a[train], ds.X[test],
                       ds.y[test], ds.a[test], ds.num_classes, ds.num_groups)
+
+
+def initial_model(cfg: RunConfig, num_features: int, num_classes: int):
+    """The global classifier before round 1 (``model.*`` of ``cfg``, seeded by the run
+    seed only): built identically by the server (initial weights, preflight) and by every
+    client (the model its received weights are loaded into)."""
+    from fedrec.models import build_model
+
+    return build_model(cfg.model.name, num_features, num_classes,
+                       seed=derive_seed(cfg.seed, "init"), **dict(cfg.model_params))

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedrec.errors import ConfigError
+from fedrec.optim import TorchAdam, TorchSGD
 
 __all__ = ["OPTIMIZERS", "TrainResult", "predict_proba", "single_thread", "train_classifier"]
 
@@ -125,56 +126,6 @@ def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return (F.cross_entropy(logits, target, reduction="none") * weight).mean()
 
 
-class _SGD:
-    """Plain SGD with coupled L2 weight decay; same update as ``torch.optim.SGD`` (no momentum).
-
-    Hand-written (like :class:`_Adam`) because constructing a ``torch.optim`` optimizer
-    imports ``torch._dynamo`` (about 2 s per process, paid by every client process).
-    """
-
-    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float) -> None:
-        self.params, self.lr, self.weight_decay = params, lr, weight_decay
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for p in self.params:
-            if p.grad is None:
-                continue
-            grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
-            p.add_(grad, alpha=-self.lr)
-
-
-class _Adam(_SGD):
-    """Adam (betas 0.9/0.999, eps 1e-8, coupled L2 weight decay); same update formula as
-    ``torch.optim.Adam`` with its defaults (single-tensor path)."""
-
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-
-    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float) -> None:
-        super().__init__(params, lr, weight_decay)
-        self.t = 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        bc1 = 1 - self.beta1**self.t
-        bc2_sqrt = math.sqrt(1 - self.beta2**self.t)
-        for p, m, v in zip(self.params, self.m, self.v):
-            if p.grad is None:
-                continue
-            grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
-            m.lerp_(grad, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-            denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
-            p.addcdiv_(m, denom, value=-self.lr / bc1)
-
-
 def train_classifier(
     model: nn.Module,
     X: np.ndarray,
@@ -195,8 +146,9 @@ def train_classifier(
 
     - ``y`` holds integer class labels in ``[0, num_classes)``.
     - ``optimizer``: ``"sgd"`` (plain SGD, no momentum) or ``"adam"`` (betas 0.9/0.999,
-      eps 1e-8); the update formulas are those of ``torch.optim.SGD`` / ``torch.optim.Adam``
-      with default settings. Fresh optimizer state per call. ``weight_decay`` is a coupled
+      eps 1e-8): :class:`fedrec.optim.TorchSGD` / :class:`fedrec.optim.TorchAdam`, the update
+      formulas of ``torch.optim.SGD`` / ``torch.optim.Adam`` with default settings. Fresh
+      optimizer state per call. ``weight_decay`` is a coupled
       L2 penalty (added to the gradient, as in torch).
     - ``sample_weight`` (non-negative, length n): the minibatch objective is
       ``sum_i w_i * ce_i / batch_len`` (like sklearn's ``sample_weight``: weights are not
@@ -279,7 +231,7 @@ def train_classifier(
                 return TrainResult(loss=total / n, num_examples=n, steps=0)
 
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = _SGD(params, lr, weight_decay) if optimizer == "sgd" else _Adam(params, lr, weight_decay)
+            opt = (TorchSGD if optimizer == "sgd" else TorchAdam)(params, lr, weight_decay)
             anchors = _global_params(model, global_weights, device) if proximal_mu > 0 else {}
             named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 

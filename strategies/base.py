@@ -137,8 +137,7 @@ class FedrecStrategy(Strategy):
     def preflight(cls, cfg: RunConfig) -> None:
         """Fail fast before any runtime starts (default: classification on a tabular
         dataset: load, partition and build the model once)."""
-        from fedrec.clients.classification import initial_model
-        from fedrec.tasks import load_task_dataset, partitions
+        from fedrec.tasks import initial_model, load_task_dataset, partitions
 
         ds = load_task_dataset(cfg)
         partitions(cfg)
@@ -150,8 +149,8 @@ class FedrecStrategy(Strategy):
     # ------------------------------------------------------------------ hooks
     def initial_weights(self) -> list[np.ndarray]:
         """The global model before round 1, built from the handshake facts."""
-        from fedrec.clients.classification import initial_model
         from fedrec.models import get_weights
+        from fedrec.tasks import initial_model
 
         first = self.hello[self.client_ids[0]]
         model = initial_model(self.cfg, int(first["num-features"]), int(first["num-classes"]))

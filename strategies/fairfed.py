@@ -19,10 +19,8 @@ deviates most from the global one::
 The exact formulas, the generalisation to more groups/classes and the choices are
 documented in :mod:`fedrec.algorithms.fair_baselines`.
 
-What leaves a client: the FedAvg reply (weights, example count, train loss) plus the
-confusion counts ``(G, C, C)`` of the received global model on its training rows
-(``fairfed-counts``); the server sums them for the global value, as the paper's
-secure aggregation of the metric's per-client components does. No raw rows.
+Messages and Params: :mod:`fedrec.specs.fairfed`; client half and what leaves a
+client: :mod:`fedrec.clients.fairfed`.
 
 Choices:
 
@@ -48,31 +46,20 @@ Choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from fedrec.algorithms.fair_baselines import (
-    FAIRFED_METRICS,
     fairfed_deltas,
     fairfed_signed_gaps,
     fairfed_update_weights,
 )
-from fedrec.clients.fair_baselines import FAIRFED_DEBIAS
-from fedrec.config import NON_NEGATIVE, key
 from fedrec.protocol import ClientReply
+from fedrec.specs import fairfed as spec
+from fedrec.specs import fedavg as base_spec
+from fedrec.specs.fairfed import FairFedParams
 from fedrec.strategies.fedavg import FedAvg, weighted_average, weighted_metrics
 
-
-@dataclass(frozen=True)
-class FairFedParams:
-    beta: float = key(1.0, "FairFed fairness budget: step of the aggregation-weight update "
-                      "w_k -= beta (Delta_k - mean Delta); 0 = FedAvg weights.", **NON_NEGATIVE)
-    metric: str = key("dp", "Fairness notion of the weight update: dp (statistical parity "
-                      "difference), eop (equal opportunity / TPR gap, the paper's EOD), "
-                      "eo (TPR and FPR gaps).", choices=FAIRFED_METRICS)
-    local_debias: bool = key(True, "Local debiasing by Kamiran–Calders reweighing of the "
-                             "client's (label, group) cells (FairFed/RW).")
+__all__ = ["FairFed", "FairFedParams"]
 
 
 class FairFed(FedAvg):
@@ -80,7 +67,8 @@ class FairFed(FedAvg):
 
     name = "fairfed"
     Params = FairFedParams
-    client_half = "fedrec.clients.fair_baselines:FairFedClient"
+    client_half = "fedrec.clients.fairfed:FairFedClient"
+    server_state_attrs = ("fair_weights", "last_deltas")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -88,7 +76,7 @@ class FairFed(FedAvg):
         self.last_deltas: dict[int, float] = {}
 
     def sizes(self) -> dict[int, int]:
-        return {c: int(self.hello[c].get("num-train", 0)) for c in self.client_ids}
+        return {c: int(self.hello[c].get(base_spec.NUM_TRAIN, 0)) for c in self.client_ids}
 
     def initial_fair_weights(self) -> dict[int, float]:
         """``w_k^0 = n_k / n`` from the handshake sizes."""
@@ -99,18 +87,16 @@ class FairFed(FedAvg):
         return {c: n / total for c, n in sizes.items()}
 
     def train_config(self, server_round):
-        return {FAIRFED_DEBIAS: bool(self.params.local_debias)}
+        return {spec.LOCAL_DEBIAS: bool(self.params.local_debias)}
 
     def aggregate(self, server_round: int, replies: list[ClientReply]):
-        replies = [r for r in replies if r.weights is not None and "fairfed-counts" in r.metrics]
+        replies = [r for r in replies if r.weights is not None and spec.COUNTS in r.metrics]
         if not replies:
             return None, {}
         if not self.fair_weights:
             self.fair_weights = self.initial_fair_weights()
         clients = [r.client_id for r in replies]
-        counts = [np.asarray(r.metrics["fairfed-counts"], dtype=np.int64).reshape(
-            int(r.metrics["num-groups"]), int(r.metrics["num-classes"]),
-            int(r.metrics["num-classes"])) for r in replies]
+        counts = [spec.unpack_counts(r.metrics) for r in replies]
         deltas = fairfed_deltas(counts, self.params.metric)
         current = np.asarray([self.fair_weights[c] for c in clients], dtype=np.float64)
         mass = float(current.sum())
@@ -128,11 +114,10 @@ class FairFed(FedAvg):
         gap = fairfed_signed_gaps(np.sum(counts, axis=0), self.params.metric)
         gap = gap[~np.isnan(gap)]
         metrics.update({
-            "fairfed-train-gap": float(np.max(np.abs(gap))) if gap.size else 0.0,
-            "fairfed-delta-mean": float(np.mean(deltas)),
-            "fairfed-weight-min": float(agg.min()), "fairfed-weight-max": float(agg.max())})
+            spec.TRAIN_GAP: float(np.max(np.abs(gap))) if gap.size else 0.0,
+            spec.DELTA_MEAN: float(np.mean(deltas)),
+            spec.WEIGHT_MIN: float(agg.min()), spec.WEIGHT_MAX: float(agg.max())})
         return weights, metrics
 
     def on_round_end(self, server_round, record):
-        record.extra["fairfed_weights"] = [self.fair_weights.get(c, 0.0)
-                                           for c in self.client_ids]
+        record.extra[spec.WEIGHTS] = [self.fair_weights.get(c, 0.0) for c in self.client_ids]

@@ -4,6 +4,9 @@ The new global model is the average of the clients' models weighted by their
 number of training examples, computed in float64 over replies sorted by client id
 (so the result does not depend on reply order) and cast back to each array's dtype.
 Equal to Flower's ``FedAvg.aggregate_train`` on the same replies (tested).
+
+Messages: :mod:`fedrec.specs.fedavg`; client half (and what leaves a client):
+:class:`fedrec.clients.classification.ClassifierClient`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedrec.protocol import ClientReply
+from fedrec.specs import fedavg as spec
 from fedrec.strategies.base import FedrecStrategy
 
 
@@ -29,11 +33,11 @@ def weighted_average(weight_lists: list[list[np.ndarray]], num_examples: list[in
     return out
 
 
-def weighted_metrics(replies: list[ClientReply], keys: tuple[str, ...] = ("train-loss",)
+def weighted_metrics(replies: list[ClientReply], keys: tuple[str, ...] = (spec.TRAIN_LOSS,)
                      ) -> dict[str, float]:
     """Example-weighted means of per-client scalar metrics (means, not ratios of sums)."""
     n = sum(r.num_examples for r in replies)
-    out: dict[str, float] = {"num-examples": n, "num-clients": len(replies)}
+    out: dict[str, float] = {spec.NUM_EXAMPLES: n, spec.NUM_CLIENTS: len(replies)}
     for k in keys:
         if n and all(k in r.metrics for r in replies):
             out[k] = sum(float(r.metrics[k]) * r.num_examples for r in replies) / n

@@ -23,10 +23,8 @@ group) cells (binary label, any number of groups). Each round:
 Exact formulas, their source lines and the two documented deviations from the
 reference code are in :mod:`fedrec.algorithms.fair_baselines`.
 
-What leaves a client: the FedAvg reply plus ``weight-sum`` (sum of its rows'
-FairBatch weights) and, in ``query.fedfb_losses``, ``C * G`` per-cell loss sums of
-the global model on its training rows. The server learns the global label x group
-counts from the handshake (as every fedrec strategy does). No raw rows.
+Messages and Params: :mod:`fedrec.specs.fedfb`; client half and what leaves a client:
+:mod:`fedrec.clients.fedfb`.
 
 Choices:
 
@@ -43,8 +41,6 @@ Choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from fedrec.algorithms.fair_baselines import (
@@ -54,19 +50,14 @@ from fedrec.algorithms.fair_baselines import (
     fedfb_step_size,
     fedfb_update_lambda,
 )
-from fedrec.clients.fair_baselines import FEDFB_LOSSES, FEDFB_WEIGHTS
-from fedrec.config import NON_NEGATIVE, key
 from fedrec.errors import FedrecError
 from fedrec.protocol import ClientReply
+from fedrec.specs import fedavg as base_spec
+from fedrec.specs import fedfb as spec
+from fedrec.specs.fedfb import FedFBParams
 from fedrec.strategies.fedavg import FedAvg, weighted_average, weighted_metrics
 
-
-@dataclass(frozen=True)
-class FedFBParams:
-    alpha: float = key(0.3, "FedFB step size of the FairBatch weight update "
-                       "(alpha / sqrt(round)); 0 = fixed weights (FedAvg).", **NON_NEGATIVE)
-    criterion: str = key("dp", "Fairness criterion: dp (demographic parity).",
-                         choices=("dp",))
+__all__ = ["FedFB", "FedFBParams"]
 
 
 class FedFB(FedAvg):
@@ -74,7 +65,8 @@ class FedFB(FedAvg):
 
     name = "fedfb"
     Params = FedFBParams
-    client_half = "fedrec.clients.fair_baselines:FedFBClient"
+    client_half = "fedrec.clients.fedfb:FedFBClient"
+    server_state_attrs = ("m", "lam", "last_f")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -83,12 +75,10 @@ class FedFB(FedAvg):
         self.last_f: np.ndarray | None = None
 
     def global_counts(self) -> np.ndarray:
-        """Summed handshake ``train-counts`` (C, G), clients in id order."""
+        """Summed handshake train counts (C, G), clients in id order."""
         total = None
         for c in self.client_ids:
-            h = self.hello[c]
-            C, G = int(h["num-classes"]), int(h["num-groups"])
-            m = np.asarray(h["train-counts"], dtype=np.int64).reshape(C, G)
+            m = base_spec.unpack_counts(self.hello[c])
             total = m if total is None else total + m
         if total is None or total.shape[0] != 2 or total.shape[1] < 2:
             shape = None if total is None else tuple(total.shape)
@@ -104,29 +94,29 @@ class FedFB(FedAvg):
     def train_config(self, server_round):
         if self.lam is None:
             self.on_round_start(server_round)
-        return {FEDFB_WEIGHTS: fedfb_cell_weights(self.lam, self.m).ravel().tolist()}
+        return spec.pack_cell_weights(fedfb_cell_weights(self.lam, self.m))
 
     def aggregate(self, server_round: int, replies: list[ClientReply]):
         replies = [r for r in replies if r.weights is not None]
         if not replies:
             return None, {}
-        nc = [float(r.metrics.get("weight-sum", r.num_examples)) for r in replies]
+        nc = [float(r.metrics.get(spec.WEIGHT_SUM, r.num_examples)) for r in replies]
         if sum(nc) <= 0:
             nc = [float(r.num_examples) for r in replies]
         return weighted_average([r.weights for r in replies], nc), weighted_metrics(replies)
 
     def after_aggregate(self, server_round, weights, grid):
-        replies = self.communicate(grid, f"query.{FEDFB_LOSSES}", self.client_ids,
+        replies = self.communicate(grid, f"query.{spec.LOSSES}", self.client_ids,
                                    server_round, weights)
         L = np.zeros_like(self.m, dtype=np.float64)
         for r in replies:  # sorted by client id: a deterministic float sum
-            L += np.asarray(r.metrics["loss-sums"], dtype=np.float64).reshape(L.shape)
+            L += spec.unpack_loss_sums(r.metrics, L.shape)
         self.last_f = fedfb_dp_direction(L, self.m)
         self.lam = fedfb_update_lambda(self.lam, self.last_f, self.m,
                                        fedfb_step_size(self.params.alpha, server_round))
         return weights
 
     def on_round_end(self, server_round, record):
-        record.extra["fedfb_lambda"] = self.lam.ravel().tolist()
+        record.extra[spec.LAMBDA] = self.lam.ravel().tolist()
         if self.last_f is not None:
-            record.extra["fedfb_f"] = self.last_f[1:].tolist()
+            record.extra[spec.DIRECTION] = self.last_f[1:].tolist()

@@ -137,7 +137,7 @@ def test_params_and_action_names():
         ff.parse_params(validate({"strategy.params.beta": -1}))
     with pytest.raises(ConfigError, match="strategy.params.criterion"):
         fedfb.parse_params(validate({"strategy.params.criterion": "eo"}))
-    from fedrec.clients.fair_baselines import FEDFB_LOSSES
+    from fedrec.specs.fedfb import LOSSES as FEDFB_LOSSES
     assert check_action(FEDFB_LOSSES) == "fedfb_losses"
 
 
@@ -172,6 +172,7 @@ def _global_rows(d):
             if json.loads(line)["scope"] == "global"]
 
 
+@pytest.mark.e2e
 def test_fair_baselines_reduce_global_dp_gap(runs):
     base = runs["fedavg"][0]["final"]["global"]
     for name in ("fairfed", "fedfb"):
@@ -181,6 +182,7 @@ def test_fair_baselines_reduce_global_dp_gap(runs):
         assert g["accuracy"] > base["accuracy"] - 0.02, (name, g["accuracy"])
 
 
+@pytest.mark.e2e
 def test_per_round_state_is_reported(runs):
     rows = _global_rows(runs["fairfed"][1])
     assert len(rows) == 5
@@ -193,6 +195,7 @@ def test_per_round_state_is_reported(runs):
     assert not np.allclose(lam[0], lam[-1])                                  # lambda moves
 
 
+@pytest.mark.e2e
 def test_same_seed_same_final(runs, tmp_path):
     for name, strat in (("fairfed", FAIRFED), ("fedfb", FEDFB)):
         again = fedrec.run({**E2E, "strategy.name": strat}, backend="local",

@@ -398,6 +398,7 @@ def test_user_errors_are_one_line_config_errors():
         cases[5]()
 
 
+@pytest.mark.slow
 def test_algorithm_modules_do_not_import_flwr():
     import subprocess
     import sys
@@ -408,6 +409,7 @@ def test_algorithm_modules_do_not_import_flwr():
     assert out == ""
 
 
+@pytest.mark.slow
 def test_lbfgs_inner_solver_reaches_at_least_the_prox_optimum():
     """The quasi-Newton inner solve of min_mu H'_k is at least as good as many small
     proximal steps, and it meets the local constraints where fixed steps oscillate."""

@@ -16,6 +16,7 @@ def _rows(out):
     return [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_fedfact_post_calibrates_after_fedavg(tmp_path):
     s = fedrec.run({**BASE, "strategy.name": "fedfact-post", "strategy.params.post-rounds": 6},
                    backend="local", out=tmp_path / "p")
@@ -28,6 +29,7 @@ def test_fedfact_post_calibrates_after_fedavg(tmp_path):
     assert after["train_lambda_l1"] > 0 and s["num_rounds"] == 9
 
 
+@pytest.mark.e2e
 def test_local_post_has_no_global_dual_and_cuts_local_gaps(tmp_path):
     fedrec.run({**BASE, "strategy.name": "local-post", "strategy.params.post-rounds": 3},
                backend="local", out=tmp_path / "l")
@@ -36,6 +38,7 @@ def test_local_post_has_no_global_dual_and_cuts_local_gaps(tmp_path):
     assert g[-1]["dp_gap_local_max"] < g[2]["dp_gap_local_max"]
 
 
+@pytest.mark.e2e
 def test_fedfact_in_reduces_global_gap_and_is_deterministic(tmp_path):
     cfg = {**BASE, "strategy.name": "fedfact-in", "num-server-rounds": 10,
            "strategy.params.scope": "global"}

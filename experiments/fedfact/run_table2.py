@@ -130,11 +130,10 @@ def central_limit(dataset: str, crit: str, seed: int, out: Path, xi_g: float, xi
     """Pooled-data fair optimum on the FedAvg model's scores (LP on the pooled training
     scores, scope both; its duals define the test-time classifier)."""
     from fedrec.algorithms.lp import fair_lp_scipy, lp_classifier_predict
-    from fedrec.clients.classification import initial_model
     from fedrec.config import validate
     from fedrec.metrics import confusion_counts, federated_metrics
     from fedrec.models import set_weights
-    from fedrec.tasks import load_client_data
+    from fedrec.tasks import initial_model, load_client_data
     from fedrec.training import predict_proba
 
     tag = f"{dataset}_{crit}_central_s{seed}_xg{xi_g}_xk{xi_k}"

@@ -1,7 +1,7 @@
 """Server- and client-side math of two group-fairness baselines (numpy only, no flwr).
 
 Used by :mod:`fedrec.strategies.fairfed`, :mod:`fedrec.strategies.fedfb` and their
-client halves in :mod:`fedrec.clients.fair_baselines`. Every function is pure: the
+client halves :mod:`fedrec.clients.fairfed`, :mod:`fedrec.clients.fedfb`. Every function is pure: the
 same inputs give the same outputs, and nothing here knows about messages.
 
 Count layouts (as elsewhere in fedrec):
