@@ -20,7 +20,7 @@ def _run(args, tmp_path, env=None):
     ("runtime.backend=k8s", "allowed values: ray, local, deployment"),
     ("dataset.name=imagenet", "imagenet"),
     ("dataset.sensitive=height", "height"),
-    ("model.name=gpt", "gpt"),
+    pytest.param("model.name=gpt", "gpt", marks=pytest.mark.slow),  # loads Adult: > 3 s
     ("strategy.params.q=1", "strategy.params.q"),
 ])
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, override, culprit):
@@ -54,6 +54,7 @@ def test_bad_config_file(tmp_path):
     assert p.returncode == 2 and "train.lrr" in p.stderr and "train.lr" in p.stderr
 
 
+@pytest.mark.e2e
 def test_run_prints_table_and_list(tmp_path):
     p = _run(["run", "--backend", "local", "--out", "o", "--quiet", "-c", "num-server-rounds=1",
               "-c", "partition.num-clients=3", "-c", "output.plots=false"], tmp_path)
@@ -74,6 +75,7 @@ def test_existing_output_dir_is_refused(tmp_path):
     assert (tmp_path / "o" / "keep.txt").read_text() == "x"
 
 
+@pytest.mark.e2e
 def test_compare_prints_one_table(tmp_path):
     p = _run(["compare", "--backend", "local", "--quiet", "--out", "cmp", "-c",
               "num-server-rounds=1", "-c", "partition.num-clients=3", "-c", "output.plots=false",

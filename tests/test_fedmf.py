@@ -33,6 +33,7 @@ def test_sparse_aggregation_leaves_untouched_rows_unchanged():
     assert m["rows-touched"] == 2 and m["num-examples"] == 3
 
 
+@pytest.mark.e2e
 def test_cohort_on_one_node_equals_one_node_per_client(tmp_path):
     a = fedrec.run({**SMALL, "runtime.num-nodes": 1}, backend="local", out=tmp_path / "a")
     b = fedrec.run({**SMALL, "runtime.num-nodes": 0}, backend="local", out=tmp_path / "b")
@@ -41,6 +42,7 @@ def test_cohort_on_one_node_equals_one_node_per_client(tmp_path):
     assert a["final"]["global"]["ndcg@10"] > 0
 
 
+@pytest.mark.e2e
 def test_no_message_leaving_a_client_holds_embeddings_or_interactions(tmp_path, monkeypatch):
     from fedrec import protocol
     from fedrec.clients import app as client_app_module
@@ -82,6 +84,7 @@ def test_no_message_leaving_a_client_holds_embeddings_or_interactions(tmp_path, 
                    if len(l) > 10)
 
 
+@pytest.mark.e2e
 def test_release_writes_threat_model_files(tmp_path):
     out = tmp_path / "rel"
     fedrec.run({**SMALL, "num-server-rounds": 1, "strategy.params.release-embeddings": True},
@@ -98,6 +101,7 @@ def test_num_clients_must_match_users(tmp_path):
         fedrec.run({**SMALL, "partition.num-clients": 7}, backend="local", out=tmp_path / "x")
 
 
+@pytest.mark.e2e
 def test_dataset_options_size_the_synthetic_world(tmp_path):
     from fedrec.recsys.data import parse_options
     from fedrec.errors import ConfigError, FedrecError
@@ -130,6 +134,7 @@ def test_server_lr_decays_linearly_and_adam_leaves_untouched_rows():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_federated_ndcg_within_10_percent_of_centralized(tmp_path):
     """Reference check on small data: FedMF-BPR (per-user clients, the ML-100K experiment's
     local settings) against centralized MF-BPR with as many passes over the data."""

@@ -26,6 +26,7 @@ def _user_data():
     return user_data("synthetic-rec")[1]
 
 
+@pytest.mark.slow
 def test_user_step_equals_plain_sgd_on_each_user_alone():
     ud = _user_data()
     model = SASRec(ud.num_items, 16, 20, 2, 2, 0.2, seed=3)
@@ -100,6 +101,7 @@ def test_server_step_is_example_weighted_fedavg_then_adam():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cohort_on_one_node_equals_one_node_per_client_and_nothing_private_leaves(tmp_path, monkeypatch):
     from fedrec.clients import app as client_app_module
 

@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score
 import fedrec
 
 
+@pytest.mark.e2e
 def test_fairlearn_recomputes_global_and_local_metrics(tmp_path, small_config):
     fl = pytest.importorskip("fairlearn.metrics")
     out = tmp_path / "run"
@@ -36,6 +37,7 @@ def test_fairlearn_recomputes_global_and_local_metrics(tmp_path, small_config):
     assert abs(max(local) - s["final"]["local"]["dp_gap_local_max"]) < 1e-12
 
 
+@pytest.mark.e2e
 def test_cli_flag(tmp_path):
     p = subprocess.run([sys.executable, "-m", "fedrec.cli", "run", "--backend", "local",
                         "--quiet", "--out", "o", "--save-predictions", "-c",

@@ -4,11 +4,14 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 import fedrec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.e2e
 def test_readme_plugin_example_runs(tmp_path, monkeypatch, small_config):
     text = README.read_text()
     code = re.search(r"```python\n# myfair/__init__.py\n(.*?)```", text, re.S).group(1)

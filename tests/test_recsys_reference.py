@@ -44,6 +44,7 @@ def ours(scores, exclude, relevant):
     return rk.per_user_metrics(top, relevant, K_LIST, ranks=ranks)
 
 
+@pytest.mark.slow
 def test_ranx_per_user_metrics_equal_ours(instance):
     ranx = pytest.importorskip("ranx")
     scores, exclude, relevant = instance

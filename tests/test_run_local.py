@@ -15,6 +15,7 @@ def _rows(out):
     return [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_local_run_writes_all_outputs(tmp_path, small_config):
     out = tmp_path / "run"
     summary = fedrec.run({**small_config, "output.plots": True}, backend="local", out=out)
@@ -38,6 +39,7 @@ def test_local_run_writes_all_outputs(tmp_path, small_config):
     assert part["num_clients"] == 4 and sum(part["sizes"]) == 45222
 
 
+@pytest.mark.e2e
 def test_same_seed_same_metrics_and_virtual_clients_identical(tmp_path, small_config):
     a = fedrec.run(small_config, backend="local", out=tmp_path / "a")
     b = fedrec.run(small_config, backend="local", out=tmp_path / "b")
@@ -49,6 +51,7 @@ def test_same_seed_same_metrics_and_virtual_clients_identical(tmp_path, small_co
     assert d["final"] != a["final"]
 
 
+@pytest.mark.e2e
 def test_partial_sampling_and_dirichlet(tmp_path, small_config):
     cfg = {**small_config, "partition.scheme": "dirichlet-sensitive", "partition.alpha": 0.3,
            "partition.num-clients": 6, "strategy.fraction-train": 0.5}
@@ -104,6 +107,7 @@ def third_party_plugin(tmp_path, monkeypatch):
     return "myplug"
 
 
+@pytest.mark.e2e
 def test_third_party_plugin_by_name(tmp_path, small_config, third_party_plugin):
     assert "myplug" in strategy_names() and "fedavg" in strategy_names()
     summary = fedrec.run({**small_config, "strategy.name": "myplug", "num-server-rounds": 3},
@@ -124,6 +128,7 @@ def test_dotted_path_and_unknown_names(third_party_plugin):
         load_strategy("myplug:Missing")
 
 
+@pytest.mark.e2e
 def test_failing_client_is_reported_not_hung(tmp_path, small_config, monkeypatch):
     from fedrec.clients import classification
     from fedrec.errors import FedrecError

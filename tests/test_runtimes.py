@@ -19,6 +19,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_ray_matches_local_bit_for_bit(tmp_path, small_config):
     cfg = {**small_config, "partition.num-clients": 3, "partition.scheme": "dirichlet-sensitive"}
     local = fedrec.run(cfg, backend="local", out=tmp_path / "local")
@@ -89,6 +90,7 @@ def federation(tmp_path):
 
 @pytest.mark.deployment
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_deployment_superlink_two_supernodes(tmp_path, small_config, federation):
     address, env = federation
     cfg = {**small_config, "num-server-rounds": 1, "runtime.num-nodes": 2,
@@ -115,6 +117,7 @@ def test_deployment_superlink_two_supernodes(tmp_path, small_config, federation)
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_flwr_run_dot_against_local_simulation(tmp_path):
     """`flwr run .` submits the repository app to a simulation SuperLink."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
