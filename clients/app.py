@@ -41,8 +41,10 @@ def _half_class(strategy_name: str) -> type:
 def node_partition(context: Context) -> tuple[int, int]:
     nc = context.node_config
     if "partition-id" not in nc or "num-partitions" not in nc:
-        raise FedrecError("node config lacks 'partition-id'/'num-partitions'; start the "
-                          "SuperNode with --node-config \"partition-id=K num-partitions=N\"")
+        raise FedrecError(
+            "node config lacks 'partition-id'/'num-partitions'; start the "
+            'SuperNode with --node-config "partition-id=K num-partitions=N"'
+        )
     return int(nc["partition-id"]), int(nc["num-partitions"])
 
 
@@ -68,29 +70,41 @@ def handle(message: Message, context: Context) -> Message:
     if "data-dir" in context.node_config:
         os.environ["FEDREC_DATA_DIR"] = str(context.node_config["data-dir"])
     head = message.content.config_records[protocol.FEDREC]
-    cfg = _config(str(head["run-config"]))
-    half_cls = _half_class(str(head["strategy"]))
+    cfg = _config(str(head[protocol.RUN_CONFIG]))
+    half_cls = _half_class(str(head[protocol.STRATEGY]))
     pid, nparts = node_partition(context)
     hosted = protocol.hosted_clients(pid, nparts, cfg.partition.num_clients)
     mtype = message.metadata.message_type
-    rnd = int(head["round"])
+    rnd = int(head[protocol.ROUND])
     if mtype == protocol.HELLO:
         clients = hosted
     else:
-        clients = [int(c) for c in head["clients"]]
+        clients = [int(c) for c in head[protocol.CLIENTS]]
         stray = sorted(set(clients) - set(hosted))
         if stray:
             raise FedrecError(f"node partition {pid}/{nparts} does not host clients {stray}")
     content = message.content
-    weights = (content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-               if protocol.ARRAYS in content.array_records else None)
-    config = dict(content.config_records[protocol.CONFIG]) \
-        if protocol.CONFIG in content.config_records else {}
+    weights = (
+        content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
+        if protocol.ARRAYS in content.array_records
+        else None
+    )
+    config = (
+        dict(content.config_records[protocol.CONFIG])
+        if protocol.CONFIG in content.config_records
+        else {}
+    )
     if protocol.CONFIG_ARRAYS in content.array_records:
         rec = content.array_records[protocol.CONFIG_ARRAYS]
         config.update({k: rec[k].numpy() for k in rec})
-    reply = RecordDict({protocol.FEDREC: ConfigRecord({
-        "clients": clients, "node-partition": pid, "num-node-partitions": nparts})})
+    reply = RecordDict(
+        {
+            protocol.FEDREC: ConfigRecord(
+                {protocol.CLIENTS: clients, protocol.NODE_PARTITION: pid,
+                 protocol.NUM_NODE_PARTITIONS: nparts}
+            )
+        }
+    )
     store = _load_store(context)
     states = store.cohort(clients)
     results = half_cls.handle_cohort(cfg, mtype, rnd, weights, config, states)
@@ -114,10 +128,21 @@ def handle(message: Message, context: Context) -> Message:
     missing = sorted(set(clients) - set(got))
     if missing:
         raise FedrecError(f"{half_cls.__name__} returned no reply for clients {missing[:10]}")
-    reply[protocol.REPLIES] = _array_record(results.to_arrays() if columnar else (
-        protocol.pack_replies(
-            {c: (None if results[c][0] is None else [np.asarray(w) for w in results[c][0]],
-                 results[c][1]) for c in clients})))
+    reply[protocol.REPLIES] = _array_record(
+        results.to_arrays()
+        if columnar
+        else (
+            protocol.pack_replies(
+                {
+                    c: (
+                        None if results[c][0] is None else [np.asarray(w) for w in results[c][0]],
+                        results[c][1],
+                    )
+                    for c in clients
+                }
+            )
+        )
+    )
     if states.commit():
         _save_store(context, store)
     return Message(reply, reply_to=message)

@@ -46,6 +46,7 @@ from fedrec.config import RunConfig, validate_dataclass
 from fedrec.errors import FedrecError
 from fedrec.metrics import FederatedMetrics, federated_metrics
 from fedrec.protocol import ClientReply
+from fedrec.specs import fedavg as clf
 from fedrec.seeding import sample_clients
 
 log = logging.getLogger("fedrec")
@@ -153,7 +154,7 @@ class FedrecStrategy(Strategy):
         from fedrec.tasks import initial_model
 
         first = self.hello[self.client_ids[0]]
-        model = initial_model(self.cfg, int(first["num-features"]), int(first["num-classes"]))
+        model = initial_model(self.cfg, int(first[clf.NUM_FEATURES]), int(first[clf.NUM_CLASSES]))
         return get_weights(model)
 
     def train_config(self, server_round: int) -> dict[str, Any]:
@@ -201,8 +202,8 @@ class FedrecStrategy(Strategy):
     def _content(self, clients: list[int], server_round: int, weights: list[np.ndarray] | None,
                  config: dict[str, Any] | None, arrays: ArrayRecord | None = None) -> RecordDict:
         rd = RecordDict({protocol.FEDREC: ConfigRecord({
-            "run-config": self._run_config_json, "clients": list(map(int, clients)),
-            "round": int(server_round), "strategy": self.cfg.strategy.name})})
+            protocol.RUN_CONFIG: self._run_config_json, protocol.CLIENTS: list(map(int, clients)),
+            protocol.ROUND: int(server_round), protocol.STRATEGY: self.cfg.strategy.name})})
         if arrays is None and weights is not None:
             arrays = ArrayRecord(list(weights))
         if arrays is not None:
@@ -313,13 +314,13 @@ class FedrecStrategy(Strategy):
         clients = []
         for c in self.client_ids:
             h = self.hello[c]
-            C, G = int(h.get("num-classes", 0)), int(h.get("num-groups", 0))
+            C, G = int(h.get(clf.NUM_CLASSES, 0)), int(h.get(clf.NUM_GROUPS, 0))
             clients.append({
-                "client": c, "num_train": int(h.get("num-train", 0)),
-                "num_test": int(h.get("num-test", 0)),
-                "train_counts_label_by_group": np.asarray(h.get("train-counts", []), dtype=int
+                "client": c, "num_train": int(h.get(clf.NUM_TRAIN, 0)),
+                "num_test": int(h.get(clf.NUM_TEST, 0)),
+                "train_counts_label_by_group": np.asarray(h.get(clf.TRAIN_COUNTS, []), dtype=int
                                                           ).reshape(C, G).tolist() if C else [],
-                "test_counts_label_by_group": np.asarray(h.get("test-counts", []), dtype=int
+                "test_counts_label_by_group": np.asarray(h.get(clf.TEST_COUNTS, []), dtype=int
                                                          ).reshape(C, G).tolist() if C else [],
             })
         sizes = [c["num_train"] + c["num_test"] for c in clients]
@@ -344,7 +345,7 @@ class FedrecStrategy(Strategy):
                            ) -> dict[str, Any]:
         cfg = {**dict(config or {}), **self.evaluate_config(server_round)}
         if self.cfg.output.save_predictions and server_round == self.total_rounds():
-            cfg["save-predictions"] = True
+            cfg[clf.SAVE_PREDICTIONS] = True
         return cfg
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -381,12 +382,11 @@ class FedrecStrategy(Strategy):
         loss_sum, n = 0.0, 0
         for r in replies:
             m = r.metrics
-            if "counts" not in m:
+            if clf.COUNTS not in m:
                 continue
-            G, C = int(m["num-groups"]), int(m["num-classes"])
-            counts[r.client_id] = np.asarray(m["counts"], dtype=np.int64).reshape(G, C, C)
-            loss_sum += float(m.get("loss-sum", 0.0))
-            n += int(m.get("num-examples", 0))
+            counts[r.client_id] = clf.unpack_confusion(m)
+            loss_sum += float(m.get(clf.LOSS_SUM, 0.0))
+            n += int(m.get(clf.NUM_EXAMPLES, 0))
         if not counts:
             return None
         fm = federated_metrics(counts)
@@ -440,9 +440,9 @@ class FedrecStrategy(Strategy):
                                             require=False)
             eval_failures = list(self._last_failures)
             evaluation = self.evaluation_metrics(eval_replies)
-            preds = {r.client_id: {k: r.metrics[k] for k in ("pred-label", "pred-group",
-                                                               "pred-value")}
-                     for r in eval_replies if "pred-value" in r.metrics}
+            preds = {r.client_id: {k: r.metrics[k] for k in (clf.PRED_LABEL, clf.PRED_GROUP,
+                                                               clf.PRED_VALUE)}
+                     for r in eval_replies if clf.PRED_VALUE in r.metrics}
             if preds:
                 self.predictions = preds
             if evaluation is not None:
