@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -27,6 +29,8 @@ from fedrec.errors import FedrecError
 from fedrec.plugins import import_object, load_strategy
 from fedrec.state import StateStore
 
+from .base import ClientHalf, Weights
+
 
 @functools.lru_cache(maxsize=16)
 def _config(run_config_json: str) -> RunConfig:
@@ -34,7 +38,7 @@ def _config(run_config_json: str) -> RunConfig:
 
 
 @functools.lru_cache(maxsize=16)
-def _half_class(strategy_name: str) -> type:
+def _half_class(strategy_name: str) -> type[ClientHalf]:
     return import_object(load_strategy(strategy_name).client_half)
 
 
@@ -65,6 +69,10 @@ def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
+def _np_arrays(weights: Sequence[Any] | None) -> list[np.ndarray] | None:
+    return None if weights is None else [np.asarray(w) for w in weights]
+
+
 def handle(message: Message, context: Context) -> Message:
     """Dispatch one message to the client halves of the logical clients it names."""
     if "data-dir" in context.node_config:
@@ -75,11 +83,11 @@ def handle(message: Message, context: Context) -> Message:
     pid, nparts = node_partition(context)
     hosted = protocol.hosted_clients(pid, nparts, cfg.partition.num_clients)
     mtype = message.metadata.message_type
-    rnd = int(head[protocol.ROUND])
+    rnd = int(cast(int, head[protocol.ROUND]))
     if mtype == protocol.HELLO:
         clients = hosted
     else:
-        clients = [int(c) for c in head[protocol.CLIENTS]]
+        clients = [int(c) for c in cast(list[int], head[protocol.CLIENTS])]
         stray = sorted(set(clients) - set(hosted))
         if stray:
             raise FedrecError(f"node partition {pid}/{nparts} does not host clients {stray}")
@@ -89,7 +97,7 @@ def handle(message: Message, context: Context) -> Message:
         if protocol.ARRAYS in content.array_records
         else None
     )
-    config = (
+    config: dict[str, Any] = (
         dict(content.config_records[protocol.CONFIG])
         if protocol.CONFIG in content.config_records
         else {}
@@ -100,8 +108,11 @@ def handle(message: Message, context: Context) -> Message:
     reply = RecordDict(
         {
             protocol.FEDREC: ConfigRecord(
-                {protocol.CLIENTS: clients, protocol.NODE_PARTITION: pid,
-                 protocol.NUM_NODE_PARTITIONS: nparts}
+                {
+                    protocol.CLIENTS: clients,
+                    protocol.NODE_PARTITION: pid,
+                    protocol.NUM_NODE_PARTITIONS: nparts,
+                }
             )
         }
     )
@@ -115,34 +126,29 @@ def handle(message: Message, context: Context) -> Message:
             if mtype == protocol.HELLO:
                 results[c] = (None, half.hello())
             elif mtype == "train":
-                results[c] = half.fit(rnd, weights, config)
+                # train/evaluate messages carry the global weights (FedrecStrategy round loop)
+                results[c] = half.fit(rnd, cast(Weights, weights), config)
             elif mtype == "evaluate":
-                results[c] = (None, half.evaluate(rnd, weights, config))
+                results[c] = (None, half.evaluate(rnd, cast(Weights, weights), config))
             elif mtype.startswith("query."):
                 results[c] = half.query(mtype.split(".", 1)[1], rnd, weights, config)
             else:
                 raise FedrecError(f"unsupported message type '{mtype}'")
             states.save(c, half.state)
-    columnar = isinstance(results, protocol.ReplyColumns)
-    got = [int(c) for c in results.clients] if columnar else list(results)
+    if isinstance(results, protocol.ReplyColumns):
+        got = [int(c) for c in results.clients]
+    else:
+        got = list(results)
     missing = sorted(set(clients) - set(got))
     if missing:
         raise FedrecError(f"{half_cls.__name__} returned no reply for clients {missing[:10]}")
-    reply[protocol.REPLIES] = _array_record(
-        results.to_arrays()
-        if columnar
-        else (
-            protocol.pack_replies(
-                {
-                    c: (
-                        None if results[c][0] is None else [np.asarray(w) for w in results[c][0]],
-                        results[c][1],
-                    )
-                    for c in clients
-                }
-            )
+    if isinstance(results, protocol.ReplyColumns):
+        columns = results.to_arrays()
+    else:
+        columns = protocol.pack_replies(
+            {c: (_np_arrays(results[c][0]), results[c][1]) for c in clients}
         )
-    )
+    reply[protocol.REPLIES] = _array_record(columns)
     if states.commit():
         _save_store(context, store)
     return Message(reply, reply_to=message)

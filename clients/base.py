@@ -22,11 +22,15 @@ never as ratios, so the server can sum them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedrec.config import RunConfig
+
+if TYPE_CHECKING:
+    from fedrec.protocol import ReplyColumns
+    from fedrec.state import CohortState
 
 Metrics = dict[str, Any]
 Weights = list[np.ndarray]
@@ -44,27 +48,35 @@ class ClientHalf:
         """Handshake: facts the server may know (sizes, counts)."""
         return {}
 
-    def fit(self, server_round: int, weights: Weights, config: dict[str, Any]
-            ) -> tuple[Weights, Metrics]:
+    def fit(
+        self, server_round: int, weights: Weights, config: dict[str, Any]
+    ) -> tuple[Weights, Metrics]:
         raise NotImplementedError
 
     def evaluate(self, server_round: int, weights: Weights, config: dict[str, Any]) -> Metrics:
         raise NotImplementedError
 
-    def query(self, action: str, server_round: int, weights: Weights | None,
-              config: dict[str, Any]) -> tuple[Weights | None, Metrics]:
+    def query(
+        self, action: str, server_round: int, weights: Weights | None, config: dict[str, Any]
+    ) -> tuple[Weights | None, Metrics]:
         raise ValueError(f"{type(self).__name__} has no query action '{action}'")
 
     @classmethod
-    def handle_cohort(cls, cfg: RunConfig, message_type: str, server_round: int,
-                      weights: Weights | None, config: dict[str, Any],
-                      states: dict[int, dict[str, np.ndarray]]
-                      ) -> dict[int, tuple[Weights | None, Metrics]] | None:
+    def handle_cohort(
+        cls,
+        cfg: RunConfig,
+        message_type: str,
+        server_round: int,
+        weights: Weights | None,
+        config: dict[str, Any],
+        states: CohortState,
+    ) -> dict[int, tuple[Weights | None, Metrics]] | ReplyColumns | None:
         """Optional: act for all logical clients a node hosts in one batched call.
 
         ``states`` maps client id -> that client's private state (update it in place).
         Return client id -> (weights or None, metrics), computed exactly as the per-client
-        methods would (each client's math, seed and reply stay separate), or None to let
-        the ClientApp call the per-client methods one by one (the default).
+        methods would (each client's math, seed and reply stay separate), the same replies as
+        :class:`~fedrec.protocol.ReplyColumns`, or None to let the ClientApp call the
+        per-client methods one by one (the default).
         """
         return None

@@ -36,6 +36,7 @@ from fedrec.clients.ranking import CohortClient, cohort_users, hello_replies, ra
 from fedrec.recsys.data import cfg_user_data
 from fedrec.specs import fedmf as spec
 
+
 class MFClient(CohortClient):
     """Per-user BPR on private user embeddings and private copies of item rows."""
 
@@ -49,8 +50,9 @@ class MFClient(CohortClient):
         users, owner = cohort_users(p.users_per_client, ud.num_users, states)
         for c in states:
             if cls.P not in states[c]:  # private init, seeded by (run seed, client)
-                states[c][cls.P] = algo.init_users(cfg.seed, c, int((owner == c).sum()),
-                                                   p.dim, p.init_std)
+                states[c][cls.P] = algo.init_users(
+                    cfg.seed, c, int((owner == c).sum()), p.dim, p.init_std
+                )
         P, _ = states.column(cls.P)
         return users, owner, np.asarray(P, dtype=np.float32)
 
@@ -66,17 +68,27 @@ class MFClient(CohortClient):
         if message_type == "evaluate":
             return cls._evaluate(p, ud, weights, config, users, owner, P)
         if message_type == f"query.{spec.RELEASE}":
-            return {c: (spec.pack_release(users[owner == c], P[owner == c]), {})
-                    for c in states}
+            return {c: (spec.pack_release(users[owner == c], P[owner == c]), {}) for c in states}
         raise ValueError(f"fedmf clients do not handle '{message_type}'")
 
     @classmethod
     def _train(cls, cfg, p, ud, rnd, weights, users, owner, P, states, user_grad=None):
         t = cfg.train
         Q = np.asarray(weights[0], dtype=np.float32)
-        res = algo.local_step(ud, users, P, Q, rnd, seed=cfg.seed, lr=t.lr, reg=p.reg,
-                              epochs=t.local_epochs, batch_size=t.batch_size,
-                              negatives=p.negatives, user_grad=user_grad)
+        res = algo.local_step(
+            ud,
+            users,
+            P,
+            Q,
+            rnd,
+            seed=cfg.seed,
+            lr=t.lr,
+            reg=p.reg,
+            epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            negatives=p.negatives,
+            user_grad=user_grad,
+        )
         # users of one client are contiguous in ``users`` (clients sorted), so are their rows
         cids = list(states)
         bounds = np.searchsorted(owner, [*cids, cids[-1] + 1], "left") if cids else np.zeros(1, int)
@@ -92,8 +104,10 @@ class MFClient(CohortClient):
                 arrays = [Q + full]
             else:
                 arrays = spec.pack_train(upload)
-            out[c] = (arrays, {spec.NUM_EXAMPLES: int(res.num_pos[lo:hi].sum()),
-                               spec.TRAIN_LOSS: loss})
+            out[c] = (
+                arrays,
+                {spec.NUM_EXAMPLES: int(res.num_pos[lo:hi].sum()), spec.TRAIN_LOSS: loss},
+            )
         return out
 
     @classmethod

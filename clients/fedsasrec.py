@@ -11,6 +11,7 @@ from fedrec.recsys.data import cfg_user_data
 from fedrec.seeding import derive_seed
 from fedrec.specs import fedsasrec as spec
 
+
 class SASRecClient(CohortClient):
     """Client half of ``fedsasrec``: local SGD on the users' own item sequences.
 
@@ -26,7 +27,6 @@ class SASRecClient(CohortClient):
     Params = spec.FedSASRecParams
     _models: dict = {}
 
-
     @classmethod
     def model(cls, cfg, p, num_items, weights):
         from fedrec.models.recsys import SASRec
@@ -34,8 +34,9 @@ class SASRecClient(CohortClient):
         key = (num_items, p.dim, p.max_len, p.num_blocks, p.num_heads, p.dropout)
         if key not in cls._models:
             cls._models.clear()
-            cls._models[key] = SASRec(num_items, p.dim, p.max_len, p.num_blocks, p.num_heads,
-                                      p.dropout, seed=0)
+            cls._models[key] = SASRec(
+                num_items, p.dim, p.max_len, p.num_blocks, p.num_heads, p.dropout, seed=0
+            )
         m = cls._models[key]
         with torch.no_grad():
             for prm, w in zip(m.parameters(), weights):
@@ -58,9 +59,14 @@ class SASRecClient(CohortClient):
             seqs = ud.sequences("test")
             model.eval()
             with torch.no_grad():
-                scores = torch.cat([model.score_all(to_tokens([seqs[u] for u in users[a:a + 256]],
-                                                              model.max_len))
-                                    for a in range(0, len(users), 256)]).numpy()
+                scores = torch.cat(
+                    [
+                        model.score_all(
+                            to_tokens([seqs[u] for u in users[a : a + 256]], model.max_len)
+                        )
+                        for a in range(0, len(users), 256)
+                    ]
+                ).numpy()
             return ranking_replies(ud, users, owner, scores, config)
         raise ValueError(f"fedsasrec clients do not handle '{message_type}'")
 
@@ -73,16 +79,29 @@ class SASRecClient(CohortClient):
         E = t.local_epochs
         seqs = [ud.train_seq[u] for u in users]
         n_t = [min(max(len(s) - 1, 0), model.max_len) for s in seqs]
-        negs = [sample_negatives(ud.num_items, np.unique(ud.train[u]), E * n,
-                                 derive_seed(cfg.seed, "neg", rnd, int(u)))
-                for u, n in zip(users, n_t)]
-        upd = sasrec_user_step(model, seqs, negs, lr=t.lr, epochs=E,
-                               seeds=[derive_seed(cfg.seed, "dropout", rnd, int(u)) % 2**62
-                                      for u in users])
+        negs = [
+            sample_negatives(
+                ud.num_items,
+                np.unique(ud.train[u]),
+                E * n,
+                derive_seed(cfg.seed, "neg", rnd, int(u)),
+            )
+            for u, n in zip(users, n_t)
+        ]
+        upd = sasrec_user_step(
+            model,
+            seqs,
+            negs,
+            lr=t.lr,
+            epochs=E,
+            seeds=[derive_seed(cfg.seed, "dropout", rnd, int(u)) % 2**62 for u in users],
+        )
         # all non-embedding deltas as one flat row per user (one array per reply, not one per
         # parameter: Flower's per-array cost dominates otherwise), weighted by n_u
         wts = torch.as_tensor(upd.num_targets, dtype=torch.float32)
-        flat = torch.cat([upd.dense[n].reshape(len(users), -1) for n in upd.dense], 1) * wts[:, None]
+        flat = (
+            torch.cat([upd.dense[n].reshape(len(users), -1) for n in upd.dense], 1) * wts[:, None]
+        )
         single = bool((np.bincount(owner - owner.min()) <= 1).all())
         out = {}
         for c in sorted(set(owner.tolist())):
@@ -96,14 +115,22 @@ class SASRecClient(CohortClient):
             else:
                 rows = [slice(int(upd.indptr[j]), int(upd.indptr[j + 1])) for j in idx]
                 ids_all = np.concatenate([upd.item_ids[r] for r in rows])
-                d_all = torch.cat([upd.item_deltas[r] * float(wj) for r, wj in zip(rows, w)]).numpy()
+                d_all = torch.cat(
+                    [upd.item_deltas[r] * float(wj) for r, wj in zip(rows, w)]
+                ).numpy()
                 ids, inv = np.unique(ids_all, return_inverse=True)
                 item_sum = np.zeros((len(ids), model.d), dtype=np.float32)
                 np.add.at(item_sum, inv, d_all)
                 dense = flat[torch.as_tensor(idx)].sum(0).numpy()
             losses = upd.losses[idx, 0]
             ok = np.isfinite(losses)
-            loss = float(np.average(losses[ok], weights=w[ok])) if ok.any() and w[ok].sum() > 0 else 0.0
-            out[c] = (spec.pack_train(ids, item_sum, dense),
-                      {spec.NUM_EXAMPLES: int(w.sum()), spec.TRAIN_LOSS: loss})
+            loss = (
+                float(np.average(losses[ok], weights=w[ok]))
+                if ok.any() and w[ok].sum() > 0
+                else 0.0
+            )
+            out[c] = (
+                spec.pack_train(ids, item_sum, dense),
+                {spec.NUM_EXAMPLES: int(w.sum()), spec.TRAIN_LOSS: loss},
+            )
         return out

@@ -19,8 +19,8 @@ from fedrec.recsys.data import client_users
 from fedrec.specs import ranking as spec
 from fedrec.state import StateStore
 
-def ranking_replies(ud, users, owner, scores, config, split: str = "test"
-                    ) -> protocol.ReplyColumns:
+
+def ranking_replies(ud, users, owner, scores, config, split: str = "test") -> protocol.ReplyColumns:
     """Per-client evaluation replies, by column: per-user ranking metrics and top-K lists.
 
     ``owner`` (per user, its client) must be sorted (a cohort lists its clients' users in
@@ -44,8 +44,9 @@ def ranking_replies(ud, users, owner, scores, config, split: str = "test"
     # users are grouped by client (clients sorted): one column per field, no per-client work
     cids, start = np.unique(owner, return_index=True)
     indptr = np.append(start, len(owner)).astype(np.int64)
-    metrics: dict[str, Any] = {spec.PER_USER + k: (spec.pack_per_user(v), indptr)
-                               for k, v in pu.items()}
+    metrics: dict[str, Any] = {
+        spec.PER_USER + k: (spec.pack_per_user(v), indptr) for k, v in pu.items()
+    }
     metrics[spec.USERS] = (np.asarray(users, dtype=np.int64), indptr)
     metrics[spec.TOPK] = (np.asarray(top).reshape(-1), indptr * top.shape[1])
     metrics[spec.NUM_EXAMPLES] = np.diff(indptr)
@@ -102,7 +103,13 @@ def hello_replies(ud, users_per_client: int, states) -> dict:
     out = {}
     for c in sorted(states):
         us = client_users(c, users_per_client, ud.num_users)
-        out[c] = (None, {"num-users": len(us), "num-items": ud.num_items,
-                         "num-train": int(ud.train.lengths[us].sum()),
-                         "num-test": int((ud.test.lengths[us] > 0).sum())})
+        out[c] = (
+            None,
+            {
+                "num-users": len(us),
+                "num-items": ud.num_items,
+                "num-train": int(ud.train.lengths[us].sum()),
+                "num-test": int((ud.test.lengths[us] > 0).sum()),
+            },
+        )
     return out

@@ -16,16 +16,19 @@ __version__ = "0.1.0"
 
 _here = _os.path.dirname(_os.path.abspath(__file__))
 _root = _os.path.dirname(_here)
-if not _os.path.isdir(_os.path.join(_here, "strategies")) and _os.path.isfile(
-        _os.path.join(_root, "strategies", "base.py")) and _os.path.isfile(
-        _os.path.join(_root, "clients", "app.py")):
+if (
+    not _os.path.isdir(_os.path.join(_here, "strategies"))
+    and _os.path.isfile(_os.path.join(_root, "strategies", "base.py"))
+    and _os.path.isfile(_os.path.join(_root, "clients", "app.py"))
+):
     # Source checkout or a Flower FAB of it: make fedrec.strategies / fedrec.clients
     # resolve to the sibling folders. (Only these names are looked up there.)
     __path__.append(_root)  # type: ignore[name-defined]
 
 
-def run(config, backend: str | None = None, out: str | None = None, overrides=None,
-        quiet: bool = False):
+def run(
+    config, backend: str | None = None, out: str | None = None, overrides=None, quiet: bool = False
+):
     """Run an experiment; see :func:`fedrec.runner.run`."""
     from fedrec.runner import run as _run
 

@@ -51,8 +51,13 @@ def _clean(v: Any) -> Any:
 def round_rows(record: Any, client_rows: bool = True) -> list[dict[str, Any]]:
     """The rounds.jsonl rows of one round record."""
     rnd = record.server_round
-    g: dict[str, Any] = {"round": rnd, "scope": "global", "wall_s": record.wall_s,
-                         "num_sampled": len(record.sampled), "failures": len(record.failures)}
+    g: dict[str, Any] = {
+        "round": rnd,
+        "scope": "global",
+        "wall_s": record.wall_s,
+        "num_sampled": len(record.sampled),
+        "failures": len(record.failures),
+    }
     g.update({f"train_{k.replace('-', '_')}": v for k, v in record.train.items()})
     rows = [g]
     ev = record.evaluation
@@ -110,10 +115,14 @@ class Checkpoint(Callback):
         weights = strategy.result.arrays.to_numpy_ndarrays()
         skeleton, arrays = pack_state(strategy.server_state())
         tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, server_round=np.int64(record.server_round),
-                 **{"server-state": np.asarray(skeleton)},
-                 **{f"w{i}": w for i, w in enumerate(weights)},
-                 **{f"s.{k}": v for k, v in arrays.items()})
+        np.savez(
+            tmp,
+            allow_pickle=True,  # numpy's default, spelled out so mypy does not match **arrays to it
+            server_round=np.int64(record.server_round),
+            **{"server-state": np.asarray(skeleton)},
+            **{f"w{i}": w for i, w in enumerate(weights)},
+            **{f"s.{k}": v for k, v in arrays.items()},
+        )
         tmp.replace(self.path)
 
 
@@ -122,12 +131,14 @@ def load_checkpoint(path: str | Path) -> tuple[int, list[np.ndarray], dict]:
     from fedrec.checkpoint import unpack_state
 
     with np.load(Path(path), allow_pickle=False) as z:
-        weights = [z[f"w{i}"] for i in range(sum(1 for k in z.files if k[1:].isdigit()
-                                                  and k[0] == "w"))]
+        weights = [
+            z[f"w{i}"] for i in range(sum(1 for k in z.files if k[1:].isdigit() and k[0] == "w"))
+        ]
         state = {}
         if "server-state" in z.files:
-            state = unpack_state(str(z["server-state"]),
-                                 {k[2:]: z[k] for k in z.files if k.startswith("s.")})
+            state = unpack_state(
+                str(z["server-state"]), {k[2:]: z[k] for k in z.files if k.startswith("s.")}
+            )
         return int(z["server_round"]), weights, state
 
 
@@ -141,8 +152,13 @@ class Progress(Callback):
     def on_run_start(self, strategy, info) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=info["num_rounds"], desc=f"{strategy.name} rounds", unit="round",
-                        leave=True, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=info["num_rounds"],
+            desc=f"{strategy.name} rounds",
+            unit="round",
+            leave=True,
+            dynamic_ncols=True,
+        )
 
     def on_round_end(self, strategy, record) -> None:
         if self.bar is None:

@@ -42,10 +42,15 @@ def pack_state(value: Any) -> tuple[str, dict[str, np.ndarray]]:
             return {"~": type(v).__name__, "items": [enc(x) for x in v]}
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             cls = type(v)
-            return {"~": "dataclass", "cls": f"{cls.__module__}:{cls.__qualname__}",
-                    "fields": {f.name: enc(getattr(v, f.name)) for f in dataclasses.fields(v)}}
-        raise TypeError(f"server state value of type {type(v).__name__} cannot be saved; use "
-                        "arrays, numbers, strings, lists, dicts or dataclasses of them")
+            return {
+                "~": "dataclass",
+                "cls": f"{cls.__module__}:{cls.__qualname__}",
+                "fields": {f.name: enc(getattr(v, f.name)) for f in dataclasses.fields(v)},
+            }
+        raise TypeError(
+            f"server state value of type {type(v).__name__} cannot be saved; use "
+            "arrays, numbers, strings, lists, dicts or dataclasses of them"
+        )
 
     return json.dumps(enc(value)), arrays
 

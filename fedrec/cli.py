@@ -20,14 +20,16 @@ def _cmd_run(args) -> int:
     from fedrec.report import format_table
     from fedrec.runner import run
 
-    overrides = args.override + (["output.save-predictions=true"] if args.save_predictions
-                                 else [])
-    summary = run(args.config, backend=args.backend, out=args.out, overrides=overrides,
-                  quiet=args.quiet)
+    overrides = args.override + (["output.save-predictions=true"] if args.save_predictions else [])
+    summary = run(
+        args.config, backend=args.backend, out=args.out, overrides=overrides, quiet=args.quiet
+    )
     print()
-    print(f"{summary['strategy']} on {summary['dataset']}: {summary['num_clients']} clients, "
-          f"{summary['num_rounds']} rounds, backend {summary['backend']}, "
-          f"{summary['wall_s']:.1f} s")
+    print(
+        f"{summary['strategy']} on {summary['dataset']}: {summary['num_clients']} clients, "
+        f"{summary['num_rounds']} rounds, backend {summary['backend']}, "
+        f"{summary['wall_s']:.1f} s"
+    )
     print(format_table(summary))
     print(f"outputs: {summary['out_dir']} (rounds.jsonl, summary.json, *.png)")
     return 0
@@ -49,12 +51,18 @@ def _cmd_compare(args) -> int:
         load_strategy(name).parse_params(base.replace(**{"strategy.name": name}))
     summaries = {}
     for name in args.strategies:
-        summaries[name] = run(base.replace(**{"strategy.name": name}), backend=args.backend,
-                              out=root / name.replace(":", "_"), quiet=args.quiet)
+        summaries[name] = run(
+            base.replace(**{"strategy.name": name}),
+            backend=args.backend,
+            out=root / name.replace(":", "_"),
+            quiet=args.quiet,
+        )
     print()
     first = next(iter(summaries.values()))
-    print(f"{first['dataset']}: {first['num_clients']} clients, backend {first['backend']}, "
-          f"seed {first['seed']}")
+    print(
+        f"{first['dataset']}: {first['num_clients']} clients, backend {first['backend']}, "
+        f"seed {first['seed']}"
+    )
     print(format_comparison(summaries))
     print(f"outputs: {root}/<strategy>/")
     return 0
@@ -110,20 +118,35 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an experiment")
     r.add_argument("config", nargs="?", help="experiment TOML (default: built-in defaults)")
     r.add_argument("--backend", choices=("ray", "local", "deployment"))
-    r.add_argument("-c", "--config-override", dest="override", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a config key (repeatable)")
+    r.add_argument(
+        "-c",
+        "--config-override",
+        dest="override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
     r.add_argument("--out", help="output directory (default runs/<strategy>-<dataset>-<time>)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--save-predictions", action="store_true",
-                   help="write predictions.csv (per-client test rows; an audit option)")
+    r.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="write predictions.csv (per-client test rows; an audit option)",
+    )
     r.set_defaults(func=_cmd_run)
     c = sub.add_parser("compare", help="run several strategies on one experiment, one table")
     c.add_argument("config", nargs="?", help="experiment TOML (default: built-in defaults)")
-    c.add_argument("--strategies", nargs="+", default=["fedavg", "fedfact-post"],
-                   help="strategy names (default: fedavg fedfact-post)")
+    c.add_argument(
+        "--strategies",
+        nargs="+",
+        default=["fedavg", "fedfact-post"],
+        help="strategy names (default: fedavg fedfact-post)",
+    )
     c.add_argument("--backend", choices=("ray", "local", "deployment"))
-    c.add_argument("-c", "--config-override", dest="override", action="append", default=[],
-                   metavar="KEY=VALUE")
+    c.add_argument(
+        "-c", "--config-override", dest="override", action="append", default=[], metavar="KEY=VALUE"
+    )
     c.add_argument("--out", help="parent output directory (one folder per strategy)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_compare)

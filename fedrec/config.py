@@ -22,20 +22,29 @@ import dataclasses
 import difflib
 import json
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, TypedDict
 
 from fedrec.errors import ConfigError
 
 Scalar = int | float | bool | str
 
 
-def key(default: Any, doc: str, *, choices: tuple | None = None,
-        check: Callable[[Any], bool] | None = None, check_doc: str = "") -> Any:
+def key(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple | None = None,
+    check: Callable[[Any], bool] | None = None,
+    check_doc: str = "",
+) -> Any:
     """Declare a config key: its default, documentation and constraints."""
-    return field(default=default, metadata={
-        "doc": doc, "choices": choices, "check": check, "check_doc": check_doc})
+    return field(
+        default=default,
+        metadata={"doc": doc, "choices": choices, "check": check, "check_doc": check_doc},
+    )
 
 
 def _positive(v: Any) -> bool:
@@ -54,49 +63,80 @@ def _open_fraction(v: Any) -> bool:
     return 0.0 < v < 1.0
 
 
-POSITIVE = dict(check=_positive, check_doc="> 0")
-NON_NEGATIVE = dict(check=_non_negative, check_doc=">= 0")
-FRACTION = dict(check=_fraction, check_doc="in (0, 1]")
-OPEN_FRACTION = dict(check=_open_fraction, check_doc="in (0, 1)")
+class _Check(TypedDict):
+    """A reusable ``check`` / ``check_doc`` pair for :func:`key` (``**POSITIVE``)."""
+
+    check: Callable[[Any], bool]
+    check_doc: str
+
+
+POSITIVE = _Check(check=_positive, check_doc="> 0")
+NON_NEGATIVE = _Check(check=_non_negative, check_doc=">= 0")
+FRACTION = _Check(check=_fraction, check_doc="in (0, 1]")
+OPEN_FRACTION = _Check(check=_open_fraction, check_doc="in (0, 1)")
 
 
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str = key("adult", "Registered dataset (`fedrec list`). Adult ships with fedrec; "
-                    "others are read from FEDREC_DATA_DIR, the cache, or downloaded.")
-    sensitive: str = key("", "Sensitive attribute defining the groups; empty = the "
-                         "dataset's default (adult: sex).")
+    name: str = key(
+        "adult",
+        "Registered dataset (`fedrec list`). Adult ships with fedrec; "
+        "others are read from FEDREC_DATA_DIR, the cache, or downloaded.",
+    )
+    sensitive: str = key(
+        "", "Sensitive attribute defining the groups; empty = the dataset's default (adult: sex)."
+    )
     target: str = key("", "Prediction target; empty = the dataset's default.")
-    test_fraction: float = key(0.2, "Share of each client's rows held out for its "
-                               "test split (seeded per client).", **OPEN_FRACTION)
-    options: str = key("", "Loader options as 'key=value,key=value' (recommendation "
-                       "datasets; e.g. synthetic-rec: num_users=10000,num_items=2000). "
-                       "Unknown options are rejected with the allowed ones.")
+    test_fraction: float = key(
+        0.2,
+        "Share of each client's rows held out for its test split (seeded per client).",
+        **OPEN_FRACTION,
+    )
+    options: str = key(
+        "",
+        "Loader options as 'key=value,key=value' (recommendation "
+        "datasets; e.g. synthetic-rec: num_users=10000,num_items=2000). "
+        "Unknown options are rejected with the allowed ones.",
+    )
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
     num_clients: int = key(10, "Number of logical clients (data partitions).", **POSITIVE)
-    scheme: str = key("dirichlet-sensitive", "How rows are split across clients: iid, "
-                      "dirichlet-label (Dir(alpha) over the label), dirichlet-sensitive "
-                      "(Dir(alpha) over the sensitive attribute), heterogeneous (FedFACT's "
-                      "split: per-client label/attribute correlation gamma_k ~ "
-                      "U[gamma-min, gamma-max]; binary label and attribute).",
-                      choices=("iid", "dirichlet-label", "dirichlet-sensitive",
-                               "heterogeneous"))
-    alpha: float = key(0.5, "Dirichlet concentration; smaller = more heterogeneous.",
-                       **POSITIVE)
-    gamma_min: float = key(0.2, "heterogeneous: lower end of gamma_k.", check=lambda v: 0 <= v <= 1,
-                           check_doc="in [0, 1]")
-    gamma_max: float = key(0.8, "heterogeneous: upper end of gamma_k.", check=lambda v: 0 <= v <= 1,
-                           check_doc="in [0, 1]")
-    min_per_group: int = key(0, "Dirichlet schemes: every client gets at least this many rows "
-                             "of every value (label or sensitive group); 0 = no minimum. "
-                             "Local fairness needs members of every group on every client.",
-                             check=lambda v: v >= 0, check_doc=">= 0")
-    min_size: int = key(10, "Minimum rows per client for Dirichlet schemes (resampled "
-                        "until met).", **POSITIVE)
+    scheme: str = key(
+        "dirichlet-sensitive",
+        "How rows are split across clients: iid, "
+        "dirichlet-label (Dir(alpha) over the label), dirichlet-sensitive "
+        "(Dir(alpha) over the sensitive attribute), heterogeneous (FedFACT's "
+        "split: per-client label/attribute correlation gamma_k ~ "
+        "U[gamma-min, gamma-max]; binary label and attribute).",
+        choices=("iid", "dirichlet-label", "dirichlet-sensitive", "heterogeneous"),
+    )
+    alpha: float = key(0.5, "Dirichlet concentration; smaller = more heterogeneous.", **POSITIVE)
+    gamma_min: float = key(
+        0.2,
+        "heterogeneous: lower end of gamma_k.",
+        check=lambda v: 0 <= v <= 1,
+        check_doc="in [0, 1]",
+    )
+    gamma_max: float = key(
+        0.8,
+        "heterogeneous: upper end of gamma_k.",
+        check=lambda v: 0 <= v <= 1,
+        check_doc="in [0, 1]",
+    )
+    min_per_group: int = key(
+        0,
+        "Dirichlet schemes: every client gets at least this many rows "
+        "of every value (label or sensitive group); 0 = no minimum. "
+        "Local fairness needs members of every group on every client.",
+        check=lambda v: v >= 0,
+        check_doc=">= 0",
+    )
+    min_size: int = key(
+        10, "Minimum rows per client for Dirichlet schemes (resampled until met).", **POSITIVE
+    )
 
 
 @dataclass(frozen=True)
@@ -110,54 +150,77 @@ class TrainConfig:
     batch_size: int = key(64, "Local minibatch size.", **POSITIVE)
     lr: float = key(0.05, "Local learning rate.", **POSITIVE)
     optimizer: str = key("sgd", "Local optimizer.", choices=("sgd", "adam"))
-    weight_decay: float = key(0.0, "L2 weight decay of the local optimizer.",
-                              **NON_NEGATIVE)
+    weight_decay: float = key(0.0, "L2 weight decay of the local optimizer.", **NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = key("fedavg", "Strategy plugin: a registered name (entry point group "
-                    "`fedrec.strategies`) or a dotted path `pkg.mod:Class`.")
-    fraction_train: float = key(1.0, "Share of clients sampled for training each round "
-                                "(seeded by run seed and round).", **FRACTION)
-    fraction_evaluate: float = key(1.0, "Share of clients sampled for evaluation.",
-                                   **FRACTION)
+    name: str = key(
+        "fedavg",
+        "Strategy plugin: a registered name (entry point group "
+        "`fedrec.strategies`) or a dotted path `pkg.mod:Class`.",
+    )
+    fraction_train: float = key(
+        1.0,
+        "Share of clients sampled for training each round (seeded by run seed and round).",
+        **FRACTION,
+    )
+    fraction_evaluate: float = key(1.0, "Share of clients sampled for evaluation.", **FRACTION)
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    backend: str = key("ray", "Where clients run: ray (Flower simulation engine), local "
-                       "(in-process, no Ray) or deployment (SuperLink/SuperNodes via "
-                       "`flwr run`).", choices=("ray", "local", "deployment"))
-    num_nodes: int = key(0, "Simulated SuperNodes; 0 = one per client. Fewer nodes than "
-                         "clients makes each node host several logical clients.",
-                         **NON_NEGATIVE)
-    client_num_cpus: float = key(1.0, "CPUs reserved per simulated ClientApp (Ray).",
-                                 **POSITIVE)
-    client_num_gpus: float = key(0.0, "GPUs (fraction allowed) per simulated ClientApp.",
-                                 **NON_NEGATIVE)
-    ray_num_cpus: int = key(0, "CPUs given to Ray; 0 = all of this machine's.",
-                            **NON_NEGATIVE)
-    superlink: str = key("127.0.0.1:9093", "deployment: address of the SuperLink's Control "
-                         "API that `flwr run` submits the run to.")
-    insecure: bool = key(True, "deployment: connect to the SuperLink without TLS (local "
-                         "testing only; use a Flower connection with certificates otherwise).")
-    timeout: float = key(600.0, "Seconds to wait for nodes to connect and for the "
-                         "replies of one message phase before giving up.", **POSITIVE)
+    backend: str = key(
+        "ray",
+        "Where clients run: ray (Flower simulation engine), local "
+        "(in-process, no Ray) or deployment (SuperLink/SuperNodes via "
+        "`flwr run`).",
+        choices=("ray", "local", "deployment"),
+    )
+    num_nodes: int = key(
+        0,
+        "Simulated SuperNodes; 0 = one per client. Fewer nodes than "
+        "clients makes each node host several logical clients.",
+        **NON_NEGATIVE,
+    )
+    client_num_cpus: float = key(1.0, "CPUs reserved per simulated ClientApp (Ray).", **POSITIVE)
+    client_num_gpus: float = key(
+        0.0, "GPUs (fraction allowed) per simulated ClientApp.", **NON_NEGATIVE
+    )
+    ray_num_cpus: int = key(0, "CPUs given to Ray; 0 = all of this machine's.", **NON_NEGATIVE)
+    superlink: str = key(
+        "127.0.0.1:9093",
+        "deployment: address of the SuperLink's Control API that `flwr run` submits the run to.",
+    )
+    insecure: bool = key(
+        True,
+        "deployment: connect to the SuperLink without TLS (local "
+        "testing only; use a Flower connection with certificates otherwise).",
+    )
+    timeout: float = key(
+        600.0,
+        "Seconds to wait for nodes to connect and for the "
+        "replies of one message phase before giving up.",
+        **POSITIVE,
+    )
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = key("", "Output directory; empty = runs/<strategy>-<dataset>-<time>.")
     plots: bool = key(True, "Write PNG plots of the per-round metrics.")
-    checkpoint: bool = key(True, "Save the global model after every round "
-                           "(checkpoint.npz, overwritten).")
+    checkpoint: bool = key(
+        True, "Save the global model after every round (checkpoint.npz, overwritten)."
+    )
     progress: bool = key(True, "Show a progress bar per round.")
     client_metrics: bool = key(True, "Write per-client rows to rounds.jsonl.")
-    save_predictions: bool = key(False, "Audit: write predictions.csv (client, label, "
-                                 "sensitive group, prediction per test row of the final "
-                                 "round). Clients then SEND these rows to the server: for "
-                                 "simulations and audits, not for private deployments.")
+    save_predictions: bool = key(
+        False,
+        "Audit: write predictions.csv (client, label, "
+        "sensitive group, prediction per test row of the final "
+        "round). Clients then SEND these rows to the server: for "
+        "simulations and audits, not for private deployments.",
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -177,8 +240,9 @@ OPEN_PREFIXES = ("strategy.params.", "model.params.")
 class RunConfig:
     """The validated experiment configuration (typed sections)."""
 
-    seed: int = key(0, "Run seed; every random draw derives from (seed, round, client).",
-                    **NON_NEGATIVE)
+    seed: int = key(
+        0, "Run seed; every random draw derives from (seed, round, client).", **NON_NEGATIVE
+    )
     num_server_rounds: int = key(5, "Federated rounds.", **POSITIVE)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -207,7 +271,7 @@ class RunConfig:
                 out[_kebab(f.name)] = value
         return out
 
-    def replace(self, **flat: Scalar) -> "RunConfig":
+    def replace(self, **flat: Scalar) -> RunConfig:
         """A copy with flat keys overridden (validated)."""
         merged = self.to_flat()
         merged.update(flat)
@@ -233,7 +297,8 @@ def _snake(name: str) -> str:
 
 def _type_name(t: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
-        t, str(t))
+        t, str(t)
+    )
 
 
 def coerce(key_name: str, value: Any, typ: Any) -> Any:
@@ -274,19 +339,23 @@ def coerce(key_name: str, value: Any, typ: Any) -> Any:
 def _check(key_name: str, value: Any, meta: Mapping[str, Any]) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"config key '{key_name}': {value!r} is not allowed; "
-                          f"allowed values: {', '.join(map(str, choices))}")
+        raise ConfigError(
+            f"config key '{key_name}': {value!r} is not allowed; "
+            f"allowed values: {', '.join(map(str, choices))}"
+        )
     check = meta.get("check")
     if check is not None and not check(value):
-        raise ConfigError(f"config key '{key_name}': {value!r} must be "
-                          f"{meta.get('check_doc') or 'valid'}")
+        raise ConfigError(
+            f"config key '{key_name}': {value!r} must be {meta.get('check_doc') or 'valid'}"
+        )
 
 
 def _unknown(key_name: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key_name, known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key_name}'{hint}; see `fedrec list --keys` "
-                       "for the allowed keys")
+    return ConfigError(
+        f"unknown config key '{key_name}'{hint}; see `fedrec list --keys` for the allowed keys"
+    )
 
 
 def validate_dataclass(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
@@ -317,9 +386,13 @@ def all_keys() -> dict[str, dict[str, Any]]:
 
 def _describe(f: dataclasses.Field) -> dict[str, Any]:
     default = f.default
-    return {"default": default, "type": f.type if isinstance(f.type, str) else f.type.__name__,
-            "doc": f.metadata.get("doc", ""), "choices": f.metadata.get("choices"),
-            "constraint": f.metadata.get("check_doc", "")}
+    return {
+        "default": default,
+        "type": f.type if isinstance(f.type, str) else f.type.__name__,
+        "doc": f.metadata.get("doc", ""),
+        "choices": f.metadata.get("choices"),
+        "constraint": f.metadata.get("check_doc", ""),
+    }
 
 
 # --------------------------------------------------------------------------- loading
@@ -348,8 +421,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     flat = flatten(tree)
     for k, v in flat.items():
         if isinstance(v, (list, dict)) or not isinstance(v, (int, float, bool, str)):
-            raise ConfigError(f"config key '{k}' in '{path}': values must be numbers, "
-                              "booleans or strings (Flower run_config)")
+            raise ConfigError(
+                f"config key '{k}' in '{path}': values must be numbers, "
+                "booleans or strings (Flower run_config)"
+            )
     return flat
 
 
@@ -372,8 +447,11 @@ def parse_override(text: str) -> tuple[str, Scalar]:
 
 def validate(flat: Mapping[str, Any]) -> RunConfig:
     """Validate a flat key -> value mapping into a :class:`RunConfig`."""
-    top = {_kebab(f.name): f for f in fields(RunConfig) if f.name not in SECTIONS
-           and f.name not in ("strategy_params", "model_params")}
+    top = {
+        _kebab(f.name): f
+        for f in fields(RunConfig)
+        if f.name not in SECTIONS and f.name not in ("strategy_params", "model_params")
+    }
     known = list(all_keys())
     section_values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     top_kwargs: dict[str, Any] = {}
@@ -382,9 +460,9 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
     for k in sorted(flat):
         v = flat[k]
         if k.startswith("strategy.params."):
-            strategy_params[k[len("strategy.params."):]] = v
+            strategy_params[k[len("strategy.params.") :]] = v
         elif k.startswith("model.params."):
-            model_params[k[len("model.params."):]] = v
+            model_params[k[len("model.params.") :]] = v
         elif k in top:
             value = coerce(k, v, top[k].type)
             _check(k, value, top[k].metadata)
@@ -394,14 +472,19 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
             section_values[section][sub] = v
         else:
             raise _unknown(k, known)
-    sections = {s: validate_dataclass(cls, section_values[s], s + ".")
-                for s, cls in SECTIONS.items()}
-    return RunConfig(**top_kwargs, **sections, strategy_params=strategy_params,
-                     model_params=model_params)
+    sections = {
+        s: validate_dataclass(cls, section_values[s], s + ".") for s, cls in SECTIONS.items()
+    }
+    return RunConfig(
+        **top_kwargs, **sections, strategy_params=strategy_params, model_params=model_params
+    )
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                extra: Mapping[str, Any] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> RunConfig:
     """TOML file (optional) + ``extra`` flat keys + ``key=value`` overrides, validated."""
     flat: dict[str, Any] = load_toml(path) if path else {}
     flat.update(extra or {})

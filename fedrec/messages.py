@@ -39,8 +39,9 @@ class FlatLayout:
     def size(self) -> int:
         return sum(self.sizes)
 
-    def pack(self, arrays: Sequence[np.ndarray], dtype: np.dtype | type | None = None
-             ) -> np.ndarray:
+    def pack(
+        self, arrays: Sequence[np.ndarray], dtype: np.dtype | type | None = None
+    ) -> np.ndarray:
         """The arrays flattened and concatenated (``dtype``: of the result, default the
         common dtype)."""
         if len(arrays) != len(self.shapes):
@@ -56,12 +57,13 @@ class FlatLayout:
         shapes."""
         flat = np.asarray(flat)
         if flat.shape[-1] != self.size:
-            raise ValueError(f"flat vector of length {flat.shape[-1]}; the layout needs "
-                             f"{self.size}")
+            raise ValueError(
+                f"flat vector of length {flat.shape[-1]}; the layout needs {self.size}"
+            )
         lead = flat.shape[:-1]
         out, off = [], 0
         for s, n in zip(self.shapes, self.sizes):
-            out.append(flat[..., off:off + n].reshape(lead + s))
+            out.append(flat[..., off : off + n].reshape(lead + s))
             off += n
         return out
 
@@ -77,8 +79,11 @@ class RowSparse:
     counts: np.ndarray
 
     def to_arrays(self) -> list[np.ndarray]:
-        return [np.asarray(self.ids, dtype=np.int64), np.asarray(self.rows),
-                np.asarray(self.counts, dtype=np.int64)]
+        return [
+            np.asarray(self.ids, dtype=np.int64),
+            np.asarray(self.rows),
+            np.asarray(self.counts, dtype=np.int64),
+        ]
 
     @classmethod
     def from_arrays(cls, arrays: Sequence[np.ndarray]) -> RowSparse:
@@ -86,17 +91,19 @@ class RowSparse:
         return cls(np.asarray(ids, dtype=np.int64), np.asarray(rows), np.asarray(counts))
 
     @classmethod
-    def from_contributions(cls, ids: np.ndarray, values: np.ndarray, dtype: type = np.float32
-                           ) -> RowSparse:
+    def from_contributions(
+        cls, ids: np.ndarray, values: np.ndarray, dtype: type = np.float32
+    ) -> RowSparse:
         """Sum per-contribution rows ``values[j]`` into their row ``ids[j]``."""
         uniq, inv = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
-        sums = np.zeros((len(uniq),) + np.shape(values)[1:], dtype=dtype)
+        sums: np.ndarray = np.zeros((len(uniq),) + np.shape(values)[1:], dtype=dtype)
         np.add.at(sums, inv, values)
         return cls(uniq, sums, np.bincount(inv, minlength=len(uniq)).astype(np.int64))
 
     @staticmethod
-    def accumulate(uploads: Sequence[RowSparse], num_rows: int, row_shape: tuple[int, ...]
-                   ) -> tuple[np.ndarray, np.ndarray]:
+    def accumulate(
+        uploads: Sequence[RowSparse], num_rows: int, row_shape: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Summed rows (float64, ``(num_rows, *row_shape)``) and counts over the uploads,
         added in the given order."""
         total = np.zeros((num_rows,) + tuple(row_shape), dtype=np.float64)

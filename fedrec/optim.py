@@ -9,7 +9,8 @@ One update formula per optimizer, written once:
 
   .. math::
       m_t = \\beta_1 m_{t-1} + (1-\\beta_1) g, \\quad v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g^2,
-      \\quad \\Delta = -\\frac{lr}{1-\\beta_1^t} \\frac{m_t}{\\sqrt{v_t}/\\sqrt{1-\\beta_2^t} + \\epsilon}
+      \\quad \\Delta = -\\frac{lr}{1-\\beta_1^t}
+      \\frac{m_t}{\\sqrt{v_t}/\\sqrt{1-\\beta_2^t} + \\epsilon}
 
 - numpy front ends: :func:`adam_step` (a list of parameter arrays, one step counter:
   server-side FedAdam, estimator training), :class:`RowAdam` (lazy Adam on the rows a
@@ -33,23 +34,39 @@ import torch
 
 from fedrec.errors import ConfigError
 
-__all__ = ["ADAM_BETAS", "ADAM_EPS", "AdamState", "RowAdam", "TorchAdam", "TorchSGD",
-           "adam_direction", "adam_moments", "adam_step", "sgd_step"]
+__all__ = [
+    "ADAM_BETAS",
+    "ADAM_EPS",
+    "AdamState",
+    "RowAdam",
+    "TorchAdam",
+    "TorchSGD",
+    "adam_direction",
+    "adam_moments",
+    "adam_step",
+    "sgd_step",
+]
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def adam_moments(m: np.ndarray, v: np.ndarray, g: np.ndarray,
-                 betas: tuple[float, float] = ADAM_BETAS) -> tuple[np.ndarray, np.ndarray]:
+def adam_moments(
+    m: np.ndarray, v: np.ndarray, g: np.ndarray, betas: tuple[float, float] = ADAM_BETAS
+) -> tuple[np.ndarray, np.ndarray]:
     """New first and second moments ``(m_t, v_t)`` (elementwise, any shape)."""
     b1, b2 = betas
     return b1 * m + (1.0 - b1) * g, b2 * v + (1.0 - b2) * g * g
 
 
-def adam_direction(m: np.ndarray, v: np.ndarray, t: np.ndarray | float, lr: np.ndarray | float,
-                   betas: tuple[float, float] = ADAM_BETAS, eps: float = ADAM_EPS
-                   ) -> np.ndarray:
+def adam_direction(
+    m: np.ndarray,
+    v: np.ndarray,
+    t: np.ndarray | float,
+    lr: np.ndarray | float,
+    betas: tuple[float, float] = ADAM_BETAS,
+    eps: float = ADAM_EPS,
+) -> np.ndarray:
     """The Adam update ``Delta`` to **add** to the parameters, from the new moments.
 
     ``t`` (step count after this step, >= 1) and ``lr`` broadcast against ``m``: pass
@@ -62,11 +79,14 @@ def adam_direction(m: np.ndarray, v: np.ndarray, t: np.ndarray | float, lr: np.n
     return -((lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps))
 
 
-def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], lr: float
-             ) -> list[np.ndarray]:
+def sgd_step(
+    params: Sequence[np.ndarray], grads: Sequence[np.ndarray], lr: float
+) -> list[np.ndarray]:
     """``p - lr * g`` per array (float64 arithmetic, each result in its input dtype)."""
-    return [(np.asarray(p, np.float64) - lr * np.asarray(g, np.float64)).astype(_dtype(p))
-            for p, g in zip(params, grads)]
+    return [
+        (np.asarray(p, np.float64) - lr * np.asarray(g, np.float64)).astype(_dtype(p))
+        for p, g in zip(params, grads)
+    ]
 
 
 def _dtype(p: np.ndarray) -> np.dtype:
@@ -84,14 +104,20 @@ class AdamState:
 
     @classmethod
     def zeros(cls, params: Sequence[np.ndarray]) -> AdamState:
-        return cls([np.zeros(np.shape(p)) for p in params],
-                   [np.zeros(np.shape(p)) for p in params], 0)
+        return cls(
+            [np.zeros(np.shape(p)) for p in params], [np.zeros(np.shape(p)) for p in params], 0
+        )
 
 
-def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
-              state: AdamState | None = None, lr: float = 1e-3, *,
-              betas: tuple[float, float] = ADAM_BETAS, eps: float = ADAM_EPS
-              ) -> tuple[list[np.ndarray], AdamState]:
+def adam_step(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    state: AdamState | None = None,
+    lr: float = 1e-3,
+    *,
+    betas: tuple[float, float] = ADAM_BETAS,
+    eps: float = ADAM_EPS,
+) -> tuple[list[np.ndarray], AdamState]:
     """One Adam step on a list of arrays (float64 arithmetic; :func:`adam_direction`).
 
     Pure: returns new parameter arrays (each in its input dtype) and a new
@@ -111,11 +137,15 @@ def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
         p_arr = np.asarray(p)
         g = np.asarray(g, dtype=np.float64)
         if g.shape != p_arr.shape or m0.shape != p_arr.shape:
-            raise ConfigError(f"grads / state shape {g.shape} does not match parameter "
-                              f"{p_arr.shape}")
+            raise ConfigError(
+                f"grads / state shape {g.shape} does not match parameter {p_arr.shape}"
+            )
         m1, v1 = adam_moments(m0, v0, g, betas)
-        new_p.append((p_arr.astype(np.float64) + adam_direction(m1, v1, t, lr, betas, eps))
-                     .astype(_dtype(p_arr)))
+        new_p.append(
+            (p_arr.astype(np.float64) + adam_direction(m1, v1, t, lr, betas, eps)).astype(
+                _dtype(p_arr)
+            )
+        )
         new_m.append(m1)
         new_v.append(v1)
     return new_p, AdamState(new_m, new_v, t)
@@ -137,8 +167,9 @@ class RowAdam:
     eps: float = ADAM_EPS
 
     @classmethod
-    def zeros(cls, shape: tuple[int, ...], betas: tuple[float, float] = ADAM_BETAS,
-              eps: float = ADAM_EPS) -> RowAdam:
+    def zeros(
+        cls, shape: tuple[int, ...], betas: tuple[float, float] = ADAM_BETAS, eps: float = ADAM_EPS
+    ) -> RowAdam:
         return cls(np.zeros(shape), np.zeros(shape), np.zeros(shape[0]), betas, eps)
 
     def direction(self, rows: np.ndarray, grad: np.ndarray, lr: float = 1.0) -> np.ndarray:
@@ -155,8 +186,7 @@ class TorchSGD:
     """Plain SGD with coupled L2 weight decay, in place on tensors (``torch.optim.SGD``,
     no momentum)."""
 
-    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float = 0.0
-                 ) -> None:
+    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
         self.params, self.lr, self.weight_decay = params, lr, weight_decay
 
     def zero_grad(self) -> None:
@@ -179,8 +209,7 @@ class TorchAdam(TorchSGD):
     beta1, beta2 = ADAM_BETAS
     eps = ADAM_EPS
 
-    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float = 0.0
-                 ) -> None:
+    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr, weight_decay)
         self.t = 0
         self.m = [torch.zeros_like(p) for p in params]

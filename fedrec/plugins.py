@@ -18,9 +18,12 @@ from __future__ import annotations
 import importlib
 import re
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fedrec.errors import PluginError
+
+if TYPE_CHECKING:
+    from fedrec.strategies.base import FedrecStrategy
 
 GROUP = "fedrec.strategies"
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -31,8 +34,9 @@ def _entry_points() -> dict[str, Any]:
     for ep in entry_points(group=GROUP):
         other = found.get(ep.name)
         if other is not None and other.value != ep.value:
-            raise PluginError(f"strategy name '{ep.name}' is registered twice: "
-                              f"{other.value} and {ep.value}")
+            raise PluginError(
+                f"strategy name '{ep.name}' is registered twice: {other.value} and {ep.value}"
+            )
         found[ep.name] = ep
     return found
 
@@ -55,12 +59,13 @@ def import_object(path: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise PluginError(f"module '{module_name}' has no attribute '{attr}' "
-                              f"(from '{path}')") from None
+            raise PluginError(
+                f"module '{module_name}' has no attribute '{attr}' (from '{path}')"
+            ) from None
     return obj
 
 
-def load_strategy(name: str) -> type:
+def load_strategy(name: str) -> type[FedrecStrategy]:
     """Resolve a strategy name or dotted path to its class."""
     if ":" in name:
         cls = import_object(name)
@@ -68,17 +73,23 @@ def load_strategy(name: str) -> type:
         eps = _entry_points()
         if name not in eps:
             allowed = ", ".join(sorted(eps)) or "(none installed)"
-            raise PluginError(f"unknown strategy '{name}'; registered strategies: {allowed}; "
-                              "or give a dotted path package.module:Class")
+            raise PluginError(
+                f"unknown strategy '{name}'; registered strategies: {allowed}; "
+                "or give a dotted path package.module:Class"
+            )
         try:
             cls = eps[name].load()
         except Exception as exc:  # a broken plugin must not look like a missing one
-            raise PluginError(f"strategy '{name}' ({eps[name].value}) failed to load: "
-                              f"{exc}") from None
+            raise PluginError(
+                f"strategy '{name}' ({eps[name].value}) failed to load: {exc}"
+            ) from None
     if not isinstance(cls, type):
         raise PluginError(f"strategy '{name}' does not name a class")
     for attr in ("client_half", "Params"):
         if not hasattr(cls, attr):
-            raise PluginError(f"strategy '{name}' ({cls.__module__}.{cls.__qualname__}) "
-                              f"lacks '{attr}'; subclass fedrec.strategies.FedrecStrategy")
-    return cls
+            raise PluginError(
+                f"strategy '{name}' ({cls.__module__}.{cls.__qualname__}) "
+                f"lacks '{attr}'; subclass fedrec.strategies.FedrecStrategy"
+            )
+    # A class with the FedrecStrategy plugin interface (checked above by its attributes).
+    return cast("type[FedrecStrategy]", cls)

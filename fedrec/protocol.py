@@ -33,6 +33,13 @@ FEDREC = "fedrec"
 ARRAYS = "arrays"
 CONFIG = "config"
 REPLIES = "replies"
+# keys of the "fedrec" head record (server -> client) and of a reply's head
+RUN_CONFIG = "run-config"
+CLIENTS = "clients"
+ROUND = "round"
+STRATEGY = "strategy"
+NODE_PARTITION = "node-partition"
+NUM_NODE_PARTITIONS = "num-node-partitions"
 CONFIG_ARRAYS = "config-arrays"
 HELLO = "query.fedrec_hello"
 _ACTION = re.compile(r"^[A-Za-z_]\w*$")
@@ -99,8 +106,9 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,))
 
 
-def pack_replies(results: dict[int, tuple[list[np.ndarray] | None, dict[str, Any]]]
-                 ) -> dict[str, np.ndarray]:
+def pack_replies(
+    results: dict[int, tuple[list[np.ndarray] | None, dict[str, Any]]],
+) -> dict[str, np.ndarray]:
     """Per-client ``(arrays or None, metrics)`` -> a flat dict of columns (see above).
 
     Metric values are ints/floats/bools or lists/arrays of them; arrays keep their dtype,
@@ -141,8 +149,9 @@ def pack_replies(results: dict[int, tuple[list[np.ndarray] | None, dict[str, Any
             arrs = []
             for v in vals:
                 if _is_scalar(v):
-                    raise ValueError(f"metric '{k}' is a scalar for some clients and a list "
-                                     "for others")
+                    raise ValueError(
+                        f"metric '{k}' is a scalar for some clients and a list for others"
+                    )
                 a = np.asarray(v)
                 if a.dtype == object or a.dtype.kind not in "biuf":
                     raise ValueError(f"metric '{k}' must hold numbers, got {a.dtype}")
@@ -151,14 +160,15 @@ def pack_replies(results: dict[int, tuple[list[np.ndarray] | None, dict[str, Any
                 elif not isinstance(v, np.ndarray):
                     a = a.astype(np.float64)
                 arrs.append(a.ravel())
-            lengths = np.zeros(len(cids), dtype=np.int64)
-            lengths[has] = [len(a) for a in arrs]
+            m_lengths = np.zeros(len(cids), dtype=np.int64)
+            m_lengths[has] = [len(a) for a in arrs]
             dtypes = {a.dtype for a in arrs if len(a)}
             dt = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float64)
-            v_all = np.concatenate([a.astype(dt, copy=False) for a in arrs]) if arrs \
-                else np.zeros(0)
+            v_all = (
+                np.concatenate([a.astype(dt, copy=False) for a in arrs]) if arrs else np.zeros(0)
+            )
             out[f"m.{k}.v"] = v_all
-            out[f"m.{k}.p"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            out[f"m.{k}.p"] = np.concatenate([[0], np.cumsum(m_lengths)]).astype(np.int64)
             out[f"m.{k}.k"] = np.asarray([_LIST])
         out[f"m.{k}.has"] = has
     return out
@@ -205,8 +215,9 @@ class ReplyColumns:
         return {c: (w, m) for c, w, m in unpack_replies(self.to_arrays())}
 
 
-def unpack_replies(cols: dict[str, np.ndarray]
-                   ) -> list[tuple[int, list[np.ndarray] | None, dict[str, Any]]]:
+def unpack_replies(
+    cols: dict[str, np.ndarray],
+) -> list[tuple[int, list[np.ndarray] | None, dict[str, Any]]]:
     """Inverse of :func:`pack_replies`: ``(client_id, arrays or None, metrics)`` per client.
 
     Scalar metrics come back as Python ``int``/``float``; list metrics as numpy arrays
@@ -230,10 +241,10 @@ def unpack_replies(cols: dict[str, np.ndarray]
         v, has, kind = cols[f"m.{k}.v"], cols[f"m.{k}.has"], int(cols[f"m.{k}.k"][0])
         if kind == _SCALAR:
             vals = v.tolist()
-            for j, x in zip(np.flatnonzero(has), vals):
-                metrics[int(j)][k] = x
+            for row, x in zip(np.flatnonzero(has), vals):
+                metrics[int(row)][k] = x
         else:
             p = cols[f"m.{k}.p"]
-            for j in np.flatnonzero(has):
-                metrics[int(j)][k] = v[int(p[j]) : int(p[j + 1])]
+            for row in np.flatnonzero(has):
+                metrics[int(row)][k] = v[int(p[row]) : int(p[row + 1])]
     return [(c, w, m) for c, w, m in zip(cids, weights, metrics)]

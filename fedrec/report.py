@@ -57,8 +57,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         axes[0].plot(rounds, [r["accuracy"] for r in glob], "o-", label="global")
         if "accuracy_local_min" in glob[0]:
-            axes[0].plot(rounds, [r["accuracy_local_min"] for r in glob], "s--",
-                         label="worst client")
+            axes[0].plot(
+                rounds, [r["accuracy_local_min"] for r in glob], "s--", label="worst client"
+            )
         axes[0].set(xlabel="round", ylabel="accuracy", title="Accuracy")
         for key, style in (("dp_gap", "o-"), ("eo_gap", "^-"), ("dp_gap_local_max", "s--")):
             if key in glob[0]:
@@ -95,9 +96,13 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         part = json.loads(part_path.read_text())
         cl = part.get("clients", [])
         if cl and cl[0].get("train_counts_label_by_group") and len(cl) <= 200:
-            by_group = np.array([np.asarray(c["train_counts_label_by_group"]).sum(axis=0)
-                                 + np.asarray(c["test_counts_label_by_group"]).sum(axis=0)
-                                 for c in cl])
+            by_group = np.array(
+                [
+                    np.asarray(c["train_counts_label_by_group"]).sum(axis=0)
+                    + np.asarray(c["test_counts_label_by_group"]).sum(axis=0)
+                    for c in cl
+                ]
+            )
             fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(cl) + 2), 3.5))
             bottom = np.zeros(len(cl))
             for g in range(by_group.shape[1]):
@@ -112,8 +117,17 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return written
 
 
-RANKING_KEYS = ("hr@10", "ndcg@10", "recall@20", "ndcg@20", "exposure_pop@10", "gini@10",
-                "coverage@10", "ndcg_gap@10", "user_ndcg@10_gap")
+RANKING_KEYS = (
+    "hr@10",
+    "ndcg@10",
+    "recall@20",
+    "ndcg@20",
+    "exposure_pop@10",
+    "gini@10",
+    "coverage@10",
+    "ndcg_gap@10",
+    "user_ndcg@10_gap",
+)
 
 
 def format_table(summary: dict, keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")) -> str:
@@ -130,31 +144,51 @@ def format_table(summary: dict, keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")
         vals = []
         for k in keys:
             if k == "accuracy":
-                v = loc.get("accuracy_local_min" if suffix == "_local_max" else
-                            "accuracy_local_mean", float("nan"))
+                v = loc.get(
+                    "accuracy_local_min" if suffix == "_local_max" else "accuracy_local_mean",
+                    float("nan"),
+                )
             else:
                 v = loc.get(k + suffix, float("nan"))
             vals.append(v)
         name = "local (min)" if False else label
         lines.append(f"{name:<14}" + "".join(f"{v:>12.4f}" for v in vals))
-    lines.append("(local rows: worst / mean over clients; accuracy column shows the minimum "
-                 "/ mean client accuracy)")
+    lines.append(
+        "(local rows: worst / mean over clients; accuracy column shows the minimum "
+        "/ mean client accuracy)"
+    )
     return "\n".join(lines)
 
 
-def format_comparison(summaries: dict[str, dict],
-                      keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")) -> str:
+def format_comparison(
+    summaries: dict[str, dict], keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")
+) -> str:
     """One row per strategy: global metrics and the worst client's gaps (D_local)."""
-    cols = [("accuracy", "global"), ("dp_gap", "global"), ("dp_gap", "local max"),
-            ("eo_gap", "global"), ("eo_gap", "local max"), ("accuracy", "worst client")]
+    cols = [
+        ("accuracy", "global"),
+        ("dp_gap", "global"),
+        ("dp_gap", "local max"),
+        ("eo_gap", "global"),
+        ("eo_gap", "local max"),
+        ("accuracy", "worst client"),
+    ]
     head = f"{'strategy':<16}" + "".join(f"{k + ' ' + s:>22}" for k, s in cols)
     lines = [head, "-" * len(head)]
     for name, sm in summaries.items():
         g, loc = sm["final"]["global"], sm["final"]["local"]
-        vals = [g.get("accuracy"), g.get("dp_gap"), loc.get("dp_gap_local_max"),
-                g.get("eo_gap"), loc.get("eo_gap_local_max"), loc.get("accuracy_local_min")]
-        lines.append(f"{name:<16}" + "".join(
-            f"{v:>22.4f}" if v is not None else f"{'-':>22}" for v in vals))
-    lines.append("(dp_gap: max over classes and group pairs of |P(Yhat=y|A=a)-P(Yhat=y|A=b)|; "
-                 "local max = worst client, D_local)")
+        vals = [
+            g.get("accuracy"),
+            g.get("dp_gap"),
+            loc.get("dp_gap_local_max"),
+            g.get("eo_gap"),
+            loc.get("eo_gap_local_max"),
+            loc.get("accuracy_local_min"),
+        ]
+        lines.append(
+            f"{name:<16}" + "".join(f"{v:>22.4f}" if v is not None else f"{'-':>22}" for v in vals)
+        )
+    lines.append(
+        "(dp_gap: max over classes and group pairs of |P(Yhat=y|A=a)-P(Yhat=y|A=b)|; "
+        "local max = worst client, D_local)"
+    )
     return "\n".join(lines)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fedrec.config import RunConfig, load_config, validate
 from fedrec.errors import ConfigError
@@ -25,11 +26,13 @@ QUIET_ENV = {
 }
 
 
-def as_config(config: RunConfig | str | Path | Mapping[str, Any] | None,
-              overrides: list[str] | None = None) -> RunConfig:
+def as_config(
+    config: RunConfig | str | Path | Mapping[str, Any] | None, overrides: list[str] | None = None
+) -> RunConfig:
     if isinstance(config, RunConfig):
-        return config.replace(**dict(load_config(None, overrides).to_flat())) if overrides \
-            else config
+        return (
+            config.replace(**dict(load_config(None, overrides).to_flat())) if overrides else config
+        )
     if isinstance(config, Mapping):
         return load_config(None, overrides, extra=config)
     return load_config(config, overrides)
@@ -44,9 +47,13 @@ def preflight(cfg: RunConfig) -> None:
     cls.preflight(cfg)
 
 
-def run(config: RunConfig | str | Path | Mapping[str, Any] | None = None,
-        backend: str | None = None, out: str | Path | None = None,
-        overrides: list[str] | None = None, quiet: bool = False) -> dict:
+def run(
+    config: RunConfig | str | Path | Mapping[str, Any] | None = None,
+    backend: str | None = None,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> dict:
     """Run one experiment and return its ``summary.json`` as a dict.
 
     ``config`` is a :class:`RunConfig`, a TOML path, a flat dict or None (defaults);
@@ -66,8 +73,9 @@ def run(config: RunConfig | str | Path | Mapping[str, Any] | None = None,
 
     out_dir = Path(out or cfg.output.dir or default_out_dir(cfg))
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"output directory '{out_dir}' exists and is not empty; "
-                          "choose another --out")
+        raise ConfigError(
+            f"output directory '{out_dir}' exists and is not empty; choose another --out"
+        )
     preflight(cfg)
     cfg = cfg.replace(**{"output.dir": str(out_dir)})
     if cfg.runtime.backend == "local":
@@ -78,11 +86,18 @@ def run(config: RunConfig | str | Path | Mapping[str, Any] | None = None,
         from fedrec.runtime.deployment import run_deployment as runner
     if not quiet:
         nodes = cfg.runtime.num_nodes or cfg.partition.num_clients
-        where = {"local": "in-process grid", "ray": "Flower simulation engine (Ray)",
-                 "deployment": f"SuperLink at {cfg.runtime.superlink}"}[cfg.runtime.backend]
-        print(f"fedrec: {cfg.strategy.name} on {cfg.dataset.name}, "
-              f"{cfg.partition.num_clients} clients on {nodes} nodes, {where}; "
-              f"outputs -> {out_dir}", file=sys.stderr, flush=True)
+        where = {
+            "local": "in-process grid",
+            "ray": "Flower simulation engine (Ray)",
+            "deployment": f"SuperLink at {cfg.runtime.superlink}",
+        }[cfg.runtime.backend]
+        print(
+            f"fedrec: {cfg.strategy.name} on {cfg.dataset.name}, "
+            f"{cfg.partition.num_clients} clients on {nodes} nodes, {where}; "
+            f"outputs -> {out_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
     runner(cfg, str(out_dir))
     summary = json.loads((out_dir / "summary.json").read_text())
     summary["out_dir"] = str(out_dir)

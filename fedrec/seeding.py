@@ -37,8 +37,9 @@ def rng(*parts: int | str) -> np.random.Generator:
     return np.random.default_rng(derive_seed(*parts))
 
 
-def sample_clients(client_ids: list[int], fraction: float, seed: int, server_round: int,
-                   purpose: str = "train") -> list[int]:
+def sample_clients(
+    client_ids: list[int], fraction: float, seed: int, server_round: int, purpose: str = "train"
+) -> list[int]:
     """Seeded sample of ``max(1, round(fraction * n))`` client ids, sorted."""
     ids = sorted(client_ids)
     if fraction >= 1.0 or not ids:

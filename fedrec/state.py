@@ -236,7 +236,7 @@ class CohortState(Mapping[int, ClientState]):
             vals = self._columns[name]
             lengths = self._column_lengths[name]
             return vals, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        parts = []
+        parts: list[np.ndarray] = []
         for c in self.ids:
             v = self._get(c, name)
             if v is None:
@@ -250,9 +250,13 @@ class CohortState(Mapping[int, ClientState]):
             missing = [c for c in self.ids if self._get(c, name) is None]
             raise KeyError(f"state field '{name}' missing for clients {missing[:10]}")
         col = self.store.columns.get(name)
-        if (col is not None and name not in {f for p in self._pending.values() for f in p}
-                and len(col.clients) == len(self.ids) and not col.scalar
-                and np.array_equal(col.clients, self.ids)):
+        if (
+            col is not None
+            and name not in {f for p in self._pending.values() for f in p}
+            and len(col.clients) == len(self.ids)
+            and not col.scalar
+            and np.array_equal(col.clients, self.ids)
+        ):
             return col.values, col.indptr  # the whole node: the stored column as is
         lengths = np.array([len(p) for p in parts], dtype=np.int64)
         return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -261,8 +265,10 @@ class CohortState(Mapping[int, ClientState]):
         """Set field ``name`` of every cohort client from rows in client order."""
         indptr = np.asarray(indptr, dtype=np.int64)
         if len(indptr) != len(self.ids) + 1 or int(indptr[-1]) != len(values):
-            raise ValueError(f"set_column('{name}'): indptr does not match {len(self.ids)} "
-                             f"clients and {len(values)} rows")
+            raise ValueError(
+                f"set_column('{name}'): indptr does not match {len(self.ids)} "
+                f"clients and {len(values)} rows"
+            )
         for c in self.ids:
             self._pending.get(c, {}).pop(name, None)
         self._columns[name] = np.asarray(values)
@@ -292,8 +298,12 @@ class CohortState(Mapping[int, ClientState]):
                 self.store.replace_column(name, Column(ids, indptr, vals))
             else:
                 offs = np.concatenate([[0], np.cumsum(lengths)])
-                self.store.update({c: {name: vals[int(offs[i]) : int(offs[i + 1])]}
-                                   for i, c in enumerate(self.ids)})
+                self.store.update(
+                    {
+                        c: {name: vals[int(offs[i]) : int(offs[i + 1])]}
+                        for i, c in enumerate(self.ids)
+                    }
+                )
         if self._pending:
             self.store.update(self._pending)
         self._pending, self._columns, self._column_lengths = {}, {}, {}

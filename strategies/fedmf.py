@@ -66,20 +66,28 @@ class FedMF(RankingStrategy):
         if self.params.aggregation == "dense":
             acc = np.zeros(Q.shape, dtype=np.float64)
             for r in replies:
+                assert r.weights is not None  # replies without weights were dropped above
                 acc += r.weights[0].astype(np.float64) * (r.num_examples / n)
             newQ = acc.astype(Q.dtype)
             touched = int(Q.shape[0])
         else:
-            uploads = [spec.unpack_train(r.weights) for r in replies]
+            uploads = [spec.unpack_train(r.weights) for r in replies if r.weights is not None]
             if self.params.server_optimizer == "adam" and self._adam is None:
                 self._adam = RowAdam.zeros(Q.shape)
             newQ, touched = algo.sparse_server_step(
-                Q, uploads, self.server_lr(server_round),
-                self._adam if self.params.server_optimizer == "adam" else None)
+                Q,
+                uploads,
+                self.server_lr(server_round),
+                self._adam if self.params.server_optimizer == "adam" else None,
+            )
             if self.params.release_embeddings:
                 self.uploads = {r.client_id: u.ids for r, u in zip(replies, uploads)}
-        return [newQ], {"num-examples": n, "num-clients": len(replies), "train-loss": loss,
-                        "rows-touched": touched}
+        return [newQ], {
+            "num-examples": n,
+            "num-clients": len(replies),
+            "train-loss": loss,
+            "rows-touched": touched,
+        }
 
     def server_lr(self, server_round: int) -> float:
         """``server-lr``, or the linear decay to ``server-lr-final`` over the rounds."""
@@ -97,14 +105,23 @@ class FedMF(RankingStrategy):
         """Threat model (b): collect released user embeddings; (a): keep the uploads."""
         replies = self.communicate(grid, f"query.{spec.RELEASE}", self.client_ids, server_round)
         parts = [spec.unpack_release(r.weights) for r in replies if r.weights is not None]
-        self.released = {"users": np.concatenate([u for u, _ in parts]),
-                         "embeddings": np.concatenate([e for _, e in parts]).reshape(
-                             -1, self.params.dim).astype(np.float32)}
+        self.released = {
+            "users": np.concatenate([u for u, _ in parts]),
+            "embeddings": np.concatenate([e for _, e in parts])
+            .reshape(-1, self.params.dim)
+            .astype(np.float32),
+        }
 
     def write_outputs(self, out_dir) -> None:
         if getattr(self, "released", None):
-            np.savez(out_dir / "embeddings.npz", **self.released)
+            # allow_pickle: numpy's default, spelled out so that mypy does not match the
+            # ``**arrays`` against it.
+            np.savez(out_dir / "embeddings.npz", allow_pickle=True, **self.released)
         if self.uploads:
             cids = sorted(self.uploads)
-            np.savez(out_dir / "uploads.npz", clients=np.asarray(cids),
-                     **{f"touched_{c}": self.uploads[c] for c in cids})
+            np.savez(
+                out_dir / "uploads.npz",
+                allow_pickle=True,
+                clients=np.asarray(cids),
+                **{f"touched_{c}": self.uploads[c] for c in cids},
+            )

@@ -9,9 +9,9 @@ dropout masks per (run seed, round, user)), each user on its own copy of the wei
 (:func:`fedrec.models.recsys.sasrec_user_step`; a node's users are vectorised, with the
 same numbers as one node per user).
 
-Upload (see :class:`fedrec.clients.fedsasrec.SASRecClient`, :mod:`fedrec.specs.fedsasrec`): the touched item-embedding
-rows only (ids + example-weighted delta sums) and example-weighted delta sums of the
-other parameters. The server forms the FedAvg pseudo-gradient
+Upload (see :class:`fedrec.clients.fedsasrec.SASRecClient`, :mod:`fedrec.specs.fedsasrec`): the
+touched item-embedding rows only (ids + example-weighted delta sums) and example-weighted delta
+sums of the other parameters. The server forms the FedAvg pseudo-gradient
 ``Delta = sum_u n_u delta_u / sum_u n_u`` (untouched item rows have an exactly zero
 delta, so the sparse upload loses nothing) and applies it with a server optimizer
 (Reddi et al. 2021, "Adaptive Federated Optimization"):
@@ -62,10 +62,18 @@ class FedSASRec(RankingStrategy):
         if p.dim % p.num_heads:
             from fedrec.errors import ConfigError
 
-            raise ConfigError(f"config key 'strategy.params.num-heads': {p.num_heads} does not "
-                              f"divide dim={p.dim}")
-        m = SASRec(num_items, p.dim, p.max_len, p.num_blocks, p.num_heads, p.dropout,
-                   seed=derive_seed(self.cfg.seed, "sasrec-init") % 2**63)
+            raise ConfigError(
+                f"config key 'strategy.params.num-heads': {p.num_heads} does not divide dim={p.dim}"
+            )
+        m = SASRec(
+            num_items,
+            p.dim,
+            p.max_len,
+            p.num_blocks,
+            p.num_heads,
+            p.dropout,
+            seed=derive_seed(self.cfg.seed, "sasrec-init") % 2**63,
+        )
         self._adam = None
         return [prm.detach().numpy().copy() for prm in m.parameters()]
 
@@ -78,6 +86,7 @@ class FedSASRec(RankingStrategy):
         item_delta = np.zeros_like(W[0])
         flat = np.zeros(layout.size, dtype=np.float64)
         for r in replies:
+            assert r.weights is not None  # replies without weights were dropped above
             ids, item_sum, dense = spec.unpack_train(r.weights)
             np.add.at(item_delta, ids + 1, item_sum.astype(np.float64))
             flat += dense
@@ -85,9 +94,17 @@ class FedSASRec(RankingStrategy):
         if self.params.server_optimizer == "sgd":
             new = [w + self.params.server_lr * d for w, d in zip(W, delta)]
         else:  # FedAdam: Adam on the pseudo-gradient -Delta
-            new, self._adam = adam_step(W, [-d for d in delta], self._adam or AdamState.zeros(W),
-                                        self.params.server_lr, betas=ADAM_BETAS)
+            new, self._adam = adam_step(
+                W,
+                [-d for d in delta],
+                self._adam or AdamState.zeros(W),
+                self.params.server_lr,
+                betas=ADAM_BETAS,
+            )
         new[0][0] = 0.0  # the padding row stays zero
         dtype = self._current_all[0].dtype
-        return [w.astype(dtype) for w in new], {"num-examples": n, "num-clients": len(replies),
-                                                "train-loss": loss}
+        return [w.astype(dtype) for w in new], {
+            "num-examples": n,
+            "num-clients": len(replies),
+            "train-loss": loss,
+        }

@@ -35,14 +35,16 @@ class RankingStrategy(FedrecStrategy):
         ds, ud = cfg_user_data(cfg)
         want = num_clients_for(ud.num_users, params.users_per_client)
         if cfg.partition.num_clients != want:
-            raise ConfigError(f"config key 'partition.num-clients': {cfg.partition.num_clients} "
-                              f"does not match {ud.num_users} users / users-per-client "
-                              f"{params.users_per_client}; set it to {want}")
+            raise ConfigError(
+                f"config key 'partition.num-clients': {cfg.partition.num_clients} "
+                f"does not match {ud.num_users} users / users-per-client "
+                f"{params.users_per_client}; set it to {want}"
+            )
 
     def setup(self, grid) -> None:
         super().setup(grid)
-        from fedrec.recsys.data import cfg_user_data
         from fedrec.metrics.ranking import popular_items
+        from fedrec.recsys.data import cfg_user_data
 
         self.ds, self.ud = cfg_user_data(self.cfg)
         self.popular = np.flatnonzero(popular_items(self.ud.item_counts(), 0.2))
@@ -65,33 +67,50 @@ class RankingStrategy(FedrecStrategy):
         replies = [r for r in replies if spec.USERS in r.metrics]
         if not replies:
             return None
-        users = np.concatenate([np.asarray(r.metrics[spec.USERS], dtype=np.int64)
-                                for r in replies])
+        users = np.concatenate([np.asarray(r.metrics[spec.USERS], dtype=np.int64) for r in replies])
         keys = [k for k in replies[0].metrics if k.startswith(spec.PER_USER)]
-        pu = {k[len(spec.PER_USER):]: spec.unpack_per_user(np.concatenate(
-            [np.asarray(r.metrics[k], dtype=np.float64) for r in replies])) for k in keys}
+        pu = {
+            k[len(spec.PER_USER) :]: spec.unpack_per_user(
+                np.concatenate([np.asarray(r.metrics[k], dtype=np.float64) for r in replies])
+            )
+            for k in keys
+        }
         K = spec.TOPK_LEN
-        top = np.concatenate([np.asarray(r.metrics[spec.TOPK], dtype=np.int64).reshape(-1, K)
-                              for r in replies])
+        top = np.concatenate(
+            [np.asarray(r.metrics[spec.TOPK], dtype=np.int64).reshape(-1, K) for r in replies]
+        )
         popular = np.zeros(self.ud.num_items, dtype=bool)
         popular[self.popular] = True
         overall = mean_metrics(pu)
         overall["num_users"] = float((~np.isnan(pu["hr@10"])).sum())
         for k in spec.K_LIST:
             if f"recall_pop@{k}" in overall:
-                overall[f"recall_gap@{k}"] = overall[f"recall_pop@{k}"] - overall[f"recall_tail@{k}"]
+                overall[f"recall_gap@{k}"] = (
+                    overall[f"recall_pop@{k}"] - overall[f"recall_tail@{k}"]
+                )
                 overall[f"ndcg_gap@{k}"] = overall[f"ndcg_pop@{k}"] - overall[f"ndcg_tail@{k}"]
         overall.update(exposure_metrics(top, self.ud.num_items, spec.K_LIST, popular))
         by_group = []
         gender = self.ds.user_attrs.get("gender") if self.ds.user_attrs else None
         if gender is not None:
             g = np.asarray(gender)[users]
-            overall.update({f"user_{k}": v for k, v in user_group_metrics(pu, g).items()
-                            if k.endswith("_gap") and k.split("_gap")[0] in ("ndcg@10", "hr@10")})
+            overall.update(
+                {
+                    f"user_{k}": v
+                    for k, v in user_group_metrics(pu, g).items()
+                    if k.endswith("_gap") and k.split("_gap")[0] in ("ndcg@10", "hr@10")
+                }
+            )
             for a in np.unique(g):
                 m = g == a
-                by_group.append({"n": int(m.sum()), **{k: float(np.nanmean(v[m]))
-                                                       for k, v in pu.items()
-                                                       if k in ("hr@10", "ndcg@10")}})
+                by_group.append(
+                    {
+                        "n": int(m.sum()),
+                        **{
+                            k: float(np.nanmean(v[m]))
+                            for k, v in pu.items()
+                            if k in ("hr@10", "ndcg@10")
+                        },
+                    }
+                )
         return FederatedMetrics(overall=overall, by_client={}, by_group=by_group, local={})
-

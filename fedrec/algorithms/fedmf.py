@@ -35,18 +35,26 @@ from fedrec.messages import RowSparse
 from fedrec.optim import RowAdam
 from fedrec.seeding import derive_seed
 
-__all__ = ["LocalResult", "client_uploads", "init_items", "init_users", "local_step",
-           "sparse_server_step"]
+__all__ = [
+    "LocalResult",
+    "client_uploads",
+    "init_items",
+    "init_users",
+    "local_step",
+    "sparse_server_step",
+]
 
 
 def init_items(num_items: int, dim: int, init_std: float, seed: int) -> np.ndarray:
-    """``Q`` (num_items, dim) float32: ``N(0, init_std^2)`` from ``derive_seed(seed, "item-init")``."""
+    """``Q`` (num_items, dim) float32: ``N(0, init_std^2)``.
+
+    Drawn from ``derive_seed(seed, "item-init")``.
+    """
     g = torch.Generator().manual_seed(derive_seed(seed, "item-init") % 2**63)
     return (torch.randn(num_items, dim, generator=g) * init_std).numpy()
 
 
-def init_users(seed: int, client_id: int, num_users: int, dim: int, init_std: float
-               ) -> np.ndarray:
+def init_users(seed: int, client_id: int, num_users: int, dim: int, init_std: float) -> np.ndarray:
     """A client's ``P`` (num_users, dim) float32 from ``derive_seed(seed, "user-init", client)``."""
     g = torch.Generator().manual_seed(derive_seed(seed, "user-init", client_id) % 2**63)
     return (torch.randn(num_users, dim, generator=g) * init_std).numpy()
@@ -70,11 +78,21 @@ class LocalResult:
     losses: np.ndarray
 
 
-def local_step(ud, users: np.ndarray, P: np.ndarray, Q: np.ndarray, server_round: int, *,
-               seed: int, lr: float, epochs: int, batch_size: int, negatives: int = 1,
-               reg: float = 0.0,
-               user_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-               ) -> LocalResult:
+def local_step(
+    ud,
+    users: np.ndarray,
+    P: np.ndarray,
+    Q: np.ndarray,
+    server_round: int,
+    *,
+    seed: int,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    negatives: int = 1,
+    reg: float = 0.0,
+    user_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> LocalResult:
     """Local BPR of ``users`` (rows of ``P``, float32) against ``Q`` in one batched call.
 
     ``ud``: the leave-one-out :class:`~fedrec.recsys.splits.UserData`; ``user_grad``: an
@@ -85,22 +103,38 @@ def local_step(ud, users: np.ndarray, P: np.ndarray, Q: np.ndarray, server_round
 
     Qt = torch.as_tensor(np.asarray(Q, dtype=np.float32))
     pos: Sequence[np.ndarray] = [ud.train[u] for u in users]
-    neg = [sample_negatives(ud.num_items, np.unique(ud.train[u]),
-                            len(pos[j]) * negatives * epochs,
-                            derive_seed(seed, "neg", server_round, int(u)))
-           for j, u in enumerate(users)]
+    neg = [
+        sample_negatives(
+            ud.num_items,
+            np.unique(ud.train[u]),
+            len(pos[j]) * negatives * epochs,
+            derive_seed(seed, "neg", server_round, int(u)),
+        )
+        for j, u in enumerate(users)
+    ]
     if negatives > 1:  # one (pos, neg) triple per negative
         pos = [np.tile(x, negatives) for x in pos]
-    upd = mf_bpr_user_step(torch.as_tensor(np.asarray(P, dtype=np.float32)), Qt, pos, neg,
-                           lr=lr, reg=reg, epochs=epochs, batch_size=batch_size,
-                           seed=[derive_seed(seed, "local", server_round, int(u))
-                                 for u in users],
-                           user_grad=user_grad)
+    upd = mf_bpr_user_step(
+        torch.as_tensor(np.asarray(P, dtype=np.float32)),
+        Qt,
+        pos,
+        neg,
+        lr=lr,
+        reg=reg,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=[derive_seed(seed, "local", server_round, int(u)) for u in users],
+        user_grad=user_grad,
+    )
     dq, _ = upd.item_deltas(Qt)
-    return LocalResult(P=upd.P.detach().numpy(), item_ids=np.asarray(upd.item_ids),
-                       item_deltas=dq.detach().numpy(), indptr=np.asarray(upd.indptr),
-                       num_pos=np.array([len(x) for x in pos]),
-                       losses=np.asarray(upd.losses))
+    return LocalResult(
+        P=upd.P.detach().numpy(),
+        item_ids=np.asarray(upd.item_ids),
+        item_deltas=dq.detach().numpy(),
+        indptr=np.asarray(upd.indptr),
+        num_pos=np.array([len(x) for x in pos]),
+        losses=np.asarray(upd.losses),
+    )
 
 
 def client_uploads(res: LocalResult, bounds: np.ndarray) -> list[RowSparse]:
@@ -119,22 +153,26 @@ def client_uploads(res: LocalResult, bounds: np.ndarray) -> list[RowSparse]:
     if C and np.all(np.diff(bounds) <= 1):  # one user per client: its rows are unique already
         sums = deltas + np.float32(0.0)  # (what a zero-initialised float32 sum would hold)
         ones = np.ones(len(ids), dtype=np.int64)
-        return [RowSparse(ids[a:b], sums[a:b], ones[a:b])
-                for a, b in zip(row_ptr[:-1].tolist(), row_ptr[1:].tolist())]
+        return [
+            RowSparse(ids[a:b], sums[a:b], ones[a:b])
+            for a, b in zip(row_ptr[:-1].tolist(), row_ptr[1:].tolist())
+        ]
     client_of_row = np.repeat(np.arange(C, dtype=np.int64), np.diff(row_ptr))
     span = int(ids.max()) + 1 if len(ids) else 1
-    keys, inv = np.unique(client_of_row * span + ids[row_ptr[0]:row_ptr[-1]],
-                          return_inverse=True)
+    keys, inv = np.unique(client_of_row * span + ids[row_ptr[0] : row_ptr[-1]], return_inverse=True)
     sums = np.zeros((len(keys),) + deltas.shape[1:], dtype=np.float32)
-    np.add.at(sums, inv, deltas[row_ptr[0]:row_ptr[-1]])
+    np.add.at(sums, inv, deltas[row_ptr[0] : row_ptr[-1]])
     counts = np.bincount(inv, minlength=len(keys)).astype(np.int64)
     cut = np.searchsorted(keys // span, np.arange(C + 1))
-    return [RowSparse(keys[a:b] % span, sums[a:b], counts[a:b])
-            for a, b in zip(cut[:-1].tolist(), cut[1:].tolist())]
+    return [
+        RowSparse(keys[a:b] % span, sums[a:b], counts[a:b])
+        for a, b in zip(cut[:-1].tolist(), cut[1:].tolist())
+    ]
 
 
-def sparse_server_step(Q: np.ndarray, uploads: Sequence[RowSparse], server_lr: float,
-                       adam: RowAdam | None = None) -> tuple[np.ndarray, int]:
+def sparse_server_step(
+    Q: np.ndarray, uploads: Sequence[RowSparse], server_lr: float, adam: RowAdam | None = None
+) -> tuple[np.ndarray, int]:
     """New ``Q`` and the number of touched rows.
 
     ``step_i = sum_c delta_{c,i} / sum_c count_{c,i}`` over the uploads that touched row

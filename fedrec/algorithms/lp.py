@@ -34,7 +34,8 @@ Choices (not fixed by the paper)
   otherwise), because the dual-to-classifier map below uses ``p_{a,k} = n_{a,k}/n``.
 - **Duals**: the two one-sided constraints ``D <= xi`` and ``-D <= xi`` have multipliers
   ``y1, y2 >= 0`` of the minimisation of ``-accuracy``; the returned signed duals are
-  ``lam = y1 - y2`` (and ``mu[k]`` likewise). With :func:`fedrec.algorithms.fedfact.calibration_matrix`
+  ``lam = y1 - y2`` (and ``mu[k]`` likewise). With
+  :func:`fedrec.algorithms.fedfact.calibration_matrix`
   (``M = I - (1/p_{a,k})[lam.Dg + mu.Dl]``) the Lagrangian is exactly
   ``-sum_{a,k} p_{a,k} <M(a,k), C^{a,k}(h)> - xi_g ||lam||_1 - sum_k xi_k ||mu_k||_1`` (fedfact.md
   §5.3), so by Theorem 5 :func:`lp_classifier_predict` (``argmax_j (M(a,k)^T eta)_j``) is an
@@ -93,7 +94,9 @@ class LPResult:
 def _inputs(eta: Any, a: Any, k: Any, labels: Any, num_groups: int | None, num_clients: int | None):
     eta = np.asarray(eta, dtype=np.float64)
     if eta.ndim != 2 or eta.shape[0] < 1 or eta.shape[1] < 2:
-        raise ConfigError(f"eta must be a 2-D (n, m) array with n >= 1 and m >= 2, got shape {eta.shape}")
+        raise ConfigError(
+            f"eta must be a 2-D (n, m) array with n >= 1 and m >= 2, got shape {eta.shape}"
+        )
     n, m = eta.shape
     if not np.all(np.isfinite(eta)):
         raise ConfigError("eta must hold finite scores")
@@ -117,8 +120,14 @@ def _inputs(eta: Any, a: Any, k: Any, labels: Any, num_groups: int | None, num_c
     return eta, a_, k_, y, A, K, m
 
 
-def sample_counts(eta: Any, a: Any, k: Any, labels: Any = None, num_groups: int | None = None,
-                  num_clients: int | None = None) -> np.ndarray:
+def sample_counts(
+    eta: Any,
+    a: Any,
+    k: Any,
+    labels: Any = None,
+    num_groups: int | None = None,
+    num_clients: int | None = None,
+) -> np.ndarray:
     """``counts[k, a, y]`` (K, A, m): label counts if ``labels`` is given, else expected
     counts ``sum_{t in (a,k)} eta_t`` (floats)."""
     eta_, a_, k_, y, A, K, m = _inputs(eta, a, k, labels, num_groups, num_clients)
@@ -135,13 +144,23 @@ def _check_counts(counts: Any, a: np.ndarray, k: np.ndarray, K: int, A: int, m: 
     sizes = np.zeros((K, A))
     np.add.at(sizes, (k, a), 1.0)
     if not np.allclose(c.sum(axis=2), sizes, rtol=1e-9, atol=1e-6):
-        raise ConfigError("counts[k, a, :].sum() must equal the number of sample rows of (client k, group a)")
+        raise ConfigError(
+            "counts[k, a, :].sum() must equal the number of sample rows of (client k, group a)"
+        )
     return c
 
 
 # ------------------------------------------------------------- assembly
-def _constraint_rows(S: np.ndarray, a: np.ndarray, k: np.ndarray, criterion: str, scope: str,
-                     counts: np.ndarray, xi_g: float, xi_k: float):
+def _constraint_rows(
+    S: np.ndarray,
+    a: np.ndarray,
+    k: np.ndarray,
+    criterion: str,
+    scope: str,
+    counts: np.ndarray,
+    xi_g: float,
+    xi_k: float,
+):
     """Sparse ``G`` (R, n*m), slack ``b`` (R,) and row tags ``(kind, client, u)``."""
     n, m = S.shape
     K, A, _ = counts.shape
@@ -176,13 +195,32 @@ def _constraint_rows(S: np.ndarray, a: np.ndarray, k: np.ndarray, criterion: str
                 vals.append(W[u_i, t_i, j_i])
 
     if scope in ("global", "both"):
-        add_block({kk: global_constraints(criterion, counts[kk], pooled) for kk in range(K) if counts[kk].sum() > 0},
-                  "global", xi_g, shared=True)
+        add_block(
+            {
+                kk: global_constraints(criterion, counts[kk], pooled)
+                for kk in range(K)
+                if counts[kk].sum() > 0
+            },
+            "global",
+            xi_g,
+            shared=True,
+        )
     if scope in ("local", "both"):
-        add_block({kk: local_constraints(criterion, counts[kk]) for kk in range(K) if counts[kk].sum() > 0},
-                  "local", xi_k, shared=False)
+        add_block(
+            {
+                kk: local_constraints(criterion, counts[kk])
+                for kk in range(K)
+                if counts[kk].sum() > 0
+            },
+            "local",
+            xi_k,
+            shared=False,
+        )
     if rows:
-        G = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, n * m))
+        G = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(n_rows, n * m),
+        )
     else:
         G = sp.csr_matrix((0, n * m))
     G.eliminate_zeros()
@@ -194,7 +232,12 @@ def _assemble(eta, a, k, criterion, scope, xi_g, xi_k, labels, counts, num_group
     check_choice("criterion", criterion, CRITERIA)
     check_choice("scope", scope, SCOPES)
     for name, v in (("xi_g", xi_g), ("xi_k", xi_k)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 0:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float, np.integer, np.floating))
+            or not np.isfinite(v)
+            or v < 0
+        ):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
     eta_, a_, k_, y, A, K, m = _inputs(eta, a, k, labels, num_groups, num_clients)
     S = np.eye(m)[y] if y is not None else eta_
@@ -222,22 +265,42 @@ def _duals(signed: np.ndarray, tags, criterion: str, scope: str, K: int, A: int,
     return lam, mu
 
 
-def _result(x: np.ndarray, prob: dict, y1: np.ndarray, y2: np.ndarray, status: str, criterion, scope) -> LPResult:
+def _result(
+    x: np.ndarray, prob: dict, y1: np.ndarray, y2: np.ndarray, status: str, criterion, scope
+) -> LPResult:
     n, m = prob["n"], prob["m"]
     h = np.clip(x.reshape(n, m), 0.0, None)
     lam, mu = _duals(y1 - y2, prob["tags"], criterion, scope, prob["K"], prob["A"], m)
-    return LPResult(h=h, objective=float(prob["c"] @ x), lam=lam, mu=mu, status=status, counts=prob["counts"])
+    return LPResult(
+        h=h, objective=float(prob["c"] @ x), lam=lam, mu=mu, status=status, counts=prob["counts"]
+    )
 
 
 # ------------------------------------------------------------------ solvers
-def fair_lp(eta: Any, a: Any, k: Any, criterion: str, scope: str, xi_g: float, xi_k: float,
-            labels: Any = None, solver: str = "CLARABEL", counts: Any = None,
-            num_groups: int | None = None, num_clients: int | None = None) -> LPResult:
-    """Solve the fair LP with cvxpy (see the module docstring); ``solver`` is a cvxpy solver name."""
+def fair_lp(
+    eta: Any,
+    a: Any,
+    k: Any,
+    criterion: str,
+    scope: str,
+    xi_g: float,
+    xi_k: float,
+    labels: Any = None,
+    solver: str = "CLARABEL",
+    counts: Any = None,
+    num_groups: int | None = None,
+    num_clients: int | None = None,
+) -> LPResult:
+    """Solve the fair LP with cvxpy (see the module docstring).
+
+    ``solver`` is a cvxpy solver name.
+    """
     import cvxpy as cp
 
     check_choice("solver", solver, tuple(cp.installed_solvers()))
-    prob = _assemble(eta, a, k, criterion, scope, xi_g, xi_k, labels, counts, num_groups, num_clients)
+    prob = _assemble(
+        eta, a, k, criterion, scope, xi_g, xi_k, labels, counts, num_groups, num_clients
+    )
     x = cp.Variable(prob["n"] * prob["m"], nonneg=True)
     cons = [prob["A_eq"] @ x == 1]
     G, b = prob["G"], prob["b"]
@@ -254,20 +317,40 @@ def fair_lp(eta: Any, a: Any, k: Any, criterion: str, scope: str, xi_g: float, x
     return _result(np.asarray(x.value), prob, y1, y2, str(problem.status), criterion, scope)
 
 
-def fair_lp_scipy(eta: Any, a: Any, k: Any, criterion: str, scope: str, xi_g: float, xi_k: float,
-                  labels: Any = None, method: str = "highs", counts: Any = None,
-                  num_groups: int | None = None, num_clients: int | None = None) -> LPResult:
+def fair_lp_scipy(
+    eta: Any,
+    a: Any,
+    k: Any,
+    criterion: str,
+    scope: str,
+    xi_g: float,
+    xi_k: float,
+    labels: Any = None,
+    method: str = "highs",
+    counts: Any = None,
+    num_groups: int | None = None,
+    num_clients: int | None = None,
+) -> LPResult:
     """The same LP (same sparse matrices) solved by ``scipy.optimize.linprog(method=...)``."""
     from scipy.optimize import linprog
 
     check_choice("method", method, SCIPY_METHODS)
-    prob = _assemble(eta, a, k, criterion, scope, xi_g, xi_k, labels, counts, num_groups, num_clients)
+    prob = _assemble(
+        eta, a, k, criterion, scope, xi_g, xi_k, labels, counts, num_groups, num_clients
+    )
     G, b = prob["G"], prob["b"]
     R = G.shape[0]
     kwargs: dict[str, Any] = {}
     if R:
         kwargs = {"A_ub": sp.vstack([G, -G], format="csr"), "b_ub": np.concatenate([b, b])}
-    res = linprog(-prob["c"], A_eq=prob["A_eq"], b_eq=np.ones(prob["n"]), bounds=(0, None), method=method, **kwargs)
+    res = linprog(
+        -prob["c"],
+        A_eq=prob["A_eq"],
+        b_eq=np.ones(prob["n"]),
+        bounds=(0, None),
+        method=method,
+        **kwargs,
+    )
     if res.x is None:
         raise RuntimeError(f"fair LP not solved: {res.message}")
     if R:
@@ -280,8 +363,9 @@ def fair_lp_scipy(eta: Any, a: Any, k: Any, criterion: str, scope: str, xi_g: fl
 
 
 # ------------------------------------------------------ duals -> classifier
-def lp_classifier_predict(eta: Any, a: Any, k: Any, criterion: str, scope: str, lam: Any,
-                          mu: dict[int, Any], counts: Any) -> np.ndarray:
+def lp_classifier_predict(
+    eta: Any, a: Any, k: Any, criterion: str, scope: str, lam: Any, mu: dict[int, Any], counts: Any
+) -> np.ndarray:
     """Plug-in rule ``argmax_j (M(a,k)^T eta)_j`` (ties -> lowest index) with the LP's duals.
 
     ``counts (K, A, m)`` must be the counts that defined the LP (``LPResult.counts``);
@@ -303,16 +387,23 @@ def lp_classifier_predict(eta: Any, a: Any, k: Any, criterion: str, scope: str, 
         if rows.size == 0:
             continue
         if counts_[kk].sum() <= 0:
-            raise ConfigError(f"counts of client {kk} are all zero but the sample has rows of that client")
-        Dg = global_constraints(criterion, counts_[kk], pooled) if scope in ("global", "both") else empty
+            raise ConfigError(
+                f"counts of client {kk} are all zero but the sample has rows of that client"
+            )
+        Dg = (
+            global_constraints(criterion, counts_[kk], pooled)
+            if scope in ("global", "both")
+            else empty
+        )
         Dl = local_constraints(criterion, counts_[kk]) if scope in ("local", "both") else empty
         M = calibration_matrix(counts_[kk], pooled, Dg, lam, Dl, mu.get(kk, np.zeros(Dl.shape[0])))
         pred[rows] = np.argmax(np.einsum("ni,nij->nj", eta_[rows], M[a_[rows]]), axis=1)
     return pred
 
 
-def plugin_constraint_values(S: Any, h: Any, a: Any, k: Any, criterion: str, counts: Any
-                             ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def plugin_constraint_values(
+    S: Any, h: Any, a: Any, k: Any, criterion: str, counts: Any
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Constraint values of a (randomized or hard) classifier ``h`` on the sample, as the
     LP sees them: ``(D^g (U_g,), {k: D^k (U_l,)})`` with plug-in confusions from ``S``
     (scores or one-hot labels) and the ``D`` matrices from ``counts (K, A, m)``."""

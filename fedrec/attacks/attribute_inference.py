@@ -207,7 +207,9 @@ def tpr_at_fpr(y_true, scores, max_fpr: float = 0.01, *, interpolate: bool = Tru
     y = np.asarray(y_true)
     s = np.asarray(scores, dtype=np.float64)
     if y.ndim != 1 or s.shape != y.shape:
-        raise ConfigError(f"y_true and scores must be 1-D of the same length, got shapes {y.shape} and {s.shape}")
+        raise ConfigError(
+            f"y_true and scores must be 1-D of the same length, got shapes {y.shape} and {s.shape}"
+        )
     if not 0.0 <= float(max_fpr) <= 1.0:
         raise ConfigError(f"max_fpr must be in [0, 1], got {max_fpr!r}")
     if np.unique(y).size != 2:
@@ -259,9 +261,12 @@ def _check_hidden(mlp_hidden) -> tuple[int, ...]:
         hidden = tuple(mlp_hidden)
     except TypeError:
         hidden = None
-    if not hidden or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1
-                         for h in hidden):
-        raise ConfigError(f"mlp_hidden must be a non-empty tuple of integers >= 1, got {mlp_hidden!r}")
+    if not hidden or any(
+        isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden
+    ):
+        raise ConfigError(
+            f"mlp_hidden must be a non-empty tuple of integers >= 1, got {mlp_hidden!r}"
+        )
     return tuple(int(h) for h in hidden)
 
 
@@ -271,7 +276,9 @@ def _check_embeddings(embeddings, name: str = "embeddings") -> np.ndarray:
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a numeric (n, d) array") from None
     if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
-        raise ConfigError(f"{name} must be a 2-D (n, d) array with n >= 2 and d >= 1, got shape {X.shape}")
+        raise ConfigError(
+            f"{name} must be a 2-D (n, d) array with n >= 2 and d >= 1, got shape {X.shape}"
+        )
     if not np.all(np.isfinite(X)):
         raise ConfigError(f"{name} must be finite (no NaN or inf)")
     return X
@@ -282,7 +289,9 @@ def _encode_labels(labels, n: int, name: str = "labels") -> tuple[np.ndarray, np
     if y.ndim != 1:
         raise ConfigError(f"{name} must be a 1-D array of integer class codes, got shape {y.shape}")
     if y.shape[0] != n:
-        raise ConfigError(f"embeddings and {name} must have the same number of rows, got {n} and {y.shape[0]}")
+        raise ConfigError(
+            f"embeddings and {name} must have the same number of rows, got {n} and {y.shape[0]}"
+        )
     if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         raise ConfigError(f"{name} must hold integer class codes, got dtype {y.dtype}")
     classes, codes = np.unique(y.astype(np.int64), return_inverse=True)
@@ -294,23 +303,35 @@ def _encode_labels(labels, n: int, name: str = "labels") -> tuple[np.ndarray, np
 # ----------------------------------------------------------------------------- attack
 
 
-def make_attacker(attacker: str = "mlp", *, seed: int = 0, mlp_hidden: Sequence[int] = (64,),
-                  mlp_alpha: float = 1.0, max_iter: int = 300) -> Pipeline:
+def make_attacker(
+    attacker: str = "mlp",
+    *,
+    seed: int = 0,
+    mlp_hidden: Sequence[int] = (64,),
+    mlp_alpha: float = 1.0,
+    max_iter: int = 300,
+) -> Pipeline:
     """The unfitted attacker pipeline: ``StandardScaler`` then the classifier.
 
     ``seed`` is the classifier's ``random_state`` (an int in ``[0, 2**32)``).
     """
     _check_attacker(attacker)
     if attacker == "mlp":
-        clf = MLPClassifier(hidden_layer_sizes=_check_hidden(mlp_hidden), alpha=float(mlp_alpha),
-                            learning_rate_init=_MLP_LEARNING_RATE, max_iter=max_iter,
-                            random_state=seed)
+        clf = MLPClassifier(
+            hidden_layer_sizes=_check_hidden(mlp_hidden),
+            alpha=float(mlp_alpha),
+            learning_rate_init=_MLP_LEARNING_RATE,
+            max_iter=max_iter,
+            random_state=seed,
+        )
     else:
         clf = LogisticRegression(C=1.0, max_iter=max_iter, random_state=seed)
     return Pipeline([("scale", StandardScaler()), ("clf", clf)])
 
 
-def _balanced(idx: np.ndarray, y: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+def _balanced(
+    idx: np.ndarray, y: np.ndarray, num_classes: int, rng: np.random.Generator
+) -> np.ndarray:
     """Undersample every class among ``idx`` to the smallest class's count."""
     members = [idx[y[idx] == k] for k in range(num_classes)]
     m = min(len(g) for g in members)
@@ -323,7 +344,9 @@ def _splits(y: np.ndarray, folds: int, repeats: int, seed: int, known_fraction: 
     for r in range(repeats):
         split_seed = _sk_seed(seed, "aia-split", r)
         if known_fraction < 1.0:
-            sss = StratifiedShuffleSplit(n_splits=1, train_size=known_fraction, random_state=split_seed)
+            sss = StratifiedShuffleSplit(
+                n_splits=1, train_size=known_fraction, random_state=split_seed
+            )
             train, test = next(sss.split(dummy, y))
             yield r, 0, train, test
         else:
@@ -332,10 +355,21 @@ def _splits(y: np.ndarray, folds: int, repeats: int, seed: int, known_fraction: 
                 yield r, f, train, test
 
 
-def attack(embeddings, labels, *, attacker: str = "mlp", folds: int = 5, repeats: int = 3,
-           balance: bool = True, seed: int = 0, known_fraction: float = 1.0,
-           mlp_hidden: Sequence[int] = (64,), max_iter: int = 300, mlp_alpha: float = 1.0,
-           attribute: str = "attribute") -> AttackResult:
+def attack(
+    embeddings,
+    labels,
+    *,
+    attacker: str = "mlp",
+    folds: int = 5,
+    repeats: int = 3,
+    balance: bool = True,
+    seed: int = 0,
+    known_fraction: float = 1.0,
+    mlp_hidden: Sequence[int] = (64,),
+    max_iter: int = 300,
+    mlp_alpha: float = 1.0,
+    attribute: str = "attribute",
+) -> AttackResult:
     """Attribute-inference attack of one attacker on one attribute (see the module doc).
 
     ``embeddings`` is the ``(n, d)`` feature matrix (released user embeddings, or
@@ -351,12 +385,18 @@ def attack(embeddings, labels, *, attacker: str = "mlp", folds: int = 5, repeats
     hidden = _check_hidden(mlp_hidden)
     if not isinstance(balance, (bool, np.bool_)):
         raise ConfigError(f"balance must be true or false, got {balance!r}")
-    if isinstance(known_fraction, bool) or not isinstance(known_fraction, (int, float, np.floating, np.integer)) \
-            or not 0.0 < float(known_fraction) <= 1.0:
+    if (
+        isinstance(known_fraction, bool)
+        or not isinstance(known_fraction, (int, float, np.floating, np.integer))
+        or not 0.0 < float(known_fraction) <= 1.0
+    ):
         raise ConfigError(f"known_fraction must be a number in (0, 1], got {known_fraction!r}")
     known_fraction = float(known_fraction)
-    if isinstance(mlp_alpha, bool) or not isinstance(mlp_alpha, (int, float, np.floating, np.integer)) \
-            or not float(mlp_alpha) >= 0.0:
+    if (
+        isinstance(mlp_alpha, bool)
+        or not isinstance(mlp_alpha, (int, float, np.floating, np.integer))
+        or not float(mlp_alpha) >= 0.0
+    ):
         raise ConfigError(f"mlp_alpha must be a number >= 0, got {mlp_alpha!r}")
     X = _check_embeddings(embeddings)
     classes, y = _encode_labels(labels, X.shape[0])
@@ -365,8 +405,8 @@ def attack(embeddings, labels, *, attacker: str = "mlp", folds: int = 5, repeats
     smallest = int(np.argmin(counts))
     if known_fraction == 1.0 and counts[smallest] < folds:
         raise ConfigError(
-            f"folds={folds} needs at least {folds} users in every class; class {classes[smallest]} has "
-            f"{counts[smallest]} (lower folds or drop that class)"
+            f"folds={folds} needs at least {folds} users in every class; "
+            f"class {classes[smallest]} has {counts[smallest]} (lower folds or drop that class)"
         )
     if known_fraction < 1.0:
         n_known = int(np.floor(known_fraction * X.shape[0]))
@@ -381,14 +421,17 @@ def attack(embeddings, labels, *, attacker: str = "mlp", folds: int = 5, repeats
     for r, f, train, test in _splits(y, folds, repeats, seed, known_fraction):
         if known_fraction < 1.0 and (np.unique(y[train]).size < K or np.unique(y[test]).size < K):
             raise ConfigError(
-                f"known_fraction={known_fraction} leaves some class without known or unknown users; "
-                "use a value in (0, 1] that keeps every class on both sides"
+                f"known_fraction={known_fraction} leaves some class without known or "
+                "unknown users; use a value in (0, 1] that keeps every class on both sides"
             )
         if balance:
-            train = _balanced(train, y, K, np.random.default_rng(derive_seed(seed, "aia-balance", r, f)))
+            train = _balanced(
+                train, y, K, np.random.default_rng(derive_seed(seed, "aia-balance", r, f))
+            )
         model_seed = _sk_seed(seed, "aia-model", r, f)
-        model = make_attacker(attacker, seed=model_seed, mlp_hidden=hidden, mlp_alpha=mlp_alpha,
-                              max_iter=max_iter)
+        model = make_attacker(
+            attacker, seed=model_seed, mlp_hidden=hidden, mlp_alpha=mlp_alpha, max_iter=max_iter
+        )
         with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
             warnings.simplefilter("always", ConvergenceWarning)
             model.fit(X[train], y[train])
@@ -399,8 +442,14 @@ def attack(embeddings, labels, *, attacker: str = "mlp", folds: int = 5, repeats
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         row = {"repeat": r, "fold": f, "n_train": int(train.size), "n_test": int(test.size)}
         row.update(_fold_metrics(y[test], proba, K))
-        row.update({"converged": converged, "model_seed": model_seed,
-                    "train_index": train, "test_index": test})
+        row.update(
+            {
+                "converged": converged,
+                "model_seed": model_seed,
+                "train_index": train,
+                "test_index": test,
+            }
+        )
         rows.append(row)
 
     summary = {}
@@ -409,16 +458,30 @@ def attack(embeddings, labels, *, attacker: str = "mlp", folds: int = 5, repeats
         summary[m] = float(vals.mean())
         summary[m + "_std"] = float(vals.std())
     return AttackResult(
-        attribute=str(attribute), attacker=attacker, num_classes=K, n=int(X.shape[0]),
-        **summary, chance_auc=0.5, per_fold=rows, classes=classes.tolist(),
-        settings={"folds": folds, "repeats": repeats, "balance": bool(balance), "seed": seed,
-                  "known_fraction": known_fraction, "mlp_hidden": list(hidden),
-                  "mlp_alpha": float(mlp_alpha), "max_iter": max_iter},
+        attribute=str(attribute),
+        attacker=attacker,
+        num_classes=K,
+        n=int(X.shape[0]),
+        **summary,
+        chance_auc=0.5,
+        per_fold=rows,
+        classes=classes.tolist(),
+        settings={
+            "folds": folds,
+            "repeats": repeats,
+            "balance": bool(balance),
+            "seed": seed,
+            "known_fraction": known_fraction,
+            "mlp_hidden": list(hidden),
+            "mlp_alpha": float(mlp_alpha),
+            "max_iter": max_iter,
+        },
     )
 
 
-def attack_many(embeddings, attributes: Mapping[str, np.ndarray], attackers: Sequence[str] = ATTACKERS,
-                **kw) -> list[AttackResult]:
+def attack_many(
+    embeddings, attributes: Mapping[str, np.ndarray], attackers: Sequence[str] = ATTACKERS, **kw
+) -> list[AttackResult]:
     """:func:`attack` for every attribute × attacker (attribute-major order).
 
     ``attributes`` maps a name to its ``(n,)`` label array; ``kw`` goes to
@@ -434,11 +497,16 @@ def attack_many(embeddings, attributes: Mapping[str, np.ndarray], attackers: Seq
     for a in attackers:
         _check_attacker(a)
     if "attribute" in kw or "attacker" in kw:
-        raise ConfigError("attack_many: pass attribute names as the keys of attributes and "
-                          "attackers as attackers=, not attribute=/attacker=")
+        raise ConfigError(
+            "attack_many: pass attribute names as the keys of attributes and "
+            "attackers as attackers=, not attribute=/attacker="
+        )
     X = _check_embeddings(embeddings)
-    return [attack(X, labels, attacker=a, attribute=str(name), **kw)
-            for name, labels in attributes.items() for a in attackers]
+    return [
+        attack(X, labels, attacker=a, attribute=str(name), **kw)
+        for name, labels in attributes.items()
+        for a in attackers
+    ]
 
 
 def results_table(results: Sequence[AttackResult], *, digits: int = 3) -> str:
@@ -447,16 +515,21 @@ def results_table(results: Sequence[AttackResult], *, digits: int = 3) -> str:
     Columns: attribute | attacker | K | n | AUC | bal. acc | macro-F1 | TPR@1%FPR.
     Chance is AUC 0.5, balanced accuracy 1/K, TPR@1%FPR 0.01.
     """
+
     def cell(mean: float, std: float) -> str:
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
-    lines = ["| attribute | attacker | K | n | AUC | bal. acc | macro-F1 | TPR@1%FPR |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| attribute | attacker | K | n | AUC | bal. acc | macro-F1 | TPR@1%FPR |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for res in results:
         lines.append(
             f"| {res.attribute} | {res.attacker} | {res.num_classes} | {res.n} | "
-            f"{cell(res.auc, res.auc_std)} | {cell(res.balanced_accuracy, res.balanced_accuracy_std)} | "
-            f"{cell(res.macro_f1, res.macro_f1_std)} | {cell(res.tpr_at_1pct_fpr, res.tpr_at_1pct_fpr_std)} |"
+            f"{cell(res.auc, res.auc_std)} | "
+            f"{cell(res.balanced_accuracy, res.balanced_accuracy_std)} | "
+            f"{cell(res.macro_f1, res.macro_f1_std)} | "
+            f"{cell(res.tpr_at_1pct_fpr, res.tpr_at_1pct_fpr_std)} |"
         )
     return "\n".join(lines)
 
@@ -472,15 +545,23 @@ def age_buckets(ages) -> tuple[np.ndarray, list[str]]:
     50, 56) map onto the same bands.
     """
     a = np.asarray(ages)
-    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise ConfigError(f"ages must be a 1-D numeric array, got shape {a.shape} and dtype {a.dtype}")
+    if a.ndim != 1 or not (
+        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+    ):
+        raise ConfigError(
+            f"ages must be a 1-D numeric array, got shape {a.shape} and dtype {a.dtype}"
+        )
     if not np.all(np.isfinite(a)) or (a.size and a.min() < 0):
         raise ConfigError("ages must be finite and non-negative")
     return age_bucket(a), list(AGE_BUCKETS)
 
 
-def upload_features(item_ids_per_user: Sequence, deltas_per_user: Sequence | None, num_items: int,
-                    kind: str = "touched") -> np.ndarray:
+def upload_features(
+    item_ids_per_user: Sequence,
+    deltas_per_user: Sequence | None,
+    num_items: int,
+    kind: str = "touched",
+) -> np.ndarray:
     """Per-user attack features from federated item-table uploads (threat model (a)).
 
     ``item_ids_per_user[u]`` lists the item rows client ``u`` uploaded (concatenate
@@ -516,8 +597,10 @@ def upload_features(item_ids_per_user: Sequence, deltas_per_user: Sequence | Non
 
     if deltas_per_user is None or len(deltas_per_user) != n:
         got = "None" if deltas_per_user is None else str(len(deltas_per_user))
-        raise ConfigError(f"deltas_per_user must have one entry per user for kind={kind!r} "
-                          f"(expected {n}, got {got})")
+        raise ConfigError(
+            f"deltas_per_user must have one entry per user for kind={kind!r} "
+            f"(expected {n}, got {got})"
+        )
     deltas, dim = [], None
     for u, raw in enumerate(deltas_per_user):
         try:
@@ -525,18 +608,24 @@ def upload_features(item_ids_per_user: Sequence, deltas_per_user: Sequence | Non
         except (TypeError, ValueError):
             raise ConfigError(f"deltas_per_user[{u}] must be a numeric (k, d) array") from None
         if D.ndim != 2 or D.shape[0] != ids[u].size:
-            raise ConfigError(f"deltas_per_user[{u}] must have shape ({ids[u].size}, d) to match "
-                              f"item_ids_per_user[{u}], got {D.shape}")
+            raise ConfigError(
+                f"deltas_per_user[{u}] must have shape ({ids[u].size}, d) to match "
+                f"item_ids_per_user[{u}], got {D.shape}"
+            )
         if dim is None:
             dim = D.shape[1]
         elif D.shape[1] != dim:
-            raise ConfigError(f"deltas_per_user[{u}] has width {D.shape[1]}, expected d={dim} as for user 0")
+            raise ConfigError(
+                f"deltas_per_user[{u}] has width {D.shape[1]}, expected d={dim} as for user 0"
+            )
         if not np.all(np.isfinite(D)):
             raise ConfigError(f"deltas_per_user[{u}] must be finite")
         deltas.append(D)
     if dim is None or dim < 1:
-        raise ConfigError("deltas_per_user must give the update width d >= 1 (pass (0, d) arrays "
-                          "for users without uploads)")
+        raise ConfigError(
+            "deltas_per_user must give the update width d >= 1 (pass (0, d) arrays "
+            "for users without uploads)"
+        )
     out = np.zeros((n, dim), dtype=np.float64)
     for u, D in enumerate(deltas):
         if D.shape[0]:

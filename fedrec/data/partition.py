@@ -84,7 +84,9 @@ def dirichlet_partition(
     on every client)."""
     values = np.asarray(values)
     if values.ndim != 1:
-        raise DataError(f"dirichlet partition needs a 1-d array of values, got shape {values.shape}")
+        raise DataError(
+            f"dirichlet partition needs a 1-d array of values, got shape {values.shape}"
+        )
     n = values.shape[0]
     _check_k(n, num_partitions)
     if not alpha > 0:
@@ -106,7 +108,9 @@ def dirichlet_partition(
         parts = [np.sort(np.concatenate(p)).astype(np.int64) for p in pieces]
         per_value_ok = min_per_value <= 0 or all(
             min(len(np.intersect1d(p, idx, assume_unique=True)) for idx in by_class)
-            >= min_per_value for p in parts)
+            >= min_per_value
+            for p in parts
+        )
         if min(len(p) for p in parts) >= min_partition_size and per_value_ok:
             return parts
     raise DataError(
@@ -116,9 +120,14 @@ def dirichlet_partition(
     )
 
 
-def heterogeneous_partition(labels: np.ndarray, groups: np.ndarray, num_partitions: int,
-                            seed: int, gamma_min: float = 0.2, gamma_max: float = 0.8
-                            ) -> list[np.ndarray]:
+def heterogeneous_partition(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    num_partitions: int,
+    seed: int,
+    gamma_min: float = 0.2,
+    gamma_max: float = 0.8,
+) -> list[np.ndarray]:
     """FedFACT's heterogeneous split (Appendix C.3; a generalisation of Hamman & Dutta's
     synergy-level split to N clients), for binary A and binary Y.
 
@@ -131,11 +140,14 @@ def heterogeneous_partition(labels: np.ndarray, groups: np.ndarray, num_partitio
     """
     labels, groups = np.asarray(labels), np.asarray(groups)
     if set(np.unique(labels)) - {0, 1} or set(np.unique(groups)) - {0, 1}:
-        raise DataError("the heterogeneous split needs a binary label and a binary "
-                        "sensitive attribute")
+        raise DataError(
+            "the heterogeneous split needs a binary label and a binary sensitive attribute"
+        )
     if not 0.0 <= gamma_min <= gamma_max <= 1.0:
-        raise DataError(f"heterogeneous split: need 0 <= gamma_min <= gamma_max <= 1, got "
-                        f"{gamma_min}, {gamma_max}")
+        raise DataError(
+            f"heterogeneous split: need 0 <= gamma_min <= gamma_max <= 1, got "
+            f"{gamma_min}, {gamma_max}"
+        )
     _check_k(len(labels), num_partitions)
     rng = np.random.default_rng(seed)
     gamma = rng.uniform(gamma_min, gamma_max, size=num_partitions)
@@ -189,20 +201,40 @@ def make_partitions(
             raise DataError(f"partition scheme '{scheme}' needs {what}")
         arr = np.asarray(arr)
         if arr.shape != (n,):
-            raise DataError(f"partition scheme '{scheme}': {what} has shape {arr.shape}, expected ({n},)")
+            raise DataError(
+                f"partition scheme '{scheme}': {what} has shape {arr.shape}, expected ({n},)"
+            )
         return arr
 
     if scheme == "iid":
         return iid_partition(n, num_partitions, seed)
     if scheme == "dirichlet-label":
-        return dirichlet_partition(need(labels, "labels"), num_partitions, alpha, seed,
-                                   min_partition_size, min_per_value=min_per_value)
+        return dirichlet_partition(
+            need(labels, "labels"),
+            num_partitions,
+            alpha,
+            seed,
+            min_partition_size,
+            min_per_value=min_per_value,
+        )
     if scheme == "dirichlet-sensitive":
-        return dirichlet_partition(need(groups, "groups"), num_partitions, alpha, seed,
-                                   min_partition_size, min_per_value=min_per_value)
+        return dirichlet_partition(
+            need(groups, "groups"),
+            num_partitions,
+            alpha,
+            seed,
+            min_partition_size,
+            min_per_value=min_per_value,
+        )
     if scheme == "heterogeneous":
-        return heterogeneous_partition(need(labels, "labels"), need(groups, "groups"),
-                                       num_partitions, seed, gamma_min, gamma_max)
+        return heterogeneous_partition(
+            need(labels, "labels"),
+            need(groups, "groups"),
+            num_partitions,
+            seed,
+            gamma_min,
+            gamma_max,
+        )
     if scheme == "natural":
         parts = natural_partition(need(ids, "ids"))
         if num_partitions > 0 and num_partitions != len(parts):

@@ -124,7 +124,9 @@ def _split_lines(text: str, sep: str, nfields: int, fname: str, dataset: str) ->
     return rows
 
 
-def parse_ml100k(u_data: bytes, u_user: bytes, u_item: bytes, *, name: str = "ml-100k") -> RecDataset:
+def parse_ml100k(
+    u_data: bytes, u_user: bytes, u_item: bytes, *, name: str = "ml-100k"
+) -> RecDataset:
     """Parse the raw ``u.data``, ``u.user`` and ``u.item`` bytes."""
     try:
         inter = np.array(u_data.split(), dtype=np.int64)
@@ -156,7 +158,9 @@ def parse_ml100k(u_data: bytes, u_user: bytes, u_item: bytes, *, name: str = "ml
     raw_iid = raw_iid[order]
     if np.unique(raw_iid).size != raw_iid.size:
         raise DataError(f"dataset '{name}': u.item has duplicate item ids")
-    genres = np.array([[f.strip() == "1" for f in r[5 : 5 + len(ML100K_GENRES)]] for r in items], dtype=bool)
+    genres = np.array(
+        [[f.strip() == "1" for f in r[5 : 5 + len(ML100K_GENRES)]] for r in items], dtype=bool
+    )
     genres = genres.reshape(len(items), len(ML100K_GENRES))
 
     u_idx = np.searchsorted(raw_uid, inter[:, 0])
@@ -164,7 +168,9 @@ def parse_ml100k(u_data: bytes, u_user: bytes, u_item: bytes, *, name: str = "ml
     u_ok = (u_idx < raw_uid.size) & (raw_uid[np.minimum(u_idx, raw_uid.size - 1)] == inter[:, 0])
     i_ok = (i_idx < raw_iid.size) & (raw_iid[np.minimum(i_idx, raw_iid.size - 1)] == inter[:, 1])
     if raw_uid.size == 0 or raw_iid.size == 0 or not (u_ok.all() and i_ok.all()):
-        raise DataError(f"dataset '{name}': u.data references users or items missing from u.user/u.item")
+        raise DataError(
+            f"dataset '{name}': u.data references users or items missing from u.user/u.item"
+        )
 
     return RecDataset(
         name=name,
@@ -203,7 +209,9 @@ def parse_lastfm(user_artists: bytes, *, implicit: bool = True, name: str = "las
     """Parse hetrec2011 ``user_artists.dat`` (``userID  artistID  weight``)."""
     lines = user_artists.decode("utf-8").splitlines()
     if not lines or lines[0].split() != ["userID", "artistID", "weight"]:
-        raise DataError(f"dataset '{name}': user_artists.dat lacks the header 'userID artistID weight'")
+        raise DataError(
+            f"dataset '{name}': user_artists.dat lacks the header 'userID artistID weight'"
+        )
     try:
         arr = np.array(" ".join(lines[1:]).split(), dtype=np.int64)
     except ValueError:

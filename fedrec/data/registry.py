@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,39 +61,99 @@ DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
         DatasetInfo(
-            "adult", "tabular", "UCI Adult census income, train+test pooled, '?' rows dropped (45,222 rows)",
-            _CC, True, tabular.ADULT_SENSITIVE, "sex", ("income",), "income", tabular.load_adult,
+            "adult",
+            "tabular",
+            "UCI Adult census income, train+test pooled, '?' rows dropped (45,222 rows)",
+            _CC,
+            True,
+            tabular.ADULT_SENSITIVE,
+            "sex",
+            ("income",),
+            "income",
+            tabular.load_adult,
         ),
         DatasetInfo(
-            "compas", "tabular", "ProPublica COMPAS two-year recidivism, standard filter (6,172 rows)",
-            "ProPublica Data Terms of Use; download-only", False, tabular.COMPAS_SENSITIVE, "race",
-            ("two_year_recid",), "two_year_recid", tabular.load_compas,
+            "compas",
+            "tabular",
+            "ProPublica COMPAS two-year recidivism, standard filter (6,172 rows)",
+            "ProPublica Data Terms of Use; download-only",
+            False,
+            tabular.COMPAS_SENSITIVE,
+            "race",
+            ("two_year_recid",),
+            "two_year_recid",
+            tabular.load_compas,
         ),
         DatasetInfo(
-            "german", "tabular", "Statlog German Credit (1,000 rows)",
-            _CC, True, tabular.GERMAN_SENSITIVE, "sex", ("credit",), "credit", tabular.load_german,
+            "german",
+            "tabular",
+            "Statlog German Credit (1,000 rows)",
+            _CC,
+            True,
+            tabular.GERMAN_SENSITIVE,
+            "sex",
+            ("credit",),
+            "credit",
+            tabular.load_german,
         ),
         DatasetInfo(
-            "bank", "tabular", "UCI Bank Marketing, bank-full.csv (45,211 rows)",
-            _CC, True, tabular.BANK_SENSITIVE, "age", ("y",), "y", tabular.load_bank,
+            "bank",
+            "tabular",
+            "UCI Bank Marketing, bank-full.csv (45,211 rows)",
+            _CC,
+            True,
+            tabular.BANK_SENSITIVE,
+            "age",
+            ("y",),
+            "y",
+            tabular.load_bank,
         ),
         DatasetInfo(
-            "drug-consumption", "tabular", "UCI Drug consumption (quantified), 7-class drug use (1,885 rows)",
-            _CC, True, tabular.DRUG_SENSITIVE, "gender", tuple(tabular.DRUG_COLUMNS), "cannabis",
+            "drug-consumption",
+            "tabular",
+            "UCI Drug consumption (quantified), 7-class drug use (1,885 rows)",
+            _CC,
+            True,
+            tabular.DRUG_SENSITIVE,
+            "gender",
+            tuple(tabular.DRUG_COLUMNS),
+            "cannabis",
             tabular.load_drug_consumption,
         ),
         DatasetInfo(
-            "ml-100k", "recsys", "MovieLens-100K ratings with user gender/age/occupation",
-            "GroupLens research licence, no redistribution; download-only", False,
-            ("gender", "age_bucket", "occupation"), "gender", (), None, recsys.load_ml100k,
+            "ml-100k",
+            "recsys",
+            "MovieLens-100K ratings with user gender/age/occupation",
+            "GroupLens research licence, no redistribution; download-only",
+            False,
+            ("gender", "age_bucket", "occupation"),
+            "gender",
+            (),
+            None,
+            recsys.load_ml100k,
         ),
         DatasetInfo(
-            "lastfm", "recsys", "hetrec2011-lastfm-2k user-artist listening pairs (implicit)",
-            "Last.fm non-commercial use; download-only", False, (), None, (), None, recsys.load_lastfm,
+            "lastfm",
+            "recsys",
+            "hetrec2011-lastfm-2k user-artist listening pairs (implicit)",
+            "Last.fm non-commercial use; download-only",
+            False,
+            (),
+            None,
+            (),
+            None,
+            recsys.load_lastfm,
         ),
         DatasetInfo(
-            "synthetic-rec", "recsys", "SYNTHETIC recommendation world with a planted binary user attribute",
-            "generated (no data licence)", True, ("gender",), "gender", (), None,
+            "synthetic-rec",
+            "recsys",
+            "SYNTHETIC recommendation world with a planted binary user attribute",
+            "generated (no data licence)",
+            True,
+            ("gender",),
+            "gender",
+            (),
+            None,
             recsys.synthetic_recommendation,
         ),
     ]
@@ -143,14 +204,18 @@ def _load_cached(name: str, sensitive: str | None, target: str | None, kwargs: t
     return _freeze(info.loader(**dict(kwargs)))
 
 
-def load_dataset(name: str, *, sensitive: str | None = None, target: str | None = None, **kwargs: Any):
+def load_dataset(
+    name: str, *, sensitive: str | None = None, target: str | None = None, **kwargs: Any
+):
     """Load (and cache) dataset ``name``; see :data:`DATASETS` for the allowed values."""
     info = get_dataset_info(name)
     if sensitive is None:
         sensitive = info.default_sensitive
     elif sensitive not in info.sensitive:
         allowed = ", ".join(info.sensitive) or "none"
-        raise DataError(f"dataset '{info.name}': unknown sensitive attribute '{sensitive}'; allowed: {allowed}")
+        raise DataError(
+            f"dataset '{info.name}': unknown sensitive attribute '{sensitive}'; allowed: {allowed}"
+        )
     if target is None:
         target = info.default_target
     elif target not in info.targets:
@@ -161,13 +226,16 @@ def load_dataset(name: str, *, sensitive: str | None = None, target: str | None 
     bad = sorted(set(kwargs) - set(accepted))
     if bad:
         raise DataError(
-            f"dataset '{info.name}': unknown option(s) {', '.join(bad)}; allowed: {', '.join(accepted) or 'none'}"
+            f"dataset '{info.name}': unknown option(s) {', '.join(bad)}; "
+            f"allowed: {', '.join(accepted) or 'none'}"
         )
     key = tuple(sorted(kwargs.items()))
     try:
         hash(key)
     except TypeError:
-        raise DataError(f"dataset '{info.name}': options must be hashable scalars, got {kwargs}") from None
+        raise DataError(
+            f"dataset '{info.name}': options must be hashable scalars, got {kwargs}"
+        ) from None
     return _load_cached(info.name, sensitive, target, key)
 
 

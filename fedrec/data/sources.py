@@ -53,9 +53,9 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from ..errors import ChecksumError, DataError
 
@@ -247,7 +247,9 @@ def _read_raw(path: Path) -> bytes:
     return data
 
 
-def _check(name: str, fname: str, path: Path, expected: str, data: bytes | None = None) -> bytes | None:
+def _check(
+    name: str, fname: str, path: Path, expected: str, data: bytes | None = None
+) -> bytes | None:
     """Verify ``path`` (decompressed when .xz) against ``expected``; return bytes if read."""
     try:
         st = path.stat()
@@ -287,7 +289,9 @@ def _located(name: str, spec: SourceSpec, fname: str) -> Path | None:
 def _locate(name: str, fname: str) -> Path:
     spec = _spec(name)
     if fname not in spec.files:
-        raise DataError(f"dataset '{name}' has no registered file '{fname}'; known: {', '.join(spec.files)}")
+        raise DataError(
+            f"dataset '{name}' has no registered file '{fname}'; known: {', '.join(spec.files)}"
+        )
     path = _located(name, spec, fname)
     if path is None:
         _download(name, spec, fname)
@@ -374,7 +378,8 @@ def _verify_data(name: str, fname: str, data: bytes, expected: str, origin: str)
     actual = sha256_bytes(data)
     if actual != expected:
         raise ChecksumError(
-            f"dataset '{name}': file {fname} from {origin} has sha256 {actual} but expected {expected}"
+            f"dataset '{name}': file {fname} from {origin} has sha256 {actual} "
+            f"but expected {expected}"
         )
 
 
@@ -412,7 +417,13 @@ def _download(name: str, spec: SourceSpec, fname: str) -> None:
     try:
         _fetch(name, spec.zip_url, tmp, spec.zip_url.rsplit("/", 1)[-1])
         if spec.zip_sha256 is not None:
-            _verify_data(name, spec.zip_url.rsplit("/", 1)[-1], tmp.read_bytes(), spec.zip_sha256, spec.zip_url)
+            _verify_data(
+                name,
+                spec.zip_url.rsplit("/", 1)[-1],
+                tmp.read_bytes(),
+                spec.zip_sha256,
+                spec.zip_url,
+            )
         try:
             with zipfile.ZipFile(tmp) as zf:
                 members = _zip_members(zf)
@@ -425,7 +436,9 @@ def _download(name: str, spec: SourceSpec, fname: str) -> None:
                         raise DataError(f"dataset '{name}': {spec.zip_url} has no member {f}")
                     blobs[f] = zf.read(members[f])
         except zipfile.BadZipFile as exc:
-            raise DataError(f"dataset '{name}': {spec.zip_url} is not a valid zip ({exc})") from None
+            raise DataError(
+                f"dataset '{name}': {spec.zip_url} is not a valid zip ({exc})"
+            ) from None
         for f, data in blobs.items():  # verify everything before writing anything
             _verify_data(name, f, data, spec.files[f], spec.zip_url)
         for f, data in blobs.items():

@@ -70,10 +70,11 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import DataError
 from . import sources
@@ -129,11 +130,13 @@ def _choose(dataset: str, what: str, value: str | None, allowed: Sequence[str]) 
     if value is None:
         return allowed[0]
     if value not in allowed:
-        raise DataError(f"dataset '{dataset}': unknown {what} '{value}'; allowed: {', '.join(allowed)}")
+        raise DataError(
+            f"dataset '{dataset}': unknown {what} '{value}'; allowed: {', '.join(allowed)}"
+        )
     return value
 
 
-def _assemble(columns: list[tuple[str, str, Sequence]]) -> tuple[np.ndarray, list[str]]:
+def _assemble(columns: Sequence[tuple[str, str, ArrayLike]]) -> tuple[np.ndarray, list[str]]:
     """Build the design matrix from ``(name, "num"|"cat", values)`` columns."""
     blocks: list[np.ndarray] = []
     names: list[str] = []
@@ -158,7 +161,7 @@ def _assemble(columns: list[tuple[str, str, Sequence]]) -> tuple[np.ndarray, lis
 
 def _make(
     name: str,
-    columns: list[tuple[str, str, Sequence]],
+    columns: Sequence[tuple[str, str, ArrayLike]],
     y: np.ndarray,
     a: np.ndarray,
     class_names: list[str],
@@ -206,7 +209,9 @@ def _adult_rows(data: bytes, fname: str) -> list[list[str]]:
             continue
         fields = line.replace(" ", "").split(",")  # no Adult value contains a space
         if len(fields) != len(ADULT_COLUMNS):
-            raise _bad_row("adult", fname, lineno, f"{len(fields)} fields, expected {len(ADULT_COLUMNS)}")
+            raise _bad_row(
+                "adult", fname, lineno, f"{len(fields)} fields, expected {len(ADULT_COLUMNS)}"
+            )
         if "?" in fields:
             continue
         fields[-1] = fields[-1].rstrip(".")
@@ -214,7 +219,9 @@ def _adult_rows(data: bytes, fname: str) -> list[list[str]]:
     return rows
 
 
-def parse_adult(data: bytes, test: bytes, *, sensitive: str | None = None, target: str | None = None) -> TabularDataset:
+def parse_adult(
+    data: bytes, test: bytes, *, sensitive: str | None = None, target: str | None = None
+) -> TabularDataset:
     sensitive = _choose("adult", "sensitive attribute", sensitive, ADULT_SENSITIVE)
     target = _choose("adult", "target", target, ("income",))
     rows = _adult_rows(data, "adult.data") + _adult_rows(test, "adult.test")
@@ -223,7 +230,9 @@ def parse_adult(data: bytes, test: bytes, *, sensitive: str | None = None, targe
     class_names = ["<=50K", ">50K"]
     bad = set(col["income"]) - set(class_names)
     if bad:
-        raise DataError(f"dataset 'adult': unexpected income labels {sorted(bad)}; allowed: {class_names}")
+        raise DataError(
+            f"dataset 'adult': unexpected income labels {sorted(bad)}; allowed: {class_names}"
+        )
     y = np.array([v == ">50K" for v in col["income"]], dtype=np.int64)
     if sensitive == "sex":
         a = np.array([v == "Female" for v in col["sex"]], dtype=np.int64)
@@ -232,7 +241,9 @@ def parse_adult(data: bytes, test: bytes, *, sensitive: str | None = None, targe
         a = np.array([v != "White" for v in col["race"]], dtype=np.int64)
         groups = ["White", "non-White"]
     columns = [
-        (n, "num" if n in _ADULT_NUM else "cat", col[n]) for n in ADULT_COLUMNS if n not in _ADULT_DROP
+        (n, "num" if n in _ADULT_NUM else "cat", col[n])
+        for n in ADULT_COLUMNS
+        if n not in _ADULT_DROP
     ]
     return _make("adult", columns, y, a, class_names, groups, sensitive, target)
 
@@ -257,7 +268,9 @@ _COMPAS_NEEDED = [
 ]  # fmt: skip
 
 
-def parse_compas(data: bytes, *, sensitive: str | None = None, target: str | None = None) -> TabularDataset:
+def parse_compas(
+    data: bytes, *, sensitive: str | None = None, target: str | None = None
+) -> TabularDataset:
     sensitive = _choose("compas", "sensitive attribute", sensitive, COMPAS_SENSITIVE)
     target = _choose("compas", "target", target, ("two_year_recid",))
     reader = csv.reader(io.StringIO(data.decode("utf-8")))
@@ -270,7 +283,9 @@ def parse_compas(data: bytes, *, sensitive: str | None = None, target: str | Non
         idx.setdefault(h, i)  # first occurrence of the repeated columns
     missing = [c for c in _COMPAS_NEEDED if c not in idx]
     if missing:
-        raise DataError(f"dataset 'compas': compas-scores-two-years.csv lacks columns {', '.join(missing)}")
+        raise DataError(
+            f"dataset 'compas': compas-scores-two-years.csv lacks columns {', '.join(missing)}"
+        )
     pos = [idx[c] for c in _COMPAS_NEEDED]
     keep: list[list[str]] = []
     for lineno, row in enumerate(reader, 2):
@@ -314,7 +329,9 @@ def parse_compas(data: bytes, *, sensitive: str | None = None, target: str | Non
 def load_compas(*, sensitive: str | None = None, target: str | None = None) -> TabularDataset:
     """ProPublica COMPAS two-year file with the standard filter (6,172 rows)."""
     return parse_compas(
-        sources.read_bytes("compas", "compas-scores-two-years.csv"), sensitive=sensitive, target=target
+        sources.read_bytes("compas", "compas-scores-two-years.csv"),
+        sensitive=sensitive,
+        target=target,
     )
 
 
@@ -333,7 +350,9 @@ GERMAN_SENSITIVE = ("sex", "age")
 _GERMAN_SEX = {"A91": 0, "A93": 0, "A94": 0, "A92": 1, "A95": 1}
 
 
-def parse_german(data: bytes, *, sensitive: str | None = None, target: str | None = None) -> TabularDataset:
+def parse_german(
+    data: bytes, *, sensitive: str | None = None, target: str | None = None
+) -> TabularDataset:
     sensitive = _choose("german", "sensitive attribute", sensitive, GERMAN_SENSITIVE)
     target = _choose("german", "target", target, ("credit",))
     rows = []
@@ -353,7 +372,9 @@ def parse_german(data: bytes, *, sensitive: str | None = None, target: str | Non
         ps = cols[8]
         unknown = set(ps) - set(_GERMAN_SEX)
         if unknown:
-            raise DataError(f"dataset 'german': personal-status codes {sorted(unknown)}; allowed: A91-A95")
+            raise DataError(
+                f"dataset 'german': personal-status codes {sorted(unknown)}; allowed: A91-A95"
+            )
         a = np.array([_GERMAN_SEX[v] for v in ps], dtype=np.int64)
         groups = ["male", "female"]
     else:
@@ -365,7 +386,9 @@ def parse_german(data: bytes, *, sensitive: str | None = None, target: str | Non
 
 def load_german(*, sensitive: str | None = None, target: str | None = None) -> TabularDataset:
     """Statlog German Credit (1,000 rows)."""
-    return parse_german(sources.read_bytes("german", "german.data"), sensitive=sensitive, target=target)
+    return parse_german(
+        sources.read_bytes("german", "german.data"), sensitive=sensitive, target=target
+    )
 
 
 # --------------------------------------------------------------------------- bank
@@ -375,7 +398,9 @@ BANK_DROP = {"duration", "y"}
 BANK_SENSITIVE = ("age",)
 
 
-def parse_bank(data: bytes, *, sensitive: str | None = None, target: str | None = None) -> TabularDataset:
+def parse_bank(
+    data: bytes, *, sensitive: str | None = None, target: str | None = None
+) -> TabularDataset:
     sensitive = _choose("bank", "sensitive attribute", sensitive, BANK_SENSITIVE)
     target = _choose("bank", "target", target, ("y",))
     reader = csv.reader(io.StringIO(data.decode("utf-8")), delimiter=";", quotechar='"')
@@ -390,20 +415,26 @@ def parse_bank(data: bytes, *, sensitive: str | None = None, target: str | None 
         if not row:
             continue
         if len(row) != len(header):
-            raise _bad_row("bank", "bank-full.csv", lineno, f"{len(row)} fields, expected {len(header)}")
+            raise _bad_row(
+                "bank", "bank-full.csv", lineno, f"{len(row)} fields, expected {len(header)}"
+            )
         rows.append(row)
     cols = {h: [r[i] for r in rows] for i, h in enumerate(header)}
     if not set(cols["y"]) <= {"yes", "no"}:
         raise DataError(f"dataset 'bank': y labels {sorted(set(cols['y']))}; allowed: no, yes")
     y = np.array([v == "yes" for v in cols["y"]], dtype=np.int64)
     a = np.array([int(v) < 25 for v in cols["age"]], dtype=np.int64)
-    columns = [(h, "num" if h in BANK_NUM else "cat", cols[h]) for h in header if h not in BANK_DROP]
+    columns = [
+        (h, "num" if h in BANK_NUM else "cat", cols[h]) for h in header if h not in BANK_DROP
+    ]
     return _make("bank", columns, y, a, ["no", "yes"], ["age>=25", "age<25"], sensitive, target)
 
 
 def load_bank(*, sensitive: str | None = None, target: str | None = None) -> TabularDataset:
     """Bank Marketing, bank-full.csv (45,211 rows)."""
-    return parse_bank(sources.read_bytes("bank", "bank-full.csv"), sensitive=sensitive, target=target)
+    return parse_bank(
+        sources.read_bytes("bank", "bank-full.csv"), sensitive=sensitive, target=target
+    )
 
 
 # --------------------------------------------------------------------------- drug consumption
@@ -442,10 +473,17 @@ def parse_drug_consumption(
             continue
         fields = [f.strip() for f in line.split(",")]
         if len(fields) != ncols:
-            raise _bad_row("drug-consumption", "drug_consumption.data", lineno, f"{len(fields)} fields, expected {ncols}")
+            raise _bad_row(
+                "drug-consumption",
+                "drug_consumption.data",
+                lineno,
+                f"{len(fields)} fields, expected {ncols}",
+            )
         try:
             feats.append([float(v) for v in fields[1 : 1 + len(DRUG_FEATURES)]])
-            labels.append([int(v[2:]) if v.startswith("CL") else -1 for v in fields[1 + len(DRUG_FEATURES) :]])
+            labels.append(
+                [int(v[2:]) if v.startswith("CL") else -1 for v in fields[1 + len(DRUG_FEATURES) :]]
+            )
         except ValueError as exc:
             raise _bad_row("drug-consumption", "drug_consumption.data", lineno, str(exc)) from None
     F = np.asarray(feats, dtype=np.float64).reshape(-1, len(DRUG_FEATURES))
@@ -467,8 +505,12 @@ def parse_drug_consumption(
     return _make("drug-consumption", columns, y, a, classes, groups, sensitive, target)
 
 
-def load_drug_consumption(*, sensitive: str | None = None, target: str | None = None) -> TabularDataset:
+def load_drug_consumption(
+    *, sensitive: str | None = None, target: str | None = None
+) -> TabularDataset:
     """Drug consumption (quantified), 1,885 rows, 7-class target."""
     return parse_drug_consumption(
-        sources.read_bytes("drug-consumption", "drug_consumption.data"), sensitive=sensitive, target=target
+        sources.read_bytes("drug-consumption", "drug_consumption.data"),
+        sensitive=sensitive,
+        target=target,
     )

@@ -47,20 +47,26 @@ def versions() -> dict[str, str]:
 def build_summary(cfg: RunConfig, strategy, wall_s: float) -> dict:
     last = strategy.history[-1] if strategy.history else None
     ev = last.evaluation if last else None
-    return _clean({
-        "strategy": cfg.strategy.name, "dataset": cfg.dataset.name,
-        "backend": cfg.runtime.backend, "seed": cfg.seed,
-        "num_rounds": len(strategy.history), "num_clients": len(strategy.client_ids),
-        "num_nodes": len(set(strategy.node_of.values())),
-        "wall_s": wall_s,
-        "round_wall_s": [r.wall_s for r in strategy.history],
-        "failures": sum(len(r.failures) for r in strategy.history),
-        "final": {"global": ev.overall if ev else {}, "local": ev.local if ev else {}},
-        "final_by_group": ev.by_group if ev else [],
-        "final_by_client": ev.by_client if ev else {},
-        "final_train": last.train if last else {},
-        "versions": versions(), "command": " ".join(sys.argv),
-    })
+    return _clean(
+        {
+            "strategy": cfg.strategy.name,
+            "dataset": cfg.dataset.name,
+            "backend": cfg.runtime.backend,
+            "seed": cfg.seed,
+            "num_rounds": len(strategy.history),
+            "num_clients": len(strategy.client_ids),
+            "num_nodes": len(set(strategy.node_of.values())),
+            "wall_s": wall_s,
+            "round_wall_s": [r.wall_s for r in strategy.history],
+            "failures": sum(len(r.failures) for r in strategy.history),
+            "final": {"global": ev.overall if ev else {}, "local": ev.local if ev else {}},
+            "final_by_group": ev.by_group if ev else [],
+            "final_by_client": ev.by_client if ev else {},
+            "final_train": last.train if last else {},
+            "versions": versions(),
+            "command": " ".join(sys.argv),
+        }
+    )
 
 
 def write_predictions(path: Path, predictions: dict) -> None:
@@ -69,8 +75,9 @@ def write_predictions(path: Path, predictions: dict) -> None:
         fh.write("client,row,label,group,prediction\n")
         for c in sorted(predictions):
             p = predictions[c]
-            for i, (y, a, yhat) in enumerate(zip(p["pred-label"], p["pred-group"],
-                                                 p["pred-value"])):
+            for i, (y, a, yhat) in enumerate(
+                zip(p["pred-label"], p["pred-group"], p["pred-value"])
+            ):
                 fh.write(f"{c},{i},{int(y)},{int(a)},{int(yhat)}\n")
 
 
@@ -85,8 +92,10 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
     stage.mkdir(parents=True)
     try:
         (stage / "config.json").write_text(cfg.to_json() + "\n")
-        callbacks = [PartitionReportWriter(stage / "partition.json"),
-                     JsonlReporter(stage / "rounds.jsonl", cfg.output.client_metrics)]
+        callbacks = [
+            PartitionReportWriter(stage / "partition.json"),
+            JsonlReporter(stage / "rounds.jsonl", cfg.output.client_metrics),
+        ]
         if cfg.output.checkpoint:
             callbacks.append(Checkpoint(stage / "checkpoint.npz"))
         if cfg.output.progress:
@@ -112,8 +121,11 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
     return summary
 
 
-def make_server_app(cfg: RunConfig | None = None, out_dir: str | None = None,
-                    errors: list[BaseException] | None = None) -> ServerApp:
+def make_server_app(
+    cfg: RunConfig | None = None,
+    out_dir: str | None = None,
+    errors: list[BaseException] | None = None,
+) -> ServerApp:
     """A ServerApp bound to ``cfg`` (or reading ``context.run_config`` when None).
 
     Exceptions are also appended to ``errors`` so an in-process caller can re-raise
@@ -123,8 +135,7 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: str | None = None,
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            execute(grid, cfg if cfg is not None else validate(dict(context.run_config)),
-                    out_dir)
+            execute(grid, cfg if cfg is not None else validate(dict(context.run_config)), out_dir)
         except BaseException as exc:
             if errors is not None:
                 errors.append(exc)

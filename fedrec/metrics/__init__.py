@@ -21,7 +21,9 @@ __all__ = [
 #: Metric names reported per round (global, per client, per group) and what they mean.
 METRICS = {
     "accuracy": "share of correct test predictions (from summed confusion counts)",
-    "dp_gap": "demographic parity, max over classes and group pairs of |P(Yhat=y|A=a)-P(Yhat=y|A=b)|",
+    "dp_gap": (
+        "demographic parity, max over classes and group pairs of |P(Yhat=y|A=a)-P(Yhat=y|A=b)|"
+    ),
     "dp_subgroup_max": "max over groups and classes of |P(Yhat=y|A=a)-P(Yhat=y)|",
     "eop_gap": "equal opportunity, max TPR gap between groups (class 1 if binary)",
     "eo_gap": "equalized odds, max of TPR and FPR gaps between groups",

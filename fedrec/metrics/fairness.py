@@ -88,7 +88,9 @@ def _as_labels(name: str, values: object, upper: int, upper_name: str) -> np.nda
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= upper:
         bad = lo if lo < 0 else hi
-        raise ConfigError(f"{name} value {bad} out of range; allowed 0..{upper - 1} ({upper_name}={upper})")
+        raise ConfigError(
+            f"{name} value {bad} out of range; allowed 0..{upper - 1} ({upper_name}={upper})"
+        )
     return arr
 
 
@@ -110,7 +112,8 @@ def confusion_counts(
     ga = _as_labels("groups", groups, G, "num_groups")
     if not (yt.shape == yp.shape == ga.shape):
         raise ConfigError(
-            f"y_true, y_pred and groups must have the same length, got {yt.shape[0]}, {yp.shape[0]}, {ga.shape[0]}"
+            "y_true, y_pred and groups must have the same length, "
+            f"got {yt.shape[0]}, {yp.shape[0]}, {ga.shape[0]}"
         )
     flat = (ga * C + yt) * C + yp
     return np.bincount(flat, minlength=G * C * C).astype(np.int64).reshape(G, C, C)
@@ -121,7 +124,11 @@ def _check_counts(counts: np.ndarray) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2] or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"counts must have shape (G, C, C) with G, C >= 1, got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
-        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
+        if (
+            not np.issubdtype(arr.dtype, np.floating)
+            or not np.all(np.isfinite(arr))
+            or not np.all(np.mod(arr, 1) == 0)
+        ):
             raise ValueError(f"counts must hold non-negative integers, got dtype {arr.dtype}")
     if arr.size and arr.min() < 0:
         raise ValueError("counts must hold non-negative integers, got a negative entry")
@@ -195,7 +202,8 @@ def metrics_from_counts(counts: np.ndarray) -> dict[str, float]:
         "eop_subgroup_max": _subgroup(r["tpr_a"], r["tpr"], cond_classes),
         "eo_gap": max(_pairwise(r["tpr_a"], cond_classes), _pairwise(r["fpr_a"], cond_classes)),
         "eo_subgroup_max": max(
-            _subgroup(r["tpr_a"], r["tpr"], cond_classes), _subgroup(r["fpr_a"], r["fpr"], cond_classes)
+            _subgroup(r["tpr_a"], r["tpr"], cond_classes),
+            _subgroup(r["fpr_a"], r["fpr"], cond_classes),
         ),
     }
     if C == 2:
@@ -261,7 +269,8 @@ def federated_metrics(counts_by_client: dict[int, np.ndarray]) -> FederatedMetri
     for cid in ids:
         if checked[cid].shape != shape:
             raise ValueError(
-                f"client {cid} counts have shape {checked[cid].shape}, expected {shape} (as client {ids[0]})"
+                f"client {cid} counts have shape {checked[cid].shape}, "
+                f"expected {shape} (as client {ids[0]})"
             )
     pooled = np.zeros(shape, dtype=np.int64)
     for cid in ids:

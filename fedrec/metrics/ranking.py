@@ -55,7 +55,8 @@ User-side fairness
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,10 @@ def _csr(relevant: Any, n_users: int, n_items: int | None) -> tuple[np.ndarray, 
             m.eliminate_zeros()
             indptr, indices = np.asarray(m.indptr, np.int64), np.asarray(m.indices, np.int64)
         else:
-            indptr, indices = np.asarray(relevant.indptr, np.int64), np.asarray(relevant.indices, np.int64)
+            indptr, indices = (
+                np.asarray(relevant.indptr, np.int64),
+                np.asarray(relevant.indices, np.int64),
+            )
     elif isinstance(relevant, np.ndarray) and relevant.ndim == 2:
         rows, cols = np.nonzero(relevant)
         indptr = np.zeros(relevant.shape[0] + 1, np.int64)
@@ -109,7 +113,9 @@ def _csr(relevant: Any, n_users: int, n_items: int | None) -> tuple[np.ndarray, 
     if indptr.size - 1 != n_users:
         raise ConfigError(f"relevant must have one row per user ({n_users}), got {indptr.size - 1}")
     if indices.size and (indices.min() < 0 or (n_items is not None and indices.max() >= n_items)):
-        raise ConfigError(f"relevant item ids must be in [0, {n_items}) (got {indices.min()}..{indices.max()})")
+        raise ConfigError(
+            f"relevant item ids must be in [0, {n_items}) (got {indices.min()}..{indices.max()})"
+        )
     rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(indptr))
     span = int(indices.max()) + 1 if indices.size else 1
     span = max(span, n_items or 0)
@@ -121,7 +127,9 @@ def _csr(relevant: Any, n_users: int, n_items: int | None) -> tuple[np.ndarray, 
 
 
 def _scores(scores: Any) -> np.ndarray:
-    s = np.array(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores, dtype=np.float64)
+    s = np.array(
+        scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores, dtype=np.float64
+    )
     if s.ndim != 2:
         raise ConfigError(f"scores must be a 2-D (users x items) matrix (got shape {s.shape})")
     if np.isnan(s).any():
@@ -150,7 +158,10 @@ def _check_k(k_list: Sequence[int], name: str = "k_list") -> list[int]:
 
 
 def topk_items(scores: Any, k: int, exclude: Any = None) -> np.ndarray:
-    """Top-``k`` item ids per user ``(n_users, k)``, score descending, ties by lower id; ``-1`` pads."""
+    """Top-``k`` item ids per user ``(n_users, k)``.
+
+    Score descending, ties by lower id; ``-1`` pads.
+    """
     k = _check_k([k], "k")[0]
     s = _apply_exclude(_scores(scores), exclude)
     n_users, n_items = s.shape
@@ -178,7 +189,10 @@ def topk_items(scores: Any, k: int, exclude: Any = None) -> np.ndarray:
 
 
 def hits_at(topk: np.ndarray, relevant: Any) -> np.ndarray:
-    """Boolean ``(n_users, K)``: is ``topk[u, r]`` relevant for ``u``? (``-1`` entries are never hits)."""
+    """Boolean ``(n_users, K)``: is ``topk[u, r]`` relevant for ``u``?
+
+    ``-1`` entries are never hits.
+    """
     topk = np.asarray(topk, dtype=np.int64)
     if topk.ndim != 2:
         raise ConfigError(f"topk must be a 2-D (users x K) id matrix (got shape {topk.shape})")
@@ -195,8 +209,9 @@ def hits_at(topk: np.ndarray, relevant: Any) -> np.ndarray:
 
 
 def first_relevant_rank(scores: Any, relevant: Any, exclude: Any = None) -> np.ndarray:
-    """1-based rank (full catalog, same order as :func:`topk_items`) of each user's best relevant item.
+    """1-based rank of each user's best relevant item.
 
+    The rank is over the full catalog, in the same order as :func:`topk_items`.
     ``inf`` if none of the user's relevant items is rankable; ``nan`` if the user has none.
     """
     s = _apply_exclude(_scores(scores), exclude)
@@ -207,12 +222,12 @@ def first_relevant_rank(scores: Any, relevant: Any, exclude: Any = None) -> np.n
     step = max(1, _CHUNK // max(n_items, 1))
     ids = np.arange(n_items)
     for a in range(0, indices.size, step):
-        r, i = rows[a:a + step], indices[a:a + step]
+        r, i = rows[a : a + step], indices[a : a + step]
         si = s[r, i][:, None]
         block = s[r]
         better = (block > si) | ((block == si) & (ids[None, :] < i[:, None]))
         rk = better.sum(axis=1) + 1.0
-        ranks[a:a + step] = np.where(np.isneginf(si[:, 0]), np.inf, rk)
+        ranks[a : a + step] = np.where(np.isneginf(si[:, 0]), np.inf, rk)
     best = np.full(n_users, np.nan)
     has = np.diff(indptr) > 0
     best[has] = np.minimum.reduceat(ranks, indptr[:-1][has]) if indices.size else best[has]
@@ -248,18 +263,27 @@ def _accuracy(hits: np.ndarray, n_rel: np.ndarray, k: int) -> dict[str, np.ndarr
     return out
 
 
-def per_user_metrics(topk: np.ndarray, relevant: Any, k_list: Sequence[int] = (10, 20), *,
-                     ranks: np.ndarray | None = None, popular: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def per_user_metrics(
+    topk: np.ndarray,
+    relevant: Any,
+    k_list: Sequence[int] = (10, 20),
+    *,
+    ranks: np.ndarray | None = None,
+    popular: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Per-user metric values (NaN where a user has no relevant item); see the module docstring.
 
     ``topk``: ``(n_users, K)`` ids with ``K >= max(k_list)``. ``ranks``: output of
     :func:`first_relevant_rank` to add the full-list ``mrr``. ``popular``: boolean item mask from
-    :func:`popular_items` to add ``recall_pop@K``, ``ndcg_pop@K``, ``recall_tail@K``, ``ndcg_tail@K``.
+    :func:`popular_items` to add ``recall_pop@K``, ``ndcg_pop@K``, ``recall_tail@K``,
+    ``ndcg_tail@K``.
     """
     ks = _check_k(k_list)
     topk = np.asarray(topk, dtype=np.int64)
     if topk.ndim != 2 or topk.shape[1] < max(ks):
-        raise ConfigError(f"topk must be (n_users, K) with K >= max(k_list)={max(ks)} (got {topk.shape})")
+        raise ConfigError(
+            f"topk must be (n_users, K) with K >= max(k_list)={max(ks)} (got {topk.shape})"
+        )
     n_users = topk.shape[0]
     indptr, indices = _csr(relevant, n_users, None)
     n_rel = np.diff(indptr)
@@ -276,11 +300,16 @@ def per_user_metrics(topk: np.ndarray, relevant: Any, k_list: Sequence[int] = (1
     if popular is not None:
         popular = np.asarray(popular, dtype=bool)
         if indices.size and indices.max() >= popular.size:
-            raise ConfigError(f"popular must be a boolean mask over all items (size {popular.size} too small)")
+            raise ConfigError(
+                f"popular must be a boolean mask over all items (size {popular.size} too small)"
+            )
         rows = np.repeat(np.arange(n_users), n_rel)
         safe = np.where(topk >= 0, topk, 0)
         top_pop = popular[safe] & (topk >= 0)
-        groups = (("pop", popular[indices], top_pop), ("tail", ~popular[indices], ~top_pop & (topk >= 0)))
+        groups = (
+            ("pop", popular[indices], top_pop),
+            ("tail", ~popular[indices], ~top_pop & (topk >= 0)),
+        )
         for name, in_group, top_in in groups:
             g_rel = np.bincount(rows[in_group], minlength=n_users)
             g_hits = hits & top_in  # a hit on a group item is a hit against R(u) ∩ G
@@ -344,9 +373,16 @@ def catalog_coverage(counts: np.ndarray) -> float:
     return float((c > 0).mean()) if c.size else 0.0
 
 
-def exposure_metrics(topk: np.ndarray, num_items: int, k_list: Sequence[int] = (10, 20),
-                     popular: np.ndarray | None = None) -> dict[str, float]:
-    """``gini@K``, ``coverage@K`` and, with ``popular``, ``exposure_pop@K`` / ``exposure_tail@K``."""
+def exposure_metrics(
+    topk: np.ndarray,
+    num_items: int,
+    k_list: Sequence[int] = (10, 20),
+    popular: np.ndarray | None = None,
+) -> dict[str, float]:
+    """``gini@K``, ``coverage@K``.
+
+    With ``popular``, also ``exposure_pop@K`` / ``exposure_tail@K``.
+    """
     out = {}
     for k in _check_k(k_list):
         c = exposure_counts(topk, num_items, k)
@@ -364,7 +400,11 @@ def exposure_metrics(topk: np.ndarray, num_items: int, k_list: Sequence[int] = (
 
 
 def user_group_metrics(per_user: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, float]:
-    """``"{metric}[{g}]"``: mean of ``metric`` over group ``g``; ``"{metric}_gap"``: max - min over groups."""
+    """Per-group means and gaps of per-user metrics.
+
+    ``"{metric}[{g}]"``: mean of ``metric`` over group ``g``; ``"{metric}_gap"``: max - min over
+    groups.
+    """
     groups = np.asarray(groups).reshape(-1)
     out: dict[str, float] = {}
     labels = np.unique(groups)
@@ -386,10 +426,20 @@ def user_group_metrics(per_user: dict[str, np.ndarray], groups: np.ndarray) -> d
 # --------------------------------------------------------------------------- one call
 
 
-def ranking_metrics(relevant: Any, *, scores: Any = None, topk: np.ndarray | None = None,
-                    k_list: Sequence[int] = (10, 20), exclude: Any = None, popular: np.ndarray | None = None,
-                    num_items: int | None = None, user_groups: np.ndarray | None = None) -> dict[str, float]:
-    """All metrics as one flat dict: accuracy means, item-side fairness and, with ``user_groups``, gaps.
+def ranking_metrics(
+    relevant: Any,
+    *,
+    scores: Any = None,
+    topk: np.ndarray | None = None,
+    k_list: Sequence[int] = (10, 20),
+    exclude: Any = None,
+    popular: np.ndarray | None = None,
+    num_items: int | None = None,
+    user_groups: np.ndarray | None = None,
+) -> dict[str, float]:
+    """All metrics as one flat dict.
+
+    Accuracy means, item-side fairness and, with ``user_groups``, gaps.
 
     Give ``scores`` (then ``exclude`` masks items, ``mrr`` over the full list is added) or ``topk``
     (``num_items`` then needed for exposure metrics). With ``popular`` the popularity-group metrics

@@ -14,8 +14,9 @@ torch RNG state of the caller is left untouched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,9 @@ def _build_logreg(in_dim: int, num_classes: int) -> nn.Module:
     return nn.Linear(in_dim, num_classes)
 
 
-def _build_mlp(in_dim: int, num_classes: int, *, hidden: int, layers: int, dropout: float) -> nn.Module:
+def _build_mlp(
+    in_dim: int, num_classes: int, *, hidden: int, layers: int, dropout: float
+) -> nn.Module:
     modules: list[nn.Module] = []
     width = in_dim
     for _ in range(layers):
@@ -104,14 +107,18 @@ def _coerce_param(model: str, key: str, spec: ParamSpec, value: Any) -> Any:
     typ = spec[0]
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ConfigError(f"model {model!r} parameter {key!r} must be an integer, got {value!r}")
+            raise ConfigError(
+                f"model {model!r} parameter {key!r} must be an integer, got {value!r}"
+            )
         return int(value)
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise ConfigError(f"model {model!r} parameter {key!r} must be a number, got {value!r}")
         return float(value)
     if not isinstance(value, typ):  # pragma: no cover - no other types registered yet
-        raise ConfigError(f"model {model!r} parameter {key!r} must be {typ.__name__}, got {value!r}")
+        raise ConfigError(
+            f"model {model!r} parameter {key!r} must be {typ.__name__}, got {value!r}"
+        )
     return value
 
 
@@ -119,17 +126,25 @@ def _validate_params(name: str, info: ModelInfo, params: dict[str, Any]) -> dict
     unknown = sorted(set(params) - set(info.params))
     if unknown:
         allowed = ", ".join(sorted(info.params)) or "(none)"
-        raise ConfigError(f"unknown parameter {unknown[0]!r} for model {name!r}; allowed: {allowed}")
+        raise ConfigError(
+            f"unknown parameter {unknown[0]!r} for model {name!r}; allowed: {allowed}"
+        )
     resolved = {key: spec[1] for key, spec in info.params.items()}
     for key, value in params.items():
         resolved[key] = _coerce_param(name, key, info.params[key], value)
     if name == "mlp":
         if resolved["hidden"] < 1:
-            raise ConfigError(f"model 'mlp' parameter 'hidden' must be >= 1, got {resolved['hidden']}")
+            raise ConfigError(
+                f"model 'mlp' parameter 'hidden' must be >= 1, got {resolved['hidden']}"
+            )
         if resolved["layers"] < 1:
-            raise ConfigError(f"model 'mlp' parameter 'layers' must be >= 1, got {resolved['layers']}")
+            raise ConfigError(
+                f"model 'mlp' parameter 'layers' must be >= 1, got {resolved['layers']}"
+            )
         if not 0.0 <= resolved["dropout"] < 1.0:
-            raise ConfigError(f"model 'mlp' parameter 'dropout' must be in [0, 1), got {resolved['dropout']}")
+            raise ConfigError(
+                f"model 'mlp' parameter 'dropout' must be in [0, 1), got {resolved['dropout']}"
+            )
     return resolved
 
 
@@ -178,13 +193,16 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     """
     state = model.state_dict()
     if len(weights) != len(state):
-        raise ValueError(f"expected {len(state)} weight arrays ({', '.join(state)}), got {len(weights)}")
+        raise ValueError(
+            f"expected {len(state)} weight arrays ({', '.join(state)}), got {len(weights)}"
+        )
     arrays = []
     for (key, tensor), w in zip(state.items(), weights):
         array = np.asarray(w)
         if tuple(array.shape) != tuple(tensor.shape):
             raise ValueError(
-                f"shape mismatch for tensor {key!r}: model has {tuple(tensor.shape)}, got {tuple(array.shape)}"
+                f"shape mismatch for tensor {key!r}: model has {tuple(tensor.shape)}, "
+                f"got {tuple(array.shape)}"
             )
         arrays.append(array)
     with torch.no_grad():

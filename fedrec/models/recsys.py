@@ -12,7 +12,8 @@ User table ``P`` (num_users x d), item table ``Q`` (num_items x d), optional ite
 Loss (:func:`bpr_loss`) on ``B`` triples ``(u, i, j)`` (``i`` positive, ``j`` sampled negative),
 ``x = s(u, i) - s(u, j)``::
 
-    L = 1/B * sum_t [ softplus(-x_t) + reg/2 * (|p_t|^2 + |q_i_t|^2 + |q_j_t|^2 (+ b_i_t^2 + b_j_t^2)) ]
+    L = 1/B * sum_t [ softplus(-x_t)
+                      + reg/2 * (|p_t|^2 + |q_i_t|^2 + |q_j_t|^2 (+ b_i_t^2 + b_j_t^2)) ]
 
 i.e. ``-log sigmoid(x)`` averaged over the batch plus L2 on the embeddings *used by the batch*
 (the usual mini-batch form of BPR's per-triple regularisation, as in RecBole's ``EmbLoss``); the
@@ -68,8 +69,9 @@ non-padded position, binary cross-entropy of the next item (label 1) and one sam
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -97,15 +99,26 @@ __all__ = [
 
 
 class MFParams(NamedTuple):
-    """MF-BPR parameters: ``P`` (num_users, d), ``Q`` (num_items, d), ``b`` (num_items,) or ``None``."""
+    """MF-BPR parameters.
+
+    ``P`` (num_users, d), ``Q`` (num_items, d), ``b`` (num_items,) or ``None``.
+    """
 
     P: torch.Tensor
     Q: torch.Tensor
     b: torch.Tensor | None = None
 
 
-def init_mf(num_users: int, num_items: int, d: int = 64, *, init_std: float = 0.1,
-            item_bias: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32) -> MFParams:
+def init_mf(
+    num_users: int,
+    num_items: int,
+    d: int = 64,
+    *,
+    init_std: float = 0.1,
+    item_bias: bool = False,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> MFParams:
     """``P, Q ~ N(0, init_std^2)`` from ``torch.Generator().manual_seed(seed)``; bias zero."""
     for name, v in (("num_users", num_users), ("num_items", num_items), ("d", d)):
         if int(v) < 1:
@@ -121,19 +134,32 @@ def init_mf(num_users: int, num_items: int, d: int = 64, *, init_std: float = 0.
 
 def mf_scores(params: MFParams, users: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """Scores ``P[users] @ Q.T (+ b)`` of shape (len(users), num_items); all users when ``None``."""
-    P = params.P if users is None else params.P[torch.as_tensor(np.asarray(users), dtype=torch.long)]
+    P = (
+        params.P
+        if users is None
+        else params.P[torch.as_tensor(np.asarray(users), dtype=torch.long)]
+    )
     s = P @ params.Q.T
     return s + params.b if params.b is not None else s
 
 
-def bpr_loss(p_u: torch.Tensor, q_pos: torch.Tensor, q_neg: torch.Tensor, reg: float = 0.0,
-             b_pos: torch.Tensor | None = None, b_neg: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean BPR loss of ``B`` triples plus ``reg/2`` x the batch's squared norms (module docstring)."""
+def bpr_loss(
+    p_u: torch.Tensor,
+    q_pos: torch.Tensor,
+    q_neg: torch.Tensor,
+    reg: float = 0.0,
+    b_pos: torch.Tensor | None = None,
+    b_neg: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean BPR loss of ``B`` triples plus ``reg/2`` x the batch's squared norms.
+
+    See the module docstring.
+    """
     x = (p_u * (q_pos - q_neg)).sum(-1)
     sq = p_u.pow(2).sum(-1) + q_pos.pow(2).sum(-1) + q_neg.pow(2).sum(-1)
     if (b_pos is None) != (b_neg is None):
         raise ConfigError("b_pos and b_neg must be given together")
-    if b_pos is not None:
+    if b_pos is not None and b_neg is not None:  # both or neither (checked above)
         x = x + b_pos - b_neg
         sq = sq + b_pos.pow(2) + b_neg.pow(2)
     return (F.softplus(-x) + 0.5 * reg * sq).mean()
@@ -174,9 +200,15 @@ class CohortUpdate:
         return dq, db
 
 
-def sum_item_deltas(update: CohortUpdate, Q: torch.Tensor, b: torch.Tensor | None = None,
-                    weights: Sequence[float] | np.ndarray | None = None):
-    """Summable item-side statistics of a cohort: ``(sum_j w_j * delta_j, sum_j w_j [touched], bias sum)``.
+def sum_item_deltas(
+    update: CohortUpdate,
+    Q: torch.Tensor,
+    b: torch.Tensor | None = None,
+    weights: Sequence[float] | np.ndarray | None = None,
+):
+    """Summable item-side statistics of a cohort.
+
+    ``(sum_j w_j * delta_j, sum_j w_j [touched], bias sum)``.
 
     Shapes ``(num_items, d)``, ``(num_items,)`` and ``(num_items,)`` or ``None``; ``weights`` per
     user (default 1). Sums from several cohorts add up, so a server can aggregate, e.g.
@@ -192,24 +224,40 @@ def sum_item_deltas(update: CohortUpdate, Q: torch.Tensor, b: torch.Tensor | Non
     dq, db = update.item_deltas(Q, b)
     delta_sum = torch.zeros_like(Q).index_add_(0, idx, dq * wt[:, None])
     count = torch.zeros(Q.shape[0], dtype=Q.dtype).index_add_(0, idx, wt)
-    bias_sum = None if db is None else torch.zeros(Q.shape[0], dtype=Q.dtype).index_add_(0, idx, db * wt)
+    bias_sum = (
+        None if db is None else torch.zeros(Q.shape[0], dtype=Q.dtype).index_add_(0, idx, db * wt)
+    )
     return delta_sum, count, bias_sum
 
 
-def _flatten_lists(lists: Sequence, name: str, num_items: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def _flatten_lists(
+    lists: Sequence, name: str, num_items: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
     arrays = [np.asarray(x, dtype=np.int64).reshape(-1) for x in lists]
     for a in arrays:
         if a.size and (a.min() < 0 or a.max() >= num_items):
-            raise ConfigError(f"{name} must hold item ids in [0, {num_items}) (got {a.min()}..{a.max()})")
+            raise ConfigError(
+                f"{name} must hold item ids in [0, {num_items}) (got {a.min()}..{a.max()})"
+            )
     lengths = np.array([a.size for a in arrays], dtype=np.int64)
     return lengths, arrays
 
 
 @torch.no_grad()
-def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence, neg_lists: Sequence,
-                     lr: float, reg: float = 0.0, epochs: int = 1, seed: int | Sequence[int] = 0, *,
-                     batch_size: int | None = None, item_bias: torch.Tensor | None = None,
-                     user_grad=None) -> CohortUpdate:
+def mf_bpr_user_step(
+    P_users: torch.Tensor,
+    Q: torch.Tensor,
+    pos_lists: Sequence,
+    neg_lists: Sequence,
+    lr: float,
+    reg: float = 0.0,
+    epochs: int = 1,
+    seed: int | Sequence[int] = 0,
+    *,
+    batch_size: int | None = None,
+    item_bias: torch.Tensor | None = None,
+    user_grad=None,
+) -> CohortUpdate:
     """Local BPR training of ``U`` users at once, each on its own copy of the item rows it touches.
 
     ``P_users`` (U, d): the cohort's embeddings; ``Q`` (num_items, d) (and ``item_bias``): the
@@ -227,8 +275,10 @@ def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence
     ``users[i]``) so that the cohort result stays the per-user result.
     """
     if P_users.dim() != 2 or Q.dim() != 2 or P_users.shape[1] != Q.shape[1]:
-        raise ConfigError(f"P_users (U, d) and Q (num_items, d) must share d (got {tuple(P_users.shape)}, "
-                          f"{tuple(Q.shape)})")
+        raise ConfigError(
+            f"P_users (U, d) and Q (num_items, d) must share d (got {tuple(P_users.shape)}, "
+            f"{tuple(Q.shape)})"
+        )
     U, d = P_users.shape
     num_items = Q.shape[0]
     if not lr > 0:
@@ -238,12 +288,18 @@ def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence
     if int(epochs) != epochs or epochs < 1:
         raise ConfigError(f"epochs must be an integer >= 1 (got {epochs})")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise ConfigError(f"batch_size must be None (full batch) or an integer >= 1 (got {batch_size})")
+        raise ConfigError(
+            f"batch_size must be None (full batch) or an integer >= 1 (got {batch_size})"
+        )
     if len(pos_lists) != U or len(neg_lists) != U:
-        raise ConfigError(f"pos_lists and neg_lists must have one entry per user in P_users ({U}), "
-                          f"got {len(pos_lists)} and {len(neg_lists)}")
+        raise ConfigError(
+            f"pos_lists and neg_lists must have one entry per user in P_users ({U}), "
+            f"got {len(pos_lists)} and {len(neg_lists)}"
+        )
     if item_bias is not None and tuple(item_bias.shape) != (num_items,):
-        raise ConfigError(f"item_bias must have shape ({num_items},) (got {tuple(item_bias.shape)})")
+        raise ConfigError(
+            f"item_bias must have shape ({num_items},) (got {tuple(item_bias.shape)})"
+        )
     if isinstance(seed, (int, np.integer)):
         seeds = [int(seed)] * U
     else:
@@ -262,8 +318,10 @@ def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence
         elif a.size == E * n[j]:
             negs.append(a.reshape(E, n[j]))
         else:
-            raise ConfigError(f"neg_lists[{j}] must have len(pos_lists[{j}])={n[j]} or epochs*that="
-                              f"{E * n[j]} entries (got {a.size})")
+            raise ConfigError(
+                f"neg_lists[{j}] must have len(pos_lists[{j}])={n[j]} or epochs*that="
+                f"{E * n[j]} entries (got {a.size})"
+            )
     N = int(n.sum())
     off = np.zeros(U + 1, dtype=np.int64)
     np.cumsum(n, out=off[1:])
@@ -295,6 +353,7 @@ def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence
             rank = np.arange(N) - off[user_of]
             size = n[user_of]
         else:
+            assert gens is not None  # drawn above whenever batch_size is given
             rank = np.empty(N, dtype=np.int64)
             for j in range(U):
                 if n[j]:
@@ -303,16 +362,26 @@ def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence
             size = np.minimum(batch_size, n[user_of] - step * batch_size)
         w_all = torch.as_tensor(1.0 / np.maximum(size, 1), dtype=Q.dtype)
         order = np.lexsort((rank, user_of, step))  # by step, then user, then visiting order
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(step, minlength=int(step.max(initial=-1)) + 1))])
+        bounds = np.concatenate(
+            [[0], np.cumsum(np.bincount(step, minlength=int(step.max(initial=-1)) + 1))]
+        )
         loss_sum = torch.zeros(U, dtype=torch.float64)
         for s in range(bounds.size - 1):
-            idx = torch.as_tensor(order[bounds[s]:bounds[s + 1]])
+            idx = torch.as_tensor(order[bounds[s] : bounds[s + 1]])
             u = user_t.index_select(0, idx)
-            li, lj, w = lpos.index_select(0, idx), lneg[e].index_select(0, idx), w_all.index_select(0, idx)
+            li, lj, w = (
+                lpos.index_select(0, idx),
+                lneg[e].index_select(0, idx),
+                w_all.index_select(0, idx),
+            )
             p, qi, qj = P.index_select(0, u), R.index_select(0, li), R.index_select(0, lj)
             diff = qi - qj
             x = torch.linalg.vecdot(p, diff)
-            sq = torch.linalg.vecdot(p, p) + torch.linalg.vecdot(qi, qi) + torch.linalg.vecdot(qj, qj)
+            sq = (
+                torch.linalg.vecdot(p, p)
+                + torch.linalg.vecdot(qi, qi)
+                + torch.linalg.vecdot(qj, qj)
+            )
             if Rb is not None:
                 bi, bj = Rb.index_select(0, li), Rb.index_select(0, lj)
                 x = x + bi - bj
@@ -341,14 +410,17 @@ def mf_bpr_user_step(P_users: torch.Tensor, Q: torch.Tensor, pos_lists: Sequence
 
 
 def to_tokens(sequences: Sequence, max_len: int) -> torch.Tensor:
-    """Left-padded ``(B, max_len)`` long tokens (item id + 1, 0 = padding) of the last ``max_len`` items."""
+    """Left-padded ``(B, max_len)`` long tokens of the last ``max_len`` items.
+
+    Token = item id + 1, 0 = padding.
+    """
     if int(max_len) < 1:
         raise ConfigError(f"max_len must be >= 1 (got {max_len})")
     out = np.zeros((len(sequences), max_len), dtype=np.int64)
     for r, s in enumerate(sequences):
         s = np.asarray(s, dtype=np.int64).reshape(-1)[-max_len:]
         if s.size:
-            out[r, max_len - s.size:] = s + 1
+            out[r, max_len - s.size :] = s + 1
     return torch.from_numpy(out)
 
 
@@ -358,8 +430,13 @@ class _Attention(nn.Module):
         self.h, self.dropout = num_heads, dropout
         self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        mask: torch.Tensor,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, L, d = query.shape
 
         def heads(t):
@@ -367,8 +444,9 @@ class _Attention(nn.Module):
 
         q, k, v = heads(self.q(query)), heads(self.k(key)), heads(self.v(key))
         if drop is None:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            a = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         else:  # explicit dropout multipliers on the attention weights (B, h, L, L)
             w = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.h)
             w = torch.softmax(w.masked_fill(~mask, float("-inf")), dim=-1)
@@ -383,9 +461,13 @@ class _Block(nn.Module):
         self.attn = _Attention(d, num_heads, dropout)
         self.drop_attn = nn.Dropout(dropout)
         self.ln_ffn = nn.LayerNorm(d, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, d), nn.Dropout(dropout))
+        self.ffn = nn.Sequential(
+            nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, d), nn.Dropout(dropout)
+        )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, noise: Sequence[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         q = self.ln_attn(x)
         if noise is None:
             x = q + self.drop_attn(self.attn(q, x, mask))
@@ -403,16 +485,32 @@ class SASRec(nn.Module):
 
     PAD = 0
 
-    def __init__(self, num_items: int, d: int = 64, max_len: int = 50, num_blocks: int = 2,
-                 num_heads: int = 1, dropout: float = 0.2, *, seed: int = 0):
+    def __init__(
+        self,
+        num_items: int,
+        d: int = 64,
+        max_len: int = 50,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.2,
+        *,
+        seed: int = 0,
+    ):
         super().__init__()
-        for name, v in (("num_items", num_items), ("d", d), ("max_len", max_len), ("num_heads", num_heads)):
+        for name, v in (
+            ("num_items", num_items),
+            ("d", d),
+            ("max_len", max_len),
+            ("num_heads", num_heads),
+        ):
             if int(v) != v or v < 1:
                 raise ConfigError(f"{name} must be an integer >= 1 (got {v})")
         if int(num_blocks) != num_blocks or num_blocks < 0:
             raise ConfigError(f"num_blocks must be an integer >= 0 (got {num_blocks})")
         if d % num_heads:
-            raise ConfigError(f"d must be divisible by num_heads (got d={d}, num_heads={num_heads})")
+            raise ConfigError(
+                f"d must be divisible by num_heads (got d={d}, num_heads={num_heads})"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1) (got {dropout})")
         self.num_items, self.d, self.max_len = int(num_items), int(d), int(max_len)
@@ -439,7 +537,9 @@ class SASRec(nn.Module):
         generator (federated cohorts: every user's computation is what it would be alone).
         """
         if seqs.dim() != 2 or seqs.shape[1] > self.max_len:
-            raise ConfigError(f"seqs must be (B, L) with L <= max_len={self.max_len} (got {tuple(seqs.shape)})")
+            raise ConfigError(
+                f"seqs must be (B, L) with L <= max_len={self.max_len} (got {tuple(seqs.shape)})"
+            )
         B, L = seqs.shape
         keep = seqs != self.PAD
         x = self.item_emb(seqs) * math.sqrt(self.d)
@@ -458,7 +558,9 @@ class SASRec(nn.Module):
         return (hidden * self.item_emb(tokens)).sum(-1)
 
     def dropout_noise(self, seeds: Sequence[int], L: int | None = None) -> dict:
-        """Dropout multipliers for ``len(seeds)`` rows of length ``L``; row ``r`` from ``Generator(seeds[r])``.
+        """Dropout multipliers for ``len(seeds)`` rows of length ``L``.
+
+        Row ``r`` comes from ``Generator(seeds[r])``.
 
         Layout: ``{"emb": (B, L, d), "blocks": [(attn weights (B, h, L, L), attn out (B, L, d),
         ffn hidden (B, L, d), ffn out (B, L, d)), ...]}``; each entry is ``(U >= p) / (1 - p)`` with
@@ -467,36 +569,48 @@ class SASRec(nn.Module):
         """
         L = self.max_len if L is None else int(L)
         p, d = float(self.emb_dropout.p), self.d
-        h = self.blocks[0].attn.h if len(self.blocks) else 1
+        h = cast(_Block, self.blocks[0]).attn.h if len(self.blocks) else 1
         sizes = [L * d] + [h * L * L, L * d, L * d, L * d] * len(self.blocks)
         total = sum(sizes)
-        u = torch.stack([torch.rand(total, generator=torch.Generator().manual_seed(int(s) % 2**63))
-                         for s in seeds]) if len(seeds) else torch.zeros(0, total)
+        u = (
+            torch.stack(
+                [
+                    torch.rand(total, generator=torch.Generator().manual_seed(int(s) % 2**63))
+                    for s in seeds
+                ]
+            )
+            if len(seeds)
+            else torch.zeros(0, total)
+        )
         m = (u >= p).to(torch.float32) / (1.0 - p)
         B = m.shape[0]
         parts = list(torch.split(m, sizes, dim=1))
         shapes = [(L, d)] + [(h, L, L), (L, d), (L, d), (L, d)] * len(self.blocks)
         parts = [t.reshape(B, *sh) for t, sh in zip(parts, shapes)]
-        blocks = [tuple(parts[1 + 4 * b: 5 + 4 * b]) for b in range(len(self.blocks))]
+        blocks = [tuple(parts[1 + 4 * b : 5 + 4 * b]) for b in range(len(self.blocks))]
         return {"emb": parts[0], "blocks": blocks}
 
-    def bce_loss(self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-                 noise: dict | None = None) -> torch.Tensor:
+    def bce_loss(
+        self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, noise: dict | None = None
+    ) -> torch.Tensor:
         """Mean over non-padded targets of BCE(next item, 1) + BCE(one sampled negative, 0).
 
-        ``seqs``, ``pos``, ``neg``: token tensors ``(B, L)``; position ``t`` of ``pos`` is the item that
-        follows ``seqs[:, t]`` (0 where there is no target) and ``neg`` one sampled negative token.
+        ``seqs``, ``pos``, ``neg``: token tensors ``(B, L)``; position ``t`` of ``pos`` is the item
+        that follows ``seqs[:, t]`` (0 where there is no target) and ``neg`` one sampled negative
+        token.
         """
         h = self(seqs, noise)
         m = pos != self.PAD
         if not bool(m.any()):
             return h.sum() * 0.0
         lp, ln = self.item_logits(h, pos)[m], self.item_logits(h, neg)[m]
-        return (F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp))
-                + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln)))
+        return F.binary_cross_entropy_with_logits(
+            lp, torch.ones_like(lp)
+        ) + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
 
-    def masked_bce(self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-                   noise: dict | None = None) -> torch.Tensor:
+    def masked_bce(
+        self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, noise: dict | None = None
+    ) -> torch.Tensor:
         """:meth:`bce_loss` without data-dependent indexing (usable under ``torch.func.vmap``).
 
         Same value: the mean over non-padded targets, as a masked sum divided by the count.
@@ -508,7 +622,10 @@ class SASRec(nn.Module):
         return (per * m).sum() / m.sum().clamp_min(1.0)
 
     def score_all(self, seqs: torch.Tensor) -> torch.Tensor:
-        """Scores ``(B, num_items)`` (0-based item ids) of the next item after each sequence's last position."""
+        """Scores ``(B, num_items)`` (0-based item ids) of the next item.
+
+        The next item is the one after each sequence's last position.
+        """
         h = self(seqs)[:, -1, :]
         return h @ self.item_emb.weight[1:].T
 
@@ -536,8 +653,16 @@ class SASRecCohortUpdate:
     num_targets: np.ndarray
 
 
-def sasrec_user_step(model: "SASRec", seqs: Sequence, neg_lists: Sequence, lr: float, epochs: int = 1,
-                     seeds: Sequence[int] | None = None, *, chunk: int = 64) -> SASRecCohortUpdate:
+def sasrec_user_step(
+    model: SASRec,
+    seqs: Sequence,
+    neg_lists: Sequence,
+    lr: float,
+    epochs: int = 1,
+    seeds: Sequence[int] | None = None,
+    *,
+    chunk: int = 64,
+) -> SASRecCohortUpdate:
     """Local SGD of ``U`` users on their own sequences, each on its own copy of ``model``'s weights.
 
     ``seqs[j]``: user ``j``'s chronological training items (0-based); inputs are ``seq[:-1]`` and
@@ -550,7 +675,7 @@ def sasrec_user_step(model: "SASRec", seqs: Sequence, neg_lists: Sequence, lr: f
     (:meth:`SASRec.dropout_noise`), so a user's result does not depend on its cohort (tested).
     ``model`` is not modified.
     """
-    from torch.func import functional_call, grad, vmap
+    from torch.func import functional_call, vmap
 
     U = len(seqs)
     if len(neg_lists) != U:
@@ -570,33 +695,40 @@ def sasrec_user_step(model: "SASRec", seqs: Sequence, neg_lists: Sequence, lr: f
     n_t = (y_tok > 0).sum(1).numpy()
     neg_tok = torch.zeros(E, U, L, dtype=torch.long)
     for j in range(U):
-        a = np.asarray(neg_lists[j], dtype=np.int64).reshape(-1)
-        if a.size != E * n_t[j]:
-            raise ConfigError(f"neg_lists[{j}] must hold epochs * targets = {E * n_t[j]} items (got {a.size})")
+        neg_j = np.asarray(neg_lists[j], dtype=np.int64).reshape(-1)
+        if neg_j.size != E * n_t[j]:
+            raise ConfigError(
+                f"neg_lists[{j}] must hold epochs * targets = {E * n_t[j]} items (got {neg_j.size})"
+            )
         if n_t[j]:
-            if a.min() < 0 or a.max() >= model.num_items:
+            if neg_j.min() < 0 or neg_j.max() >= model.num_items:
                 raise ConfigError(f"neg_lists[{j}] must hold item ids in [0, {model.num_items})")
-            neg_tok[:, j, L - n_t[j]:] = torch.from_numpy(a.reshape(E, n_t[j]) + 1)
+            neg_tok[:, j, L - n_t[j] :] = torch.from_numpy(neg_j.reshape(E, n_t[j]) + 1)
 
     # Each user's private copy of the item rows it touches: a local table (row 0 = the padding
     # row) indexed by remapped tokens, so per-user gradients stay (T_max, d) instead of
     # (num_items + 1, d). Untouched rows have zero gradient, so nothing is lost.
     all_tok = torch.cat([x_tok[None], y_tok[None], neg_tok], 0)  # (E + 2, U, L)
-    local_ids = [torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), all_tok[:, j].reshape(-1)]))
-                 for j in range(U)]
+    local_ids = [
+        torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), all_tok[:, j].reshape(-1)]))
+        for j in range(U)
+    ]
     T = max(int(t.numel()) for t in local_ids) if U else 1
     loc = torch.zeros_like(all_tok)
     tables = torch.zeros(U, T, dtype=torch.long)
     for j in range(U):
         loc[:, j] = torch.searchsorted(local_ids[j], all_tok[:, j].contiguous())
-        tables[j, :local_ids[j].numel()] = local_ids[j]
+        tables[j, : local_ids[j].numel()] = local_ids[j]
     x_loc, y_loc, neg_loc = loc[0], loc[1], loc[2:]
 
     was_training = model.training
     model.train()
 
     def user_loss(params, x, y, neg, noise):
-        noise = {"emb": noise["emb"][None], "blocks": [tuple(t[None] for t in b) for b in noise["blocks"]]}
+        noise = {
+            "emb": noise["emb"][None],
+            "blocks": [tuple(t[None] for t in b) for b in noise["blocks"]],
+        }
         h = functional_call(model, params, (x[None],), {"noise": noise})[0]
         Emb = params["item_emb.weight"]
         lp, ln = (h * Emb[y]).sum(-1), (h * Emb[neg]).sum(-1)
@@ -629,7 +761,11 @@ def sasrec_user_step(model: "SASRec", seqs: Sequence, neg_lists: Sequence, lr: f
             indptr[j + 1] = indptr[j] + k - 1
     losses[n_t == 0] = np.nan
     model.train(was_training)
-    return SASRecCohortUpdate(indptr=indptr,
-                              item_ids=np.concatenate(item_ids) if item_ids else np.zeros(0, np.int64),
-                              item_deltas=torch.cat(item_rows) if item_rows else torch.zeros(0, model.d),
-                              dense=dense, losses=losses, num_targets=n_t.astype(np.int64))
+    return SASRecCohortUpdate(
+        indptr=indptr,
+        item_ids=np.concatenate(item_ids) if item_ids else np.zeros(0, np.int64),
+        item_deltas=torch.cat(item_rows) if item_rows else torch.zeros(0, model.d),
+        dense=dense,
+        losses=losses,
+        num_targets=n_t.astype(np.int64),
+    )

@@ -14,6 +14,7 @@ import numpy as np
 
 from fedrec.config import RunConfig
 
+
 def parse_options(options: str) -> dict:
     """``"a=1,b=0.5,c=x"`` -> ``{"a": 1, "b": 0.5, "c": "x"}`` (config key ``dataset.options``)."""
     from fedrec.errors import ConfigError
@@ -22,16 +23,19 @@ def parse_options(options: str) -> dict:
     for part in filter(None, (p.strip() for p in str(options).split(","))):
         k, sep, v = part.partition("=")
         if not sep or not k.strip():
-            raise ConfigError(f"config key 'dataset.options': '{part}' is not key=value "
-                              "(example: num_users=10000,num_items=2000)")
-        v = v.strip()
+            raise ConfigError(
+                f"config key 'dataset.options': '{part}' is not key=value "
+                "(example: num_users=10000,num_items=2000)"
+            )
+        raw = v.strip()
+        value: int | float | str = raw
         for cast in (int, float):
             try:
-                v = cast(v)
+                value = cast(raw)
                 break
             except ValueError:
                 pass
-        out[k.strip()] = v
+        out[k.strip()] = value
     return out
 
 
@@ -49,8 +53,10 @@ def user_data(dataset: str, options: str = ""):
 
     ds = load_dataset(dataset, **parse_options(options))
     if not isinstance(ds, RecDataset):
-        raise ConfigError(f"config key 'dataset.name': '{dataset}' is not a recommendation "
-                          "dataset; fedmf needs one (ml-100k, lastfm, synthetic-rec)")
+        raise ConfigError(
+            f"config key 'dataset.name': '{dataset}' is not a recommendation "
+            "dataset; fedmf needs one (ml-100k, lastfm, synthetic-rec)"
+        )
     return ds, leave_one_out(ds)
 
 

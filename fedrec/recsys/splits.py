@@ -41,8 +41,8 @@ Choices (all deliberate, all tested):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -63,21 +63,26 @@ SPLIT_ORDERS = ("time", "order")
 
 @dataclass(frozen=True)
 class Ragged:
-    """Per-row variable-length int64 lists in CSR layout: row ``u`` is ``indices[indptr[u]:indptr[u+1]]``."""
+    """Per-row variable-length int64 lists in CSR layout.
+
+    Row ``u`` is ``indices[indptr[u]:indptr[u+1]]``.
+    """
 
     indptr: np.ndarray
     indices: np.ndarray
 
     @classmethod
-    def from_rows(cls, rows: np.ndarray, values: np.ndarray, num_rows: int) -> "Ragged":
+    def from_rows(cls, rows: np.ndarray, values: np.ndarray, num_rows: int) -> Ragged:
         """Build from ``rows`` (sorted ascending) and the matching ``values``."""
-        counts = np.bincount(rows, minlength=num_rows) if rows.size else np.zeros(num_rows, np.int64)
+        counts = (
+            np.bincount(rows, minlength=num_rows) if rows.size else np.zeros(num_rows, np.int64)
+        )
         indptr = np.zeros(num_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         return cls(indptr, np.asarray(values, dtype=np.int64))
 
     @classmethod
-    def from_lists(cls, lists: Sequence[Sequence[int]]) -> "Ragged":
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> Ragged:
         arrays = [np.asarray(x, dtype=np.int64).reshape(-1) for x in lists]
         indptr = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([a.size for a in arrays], out=indptr[1:])
@@ -87,7 +92,7 @@ class Ragged:
     def __len__(self) -> int:
         return int(self.indptr.size - 1)
 
-    def __getitem__(self, u: int) -> np.ndarray:
+    def __getitem__(self, u: int | np.integer) -> np.ndarray:
         return self.indices[self.indptr[u] : self.indptr[u + 1]]
 
     @property
@@ -140,7 +145,10 @@ class UserData:
         return np.bincount(self.train.indices, minlength=self.num_items).astype(np.int64)
 
     def history(self, split: str = "test") -> Ragged:
-        """Items a user has seen before ``split``: ``train`` for valid, ``train`` ∪ ``valid`` for test."""
+        """Items a user has seen before ``split``.
+
+        ``train`` for valid, ``train`` ∪ ``valid`` for test.
+        """
         if split == "valid":
             return self.train
         if split != "test":
@@ -148,7 +156,10 @@ class UserData:
         return _union(self.train, self.valid, self.num_items)
 
     def sequences(self, split: str = "test") -> Ragged:
-        """Input sequences for predicting ``split``: ``train_seq`` (valid) or ``train_seq`` + ``valid`` (test)."""
+        """Input sequences for predicting ``split``.
+
+        ``train_seq`` (valid) or ``train_seq`` + ``valid`` (test).
+        """
         if split == "valid":
             return self.train_seq
         if split != "test":
@@ -215,7 +226,10 @@ def _assemble(ds: RecDataset, user: np.ndarray, item: np.ndarray, side: np.ndarr
 
 
 def leave_one_out(ds: RecDataset, by: str = "time", *, dedupe: bool = True) -> UserData:
-    """Last interaction -> test, second last -> valid, the rest -> train (users with < 3: all train)."""
+    """Last interaction -> test, second last -> valid, the rest -> train.
+
+    Users with fewer than 3 interactions: all train.
+    """
     user, item = _ordered(ds, by, dedupe)
     counts = np.bincount(user, minlength=ds.num_users)
     end = np.cumsum(counts)  # one past each user's last row
@@ -226,15 +240,27 @@ def leave_one_out(ds: RecDataset, by: str = "time", *, dedupe: bool = True) -> U
     return _assemble(ds, user, item, side)
 
 
-def ratio_split(ds: RecDataset, test_fraction: float, seed: int, *, valid_fraction: float = 0.0,
-                by: str = "time", dedupe: bool = True) -> UserData:
-    """Per user, a uniformly random ``test_fraction`` (and ``valid_fraction``) of its interactions."""
-    for name, v, lo_ok in (("test_fraction", test_fraction, False), ("valid_fraction", valid_fraction, True)):
+def ratio_split(
+    ds: RecDataset,
+    test_fraction: float,
+    seed: int,
+    *,
+    valid_fraction: float = 0.0,
+    by: str = "time",
+    dedupe: bool = True,
+) -> UserData:
+    """Per user, a uniform random ``test_fraction`` (and ``valid_fraction``) of its interactions."""
+    for name, v, lo_ok in (
+        ("test_fraction", test_fraction, False),
+        ("valid_fraction", valid_fraction, True),
+    ):
         if not (isinstance(v, (int, float)) and (0.0 <= v < 1.0 if lo_ok else 0.0 < v < 1.0)):
             rng_txt = "[0, 1)" if lo_ok else "(0, 1)"
             raise ConfigError(f"{name} must be a number in {rng_txt} (got {v!r})")
     if test_fraction + valid_fraction >= 1.0:
-        raise ConfigError(f"test_fraction + valid_fraction must be < 1 (got {test_fraction + valid_fraction})")
+        raise ConfigError(
+            f"test_fraction + valid_fraction must be < 1 (got {test_fraction + valid_fraction})"
+        )
     user, item = _ordered(ds, by, dedupe)
     counts = np.bincount(user, minlength=ds.num_users)
     rng = np.random.default_rng(seed)
@@ -244,12 +270,18 @@ def ratio_split(ds: RecDataset, test_fraction: float, seed: int, *, valid_fracti
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.empty(user.size, dtype=np.int64)
     rank[order] = np.arange(user.size) - start[user[order]]
-    n_test = np.where(counts >= 2, np.minimum(counts - 1, np.maximum(1, np.floor(test_fraction * counts + 0.5))), 0)
+    n_test = np.where(
+        counts >= 2,
+        np.minimum(counts - 1, np.maximum(1, np.floor(test_fraction * counts + 0.5))),
+        0,
+    )
     n_test = n_test.astype(np.int64)
     n_valid = np.zeros_like(n_test)
     if valid_fraction > 0:
         room = counts - n_test - 1
-        n_valid = np.where(room >= 1, np.minimum(room, np.maximum(1, np.floor(valid_fraction * counts + 0.5))), 0)
+        n_valid = np.where(
+            room >= 1, np.minimum(room, np.maximum(1, np.floor(valid_fraction * counts + 0.5))), 0
+        )
         n_valid = n_valid.astype(np.int64)
     side = np.zeros(user.size, dtype=np.int64)
     side[rank < n_test[user]] = 2
@@ -260,12 +292,20 @@ def ratio_split(ds: RecDataset, test_fraction: float, seed: int, *, valid_fracti
 def _check_positives(num_items: int, positives: np.ndarray) -> np.ndarray:
     pos = np.asarray(positives, dtype=np.int64).reshape(-1)
     if pos.size and (pos[0] < 0 or pos[-1] >= num_items or np.any(np.diff(pos) <= 0)):
-        raise ConfigError(f"positives must be sorted unique item ids in [0, {num_items}) (got {pos[:10]}...)")
+        raise ConfigError(
+            f"positives must be sorted unique item ids in [0, {num_items}) (got {pos[:10]}...)"
+        )
     return pos
 
 
-def sample_negatives(num_items: int, positives: np.ndarray, n: int,
-                     seed: int | np.random.Generator, *, replace: bool = True) -> np.ndarray:
+def sample_negatives(
+    num_items: int,
+    positives: np.ndarray,
+    n: int,
+    seed: int | np.random.Generator,
+    *,
+    replace: bool = True,
+) -> np.ndarray:
     """``n`` items drawn uniformly from ``[0, num_items)`` minus ``positives`` (sorted, unique)."""
     if int(num_items) < 1:
         raise ConfigError(f"num_items must be >= 1 (got {num_items})")
@@ -274,20 +314,23 @@ def sample_negatives(num_items: int, positives: np.ndarray, n: int,
     pos = _check_positives(num_items, positives)
     m = num_items - pos.size
     if n > 0 and (m == 0 or (not replace and n > m)):
-        raise ConfigError(f"n={n} negatives requested but only {m} non-positive items exist "
-                          f"(replace={replace})")
+        raise ConfigError(
+            f"n={n} negatives requested but only {m} non-positive items exist (replace={replace})"
+        )
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     r = rng.integers(0, m, size=n) if replace else rng.choice(m, size=n, replace=False)
     # the r-th non-positive item is r + #{k : positives[k] - k <= r}
     return (r + np.searchsorted(pos - np.arange(pos.size), r, side="right")).astype(np.int64)
 
 
-def sample_negatives_rows(num_items: int, positives: Ragged, users: np.ndarray,
-                          rng: np.random.Generator) -> np.ndarray:
+def sample_negatives_rows(
+    num_items: int, positives: Ragged, users: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """One uniform negative per entry of ``users``, excluding that user's ``positives`` row.
 
     Vectorised form of :func:`sample_negatives` over many (user, draw) rows with one generator:
-    same exact mapping, with the per-user ``positives[k] - k`` lists laid out as one sorted key array.
+    same exact mapping, with the per-user ``positives[k] - k`` lists laid out as one sorted key
+    array.
     """
     users = np.asarray(users, dtype=np.int64)
     lengths = positives.lengths
@@ -298,6 +341,8 @@ def sample_negatives_rows(num_items: int, positives: Ragged, users: np.ndarray,
     r = rng.integers(0, m).astype(np.int64) if users.size else np.zeros(0, np.int64)
     rows = positives.rows
     within = np.arange(positives.indices.size) - positives.indptr[rows]
-    adj = rows * num_items + (positives.indices - within)  # sorted: rows ascend, p_k - k non-decreasing
+    adj = rows * num_items + (
+        positives.indices - within
+    )  # sorted: rows ascend, p_k - k non-decreasing
     cnt = np.searchsorted(adj, users * num_items + r, side="right") - positives.indptr[users]
     return (r + cnt).astype(np.int64)

@@ -1,7 +1,8 @@
 """Centralised reference trainers (MF-BPR, SASRec) and full-ranking evaluation.
 
 These are the non-federated baselines the federated versions are compared with, built on the same
-pure pieces (:mod:`fedrec.models.recsys`, :mod:`fedrec.recsys.splits`, :mod:`fedrec.metrics.ranking`).
+pure pieces (:mod:`fedrec.models.recsys`, :mod:`fedrec.recsys.splits`,
+:mod:`fedrec.metrics.ranking`).
 
 Randomness: every epoch draws its shuffling and negatives from
 ``np.random.default_rng(derive_seed(seed, <purpose>, epoch))``; torch weights come from explicit
@@ -12,12 +13,12 @@ torch build and thread count).
 MF-BPR (:func:`train_mf_bpr`)
     One epoch = every training (user, item) pair once, in a random order, each paired with one
     negative drawn uniformly from the items that user has not trained on (exact, with
-    replacement), in mini-batches of ``batch_size`` triples; loss :func:`~fedrec.models.recsys.bpr_loss`
-    (mean BPR + ``reg/2`` x squared norms of the batch's embeddings). Optimiser Adam (default,
-    as RecBole's BPR) or plain SGD, on dense ``P``/``Q`` tensors; ``P, Q ~ N(0, 0.1^2)``. Defaults
-    (d=64, 30 epochs, Adam lr 5e-3, reg 1e-3, batch 1024) were picked on ML-100K leave-one-out,
-    where they give test NDCG@10 ~ 0.040 and HR@10 ~ 0.081 (lr 1e-3 / reg 1e-4 reaches ~ 0.034
-    after 40-60 epochs).
+    replacement), in mini-batches of ``batch_size`` triples; loss
+    :func:`~fedrec.models.recsys.bpr_loss` (mean BPR + ``reg/2`` x squared norms of the batch's
+    embeddings). Optimiser Adam (default, as RecBole's BPR) or plain SGD, on dense ``P``/``Q``
+    tensors; ``P, Q ~ N(0, 0.1^2)``. Defaults (d=64, 30 epochs, Adam lr 5e-3, reg 1e-3, batch
+    1024) were picked on ML-100K leave-one-out, where they give test NDCG@10 ~ 0.040 and HR@10 ~
+    0.081 (lr 1e-3 / reg 1e-4 reaches ~ 0.034 after 40-60 epochs).
 
 SASRec (:func:`train_sasrec`)
     One epoch = every user with at least 2 training interactions once, in a random order, in
@@ -42,7 +43,7 @@ Evaluation (:func:`evaluate_full_ranking`)
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +79,9 @@ def _num_items(train: UserData, num_items: int | None) -> int:
     if num_items is None:
         return train.num_items
     if int(num_items) < train.num_items:
-        raise ConfigError(f"num_items must be >= the data's num_items={train.num_items} (got {num_items})")
+        raise ConfigError(
+            f"num_items must be >= the data's num_items={train.num_items} (got {num_items})"
+        )
     return int(num_items)
 
 
@@ -93,11 +96,24 @@ def _optimizer(name: str, params, lr: float, **adam_kw) -> torch.optim.Optimizer
 # --------------------------------------------------------------------------- MF-BPR
 
 
-def train_mf_bpr(train: UserData, num_items: int | None = None, d: int = 64, epochs: int = 30,
-                 lr: float = 5e-3, reg: float = 1e-3, batch_size: int = 1024, seed: int = 0, *,
-                 item_bias: bool = False, optimizer: str = "adam", init_std: float = 0.1,
-                 callback: Callable[[int, float, MFParams], None] | None = None) -> MFParams:
-    """Centralised MF-BPR on ``train.train``; returns :class:`~fedrec.models.recsys.MFParams` (P, Q, b).
+def train_mf_bpr(
+    train: UserData,
+    num_items: int | None = None,
+    d: int = 64,
+    epochs: int = 30,
+    lr: float = 5e-3,
+    reg: float = 1e-3,
+    batch_size: int = 1024,
+    seed: int = 0,
+    *,
+    item_bias: bool = False,
+    optimizer: str = "adam",
+    init_std: float = 0.1,
+    callback: Callable[[int, float, MFParams], None] | None = None,
+) -> MFParams:
+    """Centralised MF-BPR on ``train.train``.
+
+    Returns :class:`~fedrec.models.recsys.MFParams` (P, Q, b).
 
     ``callback(epoch, mean_loss, params)`` runs after every epoch (e.g. validation, logging).
     """
@@ -108,11 +124,17 @@ def train_mf_bpr(train: UserData, num_items: int | None = None, d: int = 64, epo
     _positive("batch_size", batch_size, integer=True)
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of: {', '.join(OPTIMIZERS)} (got {optimizer!r})")
-    init = init_mf(train.num_users, n_items, d, init_std=init_std, item_bias=item_bias,
-                   seed=derive_seed(seed, "mf-init"))
+    init = init_mf(
+        train.num_users,
+        n_items,
+        d,
+        init_std=init_std,
+        item_bias=item_bias,
+        seed=derive_seed(seed, "mf-init"),
+    )
     P = torch.nn.Parameter(init.P)
     Q = torch.nn.Parameter(init.Q)
-    b = torch.nn.Parameter(init.b) if item_bias else None
+    b = torch.nn.Parameter(init.b) if init.b is not None else None  # init_mf: b iff item_bias
     opt = _optimizer(optimizer, [t for t in (P, Q, b) if t is not None], lr)
     users_all, items_all = train.train.rows, train.train.indices
     n = users_all.size
@@ -124,8 +146,10 @@ def train_mf_bpr(train: UserData, num_items: int | None = None, d: int = 64, epo
         u_t, i_t, j_t = (torch.from_numpy(a) for a in (u_np, i_np, j_np))
         total = 0.0
         for a in range(0, n, batch_size):
-            u, i, j = u_t[a:a + batch_size], i_t[a:a + batch_size], j_t[a:a + batch_size]
-            loss = bpr_loss(P[u], Q[i], Q[j], reg, None if b is None else b[i], None if b is None else b[j])
+            u, i, j = u_t[a : a + batch_size], i_t[a : a + batch_size], j_t[a : a + batch_size]
+            loss = bpr_loss(
+                P[u], Q[i], Q[j], reg, None if b is None else b[i], None if b is None else b[j]
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -136,14 +160,18 @@ def train_mf_bpr(train: UserData, num_items: int | None = None, d: int = 64, epo
 
 
 def _mf_snapshot(P, Q, b) -> MFParams:
-    return MFParams(P.detach().clone(), Q.detach().clone(), None if b is None else b.detach().clone())
+    return MFParams(
+        P.detach().clone(), Q.detach().clone(), None if b is None else b.detach().clone()
+    )
 
 
 def mf_score_fn(params: MFParams) -> ScoreFn:
     """``users -> P[users] @ Q.T (+ b)``."""
+
     def score(users: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
             return mf_scores(params, users)
+
     return score
 
 
@@ -151,7 +179,10 @@ def mf_score_fn(params: MFParams) -> ScoreFn:
 
 
 def _sasrec_examples(train: UserData, max_len: int):
-    """Users with >= 2 training interactions, their input/target tokens (left-padded, +1 shifted)."""
+    """Users with >= 2 training interactions and their input/target tokens.
+
+    Tokens are left-padded and +1 shifted.
+    """
     seq = train.train_seq
     users = np.flatnonzero(seq.lengths >= 2)
     inputs = to_tokens([seq[u][:-1] for u in users], max_len)
@@ -159,10 +190,22 @@ def _sasrec_examples(train: UserData, max_len: int):
     return users, inputs, targets
 
 
-def train_sasrec(train: UserData, num_items: int | None = None, *, d: int = 64, max_len: int = 50,
-                 num_blocks: int = 2, num_heads: int = 1, dropout: float = 0.2, epochs: int = 200,
-                 lr: float = 1e-3, batch_size: int = 128, l2_emb: float = 0.0, seed: int = 0,
-                 callback: Callable[[int, float, SASRec], None] | None = None) -> SASRec:
+def train_sasrec(
+    train: UserData,
+    num_items: int | None = None,
+    *,
+    d: int = 64,
+    max_len: int = 50,
+    num_blocks: int = 2,
+    num_heads: int = 1,
+    dropout: float = 0.2,
+    epochs: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    l2_emb: float = 0.0,
+    seed: int = 0,
+    callback: Callable[[int, float, SASRec], None] | None = None,
+) -> SASRec:
     """Centralised SASRec on ``train.train_seq``; returns the trained model in eval mode.
 
     ``callback(epoch, mean_loss, model)`` runs after every epoch (the model is in train mode again
@@ -173,7 +216,9 @@ def train_sasrec(train: UserData, num_items: int | None = None, *, d: int = 64, 
     _positive("lr", lr)
     _positive("batch_size", batch_size, integer=True)
     _positive("l2_emb", l2_emb, allow_zero=True)
-    model = SASRec(n_items, d, max_len, num_blocks, num_heads, dropout, seed=derive_seed(seed, "sasrec-init"))
+    model = SASRec(
+        n_items, d, max_len, num_blocks, num_heads, dropout, seed=derive_seed(seed, "sasrec-init")
+    )
     users, inputs, targets = _sasrec_examples(train, max_len)
     mask = targets > 0
     t_rows = np.nonzero(mask.numpy())[0]
@@ -184,14 +229,18 @@ def train_sasrec(train: UserData, num_items: int | None = None, *, d: int = 64, 
         for epoch in range(int(epochs)):
             rng = np.random.default_rng(derive_seed(seed, "sasrec-epoch", epoch))
             neg = torch.zeros_like(targets)
-            neg[mask] = torch.from_numpy(sample_negatives_rows(n_items, train.train, users[t_rows], rng) + 1)
+            neg[mask] = torch.from_numpy(
+                sample_negatives_rows(n_items, train.train, users[t_rows], rng) + 1
+            )
             perm = torch.from_numpy(rng.permutation(users.size))
             total, count = 0.0, 0
             for a in range(0, users.size, batch_size):
-                idx = perm[a:a + batch_size]
+                idx = perm[a : a + batch_size]
                 loss = model.bce_loss(inputs[idx], targets[idx], neg[idx])
                 if l2_emb > 0:
-                    toks = torch.unique(torch.cat([t[idx].reshape(-1) for t in (inputs, targets, neg)]))
+                    toks = torch.unique(
+                        torch.cat([t[idx].reshape(-1) for t in (inputs, targets, neg)])
+                    )
                     loss = loss + l2_emb * model.item_emb(toks).pow(2).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -207,13 +256,17 @@ def train_sasrec(train: UserData, num_items: int | None = None, *, d: int = 64, 
 
 
 def sasrec_score_fn(model: SASRec, user_data: UserData, split: str = "test") -> ScoreFn:
-    """``users -> model.score_all(last max_len items of user_data.sequences(split))`` in eval mode."""
+    """Score function in eval mode.
+
+    ``users -> model.score_all(last max_len items of user_data.sequences(split))``.
+    """
     seqs = user_data.sequences(split)
 
     def score(users: np.ndarray) -> torch.Tensor:
         model.eval()
         with torch.no_grad():
             return model.score_all(to_tokens([seqs[u] for u in users], model.max_len))
+
     return score
 
 
@@ -224,9 +277,17 @@ def _rows(r: Ragged, users: np.ndarray) -> list[np.ndarray]:
     return [r[u] for u in users]
 
 
-def evaluate_full_ranking(score_fn: ScoreFn, user_data: UserData, k_list: Sequence[int] = (10, 20),
-                          exclude_train: bool = True, *, split: str = "test", batch_size: int = 1024,
-                          popular_fraction: float = 0.2, user_groups: np.ndarray | None = None) -> dict[str, float]:
+def evaluate_full_ranking(
+    score_fn: ScoreFn,
+    user_data: UserData,
+    k_list: Sequence[int] = (10, 20),
+    exclude_train: bool = True,
+    *,
+    split: str = "test",
+    batch_size: int = 1024,
+    popular_fraction: float = 0.2,
+    user_groups: np.ndarray | None = None,
+) -> dict[str, float]:
     """Full-catalog ranking metrics of ``score_fn(users) -> (len(users), num_items)`` on ``split``.
 
     Returns the flat dict of :func:`fedrec.metrics.ranking.ranking_metrics` (``hr@K``,
@@ -244,11 +305,13 @@ def evaluate_full_ranking(score_fn: ScoreFn, user_data: UserData, k_list: Sequen
     per_user: dict[str, list[np.ndarray]] = {}
     tops = []
     for a in range(0, users.size, batch_size):
-        chunk = users[a:a + batch_size]
+        chunk = users[a : a + batch_size]
         s = score_fn(chunk)
         s = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
         if s.shape != (chunk.size, n_items):
-            raise ConfigError(f"score_fn must return ({chunk.size}, {n_items}) scores (got {s.shape})")
+            raise ConfigError(
+                f"score_fn must return ({chunk.size}, {n_items}) scores (got {s.shape})"
+            )
         s = rk._scores(s)
         if exclude_train:
             s = rk._apply_exclude(s, _rows(history, chunk))
@@ -270,6 +333,8 @@ def evaluate_full_ranking(score_fn: ScoreFn, user_data: UserData, k_list: Sequen
     if user_groups is not None:
         g = np.asarray(user_groups).reshape(-1)
         if g.size != user_data.num_users:
-            raise ConfigError(f"user_groups must have one entry per user ({user_data.num_users}), got {g.size}")
+            raise ConfigError(
+                f"user_groups must have one entry per user ({user_data.num_users}), got {g.size}"
+            )
         out.update(rk.user_group_metrics(pu, g[users]))
     return out

@@ -43,9 +43,12 @@ def _copy_records(content: RecordDict) -> RecordDict:
     out = RecordDict()
     for key, rec in content.items():
         if isinstance(rec, ArrayRecord):
-            out[key] = ArrayRecord({k: Array(dtype=a.dtype, shape=tuple(a.shape), stype=a.stype,
-                                             data=bytes(a.data))
-                                    for k, a in rec.items()})
+            out[key] = ArrayRecord(
+                {
+                    k: Array(dtype=a.dtype, shape=tuple(a.shape), stype=a.stype, data=bytes(a.data))
+                    for k, a in rec.items()
+                }
+            )
         elif isinstance(rec, ConfigRecord):
             out[key] = config_record_from_proto(config_record_to_proto(rec))
         else:
@@ -56,9 +59,11 @@ def _copy_records(content: RecordDict) -> RecordDict:
 def _copy(msg: Message) -> Message:
     """A delivery copy of ``msg`` sharing no mutable object with it (module docstring)."""
     error = error_from_proto(error_to_proto(msg.error)) if msg.has_error() else None
-    return make_message(metadata=metadata_from_proto(metadata_to_proto(msg.metadata)),
-                        content=None if error is not None else _copy_records(msg.content),
-                        error=error)
+    return make_message(
+        metadata=metadata_from_proto(metadata_to_proto(msg.metadata)),
+        content=None if error is not None else _copy_records(msg.content),
+        error=error,
+    )
 
 
 class LocalGrid(Grid):
@@ -68,10 +73,15 @@ class LocalGrid(Grid):
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
         self.contexts = {
-            NODE_ID_BASE + i: Context(run_id=run_id, node_id=NODE_ID_BASE + i,
-                                      node_config={"partition-id": i, "num-partitions": num_nodes},
-                                      state=RecordDict(), run_config={})
-            for i in range(num_nodes)}
+            NODE_ID_BASE + i: Context(
+                run_id=run_id,
+                node_id=NODE_ID_BASE + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i in range(num_nodes)
+        }
         self._replies: dict[str, Message] = {}
         self._ids = itertools.count(1)
 
@@ -108,13 +118,25 @@ class LocalGrid(Grid):
         ctx = self.contexts.get(msg.metadata.dst_node_id)
         incoming = _copy(msg)
         if ctx is None:
-            return Message(Error(code=ErrorCode.NODE_UNAVAILABLE if hasattr(
-                ErrorCode, "NODE_UNAVAILABLE") else 0, reason="unknown node"), reply_to=incoming)
+            return Message(
+                Error(
+                    code=ErrorCode.NODE_UNAVAILABLE
+                    if hasattr(ErrorCode, "NODE_UNAVAILABLE")
+                    else 0,
+                    reason="unknown node",
+                ),
+                reply_to=incoming,
+            )
         try:
             reply = self.client_app(incoming, ctx)
         except Exception as exc:  # as Flower: a raising ClientApp yields an error reply
-            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                                  reason=f"{type(exc).__name__}: {exc}"), reply_to=incoming)
+            reply = Message(
+                Error(
+                    code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                    reason=f"{type(exc).__name__}: {exc}",
+                ),
+                reply_to=incoming,
+            )
         reply = _copy(reply)
         reply.metadata.__dict__["_message_id"] = f"r{next(self._ids)}"
         return reply
@@ -122,8 +144,9 @@ class LocalGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(m) for m in message_ids if m in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
-                         ) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
 

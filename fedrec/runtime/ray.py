@@ -37,9 +37,12 @@ def run_ray(cfg, out_dir: str) -> None:
     rt = cfg.runtime
     backend_config = {
         "client_resources": {"num_cpus": rt.client_num_cpus, "num_gpus": rt.client_num_gpus},
-        "init_args": {"num_cpus": rt.ray_num_cpus or os.cpu_count() or 1,
-                      "include_dashboard": False, "_node_ip_address": "127.0.0.1",
-                      "log_to_driver": True},
+        "init_args": {
+            "num_cpus": rt.ray_num_cpus or os.cpu_count() or 1,
+            "include_dashboard": False,
+            "_node_ip_address": "127.0.0.1",
+            "log_to_driver": True,
+        },
     }
     errors: list[BaseException] = []
     flwr_log = logging.getLogger("flwr")
@@ -48,9 +51,13 @@ def run_ray(cfg, out_dir: str) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run_simulation(server_app=make_server_app(cfg, out_dir, errors), client_app=client_app,
-                           num_supernodes=num_nodes, backend_config=backend_config,
-                           verbose_logging=False)
+            run_simulation(
+                server_app=make_server_app(cfg, out_dir, errors),
+                client_app=client_app,
+                num_supernodes=num_nodes,
+                backend_config=backend_config,
+                verbose_logging=False,
+            )
     finally:
         flwr_log.removeFilter(hide)
     if errors:
@@ -58,5 +65,7 @@ def run_ray(cfg, out_dir: str) -> None:
             raise errors[0]
         raise FedrecError(f"the ray simulation failed: {type(errors[0]).__name__}: {errors[0]}")
     if not (Path(out_dir) / "summary.json").exists():
-        raise FedrecError("the ray simulation ended without a result; see the log above "
-                          "(a ClientApp or ServerApp exception is printed there)")
+        raise FedrecError(
+            "the ray simulation ended without a result; see the log above "
+            "(a ClientApp or ServerApp exception is printed there)"
+        )

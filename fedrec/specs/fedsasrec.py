@@ -13,16 +13,25 @@ from fedrec.messages import FlatLayout
 @dataclass(frozen=True)
 class FedSASRecParams:
     dim: int = key(64, "Hidden size d.", check=lambda v: v >= 1, check_doc=">= 1")
-    max_len: int = key(50, "Most recent items a sequence keeps.", check=lambda v: v >= 2,
-                       check_doc=">= 2")
+    max_len: int = key(
+        50, "Most recent items a sequence keeps.", check=lambda v: v >= 2, check_doc=">= 2"
+    )
     num_blocks: int = key(2, "Self-attention blocks.", check=lambda v: v >= 0, check_doc=">= 0")
-    num_heads: int = key(1, "Attention heads (must divide dim).", check=lambda v: v >= 1,
-                         check_doc=">= 1")
+    num_heads: int = key(
+        1, "Attention heads (must divide dim).", check=lambda v: v >= 1, check_doc=">= 1"
+    )
     dropout: float = key(0.2, "Dropout rate.", check=lambda v: 0 <= v < 1, check_doc="in [0, 1)")
-    users_per_client: int = key(1, "Users per logical client (1 = one client per user).",
-                                check=lambda v: v >= 1, check_doc=">= 1")
-    server_optimizer: str = key("adam", "adam: FedAdam on the FedAvg pseudo-gradient; sgd: "
-                                "FedAvg with server-lr.", choices=("adam", "sgd"))
+    users_per_client: int = key(
+        1,
+        "Users per logical client (1 = one client per user).",
+        check=lambda v: v >= 1,
+        check_doc=">= 1",
+    )
+    server_optimizer: str = key(
+        "adam",
+        "adam: FedAdam on the FedAvg pseudo-gradient; sgd: FedAvg with server-lr.",
+        choices=("adam", "sgd"),
+    )
     server_lr: float = key(0.01, "Server learning rate.", check=lambda v: v > 0, check_doc="> 0")
 
 
@@ -37,13 +46,17 @@ def dense_layout(weights: list[np.ndarray]) -> FlatLayout:
     return FlatLayout.of(weights[1:])
 
 
-def pack_train(item_ids: np.ndarray, item_sums: np.ndarray, dense_sum: np.ndarray
-               ) -> list[np.ndarray]:
+def pack_train(
+    item_ids: np.ndarray, item_sums: np.ndarray, dense_sum: np.ndarray
+) -> list[np.ndarray]:
     """Train upload: ``[touched item ids (k,) int64 (0-based, without the padding row),
     their example-weighted delta sums (k, d) float32, the example-weighted sum of the
     flat non-embedding deltas (:func:`dense_layout`)]``."""
-    return [np.asarray(item_ids, dtype=np.int64), np.asarray(item_sums, dtype=np.float32),
-            np.asarray(dense_sum)]
+    return [
+        np.asarray(item_ids, dtype=np.int64),
+        np.asarray(item_sums, dtype=np.float32),
+        np.asarray(dense_sum),
+    ]
 
 
 def unpack_train(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
