@@ -8,13 +8,15 @@ minimised against a variational estimator ``q_phi_t``, every row projected onto 
 ball ``||e_u - e_u^0|| <= eps * ||e_u^0||``), Step 2 *Flexible Combination*
 ``U(alpha) = sum_t alpha_t U_t*`` with ``alpha = softmax(alpha_tilde)`` learned for the
 summed MI. The maths, its defaults and why it factorises per user are in
-:mod:`fedrec.algorithms.lego`; this module is the message schedule around it.
+:mod:`fedrec.algorithms.lego`; the messages in :mod:`fedrec.specs.lego`; what each
+message makes leave a client, in :mod:`fedrec.clients.lego`. This module is the message
+schedule around them.
 
 Run structure
 -------------
 Rounds ``1..R`` (``num-server-rounds``) are FedMF exactly (same parameters, same
 client code: :class:`~fedrec.clients.lego.LegoClient` extends ``MFClient``). In
-:meth:`on_round_end` of round ``R`` (where FedMF releases its embeddings) the
+:meth:`after_evaluate` of round ``R`` (where FedMF releases its embeddings) the
 unlearning requests run as extra ``query.lego_*`` phases, then the item table is
 frozen for good:
 
@@ -32,22 +34,22 @@ recomputed ("LEGO bricks", §1.5).
 Phases of one request (all clients in every phase; ``k`` = attributes in the message)
 -------------------------------------------------------------------------------------
 - ``query.lego_prior`` (Step 1, once): the server assigns each requested attribute a
-  free state slot (``slots`` travels with ``attrs`` in every message, see
-  :mod:`fedrec.clients.lego`); the clients reset those slots to ``U0`` (zero Adam
-  state) and return one-hot label counts of their consenting users. The server sums
-  them: prior ``p_t`` and ``count_t`` per attribute. The number of classes ``K_t`` is
-  the dataset's public schema (``attr_names``), not learnt from the clients.
+  free state slot (``slots`` travels with ``attrs`` in every message); the clients
+  reset those slots to ``U0`` (zero Adam state) and return one-hot label counts of
+  their consenting users. The server sums them: prior ``p_t`` and ``count_t`` per
+  attribute. The number of classes ``K_t`` is the dataset's public schema
+  (``attr_names``), not learnt from the clients.
 - ``query.lego_calibrate`` (Step 1, ``warmup-phi + steps * n-phi + 1`` messages
-  when ``steps, n-phi >= 1``, :func:`calibration_schedule`): the
-  broadcast carries the current estimator parameters ``phi_t`` of every attribute
-  being calibrated (``4 k`` float32 arrays) and two flags. ``step``: first take one
-  per-user Adam step on each calibrated row with ``phi_t`` fixed and project it onto
-  its ball (the priors come with the message). ``fit``: return the estimators'
-  cross-entropy gradient sums on the (new) calibrated rows. The server adds them and
-  takes one Adam step per estimator (:func:`~fedrec.algorithms.lego.classifier_step`).
-  An embedding step and the next estimator update use the same ``phi`` (the update
-  after ``n-phi`` fits), so they share one message: the driver's sequence
-  ``warmup x fit, steps x (n-phi x fit, step)`` becomes that many messages.
+  when ``steps, n-phi >= 1``, :func:`calibration_schedule`): the broadcast carries the
+  current estimator parameters ``phi_t`` of every attribute being calibrated (one flat
+  float32 vector each) and two flags. ``step``: first take one per-user Adam step on
+  each calibrated row with ``phi_t`` fixed and project it onto its ball (the priors
+  come with the message). ``fit``: return the estimators' cross-entropy gradient sums
+  on the (new) calibrated rows. The server adds them and takes one Adam step per
+  estimator (:func:`~fedrec.algorithms.estimators.classifier_step`). An embedding step
+  and the next estimator update use the same ``phi`` (the update after ``n-phi``
+  fits), so they share one message: the driver's sequence ``warmup x fit, steps x
+  (n-phi x fit, step)`` becomes that many messages.
 - ``query.lego_combine`` (Step 2, ``warmup-phi + combine-steps * (n-phi + 1)``
   messages, only with ``k >= 2`` active attributes): the broadcast carries
   ``alpha_tilde`` and fresh estimators ``phi_t`` (one per active attribute, seeded
@@ -73,38 +75,12 @@ request, whereas ``Lego.add`` recombines after every single attribute (Step 2 al
 starts from scratch, so the final state is the same). The consent mask is one draw
 per user, shared by all attributes.
 
-What leaves a client (and what does not)
-----------------------------------------
-Leaves: label counts of consenting users (prior phase); gradient sums of the shared
-estimators over consenting users, their count, loss sum and vCLUB sum (calibrate and
-combine ``fit`` phases); ``d J / d alpha_tilde`` sums and vCLUB sums over consenting
-users (combine ``grad``); FedMF's traffic before (item-row deltas) and FedMF's
-evaluation replies after each request (per-user ranking metrics and top-K lists, a
-measurement of the simulation). Non-consenting users (``consent-fraction`` < 1)
-contribute exact zeros to every sum (a client with no consenting user sends no array).
-Never leaves: user embeddings (``U0``, calibrations, ``U(alpha)``), per-user Adam
-state, attribute labels, interactions; except in the opt-in audit
-``release-embeddings = true``, which collects the embeddings before LEGO
-(``embeddings_original.npz``) and after the last request (``embeddings.npz``).
-
-What the sums reveal. They are sums over a client's consenting users, meant to be
-added under secure aggregation (§1.9): the server needs only the totals. fedrec does
-not ship secure aggregation; this simulation adds them in the clear. With one user per
-client (``users-per-client = 1``) a consenting user's sums identify it: the counts are
-the one-hot label, the output-bias gradient is ``softmax - onehot(a_u)`` and the first
-layer's gradient is ``delta (x) e_u`` (row ``i`` of ``dW1`` over ``db1_i`` is the current
-calibrated embedding). Consent therefore means "I trust the aggregator"; a deployment
-must add secure aggregation or use several users per client (cross-silo).
-
 Cost. A message costs one round trip of every client; the calibration of ``k``
 attributes in parallel needs as many messages as that of one attribute, the payload
-grows with ``k``. In the local simulation a LEGO message to 943 per-user clients on one
-node takes 1-2 s (mostly the ClientApp's per-client state (de)serialisation), so the
-library-default schedule (~1,500 messages per request) is slow there; see
-``experiments/lego/README.md`` for a compressed schedule and measured costs. Per
-request the server records the wall time of Step 1 and Step 2, the message counts and
-the uploaded bytes (payload arrays and metric values, 8 bytes per number), so a dynamic
-request can be compared with a full one.
+grows with ``k``. Per request the server records the wall time of Step 1 and Step 2,
+the message counts and the uploaded bytes (payload arrays and metric values, 8 bytes
+per number), so a dynamic request can be compared with a full one (measured costs:
+``experiments/lego/README.md``).
 
 Outputs: ``lego.json`` (seed, options, per-request attributes, alpha, timings, counts,
 MI histories, ranking metrics before and after every request); the last round's
@@ -123,54 +99,18 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.algorithms import estimators as E
 from fedrec.algorithms import lego as L
-from fedrec.config import key
 from fedrec.errors import ConfigError, FedrecError
-from fedrec.strategies.fedmf import FedMF, FedMFParams
+from fedrec.optim import adam_step
+from fedrec.specs import lego as spec
+from fedrec.specs.lego import FedLegoParams
+from fedrec.strategies.fedmf import FedMF
 
 log = logging.getLogger("fedrec")
 
 _KEY = "strategy.params."
 METRIC_KEYS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "coverage@10", "user_ndcg@10_gap")
-
-
-@dataclass(frozen=True)
-class FedLegoParams(FedMFParams):
-    attributes: str = key("gender,age_bucket,occupation", "First unlearning request: comma "
-                          "list of categorical user attributes of the dataset (ml-100k: gender, "
-                          "age_bucket, occupation; synthetic-rec: gender), calibrated in "
-                          "parallel, then combined.")
-    add_attributes: str = key("", "Second (dynamic) request: attributes added after the first; "
-                              "only they are calibrated, the combination is solved again. "
-                              "Empty = no second request.")
-    withdraw_attributes: str = key("", "Third request: attributes (of the first two) no longer "
-                                   "to unlearn; their calibrations are dropped and the "
-                                   "combination is solved again. Empty = no third request.")
-    eps: float = key(0.2, "Relative per-row ball radius: every user embedding stays within "
-                     "eps * ||e_u^0|| of its original (0 = no change).",
-                     check=lambda v: v >= 0, check_doc=">= 0")
-    steps: int = key(200, "Step 1: embedding steps per calibration (T).",
-                     check=lambda v: v >= 0, check_doc=">= 0")
-    n_phi: int = key(5, "Estimator updates per embedding step (Step 1) and per alpha step "
-                     "(Step 2); each is one message.", check=lambda v: v >= 0, check_doc=">= 0")
-    warmup_phi: int = key(100, "Estimator updates before the first embedding / alpha step.",
-                          check=lambda v: v >= 0, check_doc=">= 0")
-    lr_phi: float = key(1e-3, "Adam step size of the estimators q_phi (server side).",
-                        check=lambda v: v > 0, check_doc="> 0")
-    lr_emb: float = key(1e-2, "Per-user Adam step of the embedding step, relative to the "
-                        "row's ball: lr_u = lr-emb * eps_u / sqrt(d).",
-                        check=lambda v: v > 0, check_doc="> 0")
-    hidden: int = key(64, "Hidden units of the estimators (MLP d -> hidden -> K, ReLU).",
-                      check=lambda v: v >= 1, check_doc=">= 1")
-    combine_steps: int = key(50, "Step 2: Adam steps on alpha_tilde.",
-                             check=lambda v: v >= 0, check_doc=">= 0")
-    combine_lr: float = key(0.03, "Step 2: Adam step size on alpha_tilde.",
-                            check=lambda v: v > 0, check_doc="> 0")
-    consent_fraction: float = key(1.0, "Share of users whose labels train the shared estimators "
-                                  "and enter the prior and alpha gradients (each user draws "
-                                  "its consent from a seed; every user calibrates its own "
-                                  "embedding).", check=lambda v: 0 < v <= 1,
-                                  check_doc="in (0, 1]")
 
 
 def attribute_list(value: str, name: str) -> list[str]:
@@ -242,6 +182,15 @@ def calibration_schedule(steps: int, n_phi: int, warmup_phi: int) -> list[tuple[
     return msgs
 
 
+@dataclass
+class Traffic:
+    """The round a step of a request runs in, and its message count and upload bytes."""
+
+    server_round: int
+    messages: int = 0
+    upload_bytes: int = 0
+
+
 def lego_seed(cfg) -> int:
     """The seed passed to the LEGO drivers (``attr_seed`` derives per-attribute seeds)."""
     from fedrec.seeding import derive_seed
@@ -260,7 +209,7 @@ class FedLego(FedMF):
     @classmethod
     def preflight(cls, cfg) -> None:
         super().preflight(cfg)
-        from fedrec.clients.recsys import cfg_user_data
+        from fedrec.recsys.data import cfg_user_data
 
         ds, _ = cfg_user_data(cfg)
         plan_requests(cls.parse_params(cfg), ds)
@@ -282,72 +231,59 @@ class FedLego(FedMF):
         return weights
 
     # ------------------------------------------------------------------ messaging
-    def _send(self, grid, action: str, weights, config, stats: dict) -> list:
-        replies = self.communicate(grid, f"query.{action}", self.client_ids, self._rnd,
-                                   weights, config)
+    def _send(self, grid, action: str, weights, config, traffic: Traffic) -> list:
+        """One ``query.<action>`` phase to every client in ``traffic.server_round``; counts
+        the message and its upload into ``traffic``."""
+        replies = self.communicate(grid, f"query.{action}", self.client_ids,
+                                   traffic.server_round, weights, config)
         if len(replies) != len(self.client_ids):
             raise FedrecError(f"query.{action}: {len(self.client_ids) - len(replies)} clients did "
                               "not reply; LEGO needs every client in every phase (full batch)")
         up = 0
         for r in replies:
             up += sum(int(np.asarray(w).nbytes) for w in (r.weights or []))
-            up += 8 * sum(len(v) if isinstance(v, list) else 1 for v in r.metrics.values())
-        stats["messages"] = stats.get("messages", 0) + 1
-        stats["upload_bytes"] = stats.get("upload_bytes", 0) + up
+            up += 8 * sum(int(np.size(v)) for v in r.metrics.values())
+        traffic.messages += 1
+        traffic.upload_bytes += up
         return replies
 
-    @staticmethod
-    def _sum_fit(replies, sizes: list[int]):
-        """Summed flat gradients (split per attribute), counts and loss sums."""
-        k = len(sizes)
-        total = np.zeros(sum(sizes))
-        count, loss = np.zeros(k, dtype=np.int64), np.zeros(k)
-        for r in replies:
-            count += np.asarray(r.metrics["count"], dtype=np.int64)
-            loss += np.asarray(r.metrics["loss"], dtype=np.float64)
-            if r.weights is not None:
-                total += r.weights[0]
-        bounds = np.cumsum([0] + sizes)
-        return [total[bounds[i]:bounds[i + 1]] for i in range(k)], count, loss
+    def _layouts(self, attrs: list[str]):
+        return [spec.classifier_layout(self.params.dim, self.params.hidden, self.num_classes[t])
+                for t in attrs]
 
-    def _shapes(self, K: int) -> list[tuple[int, ...]]:
-        h, d = self.params.hidden, self.params.dim
-        return [(h, d), (h,), (K, h), (K,)]
-
-    def _unflatten(self, flat: np.ndarray, K: int) -> list[np.ndarray]:
-        out, i = [], 0
-        for s in self._shapes(K):
-            n = int(np.prod(s))
-            out.append(flat[i:i + n].reshape(s))
-            i += n
-        return out
+    def _request_config(self, attrs: list[str]) -> dict[str, Any]:
+        """The ``attrs`` / ``slots`` of a message (client state slots, see
+        :mod:`fedrec.clients.lego`)."""
+        return spec.request_config(attrs, [self.active[t]["slot"] for t in attrs])
 
     def _fit_step(self, replies, attrs, params, states, ce) -> None:
-        """Server half of one estimator update for every attribute of the message."""
-        sizes = [sum(int(np.prod(s)) for s in self._shapes(self.num_classes[t])) for t in attrs]
-        grads, count, loss = self._sum_fit(replies, sizes)
-        for i, t in enumerate(attrs):
-            params[t], states[t] = L.classifier_step(
-                params[t], self._unflatten(grads[i], self.num_classes[t]), int(count[i]),
-                states[t], self.params.lr_phi)
+        """Server half of one estimator update for every attribute of the message: sum
+        the clients' flat gradient sums, counts and losses (client order), one Adam step
+        per estimator."""
+        layouts = self._layouts(attrs)
+        total = np.zeros(sum(lay.size for lay in layouts))
+        count, loss = np.zeros(len(attrs), dtype=np.int64), np.zeros(len(attrs))
+        for r in replies:
+            count += np.asarray(r.metrics[spec.COUNT], dtype=np.int64)
+            loss += np.asarray(r.metrics[spec.LOSS], dtype=np.float64)
+            if r.weights is not None and len(r.weights[0]):   # empty: nobody consents
+                total += r.weights[0]
+        for i, (t, grads) in enumerate(zip(attrs, spec.unpack_grad_sums(total, layouts))):
+            params[t], states[t] = E.classifier_step(params[t], grads, int(count[i]), states[t],
+                                                     self.params.lr_phi)
             if count[i]:
                 ce[t].append(float(loss[i] / count[i]))
 
-    def _names(self, attrs: list[str]) -> dict[str, str]:
-        """The ``attrs`` / ``slots`` config of a message (client state slots, see
-        :mod:`fedrec.clients.lego`)."""
-        return {"attrs": ",".join(attrs),
-                "slots": ",".join(str(self.active[t]["slot"]) for t in attrs)}
-
     # ------------------------------------------------------------------ Step 1
-    def _calibrate(self, grid, attrs: list[str], stats: dict) -> dict[str, Any]:
+    def _calibrate(self, grid, attrs: list[str], traffic: Traffic) -> dict[str, Any]:
         p = self.params
         used = {v["slot"] for v in self.active.values()}
         free = (s for s in range(len(used) + len(attrs)) if s not in used)
         for t in attrs:
             self.active[t] = {"slot": next(free)}
-        replies = self._send(grid, "lego_prior", None, self._names(attrs), stats)
-        counts = np.sum([np.asarray(r.metrics["counts"], dtype=np.int64) for r in replies], axis=0)
+        replies = self._send(grid, spec.PRIOR, None, self._request_config(attrs), traffic)
+        counts = np.sum([np.asarray(r.metrics[spec.COUNTS], dtype=np.int64) for r in replies],
+                        axis=0)
         bounds = np.cumsum([0] + [self.num_classes[t] for t in attrs])
         priors = {}
         for i, t in enumerate(attrs):
@@ -357,19 +293,21 @@ class FedLego(FedMF):
                                   f"the prior of '{t}' is undefined; raise it")
             priors[t] = c / c.sum()
             self.active[t].update(prior=priors[t], count=int(c.sum()))
-        params = {t: L.classifier_init(p.dim, self.num_classes[t], p.hidden,
+        params = {t: E.classifier_init(p.dim, self.num_classes[t], p.hidden,
                                        L.attr_seed(self.seed, t)) for t in attrs}
         states: dict[str, Any] = {t: None for t in attrs}
-        hist = {t: {"mi": [], "ce": []} for t in attrs}
+        hist: dict[str, dict[str, list[float]]] = {t: {"mi": [], "ce": []} for t in attrs}
         schedule = calibration_schedule(p.steps, p.n_phi, p.warmup_phi)
-        prior_cfg = {f"prior.{t}": priors[t].tolist() for t in attrs}
+        layouts = self._layouts(attrs)
+        prior_cfg = {spec.prior_key(t): priors[t] for t in attrs}
         for j, (step, fit) in enumerate(schedule):
-            config = {**self._names(attrs), "step": step, "fit": fit,
+            config = {**self._request_config(attrs), spec.STEP: step, spec.FIT: fit,
                       **(prior_cfg if step else {})}
-            replies = self._send(grid, "lego_calibrate", [a for t in attrs for a in params[t]],
-                                 config, stats)
+            replies = self._send(grid, spec.CALIBRATE,
+                                 spec.pack_classifiers([params[t] for t in attrs], layouts),
+                                 config, traffic)
             if step:
-                mi = np.sum([r.metrics["mi"] for r in replies], axis=0)
+                mi = np.sum([r.metrics[spec.MI] for r in replies], axis=0)
                 for i, t in enumerate(attrs):
                     hist[t]["mi"].append(float(mi[i] / self.active[t]["count"]))
             if fit:
@@ -380,7 +318,7 @@ class FedLego(FedMF):
         return hist
 
     # ------------------------------------------------------------------ Step 2
-    def _combine(self, grid, stats: dict) -> tuple[np.ndarray, dict[str, list]]:
+    def _combine(self, grid, traffic: Traffic) -> tuple[np.ndarray, dict[str, list]]:
         p = self.params
         names = list(self.active)
         k = len(names)
@@ -388,53 +326,55 @@ class FedLego(FedMF):
         hist: dict[str, list] = {"objective": [], "mi": [], "alpha": []}
         if k < 2:
             return at, hist
-        params = {t: L.classifier_init(p.dim, self.num_classes[t], p.hidden,
+        params = {t: E.classifier_init(p.dim, self.num_classes[t], p.hidden,
                                        L.attr_seed(self.seed, "combine:" + t)) for t in names}
         states: dict[str, Any] = {t: None for t in names}
+        layouts = self._layouts(names)
         w = np.array([1.0 / max(self.active[t]["count"], 1) for t in names])
-        grad_cfg = {"mode": "grad", "weights": w.tolist(),
-                    **{f"prior.{t}": self.active[t]["prior"].tolist() for t in names}}
+        grad_cfg = {spec.MODE: spec.MODE_GRAD, spec.WEIGHTS: w,
+                    **{spec.prior_key(t): self.active[t]["prior"] for t in names}}
         at_state = None
-        ce = {t: [] for t in names}
+        ce: dict[str, list] = {t: [] for t in names}
         for step in range(p.combine_steps):
-            base = {**self._names(names), "alpha-tilde": at.tolist()}
+            base = {**self._request_config(names), spec.ALPHA_TILDE: at.copy()}
             for _ in range(p.n_phi + (p.warmup_phi if step == 0 else 0)):
-                replies = self._send(grid, "lego_combine", [a for t in names for a in params[t]],
-                                     {**base, "mode": "fit"}, stats)
+                replies = self._send(grid, spec.COMBINE,
+                                     spec.pack_classifiers([params[t] for t in names], layouts),
+                                     {**base, spec.MODE: spec.MODE_FIT}, traffic)
                 self._fit_step(replies, names, params, states, ce)
-            replies = self._send(grid, "lego_combine", [a for t in names for a in params[t]],
-                                 {**base, **grad_cfg}, stats)
-            g = np.sum([r.metrics["g-alpha"] for r in replies], axis=0)
-            mi = np.sum([r.metrics["mi"] for r in replies], axis=0)
+            replies = self._send(grid, spec.COMBINE,
+                                 spec.pack_classifiers([params[t] for t in names], layouts),
+                                 {**base, **grad_cfg}, traffic)
+            g = np.sum([r.metrics[spec.G_ALPHA] for r in replies], axis=0)
+            mi = np.sum([r.metrics[spec.MI] for r in replies], axis=0)
             hist["alpha"].append(L.softmax(at).tolist())
             hist["mi"].append((mi * w).tolist())
             hist["objective"].append(float((mi * w).sum()))
-            (at,), at_state = L.adam_step([at], [g], at_state, p.combine_lr)
+            (at,), at_state = adam_step([at], [g], at_state, p.combine_lr)
         return at, hist
 
     # ------------------------------------------------------------------ requests
-    def _evaluate_now(self, grid) -> Any:
-        replies = self.communicate(grid, "evaluate", self.client_ids, self._rnd, self._Q,
-                                   self.evaluate_config(self._rnd))
+    def _evaluate_now(self, grid, server_round: int) -> Any:
+        replies = self.communicate(grid, "evaluate", self.client_ids, server_round, self._Q,
+                                   self.evaluate_config(server_round))
         return self.evaluation_metrics(replies)
 
-    def _request(self, grid, op: str, attrs: list[str]) -> dict[str, Any]:
-        stats_cal: dict[str, int] = {}
-        stats_comb: dict[str, int] = {}
+    def _request(self, grid, server_round: int, op: str, attrs: list[str]) -> dict[str, Any]:
+        cal, comb = Traffic(server_round), Traffic(server_round)
         t0 = time.perf_counter()
         cal_hist: dict[str, Any] = {}
         if op == "withdraw":
             for t in attrs:
                 del self.active[t]
         else:
-            cal_hist = self._calibrate(grid, attrs, stats_cal)
+            cal_hist = self._calibrate(grid, attrs, cal)
         t1 = time.perf_counter()
-        at, comb_hist = self._combine(grid, stats_comb)
+        at, comb_hist = self._combine(grid, comb)
         names = list(self.active)
-        self._send(grid, "lego_apply", None, {**self._names(names), "alpha-tilde": at.tolist()},
-                   stats_comb)
+        self._send(grid, spec.APPLY, None,
+                   {**self._request_config(names), spec.ALPHA_TILDE: at.copy()}, comb)
         t2 = time.perf_counter()
-        fm = self._evaluate_now(grid)
+        fm = self._evaluate_now(grid, server_round)
         alpha = L.softmax(at) if names else np.zeros(0)
         entry = {
             "op": op, "attributes": attrs, "active": names,
@@ -443,10 +383,8 @@ class FedLego(FedMF):
             "calibrations_run": [] if op == "withdraw" else list(attrs),
             "num_calibrations": 0 if op == "withdraw" else len(attrs),
             "calibrate_s": t1 - t0, "combine_s": t2 - t1, "total_s": t2 - t0,
-            "messages": {"calibrate": stats_cal.get("messages", 0),
-                         "combine": stats_comb.get("messages", 0)},
-            "upload_bytes": {"calibrate": stats_cal.get("upload_bytes", 0),
-                             "combine": stats_comb.get("upload_bytes", 0)},
+            "messages": {"calibrate": cal.messages, "combine": comb.messages},
+            "upload_bytes": {"calibrate": cal.upload_bytes, "combine": comb.upload_bytes},
             "metrics": _metrics(fm),
             "history": {"calibrate": cal_hist, "combine": comb_hist},
         }
@@ -458,16 +396,15 @@ class FedLego(FedMF):
                  entry["metrics"].get("ndcg@10", float("nan")))
         return entry
 
-    def on_round_end(self, server_round: int, record) -> None:
+    def after_evaluate(self, server_round: int, record, grid) -> None:
         if server_round != self.total_rounds():
             return
-        grid, self._rnd = self._grid, server_round
         if self._Q is None:
             raise FedrecError("lego: no item table to evaluate with (no round aggregated)")
         if self.params.release_embeddings:
             self.release(grid, server_round)
             self.released_original = self.released
-        requests = [self._request(grid, op, attrs) for op, attrs in self.plan]
+        requests = [self._request(grid, server_round, op, attrs) for op, attrs in self.plan]
         if self.params.release_embeddings:
             self.release(grid, server_round)
         p = self.params

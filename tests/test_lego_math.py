@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from fedrec.algorithms import lego as L
 from fedrec.errors import ConfigError
+from fedrec.optim import adam_step
 
 N, D = 300, 16
 NAMES = ("A", "B", "C")
@@ -153,7 +154,7 @@ def test_adam_step_matches_torch_adam():
         for t, g in zip(tparams, grads):
             t.grad = torch.tensor(g)
         opt.step()
-        params, state = L.adam_step(params, grads, state, 0.01)
+        params, state = adam_step(params, grads, state, 0.01)
     assert state.t == 5
     for p, t in zip(params, tparams):
         np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-12, atol=1e-14)
@@ -380,7 +381,7 @@ def test_combine_equals_a_simulated_federated_loop(data, calibrations):
                                                          states[t], 1e-3)
         g = sum(L.combine_grad(at, [cal[a][c] for a in names], params, [y[c] for y in ys], priors,
                                masks=[m[c] for m in ms], weights=w)[0] for c in clients)
-        (at,), at_state = L.adam_step([at], [g], at_state, 0.05)
+        (at,), at_state = adam_step([at], [g], at_state, 0.05)
     np.testing.assert_allclose(at, ref.alpha_tilde, atol=1e-8)
     np.testing.assert_allclose(L.mix(at, list(cal.values())), ref.U, atol=1e-8)
 
@@ -480,7 +481,7 @@ def test_user_errors_raise_config_error(data):
         (lambda: L.combine({"A": U0}, {"B": y}), "labels"),
         (lambda: L.combine({}, {}), "calibrated"),
         (lambda: L.attribute_prior(y, 2, np.zeros(N, bool)), "mask"),
-        (lambda: L.adam_step([np.ones(2)], [np.ones(3)], None, 0.1), "grads"),
+        (lambda: adam_step([np.ones(2)], [np.ones(3)], None, 0.1), "grads"),
         (lambda: L.Lego(U0, eps=0.1, calibrate_options={"bogus": 1}), "calibrate_options"),
         (lambda: L.Lego(U0, eps=0.1).withdraw("A"), "attr"),
         (lambda: L.gaussian_noise(U0, -1.0), "sigma"),

@@ -19,7 +19,7 @@ import pytest
 import fedrec
 from fedrec.algorithms import lego as L
 from fedrec.clients import lego as C
-from fedrec.clients.recsys import user_data
+from fedrec.recsys.data import user_data
 from fedrec.errors import ConfigError
 
 OPTIONS = "num_users=200"
@@ -42,38 +42,15 @@ EXTRA = {"age_bucket": ["a", "b", "c"], "occupation": ["w", "x", "y", "z"]}
 
 
 @pytest.fixture
-def extra_attributes():
+def extra_attributes(add_user_attributes):
     ds, _ = user_data("synthetic-rec", OPTIONS)
-    rng = np.random.default_rng(123)
-    for name, classes in EXTRA.items():
-        ds.user_attrs[name] = rng.integers(0, len(classes), ds.num_users).astype(np.int64)
-        ds.attr_names[name] = list(classes)
-    yield ds
-    for name in EXTRA:
-        ds.user_attrs.pop(name, None)
-        ds.attr_names.pop(name, None)
+    with add_user_attributes(ds, EXTRA):
+        yield ds
 
 
 def released(path, name="embeddings.npz"):
     z = np.load(path / name)
     return z["embeddings"][np.argsort(z["users"])].astype(np.float64)
-
-
-@pytest.fixture
-def dynamic_run(tmp_path, extra_attributes, monkeypatch):
-    from fedrec.strategies.lego import FedLego
-
-    sent = []
-    original = FedLego._send
-
-    def spy(self, grid, action, weights, config, stats):
-        sent.append((action, config.get("attrs"), len(weights or [])))
-        return original(self, grid, action, weights, config, stats)
-
-    monkeypatch.setattr(FedLego, "_send", spy)
-    out = tmp_path / "dyn"
-    summary = fedrec.run(DYNAMIC, backend="local", out=out)
-    return out, summary, sent, extra_attributes
 
 
 def pure_lego(lg, U0):
@@ -84,8 +61,9 @@ def pure_lego(lg, U0):
 
 
 # ----------------------------------------------------------------- (a) + (b) + (c)
-def test_federated_lego_equals_pure_drivers_and_stays_in_balls(dynamic_run):
-    out, summary, _, ds = dynamic_run
+@pytest.mark.e2e
+def test_federated_lego_equals_pure_drivers_and_stays_in_balls(lego_dynamic_run):
+    out, summary, _, ds = lego_dynamic_run    # the DYNAMIC run (conftest, once per module)
     lg = json.loads((out / "lego.json").read_text())
     U0, U = released(out, "embeddings_original.npz"), released(out)
     mask = C.consent_mask(0, np.arange(N), 0.8)               # the users who consent
@@ -116,8 +94,9 @@ def test_federated_lego_equals_pure_drivers_and_stays_in_balls(dynamic_run):
     assert lg["before"]["ndcg@10"] > 0
 
 
-def test_add_reruns_only_the_new_calibration_and_withdraw_none(dynamic_run):
-    out, _, sent, _ = dynamic_run
+@pytest.mark.e2e
+def test_add_reruns_only_the_new_calibration_and_withdraw_none(lego_dynamic_run):
+    out, _, sent, _ = lego_dynamic_run
     lg = json.loads((out / "lego.json").read_text())
     req = lg["requests"]
     assert [r["op"] for r in req] == ["request", "add", "withdraw"]
@@ -132,7 +111,7 @@ def test_add_reruns_only_the_new_calibration_and_withdraw_none(dynamic_run):
     assert priors == ["gender,age_bucket", "occupation"]
     cal = [(a, n) for action, a, n in sent if action == "lego_calibrate"]
     n_msgs = len(base_schedule())
-    assert cal == [("gender,age_bucket", 8)] * n_msgs + [("occupation", 4)] * n_msgs
+    assert cal == [("gender,age_bucket", 2)] * n_msgs + [("occupation", 1)] * n_msgs  # phi_t
     assert req[2]["messages"]["calibrate"] == 0 and req[2]["upload_bytes"]["calibrate"] == 0
     for r in req:
         assert r["total_s"] >= r["combine_s"] > 0
@@ -167,21 +146,33 @@ def test_calibration_schedule_is_the_driver_sequence():
 
 # ----------------------------------------------------------------- (d) cohort invariance
 @pytest.mark.slow
-def test_cohort_on_one_node_equals_one_node_per_client(tmp_path, extra_attributes):
+@pytest.mark.e2e
+def test_cohort_on_one_node_equals_one_node_per_client(tmp_path, lego_dynamic_run,
+                                                       extra_attributes):
     cfg = DYNAMIC
-    a = fedrec.run({**cfg, "runtime.num-nodes": 1}, backend="local", out=tmp_path / "a")
+    assert cfg["runtime.num-nodes"] == 1                  # run a = the shared DYNAMIC run
+    (tmp_path / "a").symlink_to(lego_dynamic_run[0], target_is_directory=True)
+    a = lego_dynamic_run[1]
     b = fedrec.run({**cfg, "runtime.num-nodes": 0}, backend="local", out=tmp_path / "b")
     c = fedrec.run({**cfg, "runtime.num-nodes": 3}, backend="local", out=tmp_path / "c")
     assert (a["num_nodes"], b["num_nodes"], c["num_nodes"]) == (1, 20, 3)
     assert a["final"] == b["final"] == c["final"]
     ea = released(tmp_path / "a")
-    for other in ("b", "c"):
+    for other in ("b", "c"):   # FedMF's rounds first: LEGO starts from these embeddings
+        np.testing.assert_array_equal(
+            released(tmp_path / other, "embeddings_original.npz"),
+            released(tmp_path / "a", "embeddings_original.npz"),
+            err_msg="the FedMF rounds before LEGO already differ (experiments/lego/README.md, "
+                    "'Cohort invariance')")
         np.testing.assert_array_equal(released(tmp_path / other), ea)
         la, lo = (json.loads((tmp_path / x / "lego.json").read_text()) for x in ("a", other))
         assert [r["alpha"] for r in la["requests"]] == [r["alpha"] for r in lo["requests"]]
 
 
-def test_batched_client_maths_match_the_pure_functions():
+def test_batch_first_maths_is_slice_wise_and_equals_the_2d_functions():
+    """The client half runs the pure functions on (C, n, d) stacks: every slice must be
+    bit-for-bit what the function gives on that slice alone (cohort invariance), and the
+    2-D pure functions on the flattened rows agree to rounding."""
     rng = np.random.default_rng(0)
     Cn, n, d, K, h = 5, 3, 6, 3, 7
     X = rng.standard_normal((Cn, n, d))
@@ -189,42 +180,60 @@ def test_batched_client_maths_match_the_pure_functions():
     m = rng.random((Cn, n)) < 0.6
     m[0] = False
     params = L.classifier_init(d, K, h, seed=2)
-    p64 = [np.asarray(a, dtype=np.float64) for a in params]
-    flat, cnt, loss = C.grad_sums(p64, X, y, m)
+    grads, cnt, loss = L.classifier_grad_sums(params, X, y, m)
+    assert cnt.shape == loss.shape == (Cn,) and all(g.shape[0] == Cn for g in grads)
     for c in range(Cn):
+        one, c1, l1 = L.classifier_grad_sums(params, X[c:c + 1], y[c:c + 1], m[c:c + 1])
+        for a, b in zip(grads, one):
+            np.testing.assert_array_equal(a[c], b[0])
+        assert (cnt[c], loss[c]) == (c1[0], l1[0])
         g, c0, l0 = L.classifier_grad_sums(params, X[c], y[c], m[c])
-        np.testing.assert_allclose(flat[c], np.concatenate([a.ravel() for a in g]), atol=1e-12)
+        for a, b in zip(grads, g):
+            np.testing.assert_allclose(a[c], b, atol=1e-12)
         assert cnt[c] == c0 and loss[c] == pytest.approx(l0, abs=1e-12)
-    assert not flat[0].any()
-    # calibration step (two steps, so the Adam state is exercised), rows of every client
+    assert not any(g[0].any() for g in grads)
+    # calibration step (two steps, so the Adam state is exercised)
     X0 = X.copy()
     prior = np.array([0.2, 0.5, 0.3])
     eps = 0.3 * np.linalg.norm(X0, axis=-1)
     lr = 0.05 * eps
-    st = [np.zeros((Cn, n, d)), np.zeros((Cn, n, d)), np.zeros((Cn, n))]
-    U, ref, ref_state = X0, X0.reshape(-1, d), None
+    U, st, ref, ref_state = X0, None, X0.reshape(-1, d), None
+    alone, alone_st = [X0[c:c + 1] for c in range(Cn)], [None] * Cn
     for _ in range(2):
-        U, st[0], st[1], st[2], mi = C.calibration_step(p64, U, X0, y, prior, lr, eps, *st,
-                                                        m.astype(float))
+        U, st, mi = L.calibration_step(params, U, X0, y, prior, lr, eps, opt_state=st, mask=m)
+        for c in range(Cn):
+            alone[c], alone_st[c], mi_c = L.calibration_step(
+                params, alone[c], X0[c:c + 1], y[c:c + 1], prior, lr[c:c + 1], eps[c:c + 1],
+                opt_state=alone_st[c], mask=m[c:c + 1])
+            np.testing.assert_array_equal(alone[c][0], U[c])
+            assert mi_c[0] == mi[c]
         ref, ref_state, ref_mi = L.calibration_step(params, ref, X0.reshape(-1, d), y.ravel(),
                                                     prior, lr.ravel(), eps.ravel(),
                                                     opt_state=ref_state, mask=m.ravel())
         assert mi.sum() == pytest.approx(ref_mi, abs=1e-10)
     np.testing.assert_allclose(U.reshape(-1, d), ref, atol=1e-12)
-    # combination gradient
-    S = np.stack([X0, U, X0 + 0.1])
+    # combination gradient and mixture
+    S = [X0, U, X0 + 0.1]
     at = np.array([0.2, -0.1, 0.4])
     ps = [L.classifier_init(d, K, h, seed=s) for s in (3, 4, 5)]
     ys = [y, (y + 1) % K, y[:, ::-1]]
     w = np.array([0.5, 0.25, 1.0])
-    g, mis = C.combine_grads(at, S, [[np.asarray(a, float) for a in p] for p in ps], ys,
-                             [prior] * 3, m.astype(float), w)
+    g, mis = L.combine_grad(at, S, ps, ys, [prior] * 3, masks=[m] * 3, weights=w)
+    assert g.shape == mis.shape == (Cn, 3)
     for c in range(Cn):
+        sl = slice(c, c + 1)
+        g1, mi1 = L.combine_grad(at, [s[sl] for s in S], ps, [yy[sl] for yy in ys], [prior] * 3,
+                                 masks=[m[sl]] * 3, weights=w)
+        np.testing.assert_array_equal(g1[0], g[c])
+        np.testing.assert_array_equal(mi1[0], mis[c])
         g0, mi0 = L.combine_grad(at, [s[c] for s in S], ps, [yy[c] for yy in ys], [prior] * 3,
                                  masks=[m[c]] * 3, weights=w)
         np.testing.assert_allclose(g[c], g0, atol=1e-12)
         np.testing.assert_allclose(mis[c], mi0, atol=1e-12)
-    np.testing.assert_allclose(C.mix(at, S), L.mix(at, list(S.reshape(3, -1, d))).reshape(Cn, n, d),
+    mixed = L.mix(at, S)
+    for c in range(Cn):
+        np.testing.assert_array_equal(L.mix(at, [s[c:c + 1] for s in S])[0], mixed[c])
+    np.testing.assert_allclose(mixed.reshape(-1, d), L.mix(at, [s.reshape(-1, d) for s in S]),
                                atol=1e-14)
 
 
@@ -232,9 +241,13 @@ def test_batched_client_maths_match_the_pure_functions():
 ALLOWED_LEGO_METRICS = {"counts", "num-examples", "count", "loss", "mi", "g-alpha"}
 
 
+@pytest.mark.e2e
 def test_no_message_leaving_a_client_holds_embeddings_or_labels(tmp_path, monkeypatch,
                                                                 extra_attributes):
+    from fedrec import protocol
     from fedrec.clients import app as client_app_module
+    from fedrec.specs import lego as S
+    from fedrec.state import StateStore
 
     sent = []
     original = client_app_module.handle
@@ -255,10 +268,11 @@ def test_no_message_leaving_a_client_holds_embeddings_or_labels(tmp_path, monkey
     assert 0 < consent.sum() < N
     # every private embedding any client held: U0, calibrations, final P
     rows = []
-    for ctx in {id(c): c for _, _, c in sent}.values():
-        for rec in ctx.state.array_records.values():
-            rows.append(rec["P"].numpy())
-            rows += C.state_embeddings(rec[C.STATE_KEY].numpy(), D)
+    for ctx in {id(c): c for _, _, c in sent}.values():   # the node's columnar state
+        rec = ctx.state.array_records[protocol.STATE]
+        store = StateStore.from_arrays({k: rec[k].numpy() for k in rec})
+        rows.append(store.columns[S.P].values)
+        rows += C.state_embeddings(store.columns[S.STATE].values, D)
     rows = np.unique(np.concatenate(rows), axis=0)
     assert len(rows) >= 3 * N                               # U0, P (= U(alpha)), 2 calibrations
 
@@ -267,29 +281,30 @@ def test_no_message_leaving_a_client_holds_embeddings_or_labels(tmp_path, monkey
 
     private = keys(rows)
     lego_replies = 0
+    def replies(reply):
+        rec = reply.content.array_records[protocol.REPLIES]
+        return protocol.unpack_replies({k: rec[k].numpy() for k in rec})
+
     for mtype, reply, _ in sent:
         if not mtype.startswith("query.lego_"):
             continue
-        for key, rec in reply.content.metric_records.items():
-            c = int(key.split(".")[1])
-            assert set(rec) <= ALLOWED_LEGO_METRICS, set(rec)
+        for c, weights, metrics in replies(reply):
+            assert set(metrics) <= ALLOWED_LEGO_METRICS, set(metrics)
             if not consent[c]:                              # nothing label-dependent at all
-                for v in rec.values():
-                    assert not np.any(np.asarray(v)), (mtype, c, dict(rec))
+                for v in metrics.values():
+                    assert not np.any(np.asarray(v)), (mtype, c, metrics)
+                assert all(len(w) == 0 for w in weights or []), \
+                    f"non-consenting client {c} sent arrays in {mtype}"
             lego_replies += 1
-        for key, rec in reply.content.array_records.items():
-            c = int(key.split(".")[1])
-            assert consent[c], f"non-consenting client {c} sent arrays in {mtype}"
-            for arr in rec.to_numpy_ndarrays():
+            for arr in (w for w in weights or [] if w.size >= D):   # shorter: no embedding
                 win = np.lib.stride_tricks.sliding_window_view(arr.ravel(), D)
                 assert not keys(win) & private, f"{mtype} from client {c} contains an embedding"
     assert lego_replies > 0
     # no metric of a LEGO reply is a label: only counts (of consenting users), sums, losses
     for mtype, reply, _ in sent:
         if mtype == "query.lego_prior":
-            for key, rec in reply.content.metric_records.items():
-                c = int(key.split(".")[1])
-                assert sum(rec["counts"]) == 2 * int(consent[c])   # one user, two attributes
+            for c, _, metrics in replies(reply):
+                assert sum(metrics[S.COUNTS]) == 2 * int(consent[c])  # one user, two attributes
     assert ds.user_attrs["gender"].shape == (N,)
 
 

@@ -44,6 +44,7 @@ def test_user_grad_hook_is_per_user():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["gaussian", "adversarial"])
+@pytest.mark.e2e
 def test_cohort_equals_one_node_per_client(tmp_path, mode):
     cfg = {**BASE, "strategy.params.mode": mode, "num-server-rounds": 3,
            "dataset.options": "num_users=40", "partition.num-clients": 40}
@@ -58,6 +59,7 @@ def test_cohort_equals_one_node_per_client(tmp_path, mode):
             assert x[k] == pytest.approx(y[k], rel=1e-7)
 
 
+@pytest.mark.e2e
 def test_centroid_rounds_shrink_the_group_distance(tmp_path):
     from fedrec.algorithms.raid import bures_w2, group_moment_sums, moments_from_sums
     from fedrec.data import load_dataset
@@ -79,6 +81,7 @@ def test_centroid_rounds_shrink_the_group_distance(tmp_path):
     assert out[0.4] < 0.5 * out[0.0]
 
 
+@pytest.mark.e2e
 def test_free_support_cross_silo_runs_and_bad_attribute_is_named(tmp_path):
     s = fedrec.run({**BASE, "strategy.params.mode": "free-support", "partition.num-clients": 12,
                     "strategy.params.users-per-client": 10, "strategy.params.quantize-k": 3,

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     import fedrec
     from fedrec.algorithms import lego as L
     from fedrec.attacks import attack
-    from fedrec.clients.recsys import user_data
+    from fedrec.recsys.data import user_data
     from fedrec.config import load_toml
     from fedrec.recsys.train import evaluate_full_ranking
 

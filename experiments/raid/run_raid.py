@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     import torch
     from fedrec.algorithms.raid import w2_between_groups
     from fedrec.attacks import attack
-    from fedrec.clients.recsys import user_data
+    from fedrec.recsys.data import user_data
     from fedrec.models.recsys import MFParams
     from fedrec.recsys.train import evaluate_full_ranking, mf_score_fn
 

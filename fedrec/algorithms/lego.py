@@ -1,4 +1,4 @@
-"""LEGO: post-training multiple-attribute unlearning of user embeddings (pure maths, no Flower import).
+"""LEGO: post-training multi-attribute unlearning of user embeddings (pure maths, no Flower).
 
 Implements LEGO (Yu et al., ACM MM'25, arXiv 2510.20327) as described in
 ``reference/unlearning_attack.md`` §1: Step 1 *Embedding Calibration* (one run per
@@ -14,18 +14,27 @@ functions below on its own rows; the server only adds the returned sums. The dri
 are nothing but loops over those functions, so a federated strategy can be checked
 against them.
 
-Shapes and dtypes
------------------
+Shapes, dtypes, batch-first
+---------------------------
 ``n`` users, embedding size ``d``, attribute ``t`` with ``K_t`` classes, ``k`` attributes.
 
-- ``U0``, ``emb``, ``emb0``, calibrated matrices: ``(n, d)``; results are **float64**
-  (cast at the model boundary if the recommender stores float32).
-- ``labels``: ``(n,)`` integers in ``[0, K)``; ``mask``: ``(n,)`` bool; ``prior``: ``(K,)``.
-- Classifier parameters: a flat list ``[W1 (h, d), b1 (h,), W2 (K, h), b2 (K,)]`` of
-  **float32** arrays (``torch.nn.Linear`` layout; it is what a strategy ships). All
-  computations run in numpy float64 with analytic gradients (no torch; the tests check
-  them against torch autograd); gradient sums are returned in float64 so that summing
-  over clients loses nothing.
+- ``U0``, ``emb``, ``emb0``, calibrated matrices: ``(n, d)``, or a stack ``(..., n, d)``
+  (a cohort of ``C`` clients with ``n`` users each: ``(C, n, d)``); results are
+  **float64** (cast at the model boundary if the recommender stores float32).
+- ``labels``: ``(..., n)`` integers in ``[0, K)``; ``mask``: ``(..., n)`` bool; per-row
+  ``lr`` / ``eps``: ``(..., n)``; ``prior``: ``(K,)`` (one for everybody).
+- Classifier parameters: ``[W1 (h, d), b1 (h,), W2 (K, h), b2 (K,)]`` of **float32**
+  arrays, the estimator of :mod:`fedrec.algorithms.estimators` (``classifier_init``,
+  ``classifier_grad_sums``, ``classifier_step`` are re-exported here).
+- Sums over users (``*_sum``, ``*_sums``) reduce the ``n`` axis and keep the leading
+  ones: a float for ``(n, d)``, an array of shape ``...`` for a stack.
+
+Every function runs on a stack slice by slice: products with weights are ``np.matmul``
+(one BLAS call per ``(n, d)`` slice), products with a vector (``z . prior``, ``g . alpha``)
+are elementwise products and sums over the slice's own axes, the mixture ``U(alpha)``
+is summed in attribute order. Hence a client's numbers do not depend on the other
+clients of its stack: a cohort of clients on one node computes, bit for bit, what one
+node per client computes.
 
 vCLUB (reference §1.2)
 ----------------------
@@ -55,20 +64,21 @@ Consent mask
 ------------
 ``mask[u]`` marks users who agree to send attribute-dependent aggregates to the server:
 only they contribute to the label counts (hence the prior), the classifier gradients,
-the combination gradient and the reported MI sums. **Every** user (masked or not)
-calibrates its own embedding locally with its own label: that reveals nothing.
+the combination gradient and the reported MI sums (the others contribute exact zeros).
+**Every** user (masked or not) calibrates its own embedding locally with its own label:
+that reveals nothing.
 
 Classifier training (federated Adam)
 ------------------------------------
-One classifier update = :func:`classifier_grad_sums` on every client (sum over the
-client's consenting users of the gradient of the cross-entropy, their count and loss
-sum), the server sums them, divides by the total count (the gradient of the mean CE)
-and applies one Adam step (:func:`adam_step`, numpy, bit-for-bit the formula of
+One classifier update = ``classifier_grad_sums`` on every client (sum over the client's
+consenting users of the gradient of the cross-entropy, their count and loss sum), the
+server sums them, divides by the total count (the gradient of the mean CE) and applies
+one Adam step (``classifier_step``: :func:`fedrec.optim.adam_step`, the formula of
 ``torch.optim.Adam`` without weight decay / amsgrad; the server keeps the
-:class:`AdamState`). :func:`classifier_step` does "divide + Adam". Default ``lr_phi =
-1e-3`` [X], ``n_phi = 5`` updates per embedding step [X], plus ``warmup_phi = 100``
-updates before the first embedding / alpha step [X] so that ``q_phi`` is a decent
-classifier (the condition for vCLUB to be an upper bound).
+:class:`~fedrec.optim.AdamState`). Default ``lr_phi = 1e-3`` [X], ``n_phi = 5`` updates
+per embedding step [X], plus ``warmup_phi = 100`` updates before the first embedding /
+alpha step [X] so that ``q_phi`` is a decent classifier (the condition for vCLUB to be an
+upper bound).
 
 Step 1: Embedding Calibration (eq. 8-11)
 ----------------------------------------
@@ -78,24 +88,25 @@ Per attribute ``t``: ``U_t <- U0``, then ``steps`` (default 200 [X]) outer itera
 2. :func:`calibration_step`: every user takes one step on its own row to lower its
    prior-form term ``m_u`` (``phi`` fixed), then projects it back to its ball.
 
-Optimizer of the embedding step: **per-user Adam** (elementwise, bias correction with a
-per-row step counter). Adam is elementwise, so per-user Adam on the per-user terms is
-*exactly* centralized Adam on ``sum_u m_u`` over the matrix, and it needs no global
-count or learning-rate scaling; the state :class:`EmbAdamState` (``m, v`` of shape
-``(n, d)``, ``t`` of shape ``(n,)``) is per row, so client ``u`` stores rows ``u``
-(:meth:`EmbAdamState.take` / :meth:`EmbAdamState.concat`). Note ``d m_u / d logits =
-onehot(a_u) - prior`` never vanishes: the push on the embedding only stops because the
-classifier keeps being refitted and because of the projection.
+Optimizer of the embedding step: **per-user Adam** (:func:`fedrec.optim.adam_moments` and
+:func:`fedrec.optim.adam_direction` with a per-row step counter). Adam is elementwise, so
+per-user Adam on the per-user terms is *exactly* centralized Adam on ``sum_u m_u`` over
+the matrix, and it needs no global count or learning-rate scaling; the state
+:class:`EmbAdamState` (``m, v`` of shape ``(..., n, d)``, ``t`` of shape ``(..., n)``) is
+per row, so client ``u`` stores rows ``u`` (:meth:`EmbAdamState.take` /
+:meth:`EmbAdamState.concat`). Note ``d m_u / d logits = onehot(a_u) - prior`` never
+vanishes: the push on the embedding only stops because the classifier keeps being
+refitted and because of the projection.
 
 Full batch [X]: every user takes part in every classifier update and embedding step
 (reference §1.6 suggests mini-batches of 256-1024; a federated run with all clients in
 every round is the full-batch case, client sampling would be the mini-batch analogue).
 
-Step size of the embedding step: ``lr`` may be a scalar or a per-row array. The drivers
-use ``lr_u = lr_emb * eps_u / sqrt(d)`` (``lr_relative=True``, default [X]): an Adam
-step moves a row by about ``lr_emb`` times its own ball radius, whatever the scale of
-the embeddings; ``lr_emb = 1e-2`` [X]. With ``lr_relative=False`` ``lr_emb`` is the
-absolute per-coordinate Adam step.
+Step size of the embedding step (:func:`embedding_lr`): ``lr`` may be a scalar or a
+per-row array. The drivers use ``lr_u = lr_emb * eps_u / sqrt(d)`` (``lr_relative=True``,
+default [X]): an Adam step moves a row by about ``lr_emb`` times its own ball radius,
+whatever the scale of the embeddings; ``lr_emb = 1e-2`` [X]. With ``lr_relative=False``
+``lr_emb`` is the absolute per-coordinate Adam step.
 
 Projection (eq. 11), **per row** (the per-client variant of §1.3, [X])::
 
@@ -122,31 +133,18 @@ simplex, hence ``||U(alpha)_u - e_u^0|| <= eps_u`` for every row. Starting from
    ``J = sum_t w_t sum_{u in mask_t} m_{t,u}(U(alpha)_u)`` with ``w_t = 1 / count_t``
    broadcast by the server, i.e. ``J = sum_t I_prior(U(alpha); A_t)`` (sum over
    attributes of the per-attribute mean); the server applies one Adam step on
-   ``alpha_tilde`` (``lr = 0.03`` [X], its own :class:`AdamState`).
+   ``alpha_tilde`` (``lr = 0.03`` [X], its own :class:`~fedrec.optim.AdamState`).
 
 The last iterate is returned. With one attribute the combination is ``U_1*`` (no steps).
-Why ``lr = 0.03`` and not a larger step: the prior-form term is *linear in the logits*
-(``m_u = z_u[a_u] - prior . z_u``, the log-partition cancels since the prior sums to 1),
-so for fixed estimators ``J`` is nearly piecewise linear in ``alpha`` and pushes alpha
-towards a vertex; the estimators (``lr_phi = 1e-3``, ``n_phi = 5``) must keep up with
-alpha for the step to follow ``max_phi J`` (Danskin). On planted synthetic data (300
-users, 3 attributes) ``lr = 0.1`` overshot to a point with a larger refitted summed MI
-than uniform alpha, ``lr = 0.03`` reached one below both uniform alpha and every single
-calibration. Note also that a convex combination keeps ``(1 - alpha_t)`` of the
-information that the other calibrations did not remove: Step 2 trades the attributes
-off, it does not remove all of them at once (vCLUB values of different attributes are
-on different scales; attributes with more classes tend to weigh more).
-
-Reading the numbers
--------------------
-- ``history["mi"]`` holds in-sample vCLUB estimates of an estimator trained on the same
-  users; they grow with the estimator's confidence and are not bounded by ``log K``
-  (the bound is loose for an over-confident ``q_phi``): a diagnostic, not an MI value.
-- Calibration equalises the attribute statistics *of the sample it sees*: on planted
-  data the full-sample class-mean difference shrinks far below that of random halves,
-  which become anti-correlated. A fresh attacker trained on one half and tested on the
-  other then scores AUC *below* 0.5 (e.g. 0.35-0.41 for eps = 0.5): the no-signal
-  artifact of held-out evaluation, not a flipped attribute.
+The prior-form term is *linear in the logits* (``m_u = z_u[a_u] - prior . z_u``, the
+log-partition cancels since the prior sums to 1), so for fixed estimators ``J`` is nearly
+piecewise linear in ``alpha`` and pushes alpha towards a vertex; the estimators must keep
+up with alpha for the step to follow ``max_phi J`` (Danskin), hence the small default
+``lr``. A convex combination keeps ``(1 - alpha_t)`` of the information that the other
+calibrations did not remove: Step 2 trades the attributes off, it does not remove all of
+them at once (vCLUB values of different attributes are on different scales).
+``history["mi"]`` holds in-sample vCLUB estimates of an estimator trained on the same
+users: a diagnostic, not bounded by ``log K``. (Measurements: ``experiments/lego``.)
 
 Dynamic requests (:class:`Lego`)
 --------------------------------
@@ -162,7 +160,8 @@ eps_u / sqrt(d)``: expected norm ~ ``eps_u``) and :func:`max_row_shift` /
 :func:`row_shifts` for the ball check.
 
 Errors a user can cause raise :class:`fedrec.errors.ConfigError` with a one-line message
-naming the argument.
+naming the argument. :mod:`fedrec.optim` is imported on first use (it imports torch for
+its torch front ends; importing this module stays numpy-only).
 """
 
 from __future__ import annotations
@@ -171,19 +170,54 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedrec.algorithms.estimators import (
+    DEFAULT_HIDDEN,
+    classifier_grad_sums,
+    classifier_init,
+    classifier_step,
+    log_probs,
+)
+from fedrec.algorithms.estimators import (
+    check_count as _count,
+)
+from fedrec.algorithms.estimators import (
+    check_embeddings as _embeddings,
+)
+from fedrec.algorithms.estimators import (
+    check_labels as _labels,
+)
+from fedrec.algorithms.estimators import (
+    check_mask as _mask,
+)
+from fedrec.algorithms.estimators import (
+    check_params as _params,
+)
+from fedrec.algorithms.estimators import (
+    check_positive as _positive,
+)
+from fedrec.algorithms.estimators import (
+    forward as _forward,
+)
+from fedrec.algorithms.estimators import (
+    log_softmax as _log_softmax,
+)
+from fedrec.algorithms.estimators import (
+    logit_input_grad as _logit_input_grad,
+)
 from fedrec.errors import ConfigError
 
+if TYPE_CHECKING:
+    from fedrec.optim import AdamState
+
 __all__ = [
-    "AdamState",
     "CalibrationResult",
     "CombinationResult",
     "EmbAdamState",
     "Lego",
-    "adam_step",
     "attr_seed",
     "attribute_prior",
     "calibrate",
@@ -193,6 +227,7 @@ __all__ = [
     "classifier_step",
     "combine",
     "combine_grad",
+    "embedding_lr",
     "eps_rows",
     "gaussian_noise",
     "label_counts",
@@ -206,7 +241,6 @@ __all__ = [
     "vclub_prior_terms",
 ]
 
-DEFAULT_HIDDEN = 64          # [X] width of q_phi's hidden layer
 DEFAULT_CALIBRATE = {        # [X] defaults of calibrate(); the paper's are unpublished
     "steps": 200, "n_phi": 5, "warmup_phi": 100, "lr_phi": 1e-3, "lr_emb": 1e-2,
     "lr_relative": True, "hidden": DEFAULT_HIDDEN,
@@ -215,79 +249,25 @@ DEFAULT_COMBINE = {          # [X] defaults of combine()
     "steps": 50, "lr": 0.03, "n_phi": 5, "warmup_phi": 100, "lr_phi": 1e-3,
     "hidden": DEFAULT_HIDDEN,
 }
-_BETAS = (0.9, 0.999)
-_ADAM_EPS = 1e-8
+_TINY = np.finfo(np.float64).tiny
 
 
 # ------------------------------------------------------------------ validation helpers
-def _matrix(name: str, x, *, like: np.ndarray | None = None) -> np.ndarray:
-    try:
-        a = np.array(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a numeric (n, d) array") from None
-    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
-        raise ConfigError(f"{name} must be a non-empty 2-D (n, d) array, got shape {a.shape}")
-    if like is not None and a.shape != like.shape:
-        raise ConfigError(f"{name} must have shape {like.shape}, got {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ConfigError(f"{name} contains non-finite values")
-    return a
-
-
-def _labels(name: str, labels, n: int, num_classes: int | None = None) -> np.ndarray:
-    a = np.asarray(labels)
-    if a.shape != (n,):
-        raise ConfigError(f"{name} must have shape ({n},), got {a.shape}")
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer)
-                               or (np.issubdtype(a.dtype, np.floating)
-                                   and np.all(np.isfinite(a)) and np.all(a == np.round(a)))):
-        raise ConfigError(f"{name} must be integer class indices")
-    a = a.astype(np.int64)
-    if n and a.min() < 0:
-        raise ConfigError(f"{name} must be in [0, K), got {a.min()}")
-    if num_classes is not None and n and a.max() >= num_classes:
-        raise ConfigError(f"{name} must be in [0, {num_classes}), got {a.max()}")
-    return a
-
-
-def _mask(name: str, mask, n: int) -> np.ndarray:
-    if mask is None:
-        return np.ones(n, dtype=bool)
-    a = np.asarray(mask)
-    if a.shape != (n,) or a.dtype != bool:
-        raise ConfigError(f"{name} must be a bool array of shape ({n},), got {a.dtype} {a.shape}")
-    return a
-
-
-def _rows(name: str, value, n: int, *, positive: bool = False) -> np.ndarray:
-    """A scalar or per-row (n,) non-negative (or positive) float -> (n,) float64."""
+def _rows(name: str, value, shape: tuple[int, ...], *, positive: bool = False) -> np.ndarray:
+    """A scalar or per-row ``shape`` (``(..., n)``) non-negative (or positive) float ->
+    float64 array of that shape."""
     try:
         a = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number or an array of shape ({n},)") from None
+        raise ConfigError(f"{name} must be a number or an array of shape {shape}") from None
     if a.ndim == 0:
-        a = np.full(n, float(a))
-    if a.shape != (n,):
-        raise ConfigError(f"{name} must be a number or an array of shape ({n},), got {a.shape}")
+        a = np.full(shape, float(a))
+    if a.shape != tuple(shape):
+        raise ConfigError(f"{name} must be a number or an array of shape {tuple(shape)}, "
+                          f"got {a.shape}")
     if not np.all(np.isfinite(a)) or (np.any(a <= 0) if positive else np.any(a < 0)):
         raise ConfigError(f"{name} must be {'> 0' if positive else '>= 0'} and finite")
     return a
-
-
-def _positive(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
-    return v
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _prior(name: str, prior, num_classes: int) -> np.ndarray:
@@ -302,20 +282,6 @@ def _prior(name: str, prior, num_classes: int) -> np.ndarray:
     return p
 
 
-def _params(name: str, params, d: int | None = None) -> tuple[list[np.ndarray], int, int, int]:
-    """Check ``[W1 (h,d), b1 (h,), W2 (K,h), b2 (K,)]``; return float64 copies and (d, h, K)."""
-    if not isinstance(params, (list, tuple)) or len(params) != 4:
-        raise ConfigError(f"{name} must be a list [W1, b1, W2, b2] of 4 arrays")
-    W1, b1, W2, b2 = (np.asarray(p, dtype=np.float64) for p in params)
-    if W1.ndim != 2 or W2.ndim != 2 or b1.shape != (W1.shape[0],) or W2.shape[1] != W1.shape[0] \
-            or b2.shape != (W2.shape[0],):
-        raise ConfigError(f"{name} has inconsistent shapes "
-                          f"{[np.shape(p) for p in params]}; expected (h,d), (h,), (K,h), (K,)")
-    if d is not None and W1.shape[1] != d:
-        raise ConfigError(f"{name} expects embeddings of size {W1.shape[1]}, got d={d}")
-    return [W1, b1, W2, b2], W1.shape[1], W1.shape[0], W2.shape[0]
-
-
 def _num_classes(name: str, labels, prior, num_classes) -> int:
     if num_classes is not None:
         return _count("num_classes", num_classes, 2)
@@ -327,22 +293,39 @@ def _num_classes(name: str, labels, prior, num_classes) -> int:
     return max(int(np.max(lab)) + 1, 2)
 
 
+def _matrix(name: str, x, *, like: np.ndarray | None = None) -> np.ndarray:
+    """A 2-D ``(n, d)`` input of a centralized driver (stacks are for the pure steps)."""
+    a = _embeddings(name, x, like=like)
+    if a.ndim != 2:
+        raise ConfigError(f"{name} must be a 2-D (n, d) array, got shape {a.shape}")
+    return a
+
+
 # ------------------------------------------------------------------ eps, projection, baselines
 def eps_rows(U0, eps, relative: bool = True) -> np.ndarray:
-    """Per-row ball radii ``(n,)``: ``eps * ||U0[u]||`` (relative) or ``eps`` (absolute).
+    """Per-row ball radii ``(..., n)``: ``eps * ||U0[u]||`` (relative) or ``eps`` (absolute).
 
-    ``eps`` is a number or an ``(n,)`` array, ``>= 0``.
+    ``eps`` is a number or an ``(..., n)`` array, ``>= 0``.
     """
-    U0 = _matrix("U0", U0)
-    e = _rows("eps", eps, U0.shape[0])
-    return e * np.linalg.norm(U0, axis=1) if relative else e
+    U0 = _embeddings("U0", U0)
+    e = _rows("eps", eps, U0.shape[:-1])
+    return e * np.linalg.norm(U0, axis=-1) if relative else e
+
+
+def embedding_lr(eps_r, lr_emb: float, d: int, relative: bool = True) -> np.ndarray:
+    """Per-row step size of the embedding step ``(..., n)``: ``lr_emb * eps_u / sqrt(d)``
+    (``relative``) or ``lr_emb``; floored at the smallest positive float (a radius-0 row
+    cannot move anyway)."""
+    eps_r = np.asarray(eps_r, dtype=np.float64)
+    lr = lr_emb * eps_r / np.sqrt(d) if relative else np.full(eps_r.shape, float(lr_emb))
+    return np.maximum(lr, _TINY)
 
 
 def row_shifts(U, U0) -> np.ndarray:
-    """``||U[u] - U0[u]||`` per row, shape ``(n,)``."""
-    U0 = _matrix("U0", U0)
-    U = _matrix("U", U, like=U0)
-    return np.linalg.norm(U - U0, axis=1)
+    """``||U[u] - U0[u]||`` per row, shape ``(..., n)``."""
+    U0 = _embeddings("U0", U0)
+    U = _embeddings("U", U, like=U0)
+    return np.linalg.norm(U - U0, axis=-1)
 
 
 def max_row_shift(U, U0) -> float:
@@ -350,186 +333,50 @@ def max_row_shift(U, U0) -> float:
     return float(row_shifts(U, U0).max())
 
 
+def _project(U: np.ndarray, U0: np.ndarray, r: np.ndarray) -> np.ndarray:
+    delta = U - U0
+    norm = np.linalg.norm(delta, axis=-1)
+    scale = np.where(norm > r, r / np.maximum(norm, _TINY), 1.0)
+    return U0 + delta * scale[..., None]
+
+
 def project_rows(U, U0, eps) -> np.ndarray:
     """Project each row of ``U`` onto the ball of radius ``eps_u`` around ``U0[u]`` (eq. 11)."""
-    U0 = _matrix("U0", U0)
-    U = _matrix("U", U, like=U0)
-    r = _rows("eps", eps, U0.shape[0])
-    delta = U - U0
-    norm = np.linalg.norm(delta, axis=1)
-    scale = np.where(norm > r, r / np.maximum(norm, np.finfo(np.float64).tiny), 1.0)
-    return U0 + delta * scale[:, None]
+    U0 = _embeddings("U0", U0)
+    U = _embeddings("U", U, like=U0)
+    return _project(U, U0, _rows("eps", eps, U0.shape[:-1]))
 
 
 def gaussian_noise(U, sigma, seed: int = 0) -> np.ndarray:
     """Baseline: ``U + sigma_u * N(0, I)`` (``sigma`` a number or ``(n,)``; numpy seed)."""
     U = _matrix("U", U)
-    s = _rows("sigma", sigma, U.shape[0])
+    s = _rows("sigma", sigma, U.shape[:-1])
     rng = np.random.default_rng(seed)
     return U + s[:, None] * rng.standard_normal(U.shape)
 
 
 # ------------------------------------------------------------------ prior
 def label_counts(labels, num_classes: int, mask=None) -> np.ndarray:
-    """One-hot counts ``(K,)`` over the masked users (summable across clients)."""
+    """One-hot counts ``(..., K)`` over the masked users of ``labels (..., n)``
+    (summable across clients)."""
     K = _count("num_classes", num_classes, 2)
     lab = np.asarray(labels)
-    n = lab.shape[0] if lab.ndim == 1 else -1
-    if n < 0:
-        raise ConfigError(f"labels must be a 1-D array, got shape {lab.shape}")
-    y = _labels("labels", lab, n, K)
-    m = _mask("mask", mask, n)
-    return np.bincount(y[m], minlength=K).astype(np.int64)
+    if lab.ndim < 1:
+        raise ConfigError(f"labels must be a (n,) array (or a stack (..., n)), got shape "
+                          f"{lab.shape}")
+    y = _labels("labels", lab, lab.shape, K)
+    m = _mask("mask", mask, lab.shape)
+    return ((y[..., None] == np.arange(K)) & m[..., None]).sum(axis=-2).astype(np.int64)
 
 
 def attribute_prior(labels, num_classes: int, mask=None) -> np.ndarray:
     """Empirical attribute distribution ``counts / counts.sum()`` over the masked users."""
     c = label_counts(labels, num_classes, mask)
+    if c.ndim != 1:
+        raise ConfigError(f"labels must be a 1-D (n,) array, got shape {np.shape(labels)}")
     if c.sum() == 0:
         raise ConfigError("mask selects no user: the attribute prior is undefined")
     return c / c.sum()
-
-
-# ------------------------------------------------------------------ classifier q_phi
-def classifier_init(d: int, num_classes: int, hidden: int = DEFAULT_HIDDEN,
-                    seed: int = 0) -> list[np.ndarray]:
-    """Parameters ``[W1 (h,d), b1 (h,), W2 (K,h), b2 (K,)]`` (float32) of the MLP ``d->h->K``.
-
-    ``torch.nn.Linear``'s default scheme, drawn from ``numpy.random.default_rng(seed)``:
-    every entry ``~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (deterministic, framework-free).
-    """
-    d = _count("d", d, 1)
-    K = _count("num_classes", num_classes, 2)
-    h = _count("hidden", hidden, 1)
-    rng = np.random.default_rng(seed)
-    b_in, b_h = 1.0 / np.sqrt(d), 1.0 / np.sqrt(h)
-    out = [rng.uniform(-b_in, b_in, (h, d)), rng.uniform(-b_in, b_in, h),
-           rng.uniform(-b_h, b_h, (K, h)), rng.uniform(-b_h, b_h, K)]
-    return [a.astype(np.float32) for a in out]
-
-
-def _forward(p64: Sequence[np.ndarray], X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(pre-activations (n,h), hidden (n,h), logits (n,K))`` of the MLP."""
-    W1, b1, W2, b2 = p64
-    pre = X @ W1.T + b1
-    hid = np.maximum(pre, 0.0)
-    return pre, hid, hid @ W2.T + b2
-
-
-def _log_softmax(Z: np.ndarray) -> np.ndarray:
-    Z = Z - Z.max(axis=1, keepdims=True)
-    return Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
-
-
-def _terms_and_input_grad(p64: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray,
-                          prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Prior-form terms ``m_u`` (n,) and ``d m_u / d e_u`` (n, d).
-
-    Because ``sum_a prior[a] = 1`` the log-partition cancels: ``m_u = z_u[a_u] - prior . z_u``
-    with ``z_u`` the logits, so ``d m_u / d z_u = onehot(a_u) - prior`` (constant).
-    """
-    W1, _, W2, _ = p64
-    pre, _, Z = _forward(p64, X)
-    terms = Z[np.arange(len(y)), y] - Z @ prior
-    dZ = -np.broadcast_to(prior, Z.shape).copy()
-    dZ[np.arange(len(y)), y] += 1.0
-    return terms, ((dZ @ W2) * (pre > 0)) @ W1
-
-
-def log_probs(params, emb) -> np.ndarray:
-    """``log q_phi(a | e_u)`` for every row, shape ``(n, K)`` (float64)."""
-    E = _matrix("emb", emb)
-    p64, *_ = _params("params", params, E.shape[1])
-    return _log_softmax(_forward(p64, E)[2])
-
-
-def classifier_grad_sums(params, emb, labels, mask=None) -> tuple[list[np.ndarray], int, float]:
-    """Client side of one classifier update (eq. 6): summed CE gradients of the masked users.
-
-    Returns ``(grads, count, loss_sum)``: ``grads[i] = sum_{u in mask} d CE_u / d params[i]``
-    (float64, same shapes as ``params``), the number of masked users and ``sum CE_u``.
-    All three are additive over disjoint sets of users. (Analytic backprop in numpy; the
-    tests check it against torch autograd. ReLU'(0) = 0 as in torch.)
-    """
-    E = _matrix("emb", emb)
-    p64, _, _, K = _params("params", params, E.shape[1])
-    n = E.shape[0]
-    y = _labels("labels", labels, n, K)
-    m = _mask("mask", mask, n)
-    count = int(m.sum())
-    if count == 0:
-        return [np.zeros_like(p) for p in p64], 0, 0.0
-    X, y = E[m], y[m]
-    W1, _, W2, _ = p64
-    pre, hid, Z = _forward(p64, X)
-    logq = _log_softmax(Z)
-    rows = np.arange(count)
-    loss_sum = float(-logq[rows, y].sum())
-    dZ = np.exp(logq)
-    dZ[rows, y] -= 1.0
-    dpre = (dZ @ W2) * (pre > 0)
-    return [dpre.T @ X, dpre.sum(axis=0), dZ.T @ hid, dZ.sum(axis=0)], count, loss_sum
-
-
-@dataclass
-class AdamState:
-    """Server-side Adam state of a list of parameter arrays (``m``, ``v`` float64, step ``t``)."""
-
-    m: list[np.ndarray]
-    v: list[np.ndarray]
-    t: int = 0
-
-    @classmethod
-    def zeros(cls, params: Sequence[np.ndarray]) -> "AdamState":
-        return cls([np.zeros(np.shape(p)) for p in params], [np.zeros(np.shape(p)) for p in params], 0)
-
-
-def adam_step(params, grads, state: AdamState | None = None, lr: float = 1e-3, *,
-              betas: tuple[float, float] = _BETAS, eps: float = _ADAM_EPS
-              ) -> tuple[list[np.ndarray], AdamState]:
-    """One Adam step (numpy, float64 arithmetic; the formula of ``torch.optim.Adam``).
-
-    ``p <- p - (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)``. Pure: returns new
-    parameter arrays (each in its input dtype) and a new :class:`AdamState`; ``state=None``
-    starts from zeros.
-    """
-    lr = _positive("lr", lr)
-    if len(params) != len(grads):
-        raise ConfigError(f"grads must have {len(params)} arrays like params, got {len(grads)}")
-    if state is None:
-        state = AdamState.zeros(params)
-    if len(state.m) != len(params):
-        raise ConfigError("state does not match params (different number of arrays)")
-    b1, b2 = betas
-    t = state.t + 1
-    bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
-    new_p, new_m, new_v = [], [], []
-    for p, g, m0, v0 in zip(params, grads, state.m, state.v):
-        p_arr = np.asarray(p)
-        g = np.asarray(g, dtype=np.float64)
-        if g.shape != p_arr.shape or m0.shape != p_arr.shape:
-            raise ConfigError(f"grads / state shape {g.shape} does not match parameter {p_arr.shape}")
-        m1 = b1 * m0 + (1.0 - b1) * g
-        v1 = b2 * v0 + (1.0 - b2) * g * g
-        upd = (lr / bc1) * m1 / (np.sqrt(v1) / np.sqrt(bc2) + eps)
-        dtype = p_arr.dtype if np.issubdtype(p_arr.dtype, np.floating) else np.float64
-        new_p.append((p_arr.astype(np.float64) - upd).astype(dtype))
-        new_m.append(m1)
-        new_v.append(v1)
-    return new_p, AdamState(new_m, new_v, t)
-
-
-def classifier_step(params, grad_sums, count: int, state: AdamState | None, lr: float
-                    ) -> tuple[list[np.ndarray], AdamState]:
-    """Server side of one classifier update: ``adam_step(params, grad_sums / count)``.
-
-    ``count == 0`` (no consenting user) leaves params and state unchanged.
-    """
-    if state is None:
-        state = AdamState.zeros(params)
-    if count <= 0:
-        return [np.asarray(p) for p in params], state
-    return adam_step(params, [np.asarray(g, dtype=np.float64) / count for g in grad_sums], state, lr)
 
 
 def _fit_rounds(params, state, emb, labels, mask, lr, rounds: int, losses: list | None = None):
@@ -542,21 +389,42 @@ def _fit_rounds(params, state, emb, labels, mask, lr, rounds: int, losses: list 
 
 
 # ------------------------------------------------------------------ vCLUB estimators
+def _prior_dot(Z: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """``Z . prior`` over the last axis, elementwise then summed (no BLAS over the stack)."""
+    return (Z * prior).sum(axis=-1)
+
+
+def _terms_and_input_grad(p64: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray,
+                          prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prior-form terms ``m_u`` (..., n) and ``d m_u / d e_u`` (..., n, d).
+
+    Because ``sum_a prior[a] = 1`` the log-partition cancels: ``m_u = z_u[a_u] - prior . z_u``
+    with ``z_u`` the logits, so ``d m_u / d z_u = onehot(a_u) - prior`` (constant).
+    """
+    pre, _, Z = _forward(p64, X)
+    yy = y[..., None]
+    terms = np.take_along_axis(Z, yy, -1)[..., 0] - _prior_dot(Z, prior)
+    dZ = -np.broadcast_to(prior, Z.shape).copy()
+    np.put_along_axis(dZ, yy, np.take_along_axis(dZ, yy, -1) + 1.0, -1)
+    return terms, _logit_input_grad(p64, pre, dZ)
+
+
 def vclub_prior_terms(params, emb, labels, prior) -> np.ndarray:
-    """Prior-form per-user terms ``m_u = log q(a_u|e_u) - sum_a prior[a] log q(a|e_u)`` (n,)."""
-    E = _matrix("emb", emb)
-    p64, _, _, K = _params("params", params, E.shape[1])
-    y = _labels("labels", labels, E.shape[0], K)
+    """Prior-form per-user terms ``m_u = log q(a_u|e_u) - sum_a prior[a] log q(a|e_u)``
+    ``(..., n)``."""
+    E = _embeddings("emb", emb)
+    p64, _, _, K = _params("params", params, E.shape[-1])
+    y = _labels("labels", labels, E.shape[:-1], K)
     p = _prior("prior", prior, K)
     logq = _log_softmax(_forward(p64, E)[2])
-    return logq[np.arange(len(y)), y] - logq @ p
+    return np.take_along_axis(logq, y[..., None], -1)[..., 0] - _prior_dot(logq, p)
 
 
 def vclub_batch(params, emb, labels) -> float:
-    """Mini-batch vCLUB (eq. 7) on the batch ``(emb, labels)``: a float."""
+    """Mini-batch vCLUB (eq. 7) on the batch ``(emb (n, d), labels)``: a float."""
     E = _matrix("emb", emb)
     p64, _, _, K = _params("params", params, E.shape[1])
-    y = _labels("labels", labels, E.shape[0], K)
+    y = _labels("labels", labels, E.shape[:-1], K)
     logq = _log_softmax(_forward(p64, E)[2])
     positive = logq[np.arange(len(y)), y]
     cross = logq[:, y].mean(axis=1)          # 1/B sum_j log q(a_j | e_i)
@@ -566,79 +434,88 @@ def vclub_batch(params, emb, labels) -> float:
 # ------------------------------------------------------------------ Step 1
 @dataclass
 class EmbAdamState:
-    """Per-row Adam state of the embedding step: ``m, v`` (n, d) and step counters ``t`` (n,)."""
+    """Per-row Adam state of the embedding step: ``m, v`` (..., n, d) and step counters
+    ``t`` (..., n)."""
 
     m: np.ndarray
     v: np.ndarray
     t: np.ndarray
 
     @classmethod
-    def zeros(cls, n: int, d: int) -> "EmbAdamState":
+    def zeros(cls, n: int, d: int) -> EmbAdamState:
         return cls(np.zeros((n, d)), np.zeros((n, d)), np.zeros(n, dtype=np.int64))
 
-    def take(self, rows) -> "EmbAdamState":
+    def take(self, rows) -> EmbAdamState:
         """The state of a subset of rows (what one client stores)."""
         return EmbAdamState(self.m[rows].copy(), self.v[rows].copy(), self.t[rows].copy())
 
     @classmethod
-    def concat(cls, states: Sequence["EmbAdamState"]) -> "EmbAdamState":
+    def concat(cls, states: Sequence[EmbAdamState]) -> EmbAdamState:
         return cls(np.concatenate([s.m for s in states]), np.concatenate([s.v for s in states]),
                    np.concatenate([s.t for s in states]))
 
 
 def calibration_step(params, emb, emb0, labels, prior, lr, eps, *,
-                     opt_state: EmbAdamState | None = None, mask=None
-                     ) -> tuple[np.ndarray, EmbAdamState, float]:
+                     opt_state: EmbAdamState | None = None, mask=None):
     """One embedding step of Step 1 for the given rows (client side; eq. 10 then eq. 11).
 
     Every row ``u`` takes one per-user Adam step on ``m_u`` (prior-form vCLUB term, with
-    ``params`` fixed), learning rate ``lr`` (number or ``(n,)``), and is projected onto
-    the ball of radius ``eps`` (number or ``(n,)``, **absolute**; see :func:`eps_rows`)
-    around ``emb0[u]``. Row ``u``'s update depends on row ``u``'s data only.
+    ``params`` fixed), learning rate ``lr`` (number or ``(..., n)``), and is projected onto
+    the ball of radius ``eps`` (number or ``(..., n)``, **absolute**; see :func:`eps_rows`)
+    around ``emb0[u]``. Row ``u``'s update depends on row ``u``'s data only:
 
-    Returns ``(new_emb (n,d) float64, new_opt_state, mi_sum)`` where ``mi_sum`` is the sum
-    of ``m_u`` at the *input* embeddings over the rows selected by ``mask`` (default all).
+    .. math::
+        g_u = \\nabla_{e_u} m_u, \\quad (m, v) \\leftarrow \\mathrm{adam\\_moments}(m, v, g),
+        \\quad e_u \\leftarrow \\Pi_{B(e_u^0, \\epsilon_u)}(e_u + \\mathrm{adam\\_direction}
+        (m, v, t_u, lr_u))
+
+    ``emb``, ``emb0``: ``(..., n, d)``; ``labels``, ``mask``: ``(..., n)``.
+    Returns ``(new_emb (..., n, d) float64, new_opt_state, mi_sum)`` where ``mi_sum`` is
+    the sum of ``m_u`` at the *input* embeddings over the rows selected by ``mask``
+    (default all): a float for ``(n, d)``, an array ``(...)`` for a stack.
     """
-    E = _matrix("emb", emb)
-    E0 = _matrix("emb0", emb0, like=E)
-    n, d = E.shape
+    from fedrec.optim import adam_direction, adam_moments
+
+    E = _embeddings("emb", emb)
+    E0 = _embeddings("emb0", emb0, like=E)
+    rows = E.shape[:-1]
+    d = E.shape[-1]
     p64, _, _, K = _params("params", params, d)
-    y = _labels("labels", labels, n, K)
+    y = _labels("labels", labels, rows, K)
     p = _prior("prior", prior, K)
-    lr_r = _rows("lr", lr, n, positive=True)
-    eps_r = _rows("eps", eps, n)
-    m = _mask("mask", mask, n)
+    lr_r = _rows("lr", lr, rows, positive=True)
+    eps_r = _rows("eps", eps, rows)
+    m = _mask("mask", mask, rows)
     if opt_state is None:
-        opt_state = EmbAdamState.zeros(n, d)
-    if opt_state.m.shape != (n, d) or opt_state.v.shape != (n, d) or opt_state.t.shape != (n,):
-        raise ConfigError(f"opt_state must hold rows of shape ({n}, {d})")
+        opt_state = EmbAdamState(np.zeros(E.shape), np.zeros(E.shape),
+                                 np.zeros(rows, dtype=np.int64))
+    if opt_state.m.shape != E.shape or opt_state.v.shape != E.shape \
+            or opt_state.t.shape != rows:
+        raise ConfigError(f"opt_state must hold rows of shape {E.shape}")
     terms, g = _terms_and_input_grad(p64, E, y, p)
-    mi_sum = float(terms[m].sum())
-    b1, b2 = _BETAS
+    mi_sum = np.where(m, terms, 0.0).sum(axis=-1)
     t = opt_state.t + 1
-    m1 = b1 * opt_state.m + (1.0 - b1) * g
-    v1 = b2 * opt_state.v + (1.0 - b2) * g * g
-    bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
-    upd = (lr_r / bc1)[:, None] * m1 / (np.sqrt(v1) / np.sqrt(bc2)[:, None] + _ADAM_EPS)
-    new = project_rows(E - upd, E0, eps_r)
-    return new, EmbAdamState(m1, v1, t), mi_sum
+    m1, v1 = adam_moments(opt_state.m, opt_state.v, g)
+    new = _project(E + adam_direction(m1, v1, t[..., None], lr_r[..., None]), E0, eps_r)
+    return new, EmbAdamState(m1, v1, t), (float(mi_sum) if E.ndim == 2 else mi_sum)
 
 
 # ------------------------------------------------------------------ Step 2
 def softmax(alpha_tilde) -> np.ndarray:
-    """``alpha = softmax(alpha_tilde)`` (float64)."""
+    """``alpha = softmax(alpha_tilde)`` over the last axis (float64)."""
     a = np.asarray(alpha_tilde, dtype=np.float64)
-    z = np.exp(a - a.max())
-    return z / z.sum()
+    z = np.exp(a - a.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def _stack(calibrated) -> np.ndarray:
+    """The calibrated matrices as one ``(k, ..., n, d)`` float64 array."""
     if isinstance(calibrated, Mapping):
         calibrated = list(calibrated.values())
     if len(calibrated) == 0:
         raise ConfigError("calibrated must hold at least one (n, d) matrix")
-    first = _matrix("calibrated[0]", calibrated[0])
-    return np.stack([first] + [_matrix(f"calibrated[{i}]", c, like=first)
+    first = _embeddings("calibrated[0]", calibrated[0])
+    return np.stack([first] + [_embeddings(f"calibrated[{i}]", c, like=first)
                                for i, c in enumerate(calibrated[1:], 1)])
 
 
@@ -649,11 +526,22 @@ def _alpha_tilde(alpha_tilde, k: int) -> np.ndarray:
     return a
 
 
+def _mix(alpha: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """``sum_t alpha_t S[t]``, summed in attribute order (elementwise, no BLAS)."""
+    out = alpha[0] * S[0]
+    for a, s in zip(alpha[1:], S[1:]):
+        out = out + a * s
+    return out
+
+
 def mix(alpha_tilde, calibrated) -> np.ndarray:
-    """``U(alpha) = sum_t softmax(alpha_tilde)_t U_t*`` (row-wise), shape ``(n, d)``."""
+    """``U(alpha) = sum_t softmax(alpha_tilde)_t U_t*`` (row-wise), shape ``(..., n, d)``.
+
+    ``calibrated``: ``k`` matrices ``(..., n, d)`` (a sequence, a mapping, or a stacked
+    ``(k, ..., n, d)`` array).
+    """
     S = _stack(calibrated)
-    alpha = softmax(_alpha_tilde(alpha_tilde, S.shape[0]))
-    return np.tensordot(alpha, S, axes=1)
+    return _mix(softmax(_alpha_tilde(alpha_tilde, S.shape[0])), S)
 
 
 def combine_grad(alpha_tilde, calibrated, params, labels, priors, *, masks=None,
@@ -661,14 +549,23 @@ def combine_grad(alpha_tilde, calibrated, params, labels, priors, *, masks=None,
     """Client side of one Step-2 update: gradient sums w.r.t. ``alpha_tilde``.
 
     ``calibrated``, ``params``, ``labels``, ``priors`` (and ``masks``, ``weights``) are
-    sequences over the ``k`` attributes (same order as ``alpha_tilde``). Objective of
-    these rows: ``J = sum_t weights[t] * sum_{u in masks[t]} m_{t,u}(U(alpha)_u)`` with
-    ``weights`` default 1 (the drivers use ``1 / count_t``). Returns ``(dJ/d alpha_tilde
-    (k,), mi_sums (k,))`` with ``mi_sums[t] = sum_{u in masks[t]} m_{t,u}`` (unweighted);
-    both are additive over disjoint sets of users.
+    sequences over the ``k`` attributes (same order as ``alpha_tilde``); calibrated
+    matrices ``(..., n, d)``, labels and masks ``(..., n)``. Objective of these rows:
+    ``J = sum_t weights[t] * sum_{u in masks[t]} m_{t,u}(U(alpha)_u)`` with ``weights``
+    default 1 (the drivers use ``1 / count_t``):
+
+    .. math::
+        \\frac{\\partial J}{\\partial \\tilde\\alpha} = \\alpha \\odot (g - \\alpha \\cdot g),
+        \\quad g_t = \\sum_u \\langle G_u, U^*_{t,u} \\rangle, \\quad
+        G_u = \\sum_t w_t 1[u \\in mask_t] \\nabla_{e} m_{t,u}(U(\\alpha)_u)
+
+    Returns ``(dJ/d alpha_tilde (..., k), mi_sums (..., k))`` with ``mi_sums[t] =
+    sum_{u in masks[t]} m_{t,u}`` (unweighted); both are additive over disjoint sets of
+    users.
     """
     S = _stack(calibrated)
-    k, n, d = S.shape
+    k = S.shape[0]
+    rows, d = S.shape[1:-1], S.shape[-1]
     a = _alpha_tilde(alpha_tilde, k)
     for name, seq in (("params", params), ("labels", labels), ("priors", priors)):
         if len(seq) != k:
@@ -683,19 +580,20 @@ def combine_grad(alpha_tilde, calibrated, params, labels, priors, *, masks=None,
     if w.shape != (k,) or not np.all(np.isfinite(w)):
         raise ConfigError(f"weights must be a finite array of shape ({k},)")
     alpha = softmax(a)
-    Ua = np.tensordot(alpha, S, axes=1)
-    G = np.zeros((n, d))                      # dJ / dU(alpha)
-    mi = np.zeros(k)
+    Ua = _mix(alpha, S)
+    G = np.zeros(S.shape[1:])                 # dJ / dU(alpha)
+    mi = []
     for t in range(k):
         p64, _, _, K = _params(f"params[{t}]", params[t], d)
-        y = _labels(f"labels[{t}]", labels[t], n, K)
+        y = _labels(f"labels[{t}]", labels[t], rows, K)
         pr = _prior(f"priors[{t}]", priors[t], K)
-        m = _mask(f"masks[{t}]", masks[t], n)
+        m = _mask(f"masks[{t}]", masks[t], rows)
         terms, gx = _terms_and_input_grad(p64, Ua, y, pr)
-        mi[t] = float(terms[m].sum())
-        G += w[t] * (gx * m[:, None])
-    g_alpha = np.einsum("nd,knd->k", G, S)    # dJ / d alpha
-    return alpha * (g_alpha - alpha @ g_alpha), mi
+        mi.append(np.where(m, terms, 0.0).sum(axis=-1))
+        G = G + w[t] * (gx * m[..., None])
+    g_alpha = np.stack([(G * s).sum(axis=-1).sum(axis=-1) for s in S], axis=-1)  # dJ / d alpha
+    return alpha * (g_alpha - (g_alpha * alpha).sum(axis=-1, keepdims=True)), \
+        np.stack(mi, axis=-1)
 
 
 # ------------------------------------------------------------------ drivers
@@ -753,8 +651,8 @@ def calibrate(U0, labels, mask=None, *, eps, relative: bool = True, steps: int =
     U0 = _matrix("U0", U0)
     n, d = U0.shape
     K = _num_classes("labels", labels, prior, num_classes)
-    y = _labels("labels", labels, n, K)
-    m = _mask("mask", mask, n)
+    y = _labels("labels", labels, (n,), K)
+    m = _mask("mask", mask, (n,))
     steps = _count("steps", steps, 0)
     n_phi = _count("n_phi", n_phi, 0)
     warmup_phi = _count("warmup_phi", warmup_phi, 0)
@@ -762,11 +660,10 @@ def calibrate(U0, labels, mask=None, *, eps, relative: bool = True, steps: int =
     lr_emb = _positive("lr_emb", lr_emb)
     eps_r = eps_rows(U0, eps, relative)
     p = attribute_prior(y, K, m) if prior is None else _prior("prior", prior, K)
-    lr_r = lr_emb * eps_r / np.sqrt(d) if lr_relative else np.full(n, lr_emb)
-    lr_r = np.maximum(lr_r, np.finfo(np.float64).tiny)   # radius-0 rows cannot move anyway
+    lr_r = embedding_lr(eps_r, lr_emb, d, lr_relative)
     hist: dict[str, list[float]] = {"mi": [], "ce": []}
     params = classifier_init(d, K, hidden, seed)
-    state = AdamState.zeros(params)
+    state = None
     U = U0.copy()
     emb_state = None
     params, state = _fit_rounds(params, state, U, y, m, lr_phi, warmup_phi, hist["ce"])
@@ -779,7 +676,8 @@ def calibrate(U0, labels, mask=None, *, eps, relative: bool = True, steps: int =
     return CalibrationResult(U, params, hist, p, eps_r, time.perf_counter() - start)
 
 
-def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any], masks: Mapping[str, Any] | None = None,
+def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any],
+            masks: Mapping[str, Any] | None = None,
             *, steps: int = 50, lr: float = 0.03, n_phi: int = 5, warmup_phi: int = 100,
             lr_phi: float = 1e-3, hidden: int = DEFAULT_HIDDEN, seed: int = 0,
             priors: Mapping[str, Any] | None = None, num_classes: Mapping[str, int] | None = None,
@@ -799,6 +697,8 @@ def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any], masks: Map
         raise ConfigError("calibrated must be a non-empty mapping {attribute: (n, d) matrix}")
     names = list(calibrated)
     S = _stack([calibrated[t] for t in names])
+    if S.ndim != 3:
+        raise ConfigError(f"calibrated must hold 2-D (n, d) matrices, got shape {S.shape[1:]}")
     k, n, d = S.shape
     for name, mp in (("labels", labels), ("masks", masks), ("priors", priors),
                      ("num_classes", num_classes), ("classifiers", classifiers)):
@@ -811,12 +711,14 @@ def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any], masks: Map
     warmup_phi = _count("warmup_phi", warmup_phi, 0)
     lr = _positive("lr", lr)
     lr_phi = _positive("lr_phi", lr_phi)
-    ys, ms, ps, params, states, w = [], [], [], [], [], np.zeros(k)
+    ys, ms, ps, params, w = [], [], [], [], np.zeros(k)
+    states: list[AdamState | None] = []
     for i, t in enumerate(names):
         pr = None if priors is None else priors[t]
-        K = _num_classes(f"labels[{t!r}]", labels[t], pr, None if num_classes is None else num_classes[t])
-        y = _labels(f"labels[{t!r}]", labels[t], n, K)
-        m = _mask(f"masks[{t!r}]", None if masks is None else masks[t], n)
+        K = _num_classes(f"labels[{t!r}]", labels[t], pr,
+                         None if num_classes is None else num_classes[t])
+        y = _labels(f"labels[{t!r}]", labels[t], (n,), K)
+        m = _mask(f"masks[{t!r}]", None if masks is None else masks[t], (n,))
         ps.append(attribute_prior(y, K, m) if pr is None else _prior(f"priors[{t!r}]", pr, K))
         if classifiers is not None:
             _, _, _, K0 = _params(f"classifiers[{t!r}]", classifiers[t], d)
@@ -825,14 +727,16 @@ def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any], masks: Map
             params.append([np.asarray(a) for a in classifiers[t]])
         else:
             params.append(classifier_init(d, K, hidden, attr_seed(seed, "combine:" + t)))
-        states.append(AdamState.zeros(params[-1]))
+        states.append(None)
         ys.append(y)
         ms.append(m)
         w[i] = 1.0 / max(int(m.sum()), 1)
     alpha_tilde = np.zeros(k)
     hist: dict[str, list] = {"objective": [], "mi": [], "alpha": []}
     if k > 1:
-        alpha_state = None
+        from fedrec.optim import adam_step
+
+        alpha_state: AdamState | None = None
         for step in range(steps):
             Ua = mix(alpha_tilde, S)
             rounds = n_phi + (warmup_phi if step == 0 else 0)
@@ -913,28 +817,28 @@ class Lego:
                                        **self.combine_options)
         return time.perf_counter() - start
 
-    def add(self, attr: str, labels, mask=None) -> "Lego":
+    def add(self, attr: str, labels, mask=None) -> Lego:
         """Unlearn one more attribute: Step 1 for ``attr`` only, then Step 2."""
         if not isinstance(attr, str) or not attr:
             raise ConfigError(f"attr must be a non-empty string, got {attr!r}")
         if attr in self.calibrations:
             raise ConfigError(f"attr {attr!r} is already unlearned; withdraw it first")
         n = self.U0.shape[0]
-        m = _mask("mask", mask, n)
+        m = _mask("mask", mask, (n,))
         start = time.perf_counter()
         res = calibrate(self.U0, labels, m, eps=self.eps, relative=False,
                         seed=attr_seed(self.seed, attr), **self.calibrate_options)
         cal_s = time.perf_counter() - start
         self.calibrate_calls += 1
         self.calibrations[attr] = res
-        self.labels[attr] = _labels("labels", labels, n)
+        self.labels[attr] = _labels("labels", labels, (n,))
         self.masks[attr] = m
         comb_s = self._recombine()
         self.timings.append({"op": "add", "attr": attr, "calibrate_s": cal_s, "combine_s": comb_s,
                              "total_s": cal_s + comb_s})
         return self
 
-    def withdraw(self, attr: str) -> "Lego":
+    def withdraw(self, attr: str) -> Lego:
         """Stop unlearning ``attr``: drop its calibration and re-solve Step 2."""
         if attr not in self.calibrations:
             raise ConfigError(f"attr {attr!r} is not unlearned; active: {self.attributes}")
