@@ -38,8 +38,17 @@ from fedrec.seeding import derive_seed
 
 def _ds(user, item, ts, num_users, num_items) -> RecDataset:
     n = len(user)
-    return RecDataset("tiny", num_users, num_items, np.asarray(user), np.asarray(item),
-                      np.ones(n, np.float32), np.asarray(ts, np.int64), {}, {})
+    return RecDataset(
+        "tiny",
+        num_users,
+        num_items,
+        np.asarray(user),
+        np.asarray(item),
+        np.ones(n, np.float32),
+        np.asarray(ts, np.int64),
+        {},
+        {},
+    )
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,7 +62,9 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def synth() -> RecDataset:
-    return synthetic_recommendation(num_users=60, num_items=40, dim=4, interactions_per_user=12, seed=3)
+    return synthetic_recommendation(
+        num_users=60, num_items=40, dim=4, interactions_per_user=12, seed=3
+    )
 
 
 # --------------------------------------------------------------------------- splits
@@ -75,7 +86,9 @@ def test_leave_one_out_by_hand():
     # a repeated pair is collapsed to its first occurrence (item 2 at t=1, again at t=8)
     dup = _ds([0, 0, 0, 0], [2, 3, 5, 2], [1, 2, 3, 8], 1, 6)
     ud = leave_one_out(dup)
-    assert ud.test[0].tolist() == [5] and ud.valid[0].tolist() == [3] and ud.train[0].tolist() == [2]
+    assert (
+        ud.test[0].tolist() == [5] and ud.valid[0].tolist() == [3] and ud.train[0].tolist() == [2]
+    )
     assert leave_one_out(dup, dedupe=False).test[0].tolist() == [2]
     with pytest.raises(ConfigError, match="by must be one of: time, order"):
         leave_one_out(ds, by="rating")
@@ -101,7 +114,11 @@ def test_ratio_split(synth):
     for f in ("train", "train_seq", "valid", "test"):
         np.testing.assert_array_equal(getattr(a, f).indices, getattr(b, f).indices)
     assert not np.array_equal(a.test.indices, c.test.indices)
-    assert np.all(a.test.lengths == 3) and np.all(a.valid.lengths == 1) and np.all(a.train.lengths == 8)
+    assert (
+        np.all(a.test.lengths == 3)
+        and np.all(a.valid.lengths == 1)
+        and np.all(a.train.lengths == 8)
+    )
     for u in range(synth.num_users):
         parts = [set(a.train[u]), set(a.valid[u]), set(a.test[u])]
         assert sum(map(len, parts)) == len(set.union(*parts)) == 12
@@ -123,7 +140,9 @@ def test_sample_negatives():
     assert counts.min() > 850 and counts.max() < 1150  # uniform over 5 items: 1000 each
     np.testing.assert_array_equal(neg, sample_negatives(10, pos, 5000, seed=1))
     seed = derive_seed(0, "neg", 3, 17)
-    np.testing.assert_array_equal(sample_negatives(10, pos, 7, seed), sample_negatives(10, pos, 7, seed))
+    np.testing.assert_array_equal(
+        sample_negatives(10, pos, 7, seed), sample_negatives(10, pos, 7, seed)
+    )
     distinct = sample_negatives(10, pos, 5, seed=2, replace=False)
     assert sorted(distinct) == [1, 2, 6, 7, 8]
     assert sample_negatives(10, pos, 0, seed=0).size == 0
@@ -148,7 +167,10 @@ def _cohort(rng, U=9, I=25, d=6, dtype=torch.float64, epochs=2):
     Q = 0.5 * torch.randn(I, d, dtype=dtype, generator=torch.Generator().manual_seed(2))
     b = 0.1 * torch.randn(I, dtype=dtype, generator=torch.Generator().manual_seed(3))
     pos = [np.sort(rng.choice(I, size=int(rng.integers(0, 10)), replace=False)) for _ in range(U)]
-    neg = [sample_negatives(I, p, epochs * p.size, derive_seed(0, "neg", 1, u)) for u, p in enumerate(pos)]
+    neg = [
+        sample_negatives(I, p, epochs * p.size, derive_seed(0, "neg", 1, u))
+        for u, p in enumerate(pos)
+    ]
     seeds = [derive_seed(0, "local", 1, u) for u in range(U)]
     return P, Q, b, pos, neg, seeds
 
@@ -164,7 +186,9 @@ def test_cohort_step_equals_user_by_user(dtype, tol, batch_size, bias):
     up = mf_bpr_user_step(P, Q, pos, neg, seed=seeds, **kw)
     assert torch.equal(Q, Q0)  # the global rows are never modified
     for j in range(len(pos)):
-        alone = mf_bpr_user_step(P[j:j + 1], Q, pos[j:j + 1], neg[j:j + 1], seed=[seeds[j]], **kw)
+        alone = mf_bpr_user_step(
+            P[j : j + 1], Q, pos[j : j + 1], neg[j : j + 1], seed=[seeds[j]], **kw
+        )
         p, ids, rows, bias_rows = up.user(j)
         np.testing.assert_array_equal(ids, np.union1d(pos[j], neg[j]))
         np.testing.assert_array_equal(ids, alone.item_ids)
@@ -237,8 +261,16 @@ def test_cohort_step_errors():
 def test_train_mf_bpr_loss_decreases_and_beats_random(synth):
     ud = leave_one_out(synth)
     losses = []
-    params = train_mf_bpr(ud, d=8, epochs=8, lr=0.02, reg=1e-3, batch_size=64, seed=0,
-                          callback=lambda e, loss, p: losses.append(loss))
+    params = train_mf_bpr(
+        ud,
+        d=8,
+        epochs=8,
+        lr=0.02,
+        reg=1e-3,
+        batch_size=64,
+        seed=0,
+        callback=lambda e, loss, p: losses.append(loss),
+    )
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
     assert params.P.shape == (60, 8) and params.Q.shape == (40, 8) and params.b is None
     again = train_mf_bpr(ud, d=8, epochs=8, lr=0.02, reg=1e-3, batch_size=64, seed=0)
@@ -287,7 +319,9 @@ def test_sasrec_causal_and_padding_masks():
         assert s.shape == (2, 20)
         torch.testing.assert_close(s, h[:, -1] @ model.item_emb.weight[1:].T)
     same = SASRec(20, d=16, max_len=8, num_blocks=2, num_heads=2, dropout=0.2, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values())
+    )
     with pytest.raises(ConfigError, match="max_len"):
         model(torch.zeros(1, 9, dtype=torch.long))
     with pytest.raises(ConfigError, match="num_heads"):
@@ -303,7 +337,9 @@ def test_train_sasrec_loss_decreases_and_is_seeded(synth):
     assert torch.equal(torch.get_rng_state(), state)
     assert losses[-1] < losses[0]
     again = train_sasrec(ud, **kw)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values())
+    )
     m = evaluate_full_ranking(sasrec_score_fn(model, ud, "test"), ud, k_list=(10,))
     assert 0.0 <= m["ndcg@10"] <= 1.0 and m["num_users"] == 60
 
@@ -337,11 +373,53 @@ def test_ml100k_leave_one_out_and_cohort_step():
     assert ud.train.indices.size == 100_000 - 2 * 943
     users = np.arange(ud.num_users)
     pos = [ud.train[u] for u in users]
-    neg = [sample_negatives(ud.num_items, p, p.size, derive_seed(0, "neg", 1, int(u))) for u, p in zip(users, pos)]
+    neg = [
+        sample_negatives(ud.num_items, p, p.size, derive_seed(0, "neg", 1, int(u)))
+        for u, p in zip(users, pos)
+    ]
     init = init_mf(ud.num_users, ud.num_items, 16, seed=0)
     up = mf_bpr_user_step(init.P, init.Q, pos, neg, lr=0.05, reg=1e-4, seed=0, batch_size=64)
     for j in (0, 12, 404):
-        alone = mf_bpr_user_step(init.P[j:j + 1], init.Q, pos[j:j + 1], neg[j:j + 1], lr=0.05, reg=1e-4,
-                                 seed=0, batch_size=64)
+        alone = mf_bpr_user_step(
+            init.P[j : j + 1],
+            init.Q,
+            pos[j : j + 1],
+            neg[j : j + 1],
+            lr=0.05,
+            reg=1e-4,
+            seed=0,
+            batch_size=64,
+        )
         torch.testing.assert_close(up.user(j)[0], alone.P[0], atol=1e-6, rtol=0)
         torch.testing.assert_close(up.user(j)[2], alone.item_rows, atol=1e-6, rtol=0)
+
+
+def test_pointwise_kernels_do_not_depend_on_position():
+    """An element's sigmoid/softplus bits do not depend on where it sits in the input
+    (torch's scalar tail and thread split would make a user's result cohort-dependent)."""
+    from torch.nn import functional as F
+
+    from fedrec.models.recsys import _pointwise
+
+    x = torch.randn(50_000, generator=torch.Generator().manual_seed(0))
+    for fn in (torch.sigmoid, F.softplus):
+        whole = _pointwise(fn, x)
+        for lo, hi in ((0, 7), (3, 70), (49_990, 50_000), (1000, 40_000)):
+            assert torch.equal(_pointwise(fn, x[lo:hi]), whole[lo:hi])
+
+
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_cohort_step_is_bit_identical_to_user_by_user_in_float32(batch_size):
+    rng = np.random.default_rng(5)
+    U, I, d = 40, 300, 8
+    P = torch.randn(U, d, generator=torch.Generator().manual_seed(1))
+    Q = 0.5 * torch.randn(I, d, generator=torch.Generator().manual_seed(2))
+    pos = [np.sort(rng.choice(I, size=int(rng.integers(1, 60)), replace=False)) for _ in range(U)]
+    neg = [sample_negatives(I, p, p.size, derive_seed(0, "neg", 1, u)) for u, p in enumerate(pos)]
+    seeds = [derive_seed(0, "local", 1, u) for u in range(U)]
+    up = mf_bpr_user_step(P, Q, pos, neg, lr=0.5, reg=0.01, seed=seeds, batch_size=batch_size)
+    for j in range(U):
+        alone = mf_bpr_user_step(P[j : j + 1], Q, pos[j : j + 1], neg[j : j + 1], lr=0.5,
+                                 reg=0.01, seed=[seeds[j]], batch_size=batch_size)
+        p, _, rows, _ = up.user(j)
+        assert torch.equal(p, alone.P[0]) and torch.equal(rows, alone.item_rows)

@@ -243,6 +243,29 @@ def _flatten_lists(
     return lengths, arrays
 
 
+_LANES = 64  # a multiple of every SIMD width torch's CPU kernels use
+_CHUNK = 16384  # below torch's grain size: one thread per call
+
+
+def _pointwise(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` for an elementwise ``fn`` such that every element goes through the same
+    (vectorised) kernel wherever it sits in ``x``.
+
+    torch's CPU ``sigmoid``/``softplus`` compute the last ``len % width`` elements with a
+    scalar routine that can differ from the vector one in the last bit, and split long
+    inputs across threads at positions that depend on the length. A user's triple would
+    then depend on how many other users share the call (i.e. on the node's cohort).
+    Padding to a multiple of :data:`_LANES` and cutting into fixed chunks below the
+    threading grain removes both, so a cohort gives one user's bits exactly.
+    """
+    n = x.numel()
+    pad = (-n) % _LANES
+    xp = F.pad(x, (0, pad)) if pad else x
+    if xp.numel() <= _CHUNK:
+        return fn(xp)[:n]
+    return torch.cat([fn(c) for c in xp.split(_CHUNK)])[:n]
+
+
 @torch.no_grad()
 def mf_bpr_user_step(
     P_users: torch.Tensor,
@@ -386,8 +409,10 @@ def mf_bpr_user_step(
                 bi, bj = Rb.index_select(0, li), Rb.index_select(0, lj)
                 x = x + bi - bj
                 sq = sq + bi.pow(2) + bj.pow(2)
-            loss_sum.index_add_(0, u, (F.softplus(-x) + 0.5 * reg * sq).to(torch.float64))
-            gw = w * -torch.sigmoid(-x)  # w * dL/dx, per triple
+            loss_sum.index_add_(
+                0, u, (_pointwise(F.softplus, -x) + 0.5 * reg * sq).to(torch.float64)
+            )
+            gw = w * -_pointwise(torch.sigmoid, -x)  # w * dL/dx, per triple
             active = torch.unique_consecutive(u)
             reg_p = P.index_select(0, active).mul_(reg)
             if user_grad is not None:
