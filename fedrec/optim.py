@@ -28,11 +28,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fedrec.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported only by the torch front ends, when first used
+    import torch
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
 
 __all__ = [
     "ADAM_BETAS",
@@ -74,8 +84,12 @@ def adam_direction(
     with ``bc_i = 1 - beta_i^t``, negated (the torch formula, same operation order).
     """
     b1, b2 = betas
-    bc1 = 1.0 - b1 ** np.asarray(t, dtype=np.float64)
-    bc2 = 1.0 - b2 ** np.asarray(t, dtype=np.float64)
+    if np.ndim(t) == 0:  # Python's power, as torch.optim.Adam (numpy's can differ by an ulp)
+        bc1: Any = 1.0 - b1 ** float(t)
+        bc2: Any = 1.0 - b2 ** float(t)
+    else:
+        bc1 = 1.0 - b1 ** np.asarray(t, dtype=np.float64)
+        bc2 = 1.0 - b2 ** np.asarray(t, dtype=np.float64)
     return -((lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps))
 
 
@@ -188,13 +202,17 @@ class TorchSGD:
 
     def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
         self.params, self.lr, self.weight_decay = params, lr, weight_decay
+        self._torch = _torch()
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
-    @torch.no_grad()
     def step(self) -> None:
+        with self._torch.no_grad():
+            self._step()
+
+    def _step(self) -> None:
         for p in self.params:
             if p.grad is None:
                 continue
@@ -212,11 +230,10 @@ class TorchAdam(TorchSGD):
     def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr, weight_decay)
         self.t = 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
+        self.m = [self._torch.zeros_like(p) for p in params]
+        self.v = [self._torch.zeros_like(p) for p in params]
 
-    @torch.no_grad()
-    def step(self) -> None:
+    def _step(self) -> None:
         self.t += 1
         bc1 = 1 - self.beta1**self.t
         bc2_sqrt = math.sqrt(1 - self.beta2**self.t)
