@@ -20,8 +20,9 @@ Configurations (``--only`` picks a subset, by key):
   on 943 SuperNodes (``run_simulation``, ``num_cpus=1`` per ClientApp); each node keeps
   its user's embedding in ``context.state`` (:func:`fedrec.algorithms.fedmf.init_users`),
   runs :func:`fedrec.algorithms.fedmf.local_step` for its one user (same seeds, negatives
-  and initialisation as fedrec) and returns the **dense** updated item matrix; the server is Flower's built-in
-  ``flwr.serverapp.strategy.FedAvg`` (``fraction_evaluate=0``: **no evaluation phase**).
+  and initialisation as fedrec) and returns the **dense** updated item matrix; the server is
+  Flower's built-in ``flwr.serverapp.strategy.FedAvg`` (``fraction_evaluate=0``:
+  **no evaluation phase**).
 * ``raw``: the same round in one process without Flower, calling the functions fedrec's
   two halves call (:mod:`fedrec.algorithms.fedmf`): one ``local_step`` for all 943 users
   (negatives and local BPR, the cohort), ``client_uploads`` with one client per user and
@@ -62,7 +63,8 @@ import os
 import tempfile
 
 # the measuring harness (this folder is sys.path[0], or on PYTHONPATH in the subprocesses)
-from harness import fmt as _f, quiet_flower_env, run_measured, subprocess_env
+from harness import fmt as _f
+from harness import quiet_flower_env, run_measured, subprocess_env
 
 quiet_flower_env()  # before flwr or ray is imported anywhere
 if "FLWR_HOME" not in os.environ or "fedrec-bench-flwr-home" not in os.environ["FLWR_HOME"]:
@@ -102,8 +104,7 @@ CONFIGS = {
     "ray-0": ("fedrec ray", "943 (1 per user)", 660),
     "local-synth10k": ("fedrec local, 10,000 synthetic users", "1 (cohort)", 600),
 }
-DEFAULT_KEYS = ["local-1", "local-8", "raw", "raw-synth10k", "ray-2", "ray-8", "flower",
-                "ray-0"]
+DEFAULT_KEYS = ["local-1", "local-8", "raw", "raw-synth10k", "ray-2", "ray-8", "flower", "ray-0"]
 
 
 # =========================================================================== progress log
@@ -121,12 +122,21 @@ def event(ev: str, **kw) -> None:
 # =========================================================================== fedrec
 def fedrec_config(rounds: int, nodes: int) -> dict:
     return {
-        "seed": SEED, "dataset.name": "ml-100k", "num-server-rounds": int(rounds),
-        "partition.num-clients": NUM_USERS, "strategy.name": "fedmf",
-        "strategy.params.users-per-client": 1, "strategy.params.dim": DIM,
-        "strategy.params.server-lr": SERVER_LR, "train.lr": LR, "train.batch-size": BATCH,
-        "train.local-epochs": 1, "runtime.num-nodes": int(nodes),
-        "output.plots": False, "output.checkpoint": False, "output.client-metrics": False,
+        "seed": SEED,
+        "dataset.name": "ml-100k",
+        "num-server-rounds": int(rounds),
+        "partition.num-clients": NUM_USERS,
+        "strategy.name": "fedmf",
+        "strategy.params.users-per-client": 1,
+        "strategy.params.dim": DIM,
+        "strategy.params.server-lr": SERVER_LR,
+        "train.lr": LR,
+        "train.batch-size": BATCH,
+        "train.local-epochs": 1,
+        "runtime.num-nodes": int(nodes),
+        "output.plots": False,
+        "output.checkpoint": False,
+        "output.client-metrics": False,
         "output.progress": False,
     }
 
@@ -156,8 +166,14 @@ def _instrument_fedmf() -> None:
     FedMF.on_round_start, FedMF.aggregate, FedMF.on_round_end = on_round_start, agg, on_round_end
 
 
-def run_fedrec(backend: str, nodes: int, rounds: int, timeout: float, workdir: Path,
-               synthetic_users: int | None = None) -> dict:
+def run_fedrec(
+    backend: str,
+    nodes: int,
+    rounds: int,
+    timeout: float,
+    workdir: Path,
+    synthetic_users: int | None = None,
+) -> dict:
     import fedrec
 
     _instrument_fedmf()
@@ -166,18 +182,26 @@ def run_fedrec(backend: str, nodes: int, rounds: int, timeout: float, workdir: P
     if backend == "ray":
         cfg["runtime.client-num-cpus"] = 1.0
     if synthetic_users:
-        cfg.update({"dataset.name": "synthetic-rec", "partition.num-clients": synthetic_users,
-                    "dataset.options": f"num_users={synthetic_users}"})
+        cfg.update(
+            {
+                "dataset.name": "synthetic-rec",
+                "partition.num-clients": synthetic_users,
+                "dataset.options": f"num_users={synthetic_users}",
+            }
+        )
     out = workdir / f"fedrec-{backend}-{nodes}-{synthetic_users or 0}"
     try:
         s = fedrec.run(cfg, backend=backend, out=str(out), quiet=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return {"round_wall_s": list(s["round_wall_s"]), "fedrec_wall_s": s["wall_s"],
-            "final_train_loss": s.get("final_train", {}).get("train-loss"),
-            "ndcg@10": (s.get("final") or {}).get("global", s.get("final") or {}).get("ndcg@10"),
-            "num_nodes": s.get("num_nodes"),
-            "failures": s.get("failures")}
+    return {
+        "round_wall_s": list(s["round_wall_s"]),
+        "fedrec_wall_s": s["wall_s"],
+        "final_train_loss": s.get("final_train", {}).get("train-loss"),
+        "ndcg@10": (s.get("final") or {}).get("global", s.get("final") or {}).get("ndcg@10"),
+        "num_nodes": s.get("num_nodes"),
+        "failures": s.get("failures"),
+    }
 
 
 # =========================================================================== raw compute
@@ -236,8 +260,12 @@ def _train_handler(msg, context):
     full = Q.copy()  # dense: the global rows plus this user's new copies of its rows
     full[ids] = Q[ids] + deltas
     loss = float(np.nan_to_num(res.losses[0, 0]))
-    content = RecordDict({"arrays": ArrayRecord([full]), "metrics": MetricRecord(
-        {"num-examples": int(res.num_pos[0]), "train-loss": loss})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord([full]),
+            "metrics": MetricRecord({"num-examples": int(res.num_pos[0]), "train-loss": loss}),
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -280,10 +308,18 @@ def _make_server_app(rounds: int, timeout: float, result: dict):
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         _, ud = user_data("ml-100k")
-        strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=0.0,
-                               min_available_nodes=NUM_USERS, min_train_nodes=NUM_USERS)
-        strategy.start(grid=grid, initial_arrays=ArrayRecord([fedmf.init_items(ud.num_items, DIM, INIT_STD, SEED)]),
-                       num_rounds=rounds, timeout=timeout)
+        strategy = TimedFedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_available_nodes=NUM_USERS,
+            min_train_nodes=NUM_USERS,
+        )
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord([fedmf.init_items(ud.num_items, DIM, INIT_STD, SEED)]),
+            num_rounds=rounds,
+            timeout=timeout,
+        )
 
     return app
 
@@ -298,11 +334,14 @@ def run_flower(rounds: int, timeout: float) -> dict:
         warnings.simplefilter("ignore")
         run_simulation(
             server_app=_make_server_app(rounds, timeout, result),
-            client_app=_make_client_app(), num_supernodes=NUM_USERS,
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                            "init_args": {"num_cpus": os.cpu_count() or 1,
-                                          "include_dashboard": False}},
-            verbose_logging=False)
+            client_app=_make_client_app(),
+            num_supernodes=NUM_USERS,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+            },
+            verbose_logging=False,
+        )
     t0, t1 = result.get("t0", {}), result.get("t1", {})
     rs = [t1[r] - t0[r] for r in sorted(t1) if r in t0]
     if len(rs) != rounds:
@@ -345,11 +384,13 @@ def _rounds_from_events(evs: list[dict]) -> dict:
     loss = {e["round"]: e.get("loss") for e in evs if e["ev"] == "train-end"}
     end = {e["round"]: e["wall_s"] for e in evs if e["ev"] == "round-end"}
     done = sorted(end)
-    return {"round_wall_s": [end[r] for r in done],
-            "train_phase_s": [train[r] - start[r] for r in done if r in train and r in start],
-            "train_loss": [loss[r] for r in done if r in loss],
-            "started": start, "t_process": next((e["t"] for e in evs
-                                                 if e["ev"] == "process-start"), None)}
+    return {
+        "round_wall_s": [end[r] for r in done],
+        "train_phase_s": [train[r] - start[r] for r in done if r in train and r in start],
+        "train_loss": [loss[r] for r in done if r in loss],
+        "started": start,
+        "t_process": next((e["t"] for e in evs if e["ev"] == "process-start"), None),
+    }
 
 
 def measure(key: str, rounds: int, timeout: float, workdir: Path) -> dict:
@@ -357,13 +398,30 @@ def measure(key: str, rounds: int, timeout: float, workdir: Path) -> dict:
     log_path = workdir / f"{key}.log"
     prog_path = workdir / f"{key}.events"
     env = subprocess_env(FEDREC_BENCH_PROGRESS=str(prog_path))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--single", key,
-           "--rounds", str(rounds), "--timeout", str(timeout), "--result", str(result_path)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--single",
+        key,
+        "--rounds",
+        str(rounds),
+        "--timeout",
+        str(timeout),
+        "--result",
+        str(result_path),
+    ]
     label, nodes, _ = CONFIGS[key]
-    row: dict = {"key": key, "runtime": label, "nodes": nodes, "rounds": rounds,
-                 "timeout_s": timeout, "loadavg_1m_before": os.getloadavg()[0]}
-    run = run_measured(cmd, env=env, cwd=workdir, log_path=log_path, result_path=result_path,
-                       timeout=timeout)
+    row: dict = {
+        "key": key,
+        "runtime": label,
+        "nodes": nodes,
+        "rounds": rounds,
+        "timeout_s": timeout,
+        "loadavg_1m_before": os.getloadavg()[0],
+    }
+    run = run_measured(
+        cmd, env=env, cwd=workdir, log_path=log_path, result_path=result_path, timeout=timeout
+    )
     row.update(run.measures())
     ev = _rounds_from_events(_read_events(prog_path))
     row["train_phase_s"] = ev["train_phase_s"]
@@ -389,8 +447,11 @@ def measure(key: str, rounds: int, timeout: float, workdir: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| runtime | nodes | round s (median) | first round s | train phase s (median) "
-           "| total s | peak RSS GiB |", "|---|---|---:|---:|---:|---:|---:|"]
+    out = [
+        "| runtime | nodes | round s (median) | first round s | train phase s (median) "
+        "| total s | peak RSS GiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         first = _f(r.get("round1_s"))
         if r.get("round1_s") is None and r.get("unfinished_round") == 1:
@@ -399,9 +460,11 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             done = len(r.get("round_wall_s") or [])
             med = f"{med} ({r['error']}; {done} of {r['rounds']} rounds done)"
-        out.append(f"| {r['runtime']} | {r['nodes']} | {med} | {first} | "
-                   f"{_f(r.get('train_phase_median_s'))} | {_f(r['total_s'], 1)} | "
-                   f"{_f(r['peak_rss_gib'])} |")
+        out.append(
+            f"| {r['runtime']} | {r['nodes']} | {med} | {first} | "
+            f"{_f(r.get('train_phase_median_s'))} | {_f(r['total_s'], 1)} | "
+            f"{_f(r['peak_rss_gib'])} |"
+        )
     return "\n".join(out)
 
 
@@ -417,20 +480,26 @@ def ratios(rows: list[dict]) -> list[str]:
         for field, what in (("later_median_s", "round"), ("train_phase_median_s", "train phase")):
             v = val(k, field)
             if v and fl:
-                lines.append(f"fedrec {k} / plain Flower ({what} vs Flower round): "
-                             f"{v / fl:.3f} (goal <= 0.25)")
+                lines.append(
+                    f"fedrec {k} / plain Flower ({what} vs Flower round): "
+                    f"{v / fl:.3f} (goal <= 0.25)"
+                )
     raw = val("raw", "later_median_s")
     for k in ("local-1", "local-8"):
         for field, what in (("later_median_s", "round"), ("train_phase_median_s", "train phase")):
             v = val(k, field)
             if v and raw:
-                lines.append(f"fedrec {k} / raw ({what} vs raw round): {v / raw:.2f} "
-                             "(goal <= 2)")
-    losses = {k: (r.get("train_loss") or [None])[0] for k, r in by.items()
-              if k not in ("raw-synth10k", "local-synth10k")}
+                lines.append(f"fedrec {k} / raw ({what} vs raw round): {v / raw:.2f} (goal <= 2)")
+    losses = {
+        k: (r.get("train_loss") or [None])[0]
+        for k, r in by.items()
+        if k not in ("raw-synth10k", "local-synth10k")
+    }
     if losses:
-        lines.append("round-1 train loss: " + ", ".join(
-            f"{k} {v:.6f}" if v is not None else f"{k} -" for k, v in losses.items()))
+        lines.append(
+            "round-1 train loss: "
+            + ", ".join(f"{k} {v:.6f}" if v is not None else f"{k} -" for k, v in losses.items())
+        )
     return lines
 
 
@@ -438,12 +507,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", help="also write all measurements to this JSON file")
-    ap.add_argument("--only", nargs="+", choices=list(CONFIGS), metavar="KEY",
-                    help=f"configurations to run, in this order (default: {' '.join(DEFAULT_KEYS)};"
-                         " also local-synth10k)")
-    ap.add_argument("--budget", type=float, default=1500.0,
-                    help="seconds for the whole sweep; each configuration's timeout is cut to "
-                         "what is left (default 1500)")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(CONFIGS),
+        metavar="KEY",
+        help=f"configurations to run, in this order (default: {' '.join(DEFAULT_KEYS)};"
+        " also local-synth10k)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=1500.0,
+        help="seconds for the whole sweep; each configuration's timeout is cut to "
+        "what is left (default 1500)",
+    )
     ap.add_argument("--keep-logs", action="store_true")
     ap.add_argument("--single", help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=float, default=600.0, help=argparse.SUPPRESS)
@@ -470,16 +548,23 @@ def main(argv: list[str] | None = None) -> int:
         if timeout < 30:
             print(f"[bench] {key}: skipped (budget spent)", file=sys.stderr, flush=True)
             continue
-        print(f"[bench] {key} ({CONFIGS[key][0]}, nodes {CONFIGS[key][1]}), timeout "
-              f"{timeout:.0f} s ...", file=sys.stderr, flush=True)
+        print(
+            f"[bench] {key} ({CONFIGS[key][0]}, nodes {CONFIGS[key][1]}), timeout "
+            f"{timeout:.0f} s ...",
+            file=sys.stderr,
+            flush=True,
+        )
         row = measure(key, args.rounds, timeout, workdir)
         rows.append(row)
         rs = [round(x, 2) for x in row.get("round_wall_s") or []]
-        print(f"[bench]   {row.get('error', 'ok')}: rounds {rs}, "
-              f"train phase {[round(x, 2) for x in row['train_phase_s']]}, total "
-              f"{row['total_s']:.1f} s, peak {row['peak_rss_gib']:.2f} GiB, loss "
-              f"{row['train_loss']}, others used {_f(row['other_cores_mean'])} cores",
-              file=sys.stderr, flush=True)
+        print(
+            f"[bench]   {row.get('error', 'ok')}: rounds {rs}, "
+            f"train phase {[round(x, 2) for x in row['train_phase_s']]}, total "
+            f"{row['total_s']:.1f} s, peak {row['peak_rss_gib']:.2f} GiB, loss "
+            f"{row['train_loss']}, others used {_f(row['other_cores_mean'])} cores",
+            file=sys.stderr,
+            flush=True,
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
@@ -488,9 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         print("* " + line)
     busy = [r for r in rows if (r.get("other_cores_mean") or 0) > 0.25]
     if busy:
-        print("\nshared machine: other processes used on average " + ", ".join(
-            f"{r['other_cores_mean']:.1f} cores during {r['key']}" for r in busy)
-            + " (of 2 cores); those timings are inflated.")
+        print(
+            "\nshared machine: other processes used on average "
+            + ", ".join(f"{r['other_cores_mean']:.1f} cores during {r['key']}" for r in busy)
+            + " (of 2 cores); those timings are inflated."
+        )
     failed = any("error" in r for r in rows)
     if failed or args.keep_logs:
         print(f"\nlogs: {workdir}", file=sys.stderr)

@@ -36,8 +36,8 @@ import sys
 import tempfile
 
 # the measuring harness (this folder is sys.path[0], or on PYTHONPATH in the subprocesses)
-from harness import (fmt as _fmt, quiet_flower_env, run_measured, subprocess_env,
-                     wait_idle)
+from harness import fmt as _fmt
+from harness import quiet_flower_env, run_measured, subprocess_env, wait_idle
 
 quiet_flower_env()  # before flwr or ray is imported anywhere
 # A private, temporary FLWR_HOME, made by the top-level run (its --single subprocesses
@@ -55,19 +55,30 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-RUNTIME_LABELS = {"local": "fedrec local", "ray": "fedrec ray",
-                  "flower": "plain Flower (ray)", "raw": "raw loop (no Flower)"}
+RUNTIME_LABELS = {
+    "local": "fedrec local",
+    "ray": "fedrec ray",
+    "flower": "plain Flower (ray)",
+    "raw": "raw loop (no Flower)",
+}
 
 
 # =========================================================================== config
 def base_config(num_clients: int, rounds: int) -> dict:
     """The flat fedrec config shared by every runtime (defaults for the rest)."""
     return {
-        "dataset.name": "adult", "partition.scheme": "iid",
-        "partition.num-clients": int(num_clients), "model.name": "logreg",
-        "train.local-epochs": 1, "train.batch-size": 64, "num-server-rounds": int(rounds),
-        "strategy.fraction-train": 1.0, "strategy.fraction-evaluate": 1.0,
-        "output.plots": False, "output.checkpoint": False, "output.client-metrics": False,
+        "dataset.name": "adult",
+        "partition.scheme": "iid",
+        "partition.num-clients": int(num_clients),
+        "model.name": "logreg",
+        "train.local-epochs": 1,
+        "train.batch-size": 64,
+        "num-server-rounds": int(rounds),
+        "strategy.fraction-train": 1.0,
+        "strategy.fraction-evaluate": 1.0,
+        "output.plots": False,
+        "output.checkpoint": False,
+        "output.client-metrics": False,
         "output.progress": False,
     }
 
@@ -113,28 +124,39 @@ def client_fit(num_clients: int, pid: int, server_round: int, weights):
     cfg, d = run_config(num_clients), client_data(num_clients, pid)
     t = cfg.train
     model = _model(cfg, d, weights)
-    res = train_classifier(model, d.X_train, d.y_train, epochs=t.local_epochs,
-                           batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer,
-                           weight_decay=t.weight_decay,
-                           seed=derive_seed(cfg.seed, "train", server_round, pid))
+    res = train_classifier(
+        model,
+        d.X_train,
+        d.y_train,
+        epochs=t.local_epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        seed=derive_seed(cfg.seed, "train", server_round, pid),
+    )
     return get_weights(model), int(res.num_examples), float(res.loss)
 
 
 def client_evaluate(num_clients: int, pid: int, weights) -> dict:
     """Confusion counts and summed log loss on the client's test split."""
     import numpy as np
+
     from fedrec.metrics import confusion_counts
     from fedrec.training import predict_proba
 
     cfg, d = run_config(num_clients), client_data(num_clients, pid)
     proba = predict_proba(_model(cfg, d, weights), d.X_test)
     pred = proba.argmax(axis=1)
-    loss_sum = float(-np.log(np.clip(proba[np.arange(len(d.y_test)), d.y_test], 1e-12, 1.0)
-                             ).sum())
+    loss_sum = float(-np.log(np.clip(proba[np.arange(len(d.y_test)), d.y_test], 1e-12, 1.0)).sum())
     counts = confusion_counts(d.y_test, pred, d.a_test, d.num_classes, d.num_groups)
-    return {"num-examples": int(len(d.y_test)), "loss-sum": loss_sum,
-            "counts": [int(c) for c in counts.ravel()], "num-groups": int(d.num_groups),
-            "num-classes": int(d.num_classes)}
+    return {
+        "num-examples": int(len(d.y_test)),
+        "loss-sum": loss_sum,
+        "counts": [int(c) for c in counts.ravel()],
+        "num-groups": int(d.num_groups),
+        "num-classes": int(d.num_classes),
+    }
 
 
 def initial_weights(num_clients: int):
@@ -159,8 +181,12 @@ def _train_handler(msg, context):
     pid = int(context.node_config["partition-id"])
     weights = msg.content["arrays"].to_numpy_ndarrays()
     new_w, num_examples, loss = client_fit(n, pid, rnd, weights)
-    content = RecordDict({"arrays": ArrayRecord(new_w), "metrics": MetricRecord(
-        {"num-examples": num_examples, "train-loss": loss})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(new_w),
+            "metrics": MetricRecord({"num-examples": num_examples, "train-loss": loss}),
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -212,12 +238,21 @@ def _make_server_app(num_clients: int, rounds: int, timeout: float, result: dict
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         n = num_clients
-        strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0,
-                               min_available_nodes=n, min_train_nodes=n, min_evaluate_nodes=n)
-        res = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_weights(n)),
-                             num_rounds=rounds, timeout=timeout,
-                             train_config=ConfigRecord({"num-clients": n}),
-                             evaluate_config=ConfigRecord({"num-clients": n}))
+        strategy = TimedFedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_available_nodes=n,
+            min_train_nodes=n,
+            min_evaluate_nodes=n,
+        )
+        res = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial_weights(n)),
+            num_rounds=rounds,
+            timeout=timeout,
+            train_config=ConfigRecord({"num-clients": n}),
+            evaluate_config=ConfigRecord({"num-clients": n}),
+        )
         last = res.train_metrics_clientapp.get(rounds)
         result["train_loss"] = float(last["train-loss"]) if last else None
         result["rounds_done"] = len(res.train_metrics_clientapp)
@@ -236,15 +271,20 @@ def run_flower(num_clients: int, rounds: int, timeout: float) -> dict:
         warnings.simplefilter("ignore")
         run_simulation(
             server_app=_make_server_app(num_clients, rounds, timeout, result),
-            client_app=_make_client_app(), num_supernodes=num_clients,
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                            "init_args": {"num_cpus": 2, "include_dashboard": False}},
-            verbose_logging=False)
+            client_app=_make_client_app(),
+            num_supernodes=num_clients,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": 2, "include_dashboard": False},
+            },
+            verbose_logging=False,
+        )
     wall = time.perf_counter() - t0
     rounds_s = [_ROUND_T1[r] - _ROUND_T0[r] for r in sorted(_ROUND_T1) if r in _ROUND_T0]
     if len(rounds_s) != rounds:
-        raise RuntimeError(f"only {len(rounds_s)} of {rounds} rounds completed "
-                           "(see the ServerApp log)")
+        raise RuntimeError(
+            f"only {len(rounds_s)} of {rounds} rounds completed (see the ServerApp log)"
+        )
     return {"round_wall_s": rounds_s, "run_s": wall, "train_loss": result.get("train_loss")}
 
 
@@ -270,8 +310,7 @@ def run_raw(num_clients: int, rounds: int) -> dict:
 
 
 # =========================================================================== fedrec
-def run_fedrec(backend: str, num_clients: int, rounds: int, timeout: float, workdir: Path
-               ) -> dict:
+def run_fedrec(backend: str, num_clients: int, rounds: int, timeout: float, workdir: Path) -> dict:
     import fedrec
 
     cfg = base_config(num_clients, rounds)
@@ -284,14 +323,18 @@ def run_fedrec(backend: str, num_clients: int, rounds: int, timeout: float, work
         s = fedrec.run(cfg, backend=backend, out=str(out), quiet=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return {"round_wall_s": list(s["round_wall_s"]), "run_s": time.perf_counter() - t0,
-            "fedrec_wall_s": s["wall_s"], "train_loss": s.get("final_train", {}).get(
-                "train-loss"), "accuracy": s.get("final", {}).get("global", {}).get("accuracy"),
-            "failures": s.get("failures"), "num_clients": s["num_clients"]}
+    return {
+        "round_wall_s": list(s["round_wall_s"]),
+        "run_s": time.perf_counter() - t0,
+        "fedrec_wall_s": s["wall_s"],
+        "train_loss": s.get("final_train", {}).get("train-loss"),
+        "accuracy": s.get("final", {}).get("global", {}).get("accuracy"),
+        "failures": s.get("failures"),
+        "num_clients": s["num_clients"],
+    }
 
 
-def single(backend: str, num_clients: int, rounds: int, timeout: float, result_path: Path
-           ) -> None:
+def single(backend: str, num_clients: int, rounds: int, timeout: float, result_path: Path) -> None:
     """Run one configuration in this process and write its measurements as JSON."""
     if backend in ("local", "ray"):
         res = run_fedrec(backend, num_clients, rounds, timeout, result_path.parent)
@@ -305,62 +348,113 @@ def single(backend: str, num_clients: int, rounds: int, timeout: float, result_p
 
 
 # =========================================================================== driver
-def measure(backend: str, num_clients: int, rounds: int, timeout: float, workdir: Path,
-            max_wait: float = 0.0) -> dict:
+def measure(
+    backend: str,
+    num_clients: int,
+    rounds: int,
+    timeout: float,
+    workdir: Path,
+    max_wait: float = 0.0,
+) -> dict:
     """Run one configuration in a fresh subprocess; return its row."""
     tag = f"{backend}-{num_clients}"
     result_path = workdir / f"{tag}.json"
     log_path = workdir / f"{tag}.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--single", backend,
-           str(num_clients), "--rounds", str(rounds), "--timeout", str(timeout),
-           "--result", str(result_path)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--single",
+        backend,
+        str(num_clients),
+        "--rounds",
+        str(rounds),
+        "--timeout",
+        str(timeout),
+        "--result",
+        str(result_path),
+    ]
     idle = wait_idle(max_wait) if max_wait > 0 else None
-    row = {"clients": num_clients, "runtime": backend, "rounds": rounds,
-           "other_cores_before": idle, "loadavg_1m_before": os.getloadavg()[0]}
-    run = run_measured(cmd, env=subprocess_env(), cwd=workdir, log_path=log_path,
-                       result_path=result_path, timeout=timeout)
+    row = {
+        "clients": num_clients,
+        "runtime": backend,
+        "rounds": rounds,
+        "other_cores_before": idle,
+        "loadavg_1m_before": os.getloadavg()[0],
+    }
+    run = run_measured(
+        cmd,
+        env=subprocess_env(),
+        cwd=workdir,
+        log_path=log_path,
+        result_path=result_path,
+        timeout=timeout,
+    )
     row.update(run.measures())
     if run.error is not None:
         row["error"] = run.error
         return row
     res = run.result
     rs = res["round_wall_s"]
-    row.update(res, round1_s=rs[0] if rs else math.nan,
-               later_median_s=statistics.median(rs[1:]) if len(rs) > 1 else math.nan)
+    row.update(
+        res,
+        round1_s=rs[0] if rs else math.nan,
+        later_median_s=statistics.median(rs[1:]) if len(rs) > 1 else math.nan,
+    )
     return row
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| clients | runtime | round 1 s | median later round s | total s | peak RSS GiB |",
-           "|---:|---|---:|---:|---:|---:|"]
+    out = [
+        "| clients | runtime | round 1 s | median later round s | total s | peak RSS GiB |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         label = RUNTIME_LABELS.get(r["runtime"], r["runtime"])
         if "error" in r:
-            out.append(f"| {r['clients']} | {label} | failed ({r['error']}) | | "
-                       f"{_fmt(r['total_s'], 1)} | {_fmt(r['peak_rss_gib'])} |")
+            out.append(
+                f"| {r['clients']} | {label} | failed ({r['error']}) | | "
+                f"{_fmt(r['total_s'], 1)} | {_fmt(r['peak_rss_gib'])} |"
+            )
         else:
-            out.append(f"| {r['clients']} | {label} | {_fmt(r['round1_s'])} | "
-                       f"{_fmt(r['later_median_s'])} | {_fmt(r['total_s'], 1)} | "
-                       f"{_fmt(r['peak_rss_gib'])} |")
+            out.append(
+                f"| {r['clients']} | {label} | {_fmt(r['round1_s'])} | "
+                f"{_fmt(r['later_median_s'])} | {_fmt(r['total_s'], 1)} | "
+                f"{_fmt(r['peak_rss_gib'])} |"
+            )
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
-    ap.add_argument("--backends", nargs="+", default=["local", "ray", "flower", "raw"],
-                    choices=["local", "ray", "flower", "raw"])
+    ap.add_argument(
+        "--backends",
+        nargs="+",
+        default=["local", "ray", "flower", "raw"],
+        choices=["local", "ray", "flower", "raw"],
+    )
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--timeout", type=float, default=900.0,
-                    help="seconds per configuration before it is killed (default 900)")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds per configuration before it is killed (default 900)",
+    )
     ap.add_argument("--json", help="also write all measurements to this JSON file")
-    ap.add_argument("--wait-idle", type=float, default=300.0, metavar="S",
-                    help="before each configuration wait up to S seconds until other "
-                         "processes use < 0.3 cores (0 = don't wait; default 300)")
-    ap.add_argument("--keep-logs", action="store_true",
-                    help="keep the per-run logs (kept anyway when a run fails)")
-    ap.add_argument("--single", nargs=2, metavar=("BACKEND", "CLIENTS"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="before each configuration wait up to S seconds until other "
+        "processes use < 0.3 cores (0 = don't wait; default 300)",
+    )
+    ap.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the per-run logs (kept anyway when a run fails)",
+    )
+    ap.add_argument("--single", nargs=2, metavar=("BACKEND", "CLIENTS"), help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -369,8 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         # plain-Flower ClientApp handlers by reference.
         import bench_scale
 
-        bench_scale.single(args.single[0], int(args.single[1]), args.rounds, args.timeout,
-               Path(args.result))
+        bench_scale.single(
+            args.single[0], int(args.single[1]), args.rounds, args.timeout, Path(args.result)
+        )
         return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="fedrec-bench-"))
@@ -381,21 +476,28 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(b, n, args.rounds, args.timeout, workdir, args.wait_idle)
             rows.append(row)
             other = row.get("other_cores_mean")
-            msg = row.get("error") or (f"round1 {row['round1_s']:.2f}s, later "
-                                       f"{row['later_median_s']:.2f}s, total "
-                                       f"{row['total_s']:.1f}s, peak "
-                                       f"{row['peak_rss_gib']:.2f} GiB, train-loss "
-                                       f"{row.get('train_loss')}, others used "
-                                       f"{other if other is None else round(other, 2)} cores")
+            msg = row.get("error") or (
+                f"round1 {row['round1_s']:.2f}s, later "
+                f"{row['later_median_s']:.2f}s, total "
+                f"{row['total_s']:.1f}s, peak "
+                f"{row['peak_rss_gib']:.2f} GiB, train-loss "
+                f"{row.get('train_loss')}, others used "
+                f"{other if other is None else round(other, 2)} cores"
+            )
             print(f"[bench]   {msg}", file=sys.stderr, flush=True)
             if args.json:  # written as we go, so a long sweep leaves partial results
                 Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     busy = [r for r in rows if (r.get("other_cores_mean") or 0) > 0.25]
     if busy:
-        print("\nshared machine: other processes used on average " + ", ".join(
-            f"{r['other_cores_mean']:.1f} cores during {r['runtime']}/{r['clients']}"
-            for r in busy) + " (of 2); those timings are inflated.")
+        print(
+            "\nshared machine: other processes used on average "
+            + ", ".join(
+                f"{r['other_cores_mean']:.1f} cores during {r['runtime']}/{r['clients']}"
+                for r in busy
+            )
+            + " (of 2); those timings are inflated."
+        )
     failed = any("error" in r for r in rows)
     if failed or args.keep_logs:
         print(f"\nlogs: {workdir}", file=sys.stderr)

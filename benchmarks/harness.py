@@ -45,9 +45,12 @@ def quiet_flower_env() -> None:
 def subprocess_env(**extra: str) -> dict:
     """This process's environment, unbuffered output and this folder on ``PYTHONPATH``
     (so the subprocess and its Ray workers import the benchmark modules by name)."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **extra,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE),
-                                                       os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+    }
 
 
 # =========================================================================== other load
@@ -88,8 +91,11 @@ def wait_idle(max_wait: float, threshold: float = 0.3) -> float:
         if busy < threshold or time.monotonic() > deadline:
             return busy
         if i % 10 == 0:
-            print(f"[bench]   waiting: other processes use {busy:.1f} cores",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[bench]   waiting: other processes use {busy:.1f} cores",
+                file=sys.stderr,
+                flush=True,
+            )
     return busy
 
 
@@ -173,8 +179,9 @@ def reap(sampler: TreeSampler, wait_s: float = 30.0) -> None:
 def failure_reason(log_path: Path) -> str:
     """The last line of the log that names an error or exception (else its last line)."""
     try:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
-                 if ln.strip()]
+        lines = [
+            ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()
+        ]
     except OSError:
         return "no log"
     for ln in reversed(lines):
@@ -200,13 +207,19 @@ class Run:
     result: dict | None
 
     def measures(self) -> dict:
-        return {"total_s": self.total_s, "peak_rss_gib": self.peak_rss_gib,
-                "max_procs": self.max_procs, "other_cores_mean": self.other_cores_mean,
-                "loadavg_1m_after": self.loadavg_1m_after, "log": self.log}
+        return {
+            "total_s": self.total_s,
+            "peak_rss_gib": self.peak_rss_gib,
+            "max_procs": self.max_procs,
+            "other_cores_mean": self.other_cores_mean,
+            "loadavg_1m_after": self.loadavg_1m_after,
+            "log": self.log,
+        }
 
 
-def run_measured(cmd: list[str], *, env: dict, cwd: Path, log_path: Path,
-                 result_path: Path, timeout: float) -> Run:
+def run_measured(
+    cmd: list[str], *, env: dict, cwd: Path, log_path: Path, result_path: Path, timeout: float
+) -> Run:
     """Run ``cmd`` (stdout and stderr to ``log_path``, its own session) while a
     :class:`TreeSampler` samples its process tree; past ``timeout`` s kill the tree.
     Then wait for (or kill) what is left of the tree and read the JSON the run wrote to
@@ -216,8 +229,9 @@ def run_measured(cmd: list[str], *, env: dict, cwd: Path, log_path: Path,
     t0_wall = time.time()
     error = None
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(cwd), start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(cwd), start_new_session=True
+        )
         sampler = TreeSampler(proc.pid)
         sampler.start()
         try:
@@ -228,8 +242,11 @@ def run_measured(cmd: list[str], *, env: dict, cwd: Path, log_path: Path,
             sampler.kill_all()
             sampler.psutil.wait_procs(list(sampler.seen.values()), timeout=10)
             proc.wait()
-            error = f"timeout after {timeout:.0f} s" if timeout >= 10 else \
-                f"timeout after {timeout:g} s"
+            error = (
+                f"timeout after {timeout:.0f} s"
+                if timeout >= 10
+                else f"timeout after {timeout:g} s"
+            )
         total = time.perf_counter() - t0
         sampler.stop()
     reap(sampler)
@@ -239,11 +256,17 @@ def run_measured(cmd: list[str], *, env: dict, cwd: Path, log_path: Path,
             result = json.loads(result_path.read_text())
         else:
             error = f"no result: {failure_reason(log_path)}"
-    return Run(total_s=total, peak_rss_gib=sampler.peak / 2**30, max_procs=sampler.max_procs,
-               other_cores_mean=(statistics.fmean(sampler.other_cores)
-                                 if sampler.other_cores else None),
-               loadavg_1m_after=os.getloadavg()[0], log=str(log_path), t0_wall=t0_wall,
-               error=error, result=result)
+    return Run(
+        total_s=total,
+        peak_rss_gib=sampler.peak / 2**30,
+        max_procs=sampler.max_procs,
+        other_cores_mean=(statistics.fmean(sampler.other_cores) if sampler.other_cores else None),
+        loadavg_1m_after=os.getloadavg()[0],
+        log=str(log_path),
+        t0_wall=t0_wall,
+        error=error,
+        result=result,
+    )
 
 
 def fmt(v: float | None, digits: int = 2) -> str:

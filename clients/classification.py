@@ -55,41 +55,65 @@ class ClassifierClient(ClientHalf):
 
     def hello(self) -> Metrics:
         d = self.data
-        return {spec.NUM_TRAIN: len(d.y_train), spec.NUM_TEST: len(d.y_test),
-                spec.NUM_FEATURES: d.num_features, spec.NUM_CLASSES: d.num_classes,
-                spec.NUM_GROUPS: d.num_groups,
-                spec.TRAIN_COUNTS: spec.pack_counts(d.counts("train")),
-                spec.TEST_COUNTS: spec.pack_counts(d.counts("test"))}
+        return {
+            spec.NUM_TRAIN: len(d.y_train),
+            spec.NUM_TEST: len(d.y_test),
+            spec.NUM_FEATURES: d.num_features,
+            spec.NUM_CLASSES: d.num_classes,
+            spec.NUM_GROUPS: d.num_groups,
+            spec.TRAIN_COUNTS: spec.pack_counts(d.counts("train")),
+            spec.TEST_COUNTS: spec.pack_counts(d.counts("test")),
+        }
 
     def model(self, weights: Weights):
         m = initial_model(self.cfg, self.data.num_features, self.data.num_classes)
         set_weights(m, weights)
         return m
 
-    def train_model(self, model, server_round: int, config: dict[str, Any], *,
-                    sample_weight: np.ndarray | None = None,
-                    soft_targets: np.ndarray | None = None, seed_offset: int = 0):
+    def train_model(
+        self,
+        model,
+        server_round: int,
+        config: dict[str, Any],
+        *,
+        sample_weight: np.ndarray | None = None,
+        soft_targets: np.ndarray | None = None,
+        seed_offset: int = 0,
+    ):
         """Local training of ``model`` on the train split with the run's settings
         (seeded by run seed, round and client); FedProx if ``proximal-mu`` is sent."""
         t, d = self.cfg.train, self.data
         mu = float(config.get(spec.PROXIMAL_MU, 0.0))
         return train_classifier(
-            model, d.X_train, d.y_train, epochs=t.local_epochs, batch_size=t.batch_size,
-            lr=float(config.get(spec.LR, t.lr)), optimizer=t.optimizer,
+            model,
+            d.X_train,
+            d.y_train,
+            epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            lr=float(config.get(spec.LR, t.lr)),
+            optimizer=t.optimizer,
             weight_decay=t.weight_decay,
             seed=derive_seed(self.cfg.seed, "train", server_round, self.client_id) + seed_offset,
-            proximal_mu=mu, sample_weight=sample_weight, soft_targets=soft_targets)
+            proximal_mu=mu,
+            sample_weight=sample_weight,
+            soft_targets=soft_targets,
+        )
 
-    def fit_weighted(self, server_round: int, weights: Weights, config: dict[str, Any],
-                     sample_weight: np.ndarray | None) -> tuple[Weights, Metrics]:
+    def fit_weighted(
+        self,
+        server_round: int,
+        weights: Weights,
+        config: dict[str, Any],
+        sample_weight: np.ndarray | None,
+    ) -> tuple[Weights, Metrics]:
         """:meth:`fit` with per-row weights of the training rows (None: unweighted)."""
         model = self.model(weights)
         res = self.train_model(model, server_round, config, sample_weight=sample_weight)
-        return get_weights(model), {spec.NUM_EXAMPLES: res.num_examples,
-                                    spec.TRAIN_LOSS: res.loss}
+        return get_weights(model), {spec.NUM_EXAMPLES: res.num_examples, spec.TRAIN_LOSS: res.loss}
 
-    def fit(self, server_round: int, weights: Weights, config: dict[str, Any]
-            ) -> tuple[Weights, Metrics]:
+    def fit(
+        self, server_round: int, weights: Weights, config: dict[str, Any]
+    ) -> tuple[Weights, Metrics]:
         return self.fit_weighted(server_round, weights, config, None)
 
     def predict(self, weights: Weights, X: np.ndarray) -> np.ndarray:
@@ -100,16 +124,25 @@ class ClassifierClient(ClientHalf):
         proba = self.predict(weights, d.X_test)
         return self.evaluation_reply(proba.argmax(axis=1), loss_sum(proba, d.y_test), config)
 
-    def evaluation_reply(self, pred: np.ndarray, loss_sum: float, config: dict[str, Any]
-                         ) -> Metrics:
+    def evaluation_reply(
+        self, pred: np.ndarray, loss_sum: float, config: dict[str, Any]
+    ) -> Metrics:
         """Confusion counts of ``pred`` on the test split (+ rows if auditing)."""
         d = self.data
         counts = confusion_counts(d.y_test, pred, d.a_test, d.num_classes, d.num_groups)
-        out = {spec.NUM_EXAMPLES: len(d.y_test), spec.LOSS_SUM: float(loss_sum),
-               spec.COUNTS: spec.pack_confusion(counts), spec.NUM_GROUPS: d.num_groups,
-               spec.NUM_CLASSES: d.num_classes}
+        out = {
+            spec.NUM_EXAMPLES: len(d.y_test),
+            spec.LOSS_SUM: float(loss_sum),
+            spec.COUNTS: spec.pack_confusion(counts),
+            spec.NUM_GROUPS: d.num_groups,
+            spec.NUM_CLASSES: d.num_classes,
+        }
         if config.get(spec.SAVE_PREDICTIONS):
-            out.update({spec.PRED_LABEL: np.asarray(d.y_test, dtype=np.int64),
-                        spec.PRED_GROUP: np.asarray(d.a_test, dtype=np.int64),
-                        spec.PRED_VALUE: np.asarray(pred, dtype=np.int64)})
+            out.update(
+                {
+                    spec.PRED_LABEL: np.asarray(d.y_test, dtype=np.int64),
+                    spec.PRED_GROUP: np.asarray(d.a_test, dtype=np.int64),
+                    spec.PRED_VALUE: np.asarray(pred, dtype=np.int64),
+                }
+            )
         return out

@@ -27,8 +27,9 @@ class FairFedClient(ClassifierClient):
     """FairFed: report the global model's train-split confusion counts, then train
     (optionally with Kamiran–Calders reweighing)."""
 
-    def fit(self, server_round: int, weights: Weights, config: dict[str, Any]
-            ) -> tuple[Weights, Metrics]:
+    def fit(
+        self, server_round: int, weights: Weights, config: dict[str, Any]
+    ) -> tuple[Weights, Metrics]:
         d = self.data
         pred = self.predict(weights, d.X_train).argmax(axis=1)
         counts = confusion_counts(d.y_train, pred, d.a_train, d.num_classes, d.num_groups)

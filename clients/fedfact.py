@@ -51,11 +51,21 @@ class FedFactPostClient(ClassifierClient):
         d = self.data
         X, a = (d.X_train, d.a_train) if rows == "train" else (d.X_test, d.a_test)
         return PostProcessingClient(
-            eta=self.predict(weights, X), a=a, own_counts=d.counts("train").T,
-            pooled_counts=cfg.pooled, criterion=cfg.criterion, scope=cfg.scope,
-            xi_g=cfg.xi_global, xi_k=cfg.xi_local, bound=cfg.dual_bound,
-            beta=cfg.temperature, lr=cfg.local_lr, local_steps=cfg.local_steps,
-            mu=self.state.get(spec.POST_MU), inner=cfg.inner_solver)
+            eta=self.predict(weights, X),
+            a=a,
+            own_counts=d.counts("train").T,
+            pooled_counts=cfg.pooled,
+            criterion=cfg.criterion,
+            scope=cfg.scope,
+            xi_g=cfg.xi_global,
+            xi_k=cfg.xi_local,
+            bound=cfg.dual_bound,
+            beta=cfg.temperature,
+            lr=cfg.local_lr,
+            local_steps=cfg.local_steps,
+            mu=self.state.get(spec.POST_MU),
+            inner=cfg.inner_solver,
+        )
 
     def query(self, action, server_round, weights, config):
         if action != spec.POST:
@@ -64,9 +74,11 @@ class FedFactPostClient(ClassifierClient):
         mu, grad = self._post(weights, cfg).step(cfg.lam)
         if mu.size:
             self.state[spec.POST_MU] = mu
-        return None, {spec.GRAD_LAM: spec.pack_duals(grad),
-                      base_spec.NUM_EXAMPLES: len(self.data.y_train),
-                      spec.MU_L1: float(np.abs(mu).sum()) if mu.size else 0.0}
+        return None, {
+            spec.GRAD_LAM: spec.pack_duals(grad),
+            base_spec.NUM_EXAMPLES: len(self.data.y_train),
+            spec.MU_L1: float(np.abs(mu).sum()) if mu.size else 0.0,
+        }
 
     def evaluate(self, server_round, weights, config):
         if not spec.is_calibrated(config):
@@ -95,8 +107,11 @@ class FedFactInClient(ClassifierClient):
         own = d.counts("train").T
         A, m = own.shape[0], own.shape[1]
         empty = np.zeros((0, A, m, m))
-        Dg = global_constraints(cfg.criterion, own, pooled) \
-            if cfg.scope in ("global", "both") else empty
+        Dg = (
+            global_constraints(cfg.criterion, own, pooled)
+            if cfg.scope in ("global", "both")
+            else empty
+        )
         Dl = local_constraints(cfg.criterion, own) if cfg.scope in ("local", "both") else empty
         lam = cfg.lam
         mu = np.asarray(self.state.get(spec.IN_MU, np.zeros(Dl.shape[0])), dtype=np.float64)
@@ -109,9 +124,11 @@ class FedFactInClient(ClassifierClient):
         Mbar = shift_positive(M)
         # 4. exponentiated-gradient update of the ensemble weight (2 experts)
         with torch.no_grad():
+
             def loss(ws):
                 logits = torch.log(torch.as_tensor(self.predict(ws, d.X_train)).clamp_min(1e-12))
                 return float(cost_sensitive_loss(logits, d.y_train, d.a_train, Mbar))
+
             l_theta, l_phi = loss(weights), loss(phi)
         ratio = (1.0 - w) / w * np.exp(-cfg.eta_w * (l_phi - l_theta))
         w = float(np.clip(1.0 / (1.0 + ratio), 1e-3, 1.0 - 1e-3))
@@ -124,8 +141,9 @@ class FedFactInClient(ClassifierClient):
             # group by O(1) per round and the hard classifier oscillates (measured)
             sizes = own.sum(axis=1)
             p_min = sizes[sizes > 0].min() / pooled.sum()
-            mu = dual_prox_step(mu, -constraint_values(Dl, C), cfg.dual_lr * p_min,
-                                cfg.xi_local, cfg.dual_bound)
+            mu = dual_prox_step(
+                mu, -constraint_values(Dl, C), cfg.dual_lr * p_min, cfg.xi_local, cfg.dual_bound
+            )
             self.state[spec.IN_MU] = mu
         # 6. local SGD on theta and phi with the soft targets Mbar[a_i, y_i, :]
         targets = np.asarray(Mbar)[d.a_train, d.y_train]
@@ -135,9 +153,12 @@ class FedFactInClient(ClassifierClient):
         spec.save_phi(self.state, get_weights(phi_m))
         self.state[spec.IN_W] = np.array([w])
         return get_weights(theta_m), {
-            base_spec.NUM_EXAMPLES: res.num_examples, base_spec.TRAIN_LOSS: res.loss,
-            spec.DG_VALUES: spec.pack_duals(dg), spec.W_ENSEMBLE: w,
-            spec.MU_L1: float(np.abs(mu).sum()) if mu.size else 0.0}
+            base_spec.NUM_EXAMPLES: res.num_examples,
+            base_spec.TRAIN_LOSS: res.loss,
+            spec.DG_VALUES: spec.pack_duals(dg),
+            spec.W_ENSEMBLE: w,
+            spec.MU_L1: float(np.abs(mu).sum()) if mu.size else 0.0,
+        }
 
     def evaluate(self, server_round, weights, config):
         d = self.data

@@ -32,16 +32,18 @@ class FedFBClient(ClassifierClient):
         W = spec.unpack_cell_weights(config, d.num_classes, d.num_groups)
         return np.ones((d.num_classes, d.num_groups)) if W is None else W
 
-    def fit(self, server_round: int, weights: Weights, config: dict[str, Any]
-            ) -> tuple[Weights, Metrics]:
+    def fit(
+        self, server_round: int, weights: Weights, config: dict[str, Any]
+    ) -> tuple[Weights, Metrics]:
         d = self.data
         sw = cell_sample_weights(self.cell_weights(config), d.y_train, d.a_train)
         new_w, metrics = self.fit_weighted(server_round, weights, config, sw)
         metrics[spec.WEIGHT_SUM] = float(sw.sum())
         return new_w, metrics
 
-    def query(self, action: str, server_round: int, weights: Weights | None,
-              config: dict[str, Any]) -> tuple[Weights | None, Metrics]:
+    def query(
+        self, action: str, server_round: int, weights: Weights | None, config: dict[str, Any]
+    ) -> tuple[Weights | None, Metrics]:
         if action != spec.LOSSES:
             return super().query(action, server_round, weights, config)
         if weights is None:
@@ -49,5 +51,8 @@ class FedFBClient(ClassifierClient):
         d = self.data
         proba = self.predict(weights, d.X_train)
         sums = cell_loss_sums(proba, d.y_train, d.a_train, d.num_groups)
-        return None, {spec.LOSS_SUMS: spec.pack_loss_sums(sums),
-                      base_spec.NUM_CLASSES: d.num_classes, base_spec.NUM_GROUPS: d.num_groups}
+        return None, {
+            spec.LOSS_SUMS: spec.pack_loss_sums(sums),
+            base_spec.NUM_CLASSES: d.num_classes,
+            base_spec.NUM_GROUPS: d.num_groups,
+        }

@@ -91,8 +91,9 @@ def consent_mask(seed: int, users, fraction: float) -> np.ndarray:
     users = np.asarray(users, dtype=np.int64)
     if fraction >= 1.0:
         return np.ones(users.shape, dtype=bool)
-    return np.array([_user_draw(int(seed), int(u)) < fraction for u in users.ravel()],
-                    dtype=bool).reshape(users.shape)
+    return np.array(
+        [_user_draw(int(seed), int(u)) < fraction for u in users.ravel()], dtype=bool
+    ).reshape(users.shape)
 
 
 @functools.cache
@@ -109,7 +110,7 @@ def state_embeddings(state: np.ndarray, d: int) -> list[np.ndarray]:
     """``U0`` and every slot's calibrated rows of ``lego`` state rows (for audits)."""
     out = [state[:, :d]]
     for b in range(d, state.shape[1], slot_width(d)):
-        out.append(state[:, b:b + d])
+        out.append(state[:, b : b + d])
     return out
 
 
@@ -120,42 +121,46 @@ class _Group:
 
     def __init__(self, p, ds, users: np.ndarray, X: np.ndarray, mask: np.ndarray, d: int):
         self.p, self.ds, self.users, self.X, self.mask, self.d = p, ds, users, X, mask, d
-        self.P: np.ndarray | None = None      # set by apply: the new (C, n, d) float32 P
+        self.P: np.ndarray | None = None  # set by apply: the new (C, n, d) float32 P
 
     @property
     def U0(self) -> np.ndarray:
-        return self.X[..., :self.d]
+        return self.X[..., : self.d]
 
     def _base(self, slot: int) -> int:
         return self.d + slot * slot_width(self.d)
 
     def U(self, slot: int) -> np.ndarray:
         b = self._base(slot)
-        return self.X[..., b:b + self.d]
+        return self.X[..., b : b + self.d]
 
     def adam(self, slot: int) -> L.EmbAdamState:
         b, d = self._base(slot), self.d
-        return L.EmbAdamState(self.X[..., b + d:b + 2 * d], self.X[..., b + 2 * d:b + 3 * d],
-                              self.X[..., b + 3 * d])
+        return L.EmbAdamState(
+            self.X[..., b + d : b + 2 * d],
+            self.X[..., b + 2 * d : b + 3 * d],
+            self.X[..., b + 3 * d],
+        )
 
     def set(self, slot: int, U: np.ndarray, state: L.EmbAdamState) -> None:
         b, d = self._base(slot), self.d
-        self.X[..., b:b + d], self.X[..., b + d:b + 2 * d] = U, state.m
-        self.X[..., b + 2 * d:b + 3 * d], self.X[..., b + 3 * d] = state.v, state.t
+        self.X[..., b : b + d], self.X[..., b + d : b + 2 * d] = U, state.m
+        self.X[..., b + 2 * d : b + 3 * d], self.X[..., b + 3 * d] = state.v, state.t
 
     def reset(self, slot: int) -> None:
         """A fresh calibration: ``U_t = U0`` and zero Adam state."""
         b = self._base(slot)
-        self.X[..., b:b + self.d] = self.U0
-        self.X[..., b + self.d:b + slot_width(self.d)] = 0.0
+        self.X[..., b : b + self.d] = self.U0
+        self.X[..., b + self.d : b + slot_width(self.d)] = 0.0
 
     def labels(self, attr: str) -> np.ndarray:
         """The attribute labels of the group's own users (their private profiles)."""
         return np.asarray(self.ds.user_attrs[attr], dtype=np.int64)[self.users]
 
     def layouts(self, attrs: list[str]):
-        return [spec.classifier_layout(self.d, self.p.hidden, len(self.ds.attr_names[t]))
-                for t in attrs]
+        return [
+            spec.classifier_layout(self.d, self.p.hidden, len(self.ds.attr_names[t])) for t in attrs
+        ]
 
     def consenting(self) -> np.ndarray:
         return self.mask.sum(axis=-1).astype(np.int64)
@@ -175,9 +180,15 @@ def _fit_reply(g: _Group, attrs, params, embeddings) -> GroupReply:
         counts.append(cnt)
         losses.append(loss)
     flat = spec.pack_grad_sums(grads, g.layouts(attrs))
-    return flat, np.asarray(g.mask.any(axis=-1)), {spec.COUNT: np.stack(counts, axis=-1),
-                                       spec.LOSS: np.stack(losses, axis=-1),
-                                       spec.NUM_EXAMPLES: g.consenting()}
+    return (
+        flat,
+        np.asarray(g.mask.any(axis=-1)),
+        {
+            spec.COUNT: np.stack(counts, axis=-1),
+            spec.LOSS: np.stack(losses, axis=-1),
+            spec.NUM_EXAMPLES: g.consenting(),
+        },
+    )
 
 
 def _prior(g: _Group, attrs, slots, weights, config) -> GroupReply:
@@ -185,8 +196,11 @@ def _prior(g: _Group, attrs, slots, weights, config) -> GroupReply:
     counts = [L.label_counts(g.labels(t), len(g.ds.attr_names[t]), g.mask) for t in attrs]
     for s in slots:
         g.reset(s)
-    return None, None, {spec.COUNTS: np.concatenate(counts, axis=-1),
-                        spec.NUM_EXAMPLES: g.consenting()}
+    return (
+        None,
+        None,
+        {spec.COUNTS: np.concatenate(counts, axis=-1), spec.NUM_EXAMPLES: g.consenting()},
+    )
 
 
 def _calibrate(g: _Group, attrs, slots, weights, config) -> GroupReply:
@@ -194,15 +208,23 @@ def _calibrate(g: _Group, attrs, slots, weights, config) -> GroupReply:
     then the estimators' gradient sums on the (new) calibrated rows."""
     params = spec.unpack_classifiers(weights, g.layouts(attrs))
     step, fit = bool(config.get(spec.STEP, False)), bool(config.get(spec.FIT, False))
-    eps_r = L.eps_rows(g.U0, g.p.eps)                                  # (C, n)
+    eps_r = L.eps_rows(g.U0, g.p.eps)  # (C, n)
     lr_r = L.embedding_lr(eps_r, g.p.lr_emb, g.d)
     metrics: dict[str, np.ndarray] = {}
     if step:
         mis = []
         for t, s, phi in zip(attrs, slots, params):
-            U, st, mi = L.calibration_step(phi, g.U(s), g.U0, g.labels(t),
-                                           config[spec.prior_key(t)], lr_r, eps_r,
-                                           opt_state=g.adam(s), mask=g.mask)
+            U, st, mi = L.calibration_step(
+                phi,
+                g.U(s),
+                g.U0,
+                g.labels(t),
+                config[spec.prior_key(t)],
+                lr_r,
+                eps_r,
+                opt_state=g.adam(s),
+                mask=g.mask,
+            )
             g.set(s, U, st)
             mis.append(mi)
         metrics[spec.MI] = np.stack(mis, axis=-1)
@@ -218,9 +240,15 @@ def _combine(g: _Group, attrs, slots, weights, config) -> GroupReply:
     at = np.asarray(config[spec.ALPHA_TILDE], dtype=np.float64)
     S = [g.U(s) for s in slots]
     if config.get(spec.MODE) == spec.MODE_GRAD:
-        ga, mi = L.combine_grad(at, S, params, [g.labels(t) for t in attrs],
-                                [config[spec.prior_key(t)] for t in attrs],
-                                masks=[g.mask] * len(attrs), weights=config[spec.WEIGHTS])
+        ga, mi = L.combine_grad(
+            at,
+            S,
+            params,
+            [g.labels(t) for t in attrs],
+            [config[spec.prior_key(t)] for t in attrs],
+            masks=[g.mask] * len(attrs),
+            weights=config[spec.WEIGHTS],
+        )
         return None, None, {spec.G_ALPHA: ga, spec.MI: mi, spec.COUNT: g.consenting()}
     Ua = L.mix(at, S)
     return _fit_reply(g, attrs, params, [Ua] * len(attrs))
@@ -258,13 +286,12 @@ class LegoClient(MFClient):
     def handle_cohort(cls, cfg, message_type, server_round, weights, config, states):
         handler = HANDLERS.get(message_type)
         if handler is None:
-            return super().handle_cohort(cfg, message_type, server_round, weights, config,
-                                         states)
+            return super().handle_cohort(cfg, message_type, server_round, weights, config, states)
         p = cls.params(cfg)
         ds, ud = cfg_user_data(cfg)
         users, owner, P = cls._users_and_P(cfg, p, ud, states)  # (creates P if never trained)
         attrs, slots = spec.unpack_request(config)
-        cids, sizes = np.unique(owner, return_counts=True)       # owner is sorted
+        cids, sizes = np.unique(owner, return_counts=True)  # owner is sorted
         indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         d = P.shape[1]
         X = cls._lego_state(states, P, indptr, d + (max(slots, default=-1) + 1) * slot_width(d))
@@ -275,11 +302,16 @@ class LegoClient(MFClient):
             pos = np.flatnonzero(sizes == n)
             whole = len(pos) == len(sizes)
             rows = slice(None) if whole else (indptr[pos][:, None] + np.arange(n)).ravel()
-            g = _Group(p, ds, users[rows].reshape(len(pos), n),
-                       X[rows].reshape(len(pos), n, X.shape[1]),
-                       mask[rows].reshape(len(pos), n), d)
+            g = _Group(
+                p,
+                ds,
+                users[rows].reshape(len(pos), n),
+                X[rows].reshape(len(pos), n, X.shape[1]),
+                mask[rows].reshape(len(pos), n),
+                d,
+            )
             parts.append((pos, handler(g, attrs, slots, weights, config)))
-            if not whole:                       # fancy indexing copied: write back
+            if not whole:  # fancy indexing copied: write back
                 X[rows] = g.X.reshape(-1, X.shape[1])
             if newP is not None:
                 newP[rows] = g.P.reshape(-1, d)
@@ -295,8 +327,9 @@ class LegoClient(MFClient):
         try:
             col = states.column(spec.STATE)
         except KeyError as exc:
-            raise ValueError("lego: every client takes part in every LEGO message; "
-                             f"{exc.args[0]}") from None
+            raise ValueError(
+                f"lego: every client takes part in every LEGO message; {exc.args[0]}"
+            ) from None
         X = np.array(P if col is None else col[0], dtype=np.float64)
         if col is not None and not np.array_equal(col[1], indptr):
             raise ValueError("lego: the state rows do not match the clients' users")
@@ -305,8 +338,9 @@ class LegoClient(MFClient):
         return X
 
 
-def _reply_columns(cids: np.ndarray, parts: list[tuple[np.ndarray, GroupReply]]
-                   ) -> protocol.ReplyColumns:
+def _reply_columns(
+    cids: np.ndarray, parts: list[tuple[np.ndarray, GroupReply]]
+) -> protocol.ReplyColumns:
     """The groups' replies as one column per field, in client order."""
     order = np.argsort(np.concatenate([pos for pos, _ in parts]), kind="stable")
 

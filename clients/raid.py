@@ -71,14 +71,15 @@ class RAIDClient(MFClient):
     @classmethod
     def handle_cohort(cls, cfg, message_type, server_round, weights, config, states):
         if message_type in cls._FEDMF:
-            return super().handle_cohort(cfg, message_type, server_round, weights, config,
-                                         states)
+            return super().handle_cohort(cfg, message_type, server_round, weights, config, states)
         p = cls.params(cfg)
         ds, ud = cfg_user_data(cfg)
         users, owner, P = cls._users_and_P(cfg, p, ud, states)
         groups = user_groups(cfg, p, users)
-        G = int(config.get(spec.NUM_GROUPS, 0)) or \
-            int(np.asarray(ds.user_attrs[p.attribute]).max()) + 1
+        G = (
+            int(config.get(spec.NUM_GROUPS, 0))
+            or int(np.asarray(ds.user_attrs[p.attribute]).max()) + 1
+        )
         if message_type == f"query.{spec.VALIDATE}":
             return cls._evaluate(p, ud, weights, config, users, owner, P, split="valid")
         if message_type == f"query.{spec.STATS}":
@@ -97,8 +98,10 @@ class RAIDClient(MFClient):
 
                 def grad_fn(Pa, active):
                     return 2.0 * gamma * (Pa - Tt.index_select(0, active))
-            return cls._train(cfg, p, ud, server_round, weights, users, owner, P, states,
-                              user_grad=grad_fn)
+
+            return cls._train(
+                cfg, p, ud, server_round, weights, users, owner, P, states, user_grad=grad_fn
+            )
         return super().handle_cohort(cfg, message_type, server_round, weights, config, states)
 
     @staticmethod
@@ -110,14 +113,19 @@ class RAIDClient(MFClient):
         for c in states:
             m = owner == c
             if p.mode == "gaussian":
-                arrays = spec.pack_moments(*raid.group_moment_sums(P[m].astype(np.float64),
-                                                                   groups[m], G))
+                arrays = spec.pack_moments(
+                    *raid.group_moment_sums(P[m].astype(np.float64), groups[m], G)
+                )
             else:
-                meas = raid.quantize_groups(P[m].astype(np.float64), groups[m], G, p.quantize_k,
-                                            seed=int(server_round) * 7919 + c)
+                meas = raid.quantize_groups(
+                    P[m].astype(np.float64),
+                    groups[m],
+                    G,
+                    p.quantize_k,
+                    seed=int(server_round) * 7919 + c,
+                )
                 gid = np.concatenate([np.full(len(w), a) for a, (_, w) in enumerate(meas)])
-                X = np.concatenate([x for x, _ in meas]) if len(gid) else \
-                    np.zeros((0, P.shape[1]))
+                X = np.concatenate([x for x, _ in meas]) if len(gid) else np.zeros((0, P.shape[1]))
                 arrays = spec.pack_quantized(gid, X, np.concatenate([w for _, w in meas]))
             out[c] = (arrays, {spec.NUM_EXAMPLES: int(m.sum())})
         return out
@@ -131,10 +139,13 @@ class RAIDClient(MFClient):
         out = {}
         for c in states:
             m = owner == c
-            grads, count, loss = E.classifier_grad_sums(phi, P[m].astype(np.float64), groups[m],
-                                                        cons[m])
-            out[c] = (spec.pack_adv_grads(grads, layout),
-                      {spec.NUM_EXAMPLES: int(count), spec.LOSS_SUM: float(loss)})
+            grads, count, loss = E.classifier_grad_sums(
+                phi, P[m].astype(np.float64), groups[m], cons[m]
+            )
+            out[c] = (
+                spec.pack_adv_grads(grads, layout),
+                {spec.NUM_EXAMPLES: int(count), spec.LOSS_SUM: float(loss)},
+            )
         return out
 
     @classmethod
@@ -145,8 +156,11 @@ class RAIDClient(MFClient):
 
         version = int(config[spec.VERSION])
         cids = list(states)
-        stale = [c for c in cids if spec.STATE_VERSION not in states[c]
-                 or int(states[c][spec.STATE_VERSION]) != version]
+        stale = [
+            c
+            for c in cids
+            if spec.STATE_VERSION not in states[c] or int(states[c][spec.STATE_VERSION]) != version
+        ]
         if stale:
             m = np.isin(owner, stale)
             own = owner[m]
@@ -161,7 +175,7 @@ class RAIDClient(MFClient):
                     k = own == c
                     T[k] = raid.ot_targets(P[m][k].astype(np.float64), groups[m][k], X)
             T = T.astype(np.float32)
-            if len(stale) == len(cids):      # the whole cohort: one column
+            if len(stale) == len(cids):  # the whole cohort: one column
                 _, indptr = np.unique(own, return_index=True)
                 states.set_column(spec.STATE_TARGETS, T, np.append(indptr, len(own)))
             else:
@@ -180,4 +194,5 @@ class RAIDClient(MFClient):
             idx = active.numpy()
             g = E.ce_input_grads(phi, Pa.detach().numpy()[:, None, :], groups[idx][:, None])
             return torch.from_numpy((-gamma * g[:, 0]).astype(np.float32))
+
         return grad_fn

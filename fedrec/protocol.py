@@ -84,6 +84,15 @@ class ClientReply:
     weights: list[np.ndarray] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def arrays(self) -> list[np.ndarray]:
+        """The reply's arrays; a clear error when the client sent none."""
+        if self.weights is None:
+            raise ValueError(
+                f"client {self.client_id} (node {self.node_id}) replied without "
+                "arrays where its strategy expects them"
+            )
+        return self.weights
+
     @property
     def num_examples(self) -> int:
         return int(self.metrics.get("num-examples", 0))

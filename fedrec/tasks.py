@@ -52,31 +52,64 @@ class ClientData:
 
 
 def load_task_dataset(cfg: RunConfig) -> TabularDataset:
-    ds = load_dataset(cfg.dataset.name, sensitive=cfg.dataset.sensitive or None,
-                      target=cfg.dataset.target or None)
+    ds = load_dataset(
+        cfg.dataset.name, sensitive=cfg.dataset.sensitive or None, target=cfg.dataset.target or None
+    )
     if not isinstance(ds, TabularDataset):
-        raise ConfigError(f"config key 'dataset.name': '{cfg.dataset.name}' is a "
-                          "recommendation dataset; classifier strategies need a tabular one")
+        raise ConfigError(
+            f"config key 'dataset.name': '{cfg.dataset.name}' is a "
+            "recommendation dataset; classifier strategies need a tabular one"
+        )
     return ds
 
 
 @functools.lru_cache(maxsize=8)
-def _partitions(name: str, sensitive: str, target: str, scheme: str, num_clients: int,
-                alpha: float, min_size: int, seed: int, gamma_min: float = 0.2,
-                gamma_max: float = 0.8, min_per_group: int = 0) -> tuple[np.ndarray, ...]:
+def _partitions(
+    name: str,
+    sensitive: str,
+    target: str,
+    scheme: str,
+    num_clients: int,
+    alpha: float,
+    min_size: int,
+    seed: int,
+    gamma_min: float = 0.2,
+    gamma_max: float = 0.8,
+    min_per_group: int = 0,
+) -> tuple[np.ndarray, ...]:
     ds = load_dataset(name, sensitive=sensitive or None, target=target or None)
-    parts = make_partitions(scheme, n=len(ds.y), num_partitions=num_clients,
-                            seed=derive_seed(seed, "partition"), labels=ds.y, groups=ds.a,
-                            alpha=alpha, min_partition_size=min_size, gamma_min=gamma_min,
-                            gamma_max=gamma_max, min_per_value=min_per_group)
+    parts = make_partitions(
+        scheme,
+        n=len(ds.y),
+        num_partitions=num_clients,
+        seed=derive_seed(seed, "partition"),
+        labels=ds.y,
+        groups=ds.a,
+        alpha=alpha,
+        min_partition_size=min_size,
+        gamma_min=gamma_min,
+        gamma_max=gamma_max,
+        min_per_value=min_per_group,
+    )
     return tuple(parts)
 
 
 def partitions(cfg: RunConfig) -> tuple[np.ndarray, ...]:
     """Row indices of every client's partition (cached per process)."""
     d, p = cfg.dataset, cfg.partition
-    return _partitions(d.name, d.sensitive, d.target, p.scheme, p.num_clients, p.alpha,
-                       p.min_size, cfg.seed, p.gamma_min, p.gamma_max, p.min_per_group)
+    return _partitions(
+        d.name,
+        d.sensitive,
+        d.target,
+        p.scheme,
+        p.num_clients,
+        p.alpha,
+        p.min_size,
+        cfg.seed,
+        p.gamma_min,
+        p.gamma_max,
+        p.min_per_group,
+    )
 
 
 def load_client_data(cfg: RunConfig, client_id: int) -> ClientData:
@@ -85,10 +118,20 @@ def load_client_data(cfg: RunConfig, client_id: int) -> ClientData:
         raise ConfigError(f"client id {client_id} is outside 0..{cfg.partition.num_clients - 1}")
     ds = load_task_dataset(cfg)
     idx = partitions(cfg)[client_id]
-    train, test = train_test_split_indices(idx, cfg.dataset.test_fraction,
-                                           derive_seed(cfg.seed, "split", client_id))
-    return ClientData(client_id, ds.X[train], ds.y[train], ds.a[train], ds.X[test],
-                      ds.y[test], ds.a[test], ds.num_classes, ds.num_groups)
+    train, test = train_test_split_indices(
+        idx, cfg.dataset.test_fraction, derive_seed(cfg.seed, "split", client_id)
+    )
+    return ClientData(
+        client_id,
+        ds.X[train],
+        ds.y[train],
+        ds.a[train],
+        ds.X[test],
+        ds.y[test],
+        ds.a[test],
+        ds.num_classes,
+        ds.num_groups,
+    )
 
 
 def initial_model(cfg: RunConfig, num_features: int, num_classes: int):
@@ -97,5 +140,10 @@ def initial_model(cfg: RunConfig, num_features: int, num_classes: int):
     client (the model its received weights are loaded into)."""
     from fedrec.models import build_model
 
-    return build_model(cfg.model.name, num_features, num_classes,
-                       seed=derive_seed(cfg.seed, "init"), **dict(cfg.model_params))
+    return build_model(
+        cfg.model.name,
+        num_features,
+        num_classes,
+        seed=derive_seed(cfg.seed, "init"),
+        **dict(cfg.model_params),
+    )

@@ -58,7 +58,11 @@ def single_thread() -> Iterator[None]:
 @contextlib.contextmanager
 def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's RNG for ``device`` (and the CPU) inside ``fork_rng``: nothing leaks out."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     with torch.random.fork_rng(devices=cuda):
         torch.default_generator.manual_seed(seed)
         if cuda:
@@ -105,7 +109,8 @@ def _global_params(
     state = model.state_dict()
     if len(global_weights) != len(state):
         raise ValueError(
-            f"global_weights: expected {len(state)} arrays ({', '.join(state)}), got {len(global_weights)}"
+            f"global_weights: expected {len(state)} arrays ({', '.join(state)}), "
+            f"got {len(global_weights)}"
         )
     by_key = dict(zip(state.keys(), global_weights))
     anchors: dict[str, torch.Tensor] = {}
@@ -116,11 +121,15 @@ def _global_params(
                 f"global_weights: shape mismatch for tensor {name!r}: model has {tuple(p.shape)}, "
                 f"got {tuple(array.shape)}"
             )
-        anchors[name] = torch.as_tensor(np.ascontiguousarray(array)).to(device=device, dtype=p.dtype)
+        anchors[name] = torch.as_tensor(np.ascontiguousarray(array)).to(
+            device=device, dtype=p.dtype
+        )
     return anchors
 
 
-def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def _weighted_ce(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
     if weight is None:
         return F.cross_entropy(logits, target)
     return (F.cross_entropy(logits, target, reduction="none") * weight).mean()
@@ -167,7 +176,9 @@ def train_classifier(
     X = _as_features(X)
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
-        raise ConfigError(f"y must be a 1-D array with one label per row of X ({X.shape[0]}), got shape {y.shape}")
+        raise ConfigError(
+            f"y must be a 1-D array with one label per row of X ({X.shape[0]}), got shape {y.shape}"
+        )
     if y.size and not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.equal(np.mod(y, 1), 0)):
             raise ConfigError("y must hold integer class labels")
@@ -195,8 +206,9 @@ def train_classifier(
     if soft_targets is not None:
         t_np = np.asarray(soft_targets, dtype=np.float32)
         if t_np.ndim != 2 or t_np.shape[0] != n or not np.all(np.isfinite(t_np)):
-            raise ConfigError(f"soft_targets must be a finite (n={n}, C) array, got shape "
-                              f"{t_np.shape}")
+            raise ConfigError(
+                f"soft_targets must be a finite (n={n}, C) array, got shape {t_np.shape}"
+            )
     if n == 0:
         return TrainResult(loss=float("nan"), num_examples=0, steps=0)
 
@@ -212,6 +224,7 @@ def train_classifier(
             return _weighted_ce(logits, yt[rows], w)
         per = -(tt[rows] * torch.log_softmax(logits, dim=1)).sum(dim=1)
         return (per * w).sum() / per.shape[0] if w is not None else per.mean()
+
     was_training = model.training
     rng = np.random.default_rng(seed)
     steps = 0
@@ -230,7 +243,7 @@ def train_classifier(
                         total += float(bl) * (min(n, start + batch_size) - start)
                 return TrainResult(loss=total / n, num_examples=n, steps=0)
 
-            params = [p for p in model.parameters() if p.requires_grad]
+            params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
             opt = (TorchSGD if optimizer == "sgd" else TorchAdam)(params, lr, weight_decay)
             anchors = _global_params(model, global_weights, device) if proximal_mu > 0 else {}
             named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -267,7 +280,8 @@ def _check_labels(y: np.ndarray, logits: torch.Tensor) -> None:
     num_classes = logits.shape[1]
     if y.size and y.max() >= num_classes:
         raise ConfigError(
-            f"label {int(y.max())} out of range for a model with {num_classes} classes (0..{num_classes - 1})"
+            f"label {int(y.max())} out of range for a model with {num_classes} classes "
+            f"(0..{num_classes - 1})"
         )
 
 

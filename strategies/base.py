@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -46,8 +47,8 @@ from fedrec.config import RunConfig, validate_dataclass
 from fedrec.errors import FedrecError
 from fedrec.metrics import FederatedMetrics, federated_metrics
 from fedrec.protocol import ClientReply
-from fedrec.specs import fedavg as clf
 from fedrec.seeding import sample_clients
+from fedrec.specs import fedavg as clf
 
 log = logging.getLogger("fedrec")
 
@@ -91,12 +92,13 @@ class FedrecStrategy(Strategy):
     Params: ClassVar[type] = NoParams
     client_half: ClassVar[str] = "fedrec.clients.classification:ClassifierClient"
 
-    def __init__(self, cfg: RunConfig, params: Any | None = None,
-                 callbacks: Sequence[Callback] = ()) -> None:
+    def __init__(
+        self, cfg: RunConfig, params: Any | None = None, callbacks: Sequence[Callback] = ()
+    ) -> None:
         self.cfg = cfg
         self.params = params if params is not None else self.parse_params(cfg)
         self.callbacks = list(callbacks)
-        self.node_of: dict[int, int] = {}          # logical client id -> node id
+        self.node_of: dict[int, int] = {}  # logical client id -> node id
         self.hello: dict[int, dict[str, Any]] = {}  # client id -> handshake metrics
         self.history: list[RoundRecord] = []
         self.predictions: dict[int, dict[str, list[int]]] = {}  # --save-predictions
@@ -129,8 +131,10 @@ class FedrecStrategy(Strategy):
         """Restore what :meth:`server_state` returned (e.g. from a checkpoint)."""
         unknown = sorted(set(state) - set(self.server_state_attrs))
         if unknown:
-            raise FedrecError(f"{type(self).__name__} has no server state {unknown}; it "
-                              f"declares {list(self.server_state_attrs)}")
+            raise FedrecError(
+                f"{type(self).__name__} has no server state {unknown}; it "
+                f"declares {list(self.server_state_attrs)}"
+            )
         for a, v in state.items():
             setattr(self, a, v)
 
@@ -176,16 +180,18 @@ class FedrecStrategy(Strategy):
     def evaluate_config(self, server_round: int) -> dict[str, Any]:
         return {}
 
-    def aggregate(self, server_round: int, replies: list[ClientReply]
-                  ) -> tuple[list[np.ndarray] | None, dict[str, float]]:
+    def aggregate(
+        self, server_round: int, replies: list[ClientReply]
+    ) -> tuple[list[np.ndarray] | None, dict[str, float]]:
         """Combine the (sorted) train replies into new global weights."""
         raise NotImplementedError
 
     def on_round_start(self, server_round: int) -> None:
         """Called before sampling; override for per-round state."""
 
-    def after_aggregate(self, server_round: int, weights: list[np.ndarray], grid: Grid
-                        ) -> list[np.ndarray]:
+    def after_aggregate(
+        self, server_round: int, weights: list[np.ndarray], grid: Grid
+    ) -> list[np.ndarray]:
         """Called after aggregation with grid access (extra query phases)."""
         return weights
 
@@ -199,11 +205,26 @@ class FedrecStrategy(Strategy):
         :meth:`after_evaluate` for extra phases)."""
 
     # ------------------------------------------------------------------ messaging
-    def _content(self, clients: list[int], server_round: int, weights: list[np.ndarray] | None,
-                 config: dict[str, Any] | None, arrays: ArrayRecord | None = None) -> RecordDict:
-        rd = RecordDict({protocol.FEDREC: ConfigRecord({
-            protocol.RUN_CONFIG: self._run_config_json, protocol.CLIENTS: list(map(int, clients)),
-            protocol.ROUND: int(server_round), protocol.STRATEGY: self.cfg.strategy.name})})
+    def _content(
+        self,
+        clients: list[int],
+        server_round: int,
+        weights: list[np.ndarray] | None,
+        config: dict[str, Any] | None,
+        arrays: ArrayRecord | None = None,
+    ) -> RecordDict:
+        rd = RecordDict(
+            {
+                protocol.FEDREC: ConfigRecord(
+                    {
+                        protocol.RUN_CONFIG: self._run_config_json,
+                        protocol.CLIENTS: list(map(int, clients)),
+                        protocol.ROUND: int(server_round),
+                        protocol.STRATEGY: self.cfg.strategy.name,
+                    }
+                )
+            }
+        )
         if arrays is None and weights is not None:
             arrays = ArrayRecord(list(weights))
         if arrays is not None:
@@ -212,20 +233,32 @@ class FedrecStrategy(Strategy):
         rd[protocol.CONFIG] = ConfigRecord(scalars)
         if big:
             rd[protocol.CONFIG_ARRAYS] = ArrayRecord(
-                {k: Array(np.ascontiguousarray(v)) for k, v in big.items()})
+                {k: Array(np.ascontiguousarray(v)) for k, v in big.items()}
+            )
         return rd
 
-    def build_messages(self, message_type: str, clients: Iterable[int], server_round: int,
-                       weights: list[np.ndarray] | None = None,
-                       config: dict[str, Any] | None = None) -> list[Message]:
+    def build_messages(
+        self,
+        message_type: str,
+        clients: Iterable[int],
+        server_round: int,
+        weights: list[np.ndarray] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> list[Message]:
         """One message per node, naming the logical clients it should act for."""
         by_node: dict[int, list[int]] = {}
         for c in sorted(clients):
             by_node.setdefault(self.node_of[c], []).append(c)
         arrays = ArrayRecord(list(weights)) if weights is not None else None
-        return [Message(self._content(cs, server_round, None, config, arrays), dst_node_id=node,
-                        message_type=message_type, group_id=f"{message_type}-{server_round}")
-                for node, cs in sorted(by_node.items(), key=lambda kv: kv[1][0])]
+        return [
+            Message(
+                self._content(cs, server_round, None, config, arrays),
+                dst_node_id=node,
+                message_type=message_type,
+                group_id=f"{message_type}-{server_round}",
+            )
+            for node, cs in sorted(by_node.items(), key=lambda kv: kv[1][0])
+        ]
 
     def unpack(self, replies: Iterable[Message]) -> tuple[list[ClientReply], list[str]]:
         """Per-client replies sorted by client id, plus failure descriptions."""
@@ -246,10 +279,17 @@ class FedrecStrategy(Strategy):
         out.sort(key=lambda r: r.client_id)
         return out, failures
 
-    def communicate(self, grid: Grid, message_type: str, clients: Iterable[int],
-                    server_round: int, weights: list[np.ndarray] | None = None,
-                    config: dict[str, Any] | None = None, *, require: bool = True
-                    ) -> list[ClientReply]:
+    def communicate(
+        self,
+        grid: Grid,
+        message_type: str,
+        clients: Iterable[int],
+        server_round: int,
+        weights: list[np.ndarray] | None = None,
+        config: dict[str, Any] | None = None,
+        *,
+        require: bool = True,
+    ) -> list[ClientReply]:
         """Send one phase (``train``, ``evaluate`` or ``query.<action>``) and collect
         the per-client replies, sorted by client id. Missing or failed clients are
         logged; if none answers and ``require``, raise :class:`FedrecError`."""
@@ -262,15 +302,18 @@ class FedrecStrategy(Strategy):
         got = {r.client_id for r in replies}
         missing = [c for c in clients if c not in got]
         if missing and not failures:
-            failures.append(f"no reply within {self.cfg.runtime.timeout:g}s from clients "
-                            f"{missing[:10]}{'...' if len(missing) > 10 else ''}")
+            failures.append(
+                f"no reply within {self.cfg.runtime.timeout:g}s from clients "
+                f"{missing[:10]}{'...' if len(missing) > 10 else ''}"
+            )
         for f in failures:
             log.warning("%s round %s: %s", message_type, server_round, f)
         self._last_failures = failures
         if require and not replies:
             reason = failures[0] if failures else "no clients"
-            raise FedrecError(f"{message_type} in round {server_round}: no client replied "
-                              f"({reason})")
+            raise FedrecError(
+                f"{message_type} in round {server_round}: no client replied ({reason})"
+            )
         return replies
 
     # ------------------------------------------------------------------ setup
@@ -284,94 +327,143 @@ class FedrecStrategy(Strategy):
             if len(nodes) >= want:
                 return nodes
             if time.monotonic() > deadline:
-                raise FedrecError(f"only {len(nodes)} of {want} nodes connected within "
-                                  f"{self.cfg.runtime.timeout:g}s (runtime.timeout); check "
-                                  "runtime.num-nodes and that the SuperNodes are running")
+                raise FedrecError(
+                    f"only {len(nodes)} of {want} nodes connected within "
+                    f"{self.cfg.runtime.timeout:g}s (runtime.timeout); check "
+                    "runtime.num-nodes and that the SuperNodes are running"
+                )
             time.sleep(0.2)
 
     def setup(self, grid: Grid) -> None:
         """Wait for nodes, run the handshake and map client ids to node ids."""
         nodes = self.wait_for_nodes(grid)
-        msgs = [Message(self._content([], 0, None, None), dst_node_id=n,
-                        message_type=protocol.HELLO, group_id="hello") for n in nodes]
+        msgs = [
+            Message(
+                self._content([], 0, None, None),
+                dst_node_id=n,
+                message_type=protocol.HELLO,
+                group_id="hello",
+            )
+            for n in nodes
+        ]
         replies = list(grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
         client_replies, failures = self.unpack(replies)
         if failures:
             raise FedrecError(f"handshake failed: {failures[0]}")
         for r in client_replies:
             if r.client_id in self.node_of:
-                raise FedrecError(f"client {r.client_id} is hosted by two nodes; give every "
-                                  "SuperNode a distinct node-config partition-id")
+                raise FedrecError(
+                    f"client {r.client_id} is hosted by two nodes; give every "
+                    "SuperNode a distinct node-config partition-id"
+                )
             self.node_of[r.client_id] = r.node_id
             self.hello[r.client_id] = r.metrics
         missing = sorted(set(range(self.cfg.partition.num_clients)) - set(self.node_of))
         if missing:
-            raise FedrecError(f"no node hosts clients {missing[:10]}; the nodes' num-partitions "
-                              "must equal the number of nodes (runtime.num-nodes)")
+            raise FedrecError(
+                f"no node hosts clients {missing[:10]}; the nodes' num-partitions "
+                "must equal the number of nodes (runtime.num-nodes)"
+            )
 
     def partition_report(self) -> dict[str, Any]:
         """Per-client sizes and label x group counts, from the handshake."""
-        clients = []
+        clients: list[dict[str, Any]] = []
         for c in self.client_ids:
             h = self.hello[c]
             C, G = int(h.get(clf.NUM_CLASSES, 0)), int(h.get(clf.NUM_GROUPS, 0))
-            clients.append({
-                "client": c, "num_train": int(h.get(clf.NUM_TRAIN, 0)),
-                "num_test": int(h.get(clf.NUM_TEST, 0)),
-                "train_counts_label_by_group": np.asarray(h.get(clf.TRAIN_COUNTS, []), dtype=int
-                                                          ).reshape(C, G).tolist() if C else [],
-                "test_counts_label_by_group": np.asarray(h.get(clf.TEST_COUNTS, []), dtype=int
-                                                         ).reshape(C, G).tolist() if C else [],
-            })
+            clients.append(
+                {
+                    "client": c,
+                    "num_train": int(h.get(clf.NUM_TRAIN, 0)),
+                    "num_test": int(h.get(clf.NUM_TEST, 0)),
+                    "train_counts_label_by_group": np.asarray(
+                        h.get(clf.TRAIN_COUNTS, []), dtype=int
+                    )
+                    .reshape(C, G)
+                    .tolist()
+                    if C
+                    else [],
+                    "test_counts_label_by_group": np.asarray(h.get(clf.TEST_COUNTS, []), dtype=int)
+                    .reshape(C, G)
+                    .tolist()
+                    if C
+                    else [],
+                }
+            )
         sizes = [c["num_train"] + c["num_test"] for c in clients]
-        return {"num_clients": len(clients), "nodes": len(set(self.node_of.values())),
-                "sizes": sizes, "size_min": min(sizes), "size_max": max(sizes),
-                "size_mean": float(np.mean(sizes)), "clients": clients}
+        return {
+            "num_clients": len(clients),
+            "nodes": len(set(self.node_of.values())),
+            "sizes": sizes,
+            "size_min": min(sizes),
+            "size_max": max(sizes),
+            "size_mean": float(np.mean(sizes)),
+            "clients": clients,
+        }
 
     # ------------------------------------------------------------------ Flower API
     def sample_train(self, server_round: int) -> list[int]:
         """The round's train clients: seeded by (run seed, round), by client id."""
-        self._sampled = sample_clients(self.client_ids, self.train_fraction(server_round),
-                                       self.cfg.seed, server_round)
+        self._sampled = sample_clients(
+            self.client_ids, self.train_fraction(server_round), self.cfg.seed, server_round
+        )
         return self._sampled
 
     def evaluate_clients(self, server_round: int) -> list[int]:
         if self.cfg.output.save_predictions and server_round == self.total_rounds():
             return self.client_ids  # the audit file covers every client
-        return sample_clients(self.client_ids, self.cfg.strategy.fraction_evaluate,
-                              self.cfg.seed, server_round, purpose="evaluate")
+        return sample_clients(
+            self.client_ids,
+            self.cfg.strategy.fraction_evaluate,
+            self.cfg.seed,
+            server_round,
+            purpose="evaluate",
+        )
 
-    def _evaluate_settings(self, server_round: int, config: ConfigRecord | None
-                           ) -> dict[str, Any]:
+    def _evaluate_settings(self, server_round: int, config: ConfigRecord | None) -> dict[str, Any]:
         cfg = {**dict(config or {}), **self.evaluate_config(server_round)}
         if self.cfg.output.save_predictions and server_round == self.total_rounds():
             cfg[clf.SAVE_PREDICTIONS] = True
         return cfg
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.current_weights = arrays.to_numpy_ndarrays()
         cfg = {**dict(config), **self.train_config(server_round)}
-        return self.build_messages(self.train_message_type(server_round),
-                                   self.sample_train(server_round), server_round,
-                                   self.current_weights, cfg)
+        return self.build_messages(
+            self.train_message_type(server_round),
+            self.sample_train(server_round),
+            server_round,
+            self.current_weights,
+            cfg,
+        )
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         client_replies, failures = self.unpack(replies)
         self._last_failures = failures
         weights, metrics = self.aggregate(server_round, client_replies)
-        return (ArrayRecord(weights) if weights is not None else None,
-                MetricRecord(to_scalar_dict(metrics)))
+        return (
+            ArrayRecord(weights) if weights is not None else None,
+            MetricRecord(to_scalar_dict(metrics)),
+        )
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.build_messages("evaluate", self.evaluate_clients(server_round),
-                                   server_round, arrays.to_numpy_ndarrays(),
-                                   self._evaluate_settings(server_round, config))
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.build_messages(
+            "evaluate",
+            self.evaluate_clients(server_round),
+            server_round,
+            arrays.to_numpy_ndarrays(),
+            self._evaluate_settings(server_round, config),
+        )
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         client_replies, _ = self.unpack(replies)
         fm = self.evaluation_metrics(client_replies)
         return MetricRecord(to_scalar_dict(fm.overall)) if fm else None
@@ -395,28 +487,41 @@ class FedrecStrategy(Strategy):
         return fm
 
     def summary(self) -> None:
-        log.info("%s (%s): %s", type(self).__name__, self.name,
-                 json.dumps(asdict(self.params) if hasattr(self.params, "__dataclass_fields__")
-                            else {}, sort_keys=True))
+        log.info(
+            "%s (%s): %s",
+            type(self).__name__,
+            self.name,
+            json.dumps(
+                asdict(self.params) if hasattr(self.params, "__dataclass_fields__") else {},
+                sort_keys=True,
+            ),
+        )
 
     # ------------------------------------------------------------------ loop
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,
-              num_rounds: int | None = None, timeout: float | None = None,
-              train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None, evaluate_fn: Any = None
-              ) -> Result:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int | None = None,
+        timeout: float | None = None,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+    ) -> Result:
         """Run setup and ``num_rounds`` rounds; returns Flower's ``Result``."""
         num_rounds = num_rounds or self.total_rounds()
         self.summary()
         self.setup(grid)
-        arrays = initial_arrays if initial_arrays is not None else ArrayRecord(
-            self.initial_weights())
-        self._call("on_run_start", {"partition_report": self.partition_report(),
-                                    "num_rounds": num_rounds})
+        arrays = (
+            initial_arrays if initial_arrays is not None else ArrayRecord(self.initial_weights())
+        )
+        self._call(
+            "on_run_start", {"partition_report": self.partition_report(), "num_rounds": num_rounds}
+        )
         weights = arrays.to_numpy_ndarrays()
         for rnd in range(1, num_rounds + 1):
             t0 = time.perf_counter()
@@ -425,8 +530,9 @@ class FedrecStrategy(Strategy):
             # train
             self.current_weights = weights
             cfg = {**dict(train_config or {}), **self.train_config(rnd)}
-            train_replies = self.communicate(grid, self.train_message_type(rnd),
-                                             self.sample_train(rnd), rnd, weights, cfg)
+            train_replies = self.communicate(
+                grid, self.train_message_type(rnd), self.sample_train(rnd), rnd, weights, cfg
+            )
             failures = list(self._last_failures)
             new, train_metrics = self.aggregate(rnd, train_replies)
             if new is not None:
@@ -435,24 +541,39 @@ class FedrecStrategy(Strategy):
             self.result.arrays = ArrayRecord(weights)
             self.result.train_metrics_clientapp[rnd] = MetricRecord(to_scalar_dict(train_metrics))
             # evaluate
-            eval_replies = self.communicate(grid, "evaluate", self.evaluate_clients(rnd), rnd,
-                                            weights, self._evaluate_settings(rnd, evaluate_config),
-                                            require=False)
+            eval_replies = self.communicate(
+                grid,
+                "evaluate",
+                self.evaluate_clients(rnd),
+                rnd,
+                weights,
+                self._evaluate_settings(rnd, evaluate_config),
+                require=False,
+            )
             eval_failures = list(self._last_failures)
             evaluation = self.evaluation_metrics(eval_replies)
-            preds = {r.client_id: {k: r.metrics[k] for k in (clf.PRED_LABEL, clf.PRED_GROUP,
-                                                               clf.PRED_VALUE)}
-                     for r in eval_replies if clf.PRED_VALUE in r.metrics}
+            preds = {
+                r.client_id: {
+                    k: r.metrics[k] for k in (clf.PRED_LABEL, clf.PRED_GROUP, clf.PRED_VALUE)
+                }
+                for r in eval_replies
+                if clf.PRED_VALUE in r.metrics
+            }
             if preds:
                 self.predictions = preds
             if evaluation is not None:
                 self.result.evaluate_metrics_clientapp[rnd] = MetricRecord(
-                    to_scalar_dict(evaluation.overall))
+                    to_scalar_dict(evaluation.overall)
+                )
             record = RoundRecord(
-                server_round=rnd, train=to_scalar_dict(train_metrics),
+                server_round=rnd,
+                train=to_scalar_dict(train_metrics),
                 train_by_client={r.client_id: to_scalar_dict(r.metrics) for r in train_replies},
-                evaluation=evaluation, sampled=list(self._sampled),
-                failures=failures + eval_failures, wall_s=0.0)
+                evaluation=evaluation,
+                sampled=list(self._sampled),
+                failures=failures + eval_failures,
+                wall_s=0.0,
+            )
             self.after_evaluate(rnd, record, grid)
             record.wall_s = time.perf_counter() - t0
             self.on_round_end(rnd, record)

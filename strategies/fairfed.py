@@ -109,14 +109,19 @@ class FairFed(FedAvg):
         for c, v in zip(clients, agg):
             self.fair_weights[c] = float(v * mass)
         self.last_deltas = {c: float(d) for c, d in zip(clients, deltas)}
-        weights = weighted_average([r.weights for r in replies], list(agg))
+        models = [r.weights for r in replies if r.weights is not None]  # all, see above
+        weights = weighted_average(models, list(agg))
         metrics = weighted_metrics(replies)
         gap = fairfed_signed_gaps(np.sum(counts, axis=0), self.params.metric)
         gap = gap[~np.isnan(gap)]
-        metrics.update({
-            spec.TRAIN_GAP: float(np.max(np.abs(gap))) if gap.size else 0.0,
-            spec.DELTA_MEAN: float(np.mean(deltas)),
-            spec.WEIGHT_MIN: float(agg.min()), spec.WEIGHT_MAX: float(agg.max())})
+        metrics.update(
+            {
+                spec.TRAIN_GAP: float(np.max(np.abs(gap))) if gap.size else 0.0,
+                spec.DELTA_MEAN: float(np.mean(deltas)),
+                spec.WEIGHT_MIN: float(agg.min()),
+                spec.WEIGHT_MAX: float(agg.max()),
+            }
+        )
         return weights, metrics
 
     def on_round_end(self, server_round, record):

@@ -11,6 +11,8 @@ Messages: :mod:`fedrec.specs.fedavg`; client half (and what leaves a client):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from fedrec.protocol import ClientReply
@@ -18,8 +20,9 @@ from fedrec.specs import fedavg as spec
 from fedrec.strategies.base import FedrecStrategy
 
 
-def weighted_average(weight_lists: list[list[np.ndarray]], num_examples: list[int]
-                     ) -> list[np.ndarray]:
+def weighted_average(
+    weight_lists: Sequence[Sequence[np.ndarray]], num_examples: Sequence[float]
+) -> list[np.ndarray]:
     """Example-weighted average of equally shaped weight lists (pure)."""
     total = float(sum(num_examples))
     if total <= 0:
@@ -33,8 +36,9 @@ def weighted_average(weight_lists: list[list[np.ndarray]], num_examples: list[in
     return out
 
 
-def weighted_metrics(replies: list[ClientReply], keys: tuple[str, ...] = (spec.TRAIN_LOSS,)
-                     ) -> dict[str, float]:
+def weighted_metrics(
+    replies: list[ClientReply], keys: tuple[str, ...] = (spec.TRAIN_LOSS,)
+) -> dict[str, float]:
     """Example-weighted means of per-client scalar metrics (means, not ratios of sums)."""
     n = sum(r.num_examples for r in replies)
     out: dict[str, float] = {spec.NUM_EXAMPLES: n, spec.NUM_CLIENTS: len(replies)}
@@ -54,6 +58,5 @@ class FedAvg(FedrecStrategy):
         replies = [r for r in replies if r.weights is not None]
         if not replies:
             return None, {}
-        weights = weighted_average([r.weights for r in replies],
-                                   [r.num_examples for r in replies])
+        weights = weighted_average([r.weights for r in replies], [r.num_examples for r in replies])
         return weights, weighted_metrics(replies)

@@ -41,22 +41,31 @@ from fedrec.algorithms.fedfact import (
     num_constraints,
     server_lambda_step,
 )
+from fedrec.errors import FedrecError
 from fedrec.protocol import ClientReply
 from fedrec.specs import fedavg as base_spec
 from fedrec.specs import fedfact as spec
 from fedrec.specs.fedfact import FedFactInParams, FedFactPostParams
 from fedrec.strategies.fedavg import FedAvg
 
-__all__ = ["FedFactIn", "FedFactInParams", "FedFactPost", "FedFactPostParams", "LocalPost",
-           "pooled_counts"]
+__all__ = [
+    "FedFactIn",
+    "FedFactInParams",
+    "FedFactPost",
+    "FedFactPostParams",
+    "LocalPost",
+    "pooled_counts",
+]
 
 
 def pooled_counts(hello: dict[int, dict[str, Any]]) -> np.ndarray:
     """Sum of the clients' (group, label) train counts, int64 (A, m)."""
-    total = None
+    total: np.ndarray | None = None
     for c in sorted(hello):
         own = base_spec.unpack_counts(hello[c]).T
         total = own if total is None else total + own
+    if total is None:
+        raise FedrecError("no client handshakes: there are no counts to pool")
     return total
 
 
@@ -115,15 +124,22 @@ class FedFactPost(FedAvg):
             total = sum(self.n_train.values())
             grads = [np.asarray(r.metrics[spec.GRAD_LAM], dtype=np.float64) for r in replies]
             weights = [self.n_train[r.client_id] / total for r in replies]
-            self.lam = server_lambda_step(self.lam, grads, weights, self.params.dual_lr,
-                                          self.params.xi_global, self.params.dual_bound)
+            self.lam = server_lambda_step(
+                self.lam,
+                grads,
+                weights,
+                self.params.dual_lr,
+                self.params.xi_global,
+                self.params.dual_bound,
+            )
         out[spec.LAMBDA_L1] = float(np.abs(self.lam).sum())
         out[spec.MU_L1_MEAN] = float(np.mean([r.metrics.get(spec.MU_L1, 0.0) for r in replies]))
         return None, out
 
     def on_round_end(self, server_round: int, record) -> None:
-        record.extra[spec.STAGE] = spec.STAGE_POST if self.is_post(server_round) \
-            else spec.STAGE_TRAIN
+        record.extra[spec.STAGE] = (
+            spec.STAGE_POST if self.is_post(server_round) else spec.STAGE_TRAIN
+        )
 
 
 class LocalPost(FedFactPost):
@@ -163,12 +179,15 @@ class FedFactIn(FedAvg):
     def aggregate(self, server_round: int, replies: list[ClientReply]):
         weights, metrics = super().aggregate(server_round, replies)
         if self.lam.size:
-            dg = np.sum([np.asarray(r.metrics[spec.DG_VALUES], dtype=np.float64)
-                         for r in replies], axis=0)
-            self.lam = dual_prox_step(self.lam, -dg, self.params.dual_lr, self.params.xi_global,
-                                      self.params.dual_bound)
+            dg = np.sum(
+                [np.asarray(r.metrics[spec.DG_VALUES], dtype=np.float64) for r in replies], axis=0
+            )
+            self.lam = dual_prox_step(
+                self.lam, -dg, self.params.dual_lr, self.params.xi_global, self.params.dual_bound
+            )
             metrics[spec.CONSTRAINT_MAX] = float(np.abs(dg).max())
         metrics[spec.LAMBDA_L1] = float(np.abs(self.lam).sum())
-        metrics[spec.W_ENSEMBLE_MEAN] = float(np.mean([r.metrics[spec.W_ENSEMBLE]
-                                                       for r in replies]))
+        metrics[spec.W_ENSEMBLE_MEAN] = float(
+            np.mean([r.metrics[spec.W_ENSEMBLE] for r in replies])
+        )
         return weights, metrics

@@ -70,8 +70,8 @@ class FedFB(FedAvg):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.m: np.ndarray | None = None       # global label x group counts (2, G)
-        self.lam: np.ndarray | None = None     # FairBatch weights (2, G)
+        self.m: np.ndarray | None = None  # global label x group counts (2, G)
+        self.lam: np.ndarray | None = None  # FairBatch weights (2, G)
         self.last_f: np.ndarray | None = None
 
     def global_counts(self) -> np.ndarray:
@@ -82,8 +82,10 @@ class FedFB(FedAvg):
             total = m if total is None else total + m
         if total is None or total.shape[0] != 2 or total.shape[1] < 2:
             shape = None if total is None else tuple(total.shape)
-            raise FedrecError(f"FedFB (criterion dp) needs a binary label and at least two "
-                              f"sensitive groups; the dataset has (classes, groups) = {shape}")
+            raise FedrecError(
+                f"FedFB (criterion dp) needs a binary label and at least two "
+                f"sensitive groups; the dataset has (classes, groups) = {shape}"
+            )
         return total
 
     def on_round_start(self, server_round):
@@ -103,17 +105,20 @@ class FedFB(FedAvg):
         nc = [float(r.metrics.get(spec.WEIGHT_SUM, r.num_examples)) for r in replies]
         if sum(nc) <= 0:
             nc = [float(r.num_examples) for r in replies]
-        return weighted_average([r.weights for r in replies], nc), weighted_metrics(replies)
+        weights = [r.weights for r in replies if r.weights is not None]  # all, see above
+        return weighted_average(weights, nc), weighted_metrics(replies)
 
     def after_aggregate(self, server_round, weights, grid):
-        replies = self.communicate(grid, f"query.{spec.LOSSES}", self.client_ids,
-                                   server_round, weights)
+        replies = self.communicate(
+            grid, f"query.{spec.LOSSES}", self.client_ids, server_round, weights
+        )
         L = np.zeros_like(self.m, dtype=np.float64)
         for r in replies:  # sorted by client id: a deterministic float sum
             L += spec.unpack_loss_sums(r.metrics, L.shape)
         self.last_f = fedfb_dp_direction(L, self.m)
-        self.lam = fedfb_update_lambda(self.lam, self.last_f, self.m,
-                                       fedfb_step_size(self.params.alpha, server_round))
+        self.lam = fedfb_update_lambda(
+            self.lam, self.last_f, self.m, fedfb_step_size(self.params.alpha, server_round)
+        )
         return weights
 
     def on_round_end(self, server_round, record):

@@ -131,28 +131,40 @@ def plan_requests(p: FedLegoParams, ds) -> list[tuple[str, list[str]]]:
     """Validate the attribute keys against the dataset; ``[(op, attributes), ...]``."""
     allowed = categorical_attributes(ds)
     if not allowed:
-        raise ConfigError(f"config key 'dataset.name': '{ds.name}' has no categorical user "
-                          "attribute; lego needs one (ml-100k, synthetic-rec)")
+        raise ConfigError(
+            f"config key 'dataset.name': '{ds.name}' has no categorical user "
+            "attribute; lego needs one (ml-100k, synthetic-rec)"
+        )
     first = attribute_list(p.attributes, "attributes")
     add = attribute_list(p.add_attributes, "add-attributes")
     withdraw = attribute_list(p.withdraw_attributes, "withdraw-attributes")
-    for name, attrs in (("attributes", first), ("add-attributes", add),
-                        ("withdraw-attributes", withdraw)):
+    for name, attrs in (
+        ("attributes", first),
+        ("add-attributes", add),
+        ("withdraw-attributes", withdraw),
+    ):
         for a in attrs:
             if a not in allowed:
-                raise ConfigError(f"config key '{_KEY}{name}': '{a}' is not a categorical user "
-                                  f"attribute of '{ds.name}'; allowed: {', '.join(allowed)}")
+                raise ConfigError(
+                    f"config key '{_KEY}{name}': '{a}' is not a categorical user "
+                    f"attribute of '{ds.name}'; allowed: {', '.join(allowed)}"
+                )
     if not first:
-        raise ConfigError(f"config key '{_KEY}attributes': empty; give at least one of "
-                          f"{', '.join(allowed)}")
+        raise ConfigError(
+            f"config key '{_KEY}attributes': empty; give at least one of {', '.join(allowed)}"
+        )
     again = [a for a in add if a in first]
     if again:
-        raise ConfigError(f"config key '{_KEY}add-attributes': {', '.join(again)} already in "
-                          f"the first request; allowed: attributes not in '{p.attributes}'")
+        raise ConfigError(
+            f"config key '{_KEY}add-attributes': {', '.join(again)} already in "
+            f"the first request; allowed: attributes not in '{p.attributes}'"
+        )
     stray = [a for a in withdraw if a not in first + add]
     if stray:
-        raise ConfigError(f"config key '{_KEY}withdraw-attributes': {', '.join(stray)} never "
-                          f"requested; allowed: {', '.join(first + add)}")
+        raise ConfigError(
+            f"config key '{_KEY}withdraw-attributes': {', '.join(stray)} never "
+            f"requested; allowed: {', '.join(first + add)}"
+        )
     plan = [("request", first)]
     if add:
         plan.append(("add", add))
@@ -195,7 +207,7 @@ def lego_seed(cfg) -> int:
     """The seed passed to the LEGO drivers (``attr_seed`` derives per-attribute seeds)."""
     from fedrec.seeding import derive_seed
 
-    return int(derive_seed(cfg.seed, "lego") % 2 ** 31)
+    return int(derive_seed(cfg.seed, "lego") % 2**31)
 
 
 class FedLego(FedMF):
@@ -219,7 +231,7 @@ class FedLego(FedMF):
         self.plan = plan_requests(self.params, self.ds)
         self.seed = lego_seed(self.cfg)
         self.num_classes = {a: len(self.ds.attr_names[a]) for a in categorical_attributes(self.ds)}
-        self.active: dict[str, dict[str, Any]] = {}   # attr -> prior, count, slot (in order)
+        self.active: dict[str, dict[str, Any]] = {}  # attr -> prior, count, slot (in order)
         self.lego_log: dict[str, Any] = {}
         self.released_original: dict[str, np.ndarray] | None = None
         self._Q: list[np.ndarray] | None = None
@@ -234,11 +246,14 @@ class FedLego(FedMF):
     def _send(self, grid, action: str, weights, config, traffic: Traffic) -> list:
         """One ``query.<action>`` phase to every client in ``traffic.server_round``; counts
         the message and its upload into ``traffic``."""
-        replies = self.communicate(grid, f"query.{action}", self.client_ids,
-                                   traffic.server_round, weights, config)
+        replies = self.communicate(
+            grid, f"query.{action}", self.client_ids, traffic.server_round, weights, config
+        )
         if len(replies) != len(self.client_ids):
-            raise FedrecError(f"query.{action}: {len(self.client_ids) - len(replies)} clients did "
-                              "not reply; LEGO needs every client in every phase (full batch)")
+            raise FedrecError(
+                f"query.{action}: {len(self.client_ids) - len(replies)} clients did "
+                "not reply; LEGO needs every client in every phase (full batch)"
+            )
         up = 0
         for r in replies:
             up += sum(int(np.asarray(w).nbytes) for w in (r.weights or []))
@@ -248,8 +263,10 @@ class FedLego(FedMF):
         return replies
 
     def _layouts(self, attrs: list[str]):
-        return [spec.classifier_layout(self.params.dim, self.params.hidden, self.num_classes[t])
-                for t in attrs]
+        return [
+            spec.classifier_layout(self.params.dim, self.params.hidden, self.num_classes[t])
+            for t in attrs
+        ]
 
     def _request_config(self, attrs: list[str]) -> dict[str, Any]:
         """The ``attrs`` / ``slots`` of a message (client state slots, see
@@ -266,11 +283,12 @@ class FedLego(FedMF):
         for r in replies:
             count += np.asarray(r.metrics[spec.COUNT], dtype=np.int64)
             loss += np.asarray(r.metrics[spec.LOSS], dtype=np.float64)
-            if r.weights is not None and len(r.weights[0]):   # empty: nobody consents
+            if r.weights is not None and len(r.weights[0]):  # empty: nobody consents
                 total += r.weights[0]
         for i, (t, grads) in enumerate(zip(attrs, spec.unpack_grad_sums(total, layouts))):
-            params[t], states[t] = E.classifier_step(params[t], grads, int(count[i]), states[t],
-                                                     self.params.lr_phi)
+            params[t], states[t] = E.classifier_step(
+                params[t], grads, int(count[i]), states[t], self.params.lr_phi
+            )
             if count[i]:
                 ce[t].append(float(loss[i] / count[i]))
 
@@ -282,30 +300,43 @@ class FedLego(FedMF):
         for t in attrs:
             self.active[t] = {"slot": next(free)}
         replies = self._send(grid, spec.PRIOR, None, self._request_config(attrs), traffic)
-        counts = np.sum([np.asarray(r.metrics[spec.COUNTS], dtype=np.int64) for r in replies],
-                        axis=0)
+        counts = np.sum(
+            [np.asarray(r.metrics[spec.COUNTS], dtype=np.int64) for r in replies], axis=0
+        )
         bounds = np.cumsum([0] + [self.num_classes[t] for t in attrs])
         priors = {}
         for i, t in enumerate(attrs):
-            c = counts[bounds[i]:bounds[i + 1]]
+            c = counts[bounds[i] : bounds[i + 1]]
             if c.sum() == 0:
-                raise FedrecError(f"config key '{_KEY}consent-fraction': no user consents, so "
-                                  f"the prior of '{t}' is undefined; raise it")
+                raise FedrecError(
+                    f"config key '{_KEY}consent-fraction': no user consents, so "
+                    f"the prior of '{t}' is undefined; raise it"
+                )
             priors[t] = c / c.sum()
             self.active[t].update(prior=priors[t], count=int(c.sum()))
-        params = {t: E.classifier_init(p.dim, self.num_classes[t], p.hidden,
-                                       L.attr_seed(self.seed, t)) for t in attrs}
+        params = {
+            t: E.classifier_init(p.dim, self.num_classes[t], p.hidden, L.attr_seed(self.seed, t))
+            for t in attrs
+        }
         states: dict[str, Any] = {t: None for t in attrs}
         hist: dict[str, dict[str, list[float]]] = {t: {"mi": [], "ce": []} for t in attrs}
         schedule = calibration_schedule(p.steps, p.n_phi, p.warmup_phi)
         layouts = self._layouts(attrs)
         prior_cfg = {spec.prior_key(t): priors[t] for t in attrs}
         for j, (step, fit) in enumerate(schedule):
-            config = {**self._request_config(attrs), spec.STEP: step, spec.FIT: fit,
-                      **(prior_cfg if step else {})}
-            replies = self._send(grid, spec.CALIBRATE,
-                                 spec.pack_classifiers([params[t] for t in attrs], layouts),
-                                 config, traffic)
+            config = {
+                **self._request_config(attrs),
+                spec.STEP: step,
+                spec.FIT: fit,
+                **(prior_cfg if step else {}),
+            }
+            replies = self._send(
+                grid,
+                spec.CALIBRATE,
+                spec.pack_classifiers([params[t] for t in attrs], layouts),
+                config,
+                traffic,
+            )
             if step:
                 mi = np.sum([r.metrics[spec.MI] for r in replies], axis=0)
                 for i, t in enumerate(attrs):
@@ -313,8 +344,9 @@ class FedLego(FedMF):
             if fit:
                 self._fit_step(replies, attrs, params, states, {t: hist[t]["ce"] for t in attrs})
             if (j + 1) % 100 == 0:
-                log.info("lego: calibrating %s, message %d/%d", ",".join(attrs), j + 1,
-                         len(schedule))
+                log.info(
+                    "lego: calibrating %s, message %d/%d", ",".join(attrs), j + 1, len(schedule)
+                )
         return hist
 
     # ------------------------------------------------------------------ Step 2
@@ -326,25 +358,40 @@ class FedLego(FedMF):
         hist: dict[str, list] = {"objective": [], "mi": [], "alpha": []}
         if k < 2:
             return at, hist
-        params = {t: E.classifier_init(p.dim, self.num_classes[t], p.hidden,
-                                       L.attr_seed(self.seed, "combine:" + t)) for t in names}
+        params = {
+            t: E.classifier_init(
+                p.dim, self.num_classes[t], p.hidden, L.attr_seed(self.seed, "combine:" + t)
+            )
+            for t in names
+        }
         states: dict[str, Any] = {t: None for t in names}
         layouts = self._layouts(names)
         w = np.array([1.0 / max(self.active[t]["count"], 1) for t in names])
-        grad_cfg = {spec.MODE: spec.MODE_GRAD, spec.WEIGHTS: w,
-                    **{spec.prior_key(t): self.active[t]["prior"] for t in names}}
+        grad_cfg = {
+            spec.MODE: spec.MODE_GRAD,
+            spec.WEIGHTS: w,
+            **{spec.prior_key(t): self.active[t]["prior"] for t in names},
+        }
         at_state = None
         ce: dict[str, list] = {t: [] for t in names}
         for step in range(p.combine_steps):
             base = {**self._request_config(names), spec.ALPHA_TILDE: at.copy()}
             for _ in range(p.n_phi + (p.warmup_phi if step == 0 else 0)):
-                replies = self._send(grid, spec.COMBINE,
-                                     spec.pack_classifiers([params[t] for t in names], layouts),
-                                     {**base, spec.MODE: spec.MODE_FIT}, traffic)
+                replies = self._send(
+                    grid,
+                    spec.COMBINE,
+                    spec.pack_classifiers([params[t] for t in names], layouts),
+                    {**base, spec.MODE: spec.MODE_FIT},
+                    traffic,
+                )
                 self._fit_step(replies, names, params, states, ce)
-            replies = self._send(grid, spec.COMBINE,
-                                 spec.pack_classifiers([params[t] for t in names], layouts),
-                                 {**base, **grad_cfg}, traffic)
+            replies = self._send(
+                grid,
+                spec.COMBINE,
+                spec.pack_classifiers([params[t] for t in names], layouts),
+                {**base, **grad_cfg},
+                traffic,
+            )
             g = np.sum([r.metrics[spec.G_ALPHA] for r in replies], axis=0)
             mi = np.sum([r.metrics[spec.MI] for r in replies], axis=0)
             hist["alpha"].append(L.softmax(at).tolist())
@@ -355,8 +402,14 @@ class FedLego(FedMF):
 
     # ------------------------------------------------------------------ requests
     def _evaluate_now(self, grid, server_round: int) -> Any:
-        replies = self.communicate(grid, "evaluate", self.client_ids, server_round, self._Q,
-                                   self.evaluate_config(server_round))
+        replies = self.communicate(
+            grid,
+            "evaluate",
+            self.client_ids,
+            server_round,
+            self._Q,
+            self.evaluate_config(server_round),
+        )
         return self.evaluation_metrics(replies)
 
     def _request(self, grid, server_round: int, op: str, attrs: list[str]) -> dict[str, Any]:
@@ -371,29 +424,45 @@ class FedLego(FedMF):
         t1 = time.perf_counter()
         at, comb_hist = self._combine(grid, comb)
         names = list(self.active)
-        self._send(grid, spec.APPLY, None,
-                   {**self._request_config(names), spec.ALPHA_TILDE: at.copy()}, comb)
+        self._send(
+            grid,
+            spec.APPLY,
+            None,
+            {**self._request_config(names), spec.ALPHA_TILDE: at.copy()},
+            comb,
+        )
         t2 = time.perf_counter()
         fm = self._evaluate_now(grid, server_round)
         alpha = L.softmax(at) if names else np.zeros(0)
         entry = {
-            "op": op, "attributes": attrs, "active": names,
+            "op": op,
+            "attributes": attrs,
+            "active": names,
             "alpha": {t: float(a) for t, a in zip(names, alpha)},
             "alpha_tilde": at.tolist(),
             "calibrations_run": [] if op == "withdraw" else list(attrs),
             "num_calibrations": 0 if op == "withdraw" else len(attrs),
-            "calibrate_s": t1 - t0, "combine_s": t2 - t1, "total_s": t2 - t0,
+            "calibrate_s": t1 - t0,
+            "combine_s": t2 - t1,
+            "total_s": t2 - t0,
             "messages": {"calibrate": cal.messages, "combine": comb.messages},
             "upload_bytes": {"calibrate": cal.upload_bytes, "combine": comb.upload_bytes},
             "metrics": _metrics(fm),
             "history": {"calibrate": cal_hist, "combine": comb_hist},
         }
         self._last_eval = fm
-        log.info("lego: %s %s -> active %s, alpha %s, %.1f s (Step 1 %.1f s, Step 2 %.1f s), "
-                 "NDCG@10 %.4f", op, ",".join(attrs), ",".join(names) or "-",
-                 json.dumps({t: round(a, 3) for t, a in entry["alpha"].items()}),
-                 entry["total_s"], entry["calibrate_s"], entry["combine_s"],
-                 entry["metrics"].get("ndcg@10", float("nan")))
+        log.info(
+            "lego: %s %s -> active %s, alpha %s, %.1f s (Step 1 %.1f s, Step 2 %.1f s), "
+            "NDCG@10 %.4f",
+            op,
+            ",".join(attrs),
+            ",".join(names) or "-",
+            json.dumps({t: round(a, 3) for t, a in entry["alpha"].items()}),
+            entry["total_s"],
+            entry["calibrate_s"],
+            entry["combine_s"],
+            entry["metrics"].get("ndcg@10", float("nan")),
+        )
         return entry
 
     def after_evaluate(self, server_round: int, record, grid) -> None:
@@ -409,13 +478,26 @@ class FedLego(FedMF):
             self.release(grid, server_round)
         p = self.params
         self.lego_log = {
-            "seed": self.seed, "eps": p.eps, "eps_relative": True,
-            "calibrate_options": {"steps": p.steps, "n_phi": p.n_phi, "warmup_phi": p.warmup_phi,
-                                  "lr_phi": p.lr_phi, "lr_emb": p.lr_emb, "lr_relative": True,
-                                  "hidden": p.hidden},
-            "combine_options": {"steps": p.combine_steps, "lr": p.combine_lr, "n_phi": p.n_phi,
-                                "warmup_phi": p.warmup_phi, "lr_phi": p.lr_phi,
-                                "hidden": p.hidden},
+            "seed": self.seed,
+            "eps": p.eps,
+            "eps_relative": True,
+            "calibrate_options": {
+                "steps": p.steps,
+                "n_phi": p.n_phi,
+                "warmup_phi": p.warmup_phi,
+                "lr_phi": p.lr_phi,
+                "lr_emb": p.lr_emb,
+                "lr_relative": True,
+                "hidden": p.hidden,
+            },
+            "combine_options": {
+                "steps": p.combine_steps,
+                "lr": p.combine_lr,
+                "n_phi": p.n_phi,
+                "warmup_phi": p.warmup_phi,
+                "lr_phi": p.lr_phi,
+                "hidden": p.hidden,
+            },
             "consent_fraction": p.consent_fraction,
             "consenting_users": {t: v["count"] for t, v in self.active.items()},
             "total_calibrations": sum(r["num_calibrations"] for r in requests),
@@ -423,15 +505,18 @@ class FedLego(FedMF):
             "requests": requests,
         }
         record.extra["lego"] = {k: v for k, v in self.lego_log.items() if k != "requests"}
-        record.extra["lego"]["requests"] = [{k: v for k, v in r.items() if k != "history"}
-                                            for r in requests]
+        record.extra["lego"]["requests"] = [
+            {k: v for k, v in r.items() if k != "history"} for r in requests
+        ]
         if self._last_eval is not None:
             record.evaluation = self._last_eval
 
     def write_outputs(self, out_dir) -> None:
         super().write_outputs(out_dir)
         if self.released_original:
-            np.savez(out_dir / "embeddings_original.npz", **self.released_original)
+            np.savez(
+                out_dir / "embeddings_original.npz", allow_pickle=True, **self.released_original
+            )
         if self.lego_log:
             (out_dir / "lego.json").write_text(json.dumps(_finite(self.lego_log), indent=1) + "\n")
 

@@ -78,10 +78,14 @@ class RAID(FedMF):
         p = cls.parse_params(cfg)
         ds, _ = cfg_user_data(cfg)
         if p.attribute not in (ds.user_attrs or {}):
-            allowed = (", ".join(sorted(ds.user_attrs or {}))
-                       or "none (this dataset has no user attributes)")
-            raise ConfigError(f"config key 'strategy.params.attribute': '{p.attribute}' is not a "
-                              f"user attribute of '{cfg.dataset.name}'; allowed: {allowed}")
+            allowed = (
+                ", ".join(sorted(ds.user_attrs or {}))
+                or "none (this dataset has no user attributes)"
+            )
+            raise ConfigError(
+                f"config key 'strategy.params.attribute': '{p.attribute}' is not a "
+                f"user attribute of '{cfg.dataset.name}'; allowed: {allowed}"
+            )
 
     def setup(self, grid) -> None:
         super().setup(grid)
@@ -93,7 +97,7 @@ class RAID(FedMF):
         self.val_ref: float | None = None
         self.defense_log: list[dict] = []
         self._extra: dict[int, dict] = {}
-        self.adv: tuple[list[np.ndarray], Any] | None = None   # adversary and its Adam state
+        self.adv: tuple[list[np.ndarray], Any] | None = None  # adversary and its Adam state
 
     def _defending(self, server_round: int) -> bool:
         return server_round > self.params.warmup_rounds and self.version > 0
@@ -101,8 +105,14 @@ class RAID(FedMF):
     def train_config(self, server_round: int) -> dict[str, Any]:
         cfg = dict(super().train_config(server_round))
         if self._defending(server_round):
-            cfg.update({spec.GAMMA: self.gamma, spec.VERSION: self.version,
-                        spec.NUM_GROUPS: self.num_groups, **self.broadcast})
+            cfg.update(
+                {
+                    spec.GAMMA: self.gamma,
+                    spec.VERSION: self.version,
+                    spec.NUM_GROUPS: self.num_groups,
+                    **self.broadcast,
+                }
+            )
         return cfg
 
     def after_aggregate(self, server_round, weights, grid):
@@ -136,10 +146,12 @@ class RAID(FedMF):
 
     # ------------------------------------------------------------------ phases
     def _validate(self, grid, rnd, weights) -> float:
-        replies = self.communicate(grid, f"query.{spec.VALIDATE}", self.client_ids, rnd, weights,
-                                   self.evaluate_config(rnd))
-        v = np.concatenate([np.asarray(r.metrics[spec.VAL_NDCG], dtype=np.float64)
-                            for r in replies])
+        replies = self.communicate(
+            grid, f"query.{spec.VALIDATE}", self.client_ids, rnd, weights, self.evaluate_config(rnd)
+        )
+        v = np.concatenate(
+            [np.asarray(r.metrics[spec.VAL_NDCG], dtype=np.float64) for r in replies]
+        )
         v = v[v >= 0]
         return float(v.mean()) if v.size else 0.0
 
@@ -147,14 +159,20 @@ class RAID(FedMF):
         from fedrec.algorithms import raid
 
         p = self.params
-        replies = self.communicate(grid, f"query.{spec.STATS}", self.client_ids, rnd, weights,
-                                   {spec.NUM_GROUPS: self.num_groups})
+        replies = self.communicate(
+            grid,
+            f"query.{spec.STATS}",
+            self.client_ids,
+            rnd,
+            weights,
+            {spec.NUM_GROUPS: self.num_groups},
+        )
         G, d = self.num_groups, p.dim
         info: dict[str, Any] = {}
         if p.mode == "gaussian":
             cnt, sums, outer = np.zeros(G), np.zeros((G, d)), np.zeros((G, d, d))
             for r in replies:
-                c_r, s_r, o_r = spec.unpack_moments(r.weights, G, d)
+                c_r, s_r, o_r = spec.unpack_moments(r.arrays(), G, d)
                 cnt += c_r
                 sums += s_r
                 outer += o_r
@@ -166,22 +184,27 @@ class RAID(FedMF):
             b = np.zeros((G, d))
             A[present], b[present] = A_p, b_p
             self.broadcast = spec.gaussian_broadcast(A, b)
-            pairs = [raid.bures_w2(means[i], covs[i], means[j], covs[j]) ** 0.5
-                     for i in range(len(means)) for j in range(i + 1, len(means))]
+            pairs = [
+                raid.bures_w2(means[i], covs[i], means[j], covs[j]) ** 0.5
+                for i in range(len(means))
+                for j in range(i + 1, len(means))
+            ]
             info["group-w2-gaussian"] = float(np.mean(pairs)) if pairs else 0.0
         else:
             atoms: list[list] = [[] for _ in range(G)]
             mass: list[list] = [[] for _ in range(G)]
             for r in replies:
-                gid, X, w = spec.unpack_quantized(r.weights, d)
+                gid, X, w = spec.unpack_quantized(r.arrays(), d)
                 for a in np.unique(gid):
                     atoms[int(a)].append(X[gid == a])
                     mass[int(a)].append(w[gid == a])
-            meas = [(np.concatenate(atoms[a]), np.concatenate(mass[a]))
-                    for a in range(G) if atoms[a]]
+            meas = [
+                (np.concatenate(atoms[a]), np.concatenate(mass[a])) for a in range(G) if atoms[a]
+            ]
             weights_g = np.array([m.sum() for _, m in meas])
-            X_star = raid.free_support_barycenter(meas, weights_g / weights_g.sum(), p.support_size,
-                                                  seed=rnd)
+            X_star = raid.free_support_barycenter(
+                meas, weights_g / weights_g.sum(), p.support_size, seed=rnd
+            )
             self.broadcast = spec.support_broadcast(X_star)
             info["atoms"] = int(sum(len(m) for _, m in meas))
         self.version += 1
@@ -194,16 +217,27 @@ class RAID(FedMF):
         p = self.params
         layout = spec.adversary_layout(p.dim, p.adv_hidden, self.num_groups)
         if self.adv is None:
-            self.adv = (E.classifier_init(p.dim, self.num_groups, p.adv_hidden,
-                                          seed=derive_seed(self.cfg.seed, "raid-adv") % 2**31),
-                        None)
+            self.adv = (
+                E.classifier_init(
+                    p.dim,
+                    self.num_groups,
+                    p.adv_hidden,
+                    seed=derive_seed(self.cfg.seed, "raid-adv") % 2**31,
+                ),
+                None,
+            )
         phi, st = self.adv
         for _ in range(p.adv_steps):
-            replies = self.communicate(grid, f"query.{spec.ADV}", self.client_ids, rnd,
-                                       [spec.adversary_broadcast(phi, layout)[spec.ADV_PARAMS]])
+            replies = self.communicate(
+                grid,
+                f"query.{spec.ADV}",
+                self.client_ids,
+                rnd,
+                [spec.adversary_broadcast(phi, layout)[spec.ADV_PARAMS]],
+            )
             total = np.zeros(layout.size)
             for r in replies:  # in client order, as the per-array sums were
-                total += r.weights[0]
+                total += r.arrays()[0]
             grads = spec.unpack_adv_grads([total], layout)
             count = sum(r.num_examples for r in replies)
             phi, st = E.classifier_step(phi, grads, count, st, p.adv_lr)
@@ -214,5 +248,6 @@ class RAID(FedMF):
         import json
 
         super().write_outputs(out_dir)
-        (out_dir / "raid.json").write_text(json.dumps({"defense": self.defense_log,
-                                                       "final-gamma": self.gamma}, indent=1))
+        (out_dir / "raid.json").write_text(
+            json.dumps({"defense": self.defense_log, "final-gamma": self.gamma}, indent=1)
+        )

@@ -16,14 +16,16 @@ import numpy as np
 import pytest
 
 _TMP = Path(tempfile.mkdtemp(prefix="fedrec-tests-"))
-os.environ.update({
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_OFFLINE": "1",
-})
+os.environ.update(
+    {
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+)
 os.environ.setdefault("FLWR_HOME", str(_TMP / "flwr-home"))
 os.environ.setdefault("FEDREC_CACHE_DIR", str(_TMP / "cache"))
 
@@ -37,8 +39,12 @@ def shared_data(name: str) -> Path:
 
 
 SMALL = {
-    "dataset.name": "adult", "partition.num-clients": 4, "partition.scheme": "iid",
-    "num-server-rounds": 2, "output.plots": False, "output.progress": False,
+    "dataset.name": "adult",
+    "partition.num-clients": 4,
+    "partition.scheme": "iid",
+    "num-server-rounds": 2,
+    "output.plots": False,
+    "output.progress": False,
 }
 
 

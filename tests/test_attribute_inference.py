@@ -78,7 +78,11 @@ def test_imbalanced_90_10_is_scored_against_balanced_chance(attacker):
     assert abs(res.auc - 0.5) < 0.08
     for row in res.per_fold:  # training part undersampled to the minority class
         counts = np.bincount(y[row["train_index"]], minlength=2)
-        assert counts[0] == counts[1] == np.bincount(y[np.setdiff1d(np.arange(400), row["test_index"])]).min()
+        assert (
+            counts[0]
+            == counts[1]
+            == np.bincount(y[np.setdiff1d(np.arange(400), row["test_index"])]).min()
+        )
         assert row["n_test"] == row["test_index"].size
     unbalanced = attack(X, y, attacker=attacker, balance=False, **FAST)
     assert unbalanced.per_fold[0]["n_train"] > res.per_fold[0]["n_train"]
@@ -93,8 +97,9 @@ def test_fold_metrics_match_sklearn_on_the_recorded_split(attacker, num_classes)
     X, y = planted(240, 6, 1.0, [1 / num_classes] * num_classes, seed=6)
     res = attack(X, y, attacker=attacker, **FAST)
     row = res.per_fold[1]
-    model = make_attacker(attacker, seed=row["model_seed"], mlp_hidden=FAST["mlp_hidden"],
-                          max_iter=FAST["max_iter"])
+    model = make_attacker(
+        attacker, seed=row["model_seed"], mlp_hidden=FAST["mlp_hidden"], max_iter=FAST["max_iter"]
+    )
     with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(X[row["train_index"]], y[row["train_index"]])
@@ -162,8 +167,18 @@ def test_tpr_at_fpr_on_hand_made_roc():
 
 
 def _fingerprint(res: AttackResult):
-    return [(row["repeat"], row["fold"], row["auc"], row["macro_f1"], row["model_seed"],
-             tuple(row["train_index"]), tuple(row["test_index"])) for row in res.per_fold]
+    return [
+        (
+            row["repeat"],
+            row["fold"],
+            row["auc"],
+            row["macro_f1"],
+            row["model_seed"],
+            tuple(row["train_index"]),
+            tuple(row["test_index"]),
+        )
+        for row in res.per_fold
+    ]
 
 
 def test_same_seed_is_identical_and_other_seed_changes_folds():
@@ -201,10 +216,15 @@ def test_attack_many_and_results_table():
     X, g = planted(120, 6, 2.0, [0.5, 0.5], seed=10)
     ages = np.random.default_rng(0).choice([15, 20, 30, 40], size=120)
     codes, names = age_buckets(ages)
-    results = attack_many(X, {"gender": g, "age": codes}, attackers=("logreg", "mlp"),
-                          **dict(FAST, max_iter=30))
+    results = attack_many(
+        X, {"gender": g, "age": codes}, attackers=("logreg", "mlp"), **dict(FAST, max_iter=30)
+    )
     assert [(r.attribute, r.attacker) for r in results] == [
-        ("gender", "logreg"), ("gender", "mlp"), ("age", "logreg"), ("age", "mlp")]
+        ("gender", "logreg"),
+        ("gender", "mlp"),
+        ("age", "logreg"),
+        ("age", "mlp"),
+    ]
     assert results[2].num_classes == 4 and results[2].classes == [0, 1, 2, 3]
     table = results_table(results)
     lines = table.splitlines()
@@ -228,7 +248,11 @@ def test_age_buckets_reuse_the_dataset_bands():
 
 def test_upload_features_on_a_tiny_example():
     ids = [np.array([0, 2, 2]), np.array([4]), np.array([], dtype=int)]
-    deltas = [np.array([[1.0, 0.0], [0.0, 2.0], [2.0, 4.0]]), np.array([[-1.0, 1.0]]), np.zeros((0, 2))]
+    deltas = [
+        np.array([[1.0, 0.0], [0.0, 2.0], [2.0, 4.0]]),
+        np.array([[-1.0, 1.0]]),
+        np.zeros((0, 2)),
+    ]
     touched = upload_features(ids, None, 5, kind="touched")
     assert touched.shape == (3, 5)
     assert touched.tolist() == [[1, 0, 1, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]]
@@ -247,8 +271,9 @@ def test_upload_features_on_a_tiny_example():
 
 
 def test_server_sees_touched_items_and_infers_the_planted_attribute():
-    ds = synthetic_recommendation(num_users=240, num_items=120, dim=8, interactions_per_user=15,
-                                  attr_strength=3.0, seed=0)
+    ds = synthetic_recommendation(
+        num_users=240, num_items=120, dim=8, interactions_per_user=15, attr_strength=3.0, seed=0
+    )
     ids = [ds.item[ds.user == u] for u in range(ds.num_users)]
     X = upload_features(ids, None, ds.num_items, kind="touched")
     res = attack(X, ds.user_attrs["gender"], attacker="logreg", folds=3, repeats=1)
@@ -258,23 +283,29 @@ def test_server_sees_touched_items_and_infers_the_planted_attribute():
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(attacker="svm"), "attacker must be one of mlp, logreg; got 'svm'"),
-    (dict(labels=np.zeros(60, dtype=int)), "at least 2 classes"),
-    (dict(labels=np.arange(59) % 2), "same number of rows, got 60 and 59"),
-    (dict(labels=(np.arange(60) % 2).astype(float)), "integer class codes"),
-    (dict(labels=np.r_[np.zeros(57, int), np.ones(3, int)]), "folds=5 needs at least 5 users in every class"),
-    (dict(folds=1), "folds must be an integer >= 2"),
-    (dict(repeats=0), "repeats must be an integer >= 1"),
-    (dict(seed=-1), "seed must be an integer >= 0"),
-    (dict(known_fraction=0.0), r"known_fraction must be a number in \(0, 1\]"),
-    (dict(known_fraction=1.5), r"known_fraction must be a number in \(0, 1\]"),
-    (dict(known_fraction=0.01), "known_fraction=0.01 leaves no known"),
-    (dict(mlp_hidden=()), "mlp_hidden must be a non-empty tuple"),
-    (dict(max_iter=0), "max_iter must be an integer >= 1"),
-    (dict(embeddings=np.full((60, 3), np.nan)), "embeddings must be finite"),
-    (dict(embeddings=np.zeros(60)), r"embeddings must be a 2-D \(n, d\) array"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(attacker="svm"), "attacker must be one of mlp, logreg; got 'svm'"),
+        (dict(labels=np.zeros(60, dtype=int)), "at least 2 classes"),
+        (dict(labels=np.arange(59) % 2), "same number of rows, got 60 and 59"),
+        (dict(labels=(np.arange(60) % 2).astype(float)), "integer class codes"),
+        (
+            dict(labels=np.r_[np.zeros(57, int), np.ones(3, int)]),
+            "folds=5 needs at least 5 users in every class",
+        ),
+        (dict(folds=1), "folds must be an integer >= 2"),
+        (dict(repeats=0), "repeats must be an integer >= 1"),
+        (dict(seed=-1), "seed must be an integer >= 0"),
+        (dict(known_fraction=0.0), r"known_fraction must be a number in \(0, 1\]"),
+        (dict(known_fraction=1.5), r"known_fraction must be a number in \(0, 1\]"),
+        (dict(known_fraction=0.01), "known_fraction=0.01 leaves no known"),
+        (dict(mlp_hidden=()), "mlp_hidden must be a non-empty tuple"),
+        (dict(max_iter=0), "max_iter must be an integer >= 1"),
+        (dict(embeddings=np.full((60, 3), np.nan)), "embeddings must be finite"),
+        (dict(embeddings=np.zeros(60)), r"embeddings must be a 2-D \(n, d\) array"),
+    ],
+)
 def test_bad_inputs_raise_one_line_config_errors(kwargs, match):
     args = dict(embeddings=np.random.default_rng(0).normal(size=(60, 3)), labels=np.arange(60) % 2)
     args.update(kwargs)
@@ -306,5 +337,9 @@ def test_attacks_package_imports_no_flwr_and_only_pure_fedrec_modules():
                 continue
             for name in names:
                 assert not name.split(".")[0] == "flwr", (path.name, name)
-                assert name in ("..data.recsys", "..errors", "..seeding", ".attribute_inference") \
-                    or not name.startswith((".", "fedrec")), (path.name, name)
+                assert name in (
+                    "..data.recsys",
+                    "..errors",
+                    "..seeding",
+                    ".attribute_inference",
+                ) or not name.startswith((".", "fedrec")), (path.name, name)

@@ -18,9 +18,15 @@ class _Duals:
 
 
 def test_pack_unpack_roundtrip_of_nested_state():
-    state = {"adam": RowAdam.zeros((3, 2)), "fedadam": AdamState([np.ones(2)], [np.ones(2)], 4),
-             "duals": _Duals(np.array([0.5, 0.0]), 7), "log": [{"round": 1, "gamma": 0.25}],
-             "shape": (3, 2), "none": None, "count": np.int64(5)}
+    state = {
+        "adam": RowAdam.zeros((3, 2)),
+        "fedadam": AdamState([np.ones(2)], [np.ones(2)], 4),
+        "duals": _Duals(np.array([0.5, 0.0]), 7),
+        "log": [{"round": 1, "gamma": 0.25}],
+        "shape": (3, 2),
+        "none": None,
+        "count": np.int64(5),
+    }
     state["adam"].direction(np.array([1]), np.array([[0.1, -0.2]]))
     skeleton, arrays = pack_state(state)
     assert all(isinstance(v, np.ndarray) for v in arrays.values())
@@ -35,11 +41,19 @@ def test_pack_unpack_roundtrip_of_nested_state():
 
 
 def test_fedmf_checkpoint_holds_the_lazy_adam_state(tmp_path):
-    cfg = {"strategy.name": "fedmf", "dataset.name": "synthetic-rec",
-           "dataset.options": "num_users=40", "partition.num-clients": 40,
-           "strategy.params.dim": 8, "strategy.params.server-optimizer": "adam",
-           "strategy.params.server-lr": 0.01, "num-server-rounds": 2, "runtime.num-nodes": 1,
-           "output.plots": False, "output.progress": False}
+    cfg = {
+        "strategy.name": "fedmf",
+        "dataset.name": "synthetic-rec",
+        "dataset.options": "num_users=40",
+        "partition.num-clients": 40,
+        "strategy.params.dim": 8,
+        "strategy.params.server-optimizer": "adam",
+        "strategy.params.server-lr": 0.01,
+        "num-server-rounds": 2,
+        "runtime.num-nodes": 1,
+        "output.plots": False,
+        "output.progress": False,
+    }
     fedrec.run(cfg, backend="local", out=tmp_path / "r")
     rnd, weights, state = load_checkpoint(tmp_path / "r" / "checkpoint.npz")
     assert rnd == 2 and weights[0].shape[1] == 8

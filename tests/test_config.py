@@ -2,8 +2,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from fedrec.config import (RunConfig, all_keys, key, load_config, load_toml, parse_override,
-                           validate, validate_dataclass)
+from fedrec.config import (
+    RunConfig,
+    all_keys,
+    key,
+    load_config,
+    load_toml,
+    parse_override,
+    validate,
+    validate_dataclass,
+)
 from fedrec.errors import ConfigError
 
 
@@ -24,7 +32,7 @@ def test_every_key_is_documented():
 
 def test_toml_flattens_tables(tmp_path):
     p = tmp_path / "x.toml"
-    p.write_text('seed = 3\n[train]\nlr = 0.1\n[strategy.params]\nq = 2\n')
+    p.write_text("seed = 3\n[train]\nlr = 0.1\n[strategy.params]\nq = 2\n")
     assert load_toml(p) == {"seed": 3, "train.lr": 0.1, "strategy.params.q": 2}
     cfg = load_config(p, ["train.lr=0.2", "dataset.name=german"])
     assert cfg.seed == 3 and cfg.train.lr == 0.2 and cfg.dataset.name == "german"
@@ -39,8 +47,11 @@ def test_unknown_key_names_it_and_suggests():
 
 
 def test_bad_values_name_key_and_allowed_values():
-    with pytest.raises(ConfigError, match=r"'runtime\.backend'.*allowed values: ray, local, "
-                                          "deployment"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'runtime\.backend'.*allowed values: ray, local, "
+        "deployment",
+    ):
         validate({"runtime.backend": "k8s"})
     with pytest.raises(ConfigError, match=r"'partition\.num-clients'.*> 0"):
         validate({"partition.num-clients": 0})

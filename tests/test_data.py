@@ -32,11 +32,13 @@ from fedrec.data import (
     make_partitions,
     natural_partition,
     partition_report,
+    recsys,
     resolve_files,
+    sources,
     synthetic_recommendation,
+    tabular,
     train_test_split_indices,
 )
-from fedrec.data import recsys, sources, tabular
 from fedrec.errors import ChecksumError, DataError, FedrecError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -153,7 +155,9 @@ def test_download_verifies_and_renames(offline, monkeypatch, tmp_path):
         Path(dest).write_bytes(src.read_bytes())
 
     monkeypatch.setattr(sources, "_fetch_url", fake_fetch)
-    spec = _fake_spec("fake", sources.sha256_bytes(payload), urls={"a.txt": "https://example.invalid/a.txt"})
+    spec = _fake_spec(
+        "fake", sources.sha256_bytes(payload), urls={"a.txt": "https://example.invalid/a.txt"}
+    )
     monkeypatch.setitem(sources.SOURCES, "fake", spec)
     path = resolve_files("fake")["a.txt"]
     assert path == cache_dir() / "fake" / "a.txt" and path.read_bytes() == payload
@@ -175,14 +179,26 @@ def test_download_zip_and_zip_checksum(offline, monkeypatch, tmp_path):
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr("fake/a.txt", payload)
         zf.writestr("fake/other.txt", b"x")
-    monkeypatch.setattr(sources, "_fetch_url", lambda url, dest, desc: Path(dest).write_bytes(zpath.read_bytes()))
+    monkeypatch.setattr(
+        sources, "_fetch_url", lambda url, dest, desc: Path(dest).write_bytes(zpath.read_bytes())
+    )
     zsha = sources.sha256_bytes(zpath.read_bytes())
-    good = _fake_spec("fz", sources.sha256_bytes(payload), zip_url="https://example.invalid/f.zip", zip_sha256=zsha)
+    good = _fake_spec(
+        "fz",
+        sources.sha256_bytes(payload),
+        zip_url="https://example.invalid/f.zip",
+        zip_sha256=zsha,
+    )
     monkeypatch.setitem(sources.SOURCES, "fz", good)
     assert resolve_files("fz")["a.txt"].read_bytes() == payload
     assert sorted(p.name for p in (cache_dir() / "fz").iterdir()) == ["a.txt"]
 
-    bad = _fake_spec("fzb", sources.sha256_bytes(payload), zip_url="https://example.invalid/f.zip", zip_sha256="1" * 64)
+    bad = _fake_spec(
+        "fzb",
+        sources.sha256_bytes(payload),
+        zip_url="https://example.invalid/f.zip",
+        zip_sha256="1" * 64,
+    )
     monkeypatch.setitem(sources.SOURCES, "fzb", bad)
     with pytest.raises(ChecksumError, match="f.zip"):
         resolve_files("fzb")
@@ -196,14 +212,18 @@ def test_offline_download_error_is_one_helpful_line(offline):
     msg = str(exc.value)
     assert "could not download compas from https://raw.githubusercontent.com/propublica" in msg
     assert "FEDREC_DATA_DIR" in msg and "fedrec data import compas PATH" in msg and "\n" not in msg
-    with pytest.raises(DataError, match="could not download ml-100k from https://files.grouplens.org"):
+    with pytest.raises(
+        DataError, match="could not download ml-100k from https://files.grouplens.org"
+    ):
         load_dataset("ml-100k")
 
 
 def test_import_dataset_dir_zip_and_errors(offline, monkeypatch, tmp_path):
     payload, extra = b"payload\n", b"extra\n"
     spec = _fake_spec(
-        "fimp", sources.sha256_bytes(payload), extra_files={"b.txt": sources.sha256_bytes(extra), "c.txt": "2" * 64}
+        "fimp",
+        sources.sha256_bytes(payload),
+        extra_files={"b.txt": sources.sha256_bytes(extra), "c.txt": "2" * 64},
     )
     monkeypatch.setitem(sources.SOURCES, "fimp", spec)
     src = tmp_path / "src" / "fimp"  # files inside <dirname>/ are found too
@@ -252,7 +272,16 @@ def test_import_real_ml100k(offline, monkeypatch):
 def test_registry_and_errors():
     names = [d.name for d in list_datasets()]
     assert names == list(DATASETS)
-    assert {"adult", "compas", "german", "bank", "drug-consumption", "ml-100k", "lastfm", "synthetic-rec"} <= set(names)
+    assert {
+        "adult",
+        "compas",
+        "german",
+        "bank",
+        "drug-consumption",
+        "ml-100k",
+        "lastfm",
+        "synthetic-rec",
+    } <= set(names)
     for info in list_datasets():
         assert info.kind in ("tabular", "recsys")
         assert info.default_sensitive is None or info.default_sensitive in info.sensitive
@@ -288,7 +317,11 @@ def test_no_flwr_import_in_data_layer():
 
 def test_bundled_tabular_sets(offline):
     g = load_dataset("german")
-    assert g.X.shape[0] == 1000 and np.bincount(g.y).tolist() == [300, 700] and g.class_names == ["bad", "good"]
+    assert (
+        g.X.shape[0] == 1000
+        and np.bincount(g.y).tolist() == [300, 700]
+        and g.class_names == ["bad", "good"]
+    )
     assert g.group_names == ["male", "female"] and g.a.sum() == 310  # A92 count
     ga = load_dataset("german", sensitive="age")
     assert ga.group_names == ["age>=25", "age<25"] and 0 < ga.a.sum() < 1000
@@ -319,7 +352,10 @@ def test_compas_fixture_parser():
     assert c.y.tolist() == [1, 0, 0, 1]
     assert c.a.tolist() == [1, 0, 0, 0] and c.group_names == ["other", "African-American"]
     assert tabular.parse_compas(data, sensitive="sex").a.tolist() == [0, 1, 0, 1]
-    assert not any(n.split("=")[0] in {"name", "first", "last", "dob", "decile_score", "score_text"} for n in c.feature_names)
+    assert not any(
+        n.split("=")[0] in {"name", "first", "last", "dob", "decile_score", "score_text"}
+        for n in c.feature_names
+    )
     assert "priors_count" in c.feature_names and "c_charge_degree=M" in c.feature_names
 
 
@@ -334,7 +370,9 @@ def test_compas_real():
 
 def test_ml100k_fixture_parser():
     f = FIXTURES / "ml-100k"
-    ds = recsys.parse_ml100k(*[(f / f"{n}.fixture").read_bytes() for n in ("u.data", "u.user", "u.item")])
+    ds = recsys.parse_ml100k(
+        *[(f / f"{n}.fixture").read_bytes() for n in ("u.data", "u.user", "u.item")]
+    )
     assert isinstance(ds, RecDataset)
     assert (ds.num_users, ds.num_items, len(ds.user)) == (4, 3, 6)
     assert ds.user.tolist() == [0, 1, 2, 0, 3, 1] and ds.item.tolist() == [1, 0, 2, 2, 1, 2]
@@ -343,13 +381,20 @@ def test_ml100k_fixture_parser():
     assert ds.user_attrs["gender"].tolist() == [0, 1, 0, 1]
     assert ds.user_attrs["age"].tolist() == [24, 53, 17, 56]
     assert ds.user_attrs["age_bucket"].tolist() == [1, 5, 0, 6]
-    assert [ds.attr_names["occupation"][c] for c in ds.user_attrs["occupation"]] == ["technician", "other", "student", "writer"]
+    assert [ds.attr_names["occupation"][c] for c in ds.user_attrs["occupation"]] == [
+        "technician",
+        "other",
+        "student",
+        "writer",
+    ]
     assert ds.item_titles[1] == "Cit\u00e9 des enfants perdus, La (1995)"  # latin-1
     assert ds.item_genres.shape == (3, 19) and ds.genre_names[8] == "Drama"
     assert ds.item_genres[1].nonzero()[0].tolist() == [8, 15]
     bad_data = (f / "u.data.fixture").read_bytes() + b"9\t1\t3\t1\n"
     with pytest.raises(DataError, match="missing from u.user"):
-        recsys.parse_ml100k(bad_data, (f / "u.user.fixture").read_bytes(), (f / "u.item.fixture").read_bytes())
+        recsys.parse_ml100k(
+            bad_data, (f / "u.user.fixture").read_bytes(), (f / "u.item.fixture").read_bytes()
+        )
 
 
 def test_ml100k_real():
@@ -379,7 +424,9 @@ def _attribute_auc(strength: float) -> float:
     from sklearn.metrics import roc_auc_score
 
     del sklearn
-    ds = synthetic_recommendation(num_users=600, num_items=200, interactions_per_user=30, attr_strength=strength, seed=3)
+    ds = synthetic_recommendation(
+        num_users=600, num_items=200, interactions_per_user=30, attr_strength=strength, seed=3
+    )
     counts = np.zeros((ds.num_users, ds.num_items))
     np.add.at(counts, (ds.user, ds.item), 1.0)
     g = ds.user_attrs["gender"]
@@ -393,7 +440,9 @@ def test_synthetic_attribute_is_recoverable():
 
 
 def test_synthetic_rec_properties():
-    ds = load_dataset("synthetic-rec", num_users=200, num_items=100, interactions_per_user=20, seed=1)
+    ds = load_dataset(
+        "synthetic-rec", num_users=200, num_items=100, interactions_per_user=20, seed=1
+    )
     assert ds.name == "synthetic-rec" and len(ds.user) == 200 * 20
     again = synthetic_recommendation(num_users=200, num_items=100, interactions_per_user=20, seed=1)
     assert np.array_equal(ds.item, again.item) and np.array_equal(ds.timestamp, again.timestamp)
@@ -404,7 +453,9 @@ def test_synthetic_rec_properties():
         assert len(np.unique(ds.item[m])) == 20 and np.all(np.diff(ds.timestamp[m]) > 0)
 
     def top_share(skew: float) -> float:
-        d = synthetic_recommendation(num_users=300, num_items=200, popularity_skew=skew, attr_strength=0.0, seed=0)
+        d = synthetic_recommendation(
+            num_users=300, num_items=200, popularity_skew=skew, attr_strength=0.0, seed=0
+        )
         c = np.sort(np.bincount(d.item, minlength=200))[::-1]
         return c[:20].sum() / c.sum()
 
@@ -446,9 +497,17 @@ def test_dirichlet_partition():
     assert share(skewed).std() > 0.2 > 0.05 > share(flat).std()
     sizes = lambda parts: np.array([len(p) for p in parts])  # noqa: E731
     assert sizes(skewed).std() > sizes(flat).std() and sizes(flat).min() > 300
-    assert min(len(p) for p in dirichlet_partition(groups, 10, alpha=0.3, seed=0, min_partition_size=50)) >= 50
+    assert (
+        min(
+            len(p)
+            for p in dirichlet_partition(groups, 10, alpha=0.3, seed=0, min_partition_size=50)
+        )
+        >= 50
+    )
     with pytest.raises(DataError, match=r"alpha=0\.5.*min_partition_size=60.*larger alpha"):
-        dirichlet_partition(np.zeros(100, dtype=int), 10, alpha=0.5, seed=0, min_partition_size=60, max_attempts=5)
+        dirichlet_partition(
+            np.zeros(100, dtype=int), 10, alpha=0.5, seed=0, min_partition_size=60, max_attempts=5
+        )
 
 
 def test_natural_and_make_partitions():
@@ -457,13 +516,19 @@ def test_natural_and_make_partitions():
     assert [p.tolist() for p in parts] == [[1, 4, 5], [0, 2], [3]]
     y = np.arange(60) % 3
     a = (np.arange(60) // 30).astype(np.int64)
-    for scheme, kw in [("iid", {}), ("dirichlet-label", {"labels": y}), ("dirichlet-sensitive", {"groups": a})]:
+    for scheme, kw in [
+        ("iid", {}),
+        ("dirichlet-label", {"labels": y}),
+        ("dirichlet-sensitive", {"groups": a}),
+    ]:
         p = make_partitions(scheme, n=60, num_partitions=3, seed=0, min_partition_size=2, **kw)
         _check_cover(p, 60)
     assert len(make_partitions("natural", n=6, num_partitions=3, seed=0, ids=ids)) == 3
     with pytest.raises(DataError, match="num_partitions=4"):
         make_partitions("natural", n=6, num_partitions=4, seed=0, ids=ids)
-    with pytest.raises(DataError, match=r"unknown partition scheme 'shards'; allowed: iid, dirichlet-label"):
+    with pytest.raises(
+        DataError, match=r"unknown partition scheme 'shards'; allowed: iid, dirichlet-label"
+    ):
         make_partitions("shards", n=60, num_partitions=3, seed=0)
     with pytest.raises(DataError, match="needs labels"):
         make_partitions("dirichlet-label", n=60, num_partitions=3, seed=0)
@@ -501,7 +566,7 @@ def test_heterogeneous_split_covers_rows_and_varies_correlation():
     allrows = np.concatenate(parts)
     assert len(allrows) == 4000 and len(np.unique(allrows)) == 4000
     corr = [np.corrcoef(y[p], a[p])[0, 1] for p in parts]
-    assert max(corr) - min(corr) > 0.2          # clients differ in the A-Y correlation
+    assert max(corr) - min(corr) > 0.2  # clients differ in the A-Y correlation
     again = make_partitions("heterogeneous", n=4000, num_partitions=5, seed=3, labels=y, groups=a)
     assert all(np.array_equal(p, q) for p, q in zip(parts, again))
     with pytest.raises(DataError, match="binary"):

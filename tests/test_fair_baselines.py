@@ -43,9 +43,9 @@ def test_signed_gaps_hand_checked():
 
 
 def test_deltas_global_from_summed_counts_and_accuracy_fallback():
-    a = _cm([[3, 1], [1, 5]], [[0, 0], [0, 0]])      # group 0 only, acc 8/10
-    b = _cm([[0, 0], [0, 0]], [[6, 2], [1, 1]])      # group 1 only, acc 7/10
-    c = _cm([[2, 0], [0, 2]], [[2, 0], [2, 0]])      # both: sel 1/2 vs 0, F_c = 1/2
+    a = _cm([[3, 1], [1, 5]], [[0, 0], [0, 0]])  # group 0 only, acc 8/10
+    b = _cm([[0, 0], [0, 0]], [[6, 2], [1, 1]])  # group 1 only, acc 7/10
+    c = _cm([[2, 0], [0, 2]], [[2, 0], [2, 0]])  # both: sel 1/2 vs 0, F_c = 1/2
     # pooled: group 0 sel 8/14, group 1 sel 3/14 -> F_global = 5/14; acc 21/28
     d = fb.fairfed_deltas([a, b, c], "dp")
     assert d == pytest.approx([0.05, 0.05, 1 / 7])
@@ -62,16 +62,17 @@ def test_weight_update_hand_checked():
     assert fb.fairfed_update_weights(w3, d3, 1.0) == pytest.approx([0.5, 0.5, 0.0])
     assert fb.fairfed_update_weights(w3, d3, 2.0) == pytest.approx([0.5, 0.5, 0.0])
     assert fb.fairfed_update_weights(w3, d3, 0.5) == pytest.approx([0.45, 0.45, 0.1])
-    assert fb.fairfed_aggregation_weights({0: 0.0, 1: 0.0, 2: 1.0}, [0, 1], {0: 1, 1: 3, 2: 5}
-                                          ) == pytest.approx([0.25, 0.75])
+    assert fb.fairfed_aggregation_weights(
+        {0: 0.0, 1: 0.0, 2: 1.0}, [0, 1], {0: 1, 1: 3, 2: 5}
+    ) == pytest.approx([0.25, 0.75])
 
 
 def test_reweighing_hand_checked():
-    W = fb.reweighing_weights(np.array([[3, 1], [1, 3]]))          # m[y, a]
+    W = fb.reweighing_weights(np.array([[3, 1], [1, 3]]))  # m[y, a]
     assert W == pytest.approx(np.array([[2 / 3, 2.0], [2.0, 2 / 3]]))
-    m = np.array([[4, 0], [1, 3]])                                  # one empty cell
+    m = np.array([[4, 0], [1, 3]])  # one empty cell
     W = fb.reweighing_weights(m)
-    raw = np.array([[0.625, 0.0], [2.5, 0.5]])                      # n_y n_a / (n n_ya)
+    raw = np.array([[0.625, 0.0], [2.5, 0.5]])  # n_y n_a / (n n_ya)
     assert W == pytest.approx(raw * 8 / 6.5)
     assert (W * m).sum() / m.sum() == pytest.approx(1.0)
     y, a = np.array([0, 1, 1]), np.array([0, 0, 1])
@@ -98,9 +99,15 @@ def test_fedfb_direction_and_update_hand_checked():
     step = fb.fedfb_step_size(0.3, 4)
     assert step == pytest.approx(0.15)
     lam = fb.fedfb_update_lambda(fb.fedfb_init_lambda(M), f, M, step)
-    assert lam == pytest.approx(np.array([[2 / 3 - 0.13125, 1 / 3 + 0.13125],
-                                          [4 / 3 - (2 / 3 - 0.13125), 2 / 3 - (1 / 3 + 0.13125)]]))
-    assert lam.sum(axis=0) == pytest.approx([16 / 12, 8 / 12])      # group mass kept
+    assert lam == pytest.approx(
+        np.array(
+            [
+                [2 / 3 - 0.13125, 1 / 3 + 0.13125],
+                [4 / 3 - (2 / 3 - 0.13125), 2 / 3 - (1 / 3 + 0.13125)],
+            ]
+        )
+    )
+    assert lam.sum(axis=0) == pytest.approx([16 / 12, 8 / 12])  # group mass kept
     big = fb.fedfb_update_lambda(fb.fedfb_init_lambda(M), f, M, 10.0)  # clipped
     assert big == pytest.approx(np.array([[0.0, 2 / 3], [4 / 3, 0.0]]))
     W = fb.fedfb_cell_weights(lam, M)
@@ -110,12 +117,13 @@ def test_fedfb_direction_and_update_hand_checked():
 def test_fedfb_direction_is_exact_dp_difference_for_error_counts():
     """With 0-1 error counts as 'losses', f_z = P(Yhat=1|z) - P(Yhat=1|0) exactly."""
     rng = np.random.default_rng(0)
-    counts = rng.integers(1, 50, size=(3, 2, 2))                  # [z, y, yhat]
-    m = counts.sum(axis=2).T                                      # m[y, z]
-    errors = np.stack([counts[:, 0, 1], counts[:, 1, 0]])         # [y, z]
+    counts = rng.integers(1, 50, size=(3, 2, 2))  # [z, y, yhat]
+    m = counts.sum(axis=2).T  # m[y, z]
+    errors = np.stack([counts[:, 0, 1], counts[:, 1, 0]])  # [y, z]
     sel = counts[:, :, 1].sum(axis=1) / counts.sum(axis=(1, 2))
-    assert fb.fedfb_dp_direction(errors, m) == pytest.approx([0.0, sel[1] - sel[0],
-                                                              sel[2] - sel[0]])
+    assert fb.fedfb_dp_direction(errors, m) == pytest.approx(
+        [0.0, sel[1] - sel[0], sel[2] - sel[0]]
+    )
 
 
 def test_cell_loss_sums():
@@ -138,6 +146,7 @@ def test_params_and_action_names():
     with pytest.raises(ConfigError, match="strategy.params.criterion"):
         fedfb.parse_params(validate({"strategy.params.criterion": "eo"}))
     from fedrec.specs.fedfb import LOSSES as FEDFB_LOSSES
+
     assert check_action(FEDFB_LOSSES) == "fedfb_losses"
 
 
@@ -151,10 +160,15 @@ def test_fedfb_refuses_multiclass_labels():
 
 # --------------------------------------------------------------------------- end to end
 E2E = {
-    "dataset.name": "adult", "partition.num-clients": 5,
-    "partition.scheme": "dirichlet-sensitive", "partition.alpha": 0.5,
-    "dataset.test-fraction": 0.4, "num-server-rounds": 5, "output.plots": False,
-    "output.progress": False, "output.checkpoint": False,
+    "dataset.name": "adult",
+    "partition.num-clients": 5,
+    "partition.scheme": "dirichlet-sensitive",
+    "partition.alpha": 0.5,
+    "dataset.test-fraction": 0.4,
+    "num-server-rounds": 5,
+    "output.plots": False,
+    "output.progress": False,
+    "output.checkpoint": False,
 }
 
 
@@ -168,8 +182,11 @@ def runs(tmp_path_factory):
 
 
 def _global_rows(d):
-    return [json.loads(line) for line in (d / "rounds.jsonl").read_text().splitlines()
-            if json.loads(line)["scope"] == "global"]
+    return [
+        json.loads(line)
+        for line in (d / "rounds.jsonl").read_text().splitlines()
+        if json.loads(line)["scope"] == "global"
+    ]
 
 
 @pytest.mark.e2e
@@ -192,14 +209,13 @@ def test_per_round_state_is_reported(runs):
     rows = _global_rows(runs["fedfb"][1])
     lam = [np.asarray(r["fedfb_lambda"]).reshape(2, 2) for r in rows]
     assert all(np.allclose(x.sum(axis=0), lam[0].sum(axis=0)) for x in lam)  # group mass kept
-    assert not np.allclose(lam[0], lam[-1])                                  # lambda moves
+    assert not np.allclose(lam[0], lam[-1])  # lambda moves
 
 
 @pytest.mark.e2e
 def test_same_seed_same_final(runs, tmp_path):
     for name, strat in (("fairfed", FAIRFED), ("fedfb", FEDFB)):
-        again = fedrec.run({**E2E, "strategy.name": strat}, backend="local",
-                           out=tmp_path / name)
+        again = fedrec.run({**E2E, "strategy.name": strat}, backend="local", out=tmp_path / name)
         assert again["final"] == runs[name][0]["final"], name
 
 
@@ -207,9 +223,12 @@ def test_math_module_is_numpy_only():
     import subprocess
     import sys
 
-    code = ("import sys\nimport fedrec.algorithms.fair_baselines\n"
-            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('flwr', 'torch'))))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import sys\nimport fedrec.algorithms.fair_baselines\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('flwr', 'torch'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == ""

@@ -6,10 +6,17 @@ import pytest
 
 import fedrec
 
-BASE = {"dataset.name": "adult", "dataset.test-fraction": 0.4, "partition.num-clients": 3,
-        "partition.scheme": "dirichlet-sensitive", "partition.min-per-group": 20,
-        "num-server-rounds": 3, "output.plots": False, "output.progress": False,
-        "output.checkpoint": False}
+BASE = {
+    "dataset.name": "adult",
+    "dataset.test-fraction": 0.4,
+    "partition.num-clients": 3,
+    "partition.scheme": "dirichlet-sensitive",
+    "partition.min-per-group": 20,
+    "num-server-rounds": 3,
+    "output.plots": False,
+    "output.progress": False,
+    "output.checkpoint": False,
+}
 
 
 def _rows(out):
@@ -18,21 +25,27 @@ def _rows(out):
 
 @pytest.mark.e2e
 def test_fedfact_post_calibrates_after_fedavg(tmp_path):
-    s = fedrec.run({**BASE, "strategy.name": "fedfact-post", "strategy.params.post-rounds": 6},
-                   backend="local", out=tmp_path / "p")
+    s = fedrec.run(
+        {**BASE, "strategy.name": "fedfact-post", "strategy.params.post-rounds": 6},
+        backend="local",
+        out=tmp_path / "p",
+    )
     g = [r for r in _rows(tmp_path / "p") if r["scope"] == "global"]
     assert [r["stage"] for r in g] == ["train"] * 3 + ["post"] * 6
     before, after = g[2], g[-1]
-    assert before["dp_gap"] > 0.12                    # FedAvg is unfair on Adult
-    assert after["dp_gap"] < 0.5 * before["dp_gap"]   # calibration removes most of it
+    assert before["dp_gap"] > 0.12  # FedAvg is unfair on Adult
+    assert after["dp_gap"] < 0.5 * before["dp_gap"]  # calibration removes most of it
     assert after["accuracy"] > before["accuracy"] - 0.04
     assert after["train_lambda_l1"] > 0 and s["num_rounds"] == 9
 
 
 @pytest.mark.e2e
 def test_local_post_has_no_global_dual_and_cuts_local_gaps(tmp_path):
-    fedrec.run({**BASE, "strategy.name": "local-post", "strategy.params.post-rounds": 3},
-               backend="local", out=tmp_path / "l")
+    fedrec.run(
+        {**BASE, "strategy.name": "local-post", "strategy.params.post-rounds": 3},
+        backend="local",
+        out=tmp_path / "l",
+    )
     g = [r for r in _rows(tmp_path / "l") if r["scope"] == "global"]
     assert all(r["train_lambda_l1"] == 0 for r in g if r["stage"] == "post")
     assert g[-1]["dp_gap_local_max"] < g[2]["dp_gap_local_max"]
@@ -40,8 +53,12 @@ def test_local_post_has_no_global_dual_and_cuts_local_gaps(tmp_path):
 
 @pytest.mark.e2e
 def test_fedfact_in_reduces_global_gap_and_is_deterministic(tmp_path):
-    cfg = {**BASE, "strategy.name": "fedfact-in", "num-server-rounds": 10,
-           "strategy.params.scope": "global"}
+    cfg = {
+        **BASE,
+        "strategy.name": "fedfact-in",
+        "num-server-rounds": 10,
+        "strategy.params.scope": "global",
+    }
     a = fedrec.run(cfg, backend="local", out=tmp_path / "a")
     fedavg = {k: v for k, v in cfg.items() if not k.startswith("strategy.")}
     fa = fedrec.run(fedavg, backend="local", out=tmp_path / "f")
@@ -54,5 +71,8 @@ def test_params_are_validated(tmp_path):
     from fedrec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="strategy.params.scope"):
-        fedrec.run({**BASE, "strategy.name": "fedfact-post", "strategy.params.scope": "world"},
-                   backend="local", out=tmp_path / "x")
+        fedrec.run(
+            {**BASE, "strategy.name": "fedfact-post", "strategy.params.scope": "world"},
+            backend="local",
+            out=tmp_path / "x",
+        )

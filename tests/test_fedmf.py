@@ -1,6 +1,5 @@
 """Federated MF-BPR: sparse aggregation, cohort = per-user, no private data leaves."""
 
-
 import numpy as np
 import pytest
 
@@ -9,11 +8,19 @@ from fedrec.config import validate
 from fedrec.protocol import ClientReply
 from fedrec.strategies.fedmf import FedMF
 
-SMALL = {"strategy.name": "fedmf", "dataset.name": "synthetic-rec",
-         "strategy.params.users-per-client": 50, "partition.num-clients": 20,
-         "strategy.params.dim": 16, "num-server-rounds": 2, "train.lr": 0.5,
-         "train.batch-size": 8, "output.plots": False, "output.progress": False,
-         "output.client-metrics": False}
+SMALL = {
+    "strategy.name": "fedmf",
+    "dataset.name": "synthetic-rec",
+    "strategy.params.users-per-client": 50,
+    "partition.num-clients": 20,
+    "strategy.params.dim": 16,
+    "num-server-rounds": 2,
+    "train.lr": 0.5,
+    "train.batch-size": 8,
+    "output.plots": False,
+    "output.progress": False,
+    "output.client-metrics": False,
+}
 
 
 def test_sparse_aggregation_leaves_untouched_rows_unchanged():
@@ -21,15 +28,23 @@ def test_sparse_aggregation_leaves_untouched_rows_unchanged():
     rng = np.random.default_rng(0)
     Q = rng.normal(size=(6, 3)).astype(np.float32)
     s.current_weights = [Q]
-    r1 = ClientReply(0, 1, {"num-examples": 2, "train-loss": 0.5},
-                     [np.array([1, 3]), np.ones((2, 3), np.float32), np.array([1, 1])])
-    r2 = ClientReply(1, 1, {"num-examples": 1, "train-loss": 0.7},
-                     [np.array([3]), 3 * np.ones((1, 3), np.float32), np.array([1])])
+    r1 = ClientReply(
+        0,
+        1,
+        {"num-examples": 2, "train-loss": 0.5},
+        [np.array([1, 3]), np.ones((2, 3), np.float32), np.array([1, 1])],
+    )
+    r2 = ClientReply(
+        1,
+        1,
+        {"num-examples": 1, "train-loss": 0.7},
+        [np.array([3]), 3 * np.ones((1, 3), np.float32), np.array([1])],
+    )
     (newQ,), m = s.aggregate(1, [r1, r2])
     untouched = [0, 2, 4, 5]
-    assert np.array_equal(newQ[untouched], Q[untouched])          # bit for bit
-    np.testing.assert_allclose(newQ[1], Q[1] + 1.0, rtol=1e-6)      # one user touched it
-    np.testing.assert_allclose(newQ[3], Q[3] + 2.0, rtol=1e-6)      # mean of 1 and 3
+    assert np.array_equal(newQ[untouched], Q[untouched])  # bit for bit
+    np.testing.assert_allclose(newQ[1], Q[1] + 1.0, rtol=1e-6)  # one user touched it
+    np.testing.assert_allclose(newQ[3], Q[3] + 2.0, rtol=1e-6)  # mean of 1 and 3
     assert m["rows-touched"] == 2 and m["num-examples"] == 3
 
 
@@ -80,15 +95,19 @@ def test_no_message_leaving_a_client_holds_embeddings_or_interactions(tmp_path, 
     train_sets = {tuple(np.unique(ud.train[u])) for u in range(ud.num_users)}
     for lst in lists + [a for a in arrays if a.ndim == 1]:
         assert tuple(np.unique(lst)) not in train_sets or len(lst) < 3
-    assert not any(np.array_equal(np.sort(l), np.sort(ds.timestamp[:len(l)])) for l in lists
-                   if len(l) > 10)
+    assert not any(
+        np.array_equal(np.sort(l), np.sort(ds.timestamp[: len(l)])) for l in lists if len(l) > 10
+    )
 
 
 @pytest.mark.e2e
 def test_release_writes_threat_model_files(tmp_path):
     out = tmp_path / "rel"
-    fedrec.run({**SMALL, "num-server-rounds": 1, "strategy.params.release-embeddings": True},
-               backend="local", out=out)
+    fedrec.run(
+        {**SMALL, "num-server-rounds": 1, "strategy.params.release-embeddings": True},
+        backend="local",
+        out=out,
+    )
     emb = np.load(out / "embeddings.npz")
     assert emb["embeddings"].shape == (1000, 16) and len(np.unique(emb["users"])) == 1000
     assert "clients" in np.load(out / "uploads.npz")
@@ -103,33 +122,63 @@ def test_num_clients_must_match_users(tmp_path):
 
 @pytest.mark.e2e
 def test_dataset_options_size_the_synthetic_world(tmp_path):
-    from fedrec.recsys.data import parse_options
     from fedrec.errors import ConfigError, FedrecError
+    from fedrec.recsys.data import parse_options
 
     assert parse_options("num_users=120, attr_strength=0.5,x=a") == {
-        "num_users": 120, "attr_strength": 0.5, "x": "a"}
+        "num_users": 120,
+        "attr_strength": 0.5,
+        "x": "a",
+    }
     with pytest.raises(ConfigError, match="dataset.options"):
         parse_options("num_users")
-    s = fedrec.run({**SMALL, "dataset.options": "num_users=120", "partition.num-clients": 3,
-                    "strategy.params.users-per-client": 40, "num-server-rounds": 1},
-                   backend="local", out=tmp_path / "r")
+    s = fedrec.run(
+        {
+            **SMALL,
+            "dataset.options": "num_users=120",
+            "partition.num-clients": 3,
+            "strategy.params.users-per-client": 40,
+            "num-server-rounds": 1,
+        },
+        backend="local",
+        out=tmp_path / "r",
+    )
     assert s["final"]["global"]["num_users"] == 120
     with pytest.raises(FedrecError, match="allowed: num_users"):
         fedrec.run({**SMALL, "dataset.options": "users=5"}, backend="local", out=tmp_path / "x")
 
 
 def test_server_lr_decays_linearly_and_adam_leaves_untouched_rows():
-    s = FedMF(validate({"strategy.name": "fedmf", "num-server-rounds": 5,
-                        "strategy.params.server-lr": 20.0, "strategy.params.server-lr-final": 4.0}))
+    s = FedMF(
+        validate(
+            {
+                "strategy.name": "fedmf",
+                "num-server-rounds": 5,
+                "strategy.params.server-lr": 20.0,
+                "strategy.params.server-lr-final": 4.0,
+            }
+        )
+    )
     assert [s.server_lr(r) for r in (1, 3, 5)] == [20.0, 12.0, 4.0]
-    a = FedMF(validate({"strategy.name": "fedmf", "strategy.params.server-optimizer": "adam",
-                        "strategy.params.server-lr": 0.1}))
+    a = FedMF(
+        validate(
+            {
+                "strategy.name": "fedmf",
+                "strategy.params.server-optimizer": "adam",
+                "strategy.params.server-lr": 0.1,
+            }
+        )
+    )
     Q = np.ones((4, 2), np.float32)
     a.current_weights = [Q]
-    r = ClientReply(0, 1, {"num-examples": 1, "train-loss": 0.1},
-                    [np.array([2]), np.full((1, 2), -3.0, np.float32), np.array([1])])
+    r = ClientReply(
+        0,
+        1,
+        {"num-examples": 1, "train-loss": 0.1},
+        [np.array([2]), np.full((1, 2), -3.0, np.float32), np.array([1])],
+    )
     (newQ,), _ = a.aggregate(1, [r])
-    np.testing.assert_allclose(newQ[2], 1 - 0.1, rtol=1e-6)   # first Adam step: lr * sign
+    np.testing.assert_allclose(newQ[2], 1 - 0.1, rtol=1e-6)  # first Adam step: lr * sign
     assert np.array_equal(newQ[[0, 1, 3]], Q[[0, 1, 3]])
 
 
@@ -142,10 +191,20 @@ def test_federated_ndcg_within_10_percent_of_centralized(tmp_path):
     from fedrec.recsys.train import evaluate_full_ranking, mf_score_fn, train_mf_bpr
 
     rounds, local_epochs = 10, 2
-    s = fedrec.run({**SMALL, "dataset.options": "num_users=300", "partition.num-clients": 300,
-                    "strategy.params.users-per-client": 1, "num-server-rounds": rounds,
-                    "train.local-epochs": local_epochs, "strategy.params.server-lr": 20.0,
-                    "runtime.num-nodes": 1}, backend="local", out=tmp_path / "r")
+    s = fedrec.run(
+        {
+            **SMALL,
+            "dataset.options": "num_users=300",
+            "partition.num-clients": 300,
+            "strategy.params.users-per-client": 1,
+            "num-server-rounds": rounds,
+            "train.local-epochs": local_epochs,
+            "strategy.params.server-lr": 20.0,
+            "runtime.num-nodes": 1,
+        },
+        backend="local",
+        out=tmp_path / "r",
+    )
     _, ud = user_data("synthetic-rec", "num_users=300")
     params = train_mf_bpr(ud, ud.num_items, d=16, epochs=rounds * local_epochs, reg=0.0, seed=0)
     central = evaluate_full_ranking(mf_score_fn(params), ud, (10,))["ndcg@10"]

@@ -15,8 +15,14 @@ def _result(rng, users=7, d=3, items=12):
     indptr = np.concatenate([[0], np.cumsum(lengths)])
     item_ids = np.concatenate(ids).astype(np.int64)
     deltas = rng.normal(size=(len(item_ids), d)).astype(np.float32)
-    return algo.LocalResult(np.zeros((users, d), np.float32), item_ids, deltas, indptr,
-                            np.array(lengths), np.zeros((users, 1)))
+    return algo.LocalResult(
+        np.zeros((users, d), np.float32),
+        item_ids,
+        deltas,
+        indptr,
+        np.array(lengths),
+        np.zeros((users, 1)),
+    )
 
 
 def test_client_uploads_equal_per_client_reference():
@@ -36,10 +42,12 @@ def test_client_uploads_equal_per_client_reference():
 
 def test_sparse_server_step_means_touched_rows_only():
     Q = np.arange(8, dtype=np.float32).reshape(4, 2)
-    ups = [RowSparse(np.array([1, 3]), np.array([[2., 2.], [1., 0.]]), np.array([1, 1])),
-           RowSparse(np.array([1]), np.array([[4., 0.]]), np.array([2]))]
+    ups = [
+        RowSparse(np.array([1, 3]), np.array([[2.0, 2.0], [1.0, 0.0]]), np.array([1, 1])),
+        RowSparse(np.array([1]), np.array([[4.0, 0.0]]), np.array([2])),
+    ]
     newQ, touched = algo.sparse_server_step(Q, ups, server_lr=0.5)
     assert touched == 2
     np.testing.assert_array_equal(newQ[[0, 2]], Q[[0, 2]])
-    np.testing.assert_allclose(newQ[1], Q[1] + 0.5 * np.array([6., 2.]) / 3)
-    np.testing.assert_allclose(newQ[3], Q[3] + 0.5 * np.array([1., 0.]))
+    np.testing.assert_allclose(newQ[1], Q[1] + 0.5 * np.array([6.0, 2.0]) / 3)
+    np.testing.assert_allclose(newQ[3], Q[3] + 0.5 * np.array([1.0, 0.0]))

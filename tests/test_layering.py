@@ -55,9 +55,13 @@ def _flwr_imports(path):
         elif isinstance(node, ast.Call):  # importlib.import_module("flwr...") / __import__
             f = node.func
             name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
-            hit = (name in ("import_module", "__import__") and node.args
-                   and isinstance(node.args[0], ast.Constant)
-                   and isinstance(node.args[0].value, str) and _is_flwr(node.args[0].value))
+            hit = (
+                name in ("import_module", "__import__")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and _is_flwr(node.args[0].value)
+            )
         else:
             continue
         if hit:
@@ -66,10 +70,15 @@ def _flwr_imports(path):
 
 
 def test_only_flower_facing_modules_import_flwr():
-    bad = {rel: lines for rel, _ in _modules()
-           if rel not in FLOWER_FACING and (lines := _flwr_imports(ROOT / rel))}
-    assert not bad, ("flwr imported outside the Flower-facing allow-list (file: lines): "
-                     f"{bad}; move the Flower code into one of {sorted(FLOWER_FACING)}")
+    bad = {
+        rel: lines
+        for rel, _ in _modules()
+        if rel not in FLOWER_FACING and (lines := _flwr_imports(ROOT / rel))
+    }
+    assert not bad, (
+        "flwr imported outside the Flower-facing allow-list (file: lines): "
+        f"{bad}; move the Flower code into one of {sorted(FLOWER_FACING)}"
+    )
 
 
 def test_allow_list_is_minimal():
@@ -80,16 +89,21 @@ def test_allow_list_is_minimal():
 
 @pytest.mark.slow
 def test_pure_modules_do_not_import_flwr():
-    pure = [m for rel, m in _modules() if rel not in FLOWER_FACING
-            and not any(m == p or m.startswith(p + ".") for p in TRANSITIVE)]
+    pure = [
+        m
+        for rel, m in _modules()
+        if rel not in FLOWER_FACING and not any(m == p or m.startswith(p + ".") for p in TRANSITIVE)
+    ]
     assert "fedrec.config" in pure and "fedrec.clients.base" in pure
-    code = ("import importlib, sys\n"
-            "flwr = lambda: any(m == 'flwr' or m.startswith('flwr.') for m in sys.modules)\n"
-            f"for m in {pure!r}:\n"
-            "    importlib.import_module(m)\n"
-            "    if flwr():\n"
-            "        print(m)\n"
-            "        break\n")
+    code = (
+        "import importlib, sys\n"
+        "flwr = lambda: any(m == 'flwr' or m.startswith('flwr.') for m in sys.modules)\n"
+        f"for m in {pure!r}:\n"
+        "    importlib.import_module(m)\n"
+        "    if flwr():\n"
+        "        print(m)\n"
+        "        break\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() == "", f"importing pure module {p.stdout.strip()} imports flwr"

@@ -36,8 +36,12 @@ def planted(n=N, d=D, seed=0, sep=1.5):
     rng = np.random.default_rng(seed)
     labels = {"A": rng.integers(0, 2, n), "B": rng.integers(0, 3, n), "C": rng.integers(0, 2, n)}
     dirs = np.linalg.qr(rng.standard_normal((d, 6)))[0].T
-    U = (rng.standard_normal((n, d)) + sep * (2 * labels["A"] - 1)[:, None] * dirs[0]
-         + 1.5 * sep * np.eye(3)[labels["B"]] @ dirs[1:4] + sep * (2 * labels["C"] - 1)[:, None] * dirs[4])
+    U = (
+        rng.standard_normal((n, d))
+        + sep * (2 * labels["A"] - 1)[:, None] * dirs[0]
+        + 1.5 * sep * np.eye(3)[labels["B"]] @ dirs[1:4]
+        + sep * (2 * labels["C"] - 1)[:, None] * dirs[4]
+    )
     return U, labels
 
 
@@ -49,8 +53,10 @@ def data():
 @pytest.fixture(scope="module")
 def calibrations(data):
     U0, labels = data
-    return {a: L.calibrate(U0, labels[a], eps=0.5, steps=100, warmup_phi=50,
-                           seed=L.attr_seed(0, a)) for a in NAMES}
+    return {
+        a: L.calibrate(U0, labels[a], eps=0.5, steps=100, warmup_phi=50, seed=L.attr_seed(0, a))
+        for a in NAMES
+    }
 
 
 def attack_auc(U, y, seed=0):
@@ -126,8 +132,9 @@ def test_classifier_grad_sums_match_autograd_and_are_additive(data):
     assert count == mask.sum()
 
     tp = torch_mlp(params)
-    loss = torch.nn.functional.cross_entropy(torch_logits(tp, torch.from_numpy(U0[mask])),
-                                             torch.from_numpy(y[mask]))
+    loss = torch.nn.functional.cross_entropy(
+        torch_logits(tp, torch.from_numpy(U0[mask])), torch.from_numpy(y[mask])
+    )
     (loss * count).backward()
     for g, t in zip(grads, tp):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-10, atol=1e-10)
@@ -195,21 +202,30 @@ def test_calibration_step_is_per_user(data):
     E0, y = U0[:n], y[:n]
     params = trained_classifier(U0, labels["A"], 2, rounds=20)
     prior = np.array([0.4, 0.6])
-    eps = L.eps_rows(E0, 0.05)             # small radii: projection is active for some rows
+    eps = L.eps_rows(E0, 0.05)  # small radii: projection is active for some rows
     lr = np.linspace(0.01, 0.05, n)
     mask = np.arange(n) % 3 != 0
     together, state, total = E0.copy(), None, []
-    alone = [E0[u:u + 1].copy() for u in range(n)]
+    alone = [E0[u : u + 1].copy() for u in range(n)]
     alone_state, alone_total = [None] * n, []
     for _ in range(4):
-        together, state, s = L.calibration_step(params, together, E0, y, prior, lr, eps,
-                                                opt_state=state, mask=mask)
+        together, state, s = L.calibration_step(
+            params, together, E0, y, prior, lr, eps, opt_state=state, mask=mask
+        )
         total.append(s)
         step_sum = 0.0
         for u in range(n):
             alone[u], alone_state[u], s_u = L.calibration_step(
-                params, alone[u], E0[u:u + 1], y[u:u + 1], prior, lr[u:u + 1], eps[u:u + 1],
-                opt_state=alone_state[u], mask=mask[u:u + 1])
+                params,
+                alone[u],
+                E0[u : u + 1],
+                y[u : u + 1],
+                prior,
+                lr[u : u + 1],
+                eps[u : u + 1],
+                opt_state=alone_state[u],
+                mask=mask[u : u + 1],
+            )
             step_sum += s_u
         alone_total.append(step_sum)
     np.testing.assert_allclose(np.concatenate(alone), together, atol=1e-6, rtol=0)
@@ -222,8 +238,9 @@ def test_calibration_step_is_per_user(data):
     assert np.all(L.row_shifts(together, E0) <= eps + 1e-9)
     # a client's rows of the state continue exactly like the whole
     part = state.take(np.arange(10))
-    nxt_part, _, _ = L.calibration_step(params, together[:10], E0[:10], y[:10], prior, lr[:10],
-                                        eps[:10], opt_state=part)
+    nxt_part, _, _ = L.calibration_step(
+        params, together[:10], E0[:10], y[:10], prior, lr[:10], eps[:10], opt_state=part
+    )
     nxt_all, _, _ = L.calibration_step(params, together, E0, y, prior, lr, eps, opt_state=state)
     np.testing.assert_allclose(nxt_part, nxt_all[:10], atol=1e-6)
 
@@ -247,7 +264,9 @@ def test_calibrate_equals_a_simulated_federated_loop(data):
     emb_state = {i: None for i in emb}
 
     def classifier_round(params, phi_state):
-        parts = [L.classifier_grad_sums(params, emb[i], y[c], mask[c]) for i, c in enumerate(clients)]
+        parts = [
+            L.classifier_grad_sums(params, emb[i], y[c], mask[c]) for i, c in enumerate(clients)
+        ]
         grads = [sum(p[0][j] for p in parts) for j in range(4)]
         return L.classifier_step(params, grads, sum(p[1] for p in parts), phi_state, 1e-2)
 
@@ -257,8 +276,9 @@ def test_calibrate_equals_a_simulated_federated_loop(data):
         for _ in range(2):
             params, phi_state = classifier_round(params, phi_state)
         for i, c in enumerate(clients):
-            emb[i], emb_state[i], _ = L.calibration_step(params, emb[i], U0[c], y[c], prior,
-                                                         lr[c], eps[c], opt_state=emb_state[i])
+            emb[i], emb_state[i], _ = L.calibration_step(
+                params, emb[i], U0[c], y[c], prior, lr[c], eps[c], opt_state=emb_state[i]
+            )
     np.testing.assert_allclose(np.concatenate([emb[i] for i in emb]), ref.U, atol=1e-6)
     for a, b in zip(params, ref.params):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -271,7 +291,7 @@ def test_calibrate_stays_in_balls_and_defeats_a_fresh_attacker(data):
     U0, labels = data
     y = labels["A"]
     before = attack_auc(U0, y)
-    res = L.calibrate(U0, y, eps=0.5)           # defaults: 200 steps
+    res = L.calibrate(U0, y, eps=0.5)  # defaults: 200 steps
     assert res.U.shape == U0.shape and res.eps.shape == (N,)
     np.testing.assert_allclose(res.eps, 0.5 * np.linalg.norm(U0, axis=1))
     assert np.all(L.row_shifts(res.U, U0) <= res.eps + 1e-6)
@@ -307,15 +327,26 @@ def test_combine_grad_matches_autograd_and_is_additive(data, calibrations):
         total = total + w[t] * s
     total.backward()
     np.testing.assert_allclose(g, ta.grad.numpy(), rtol=1e-9, atol=1e-12)
-    assert g.sum() == pytest.approx(0.0, abs=1e-10)     # softmax is shift invariant
+    assert g.sum() == pytest.approx(0.0, abs=1e-10)  # softmax is shift invariant
 
     clients = np.array_split(np.arange(N), 4)
-    parts = [L.combine_grad(at, [s[c] for s in S], params, [y[c] for y in ys], priors,
-                            masks=[m[c] for m in masks], weights=w) for c in clients]
+    parts = [
+        L.combine_grad(
+            at,
+            [s[c] for s in S],
+            params,
+            [y[c] for y in ys],
+            priors,
+            masks=[m[c] for m in masks],
+            weights=w,
+        )
+        for c in clients
+    ]
     np.testing.assert_allclose(sum(p[0] for p in parts), g, atol=1e-10)
     np.testing.assert_allclose(sum(p[1] for p in parts), mi, rtol=1e-10)
-    np.testing.assert_allclose(np.concatenate([L.mix(at, [s[c] for s in S]) for c in clients]),
-                               L.mix(at, S), atol=1e-12)
+    np.testing.assert_allclose(
+        np.concatenate([L.mix(at, [s[c] for s in S]) for c in clients]), L.mix(at, S), atol=1e-12
+    )
 
 
 def refit_objective(U, labels, rounds=150):
@@ -338,7 +369,9 @@ def test_combination_on_simplex_in_balls_and_lowers_summed_mi(data, calibrations
     alpha = np.array([res.alpha[a] for a in NAMES])
     assert list(res.alpha) == list(NAMES)
     assert np.all(alpha > 0) and alpha.sum() == pytest.approx(1.0, abs=1e-12)
-    np.testing.assert_allclose(res.U, sum(alpha[i] * cal[a] for i, a in enumerate(NAMES)), atol=1e-12)
+    np.testing.assert_allclose(
+        res.U, sum(alpha[i] * cal[a] for i, a in enumerate(NAMES)), atol=1e-12
+    )
     eps = calibrations["A"].eps
     assert np.all(L.row_shifts(res.U, U0) <= eps + 1e-6)
     assert len(res.history["objective"]) == 50
@@ -367,20 +400,36 @@ def test_combine_equals_a_simulated_federated_loop(data, calibrations):
     ms = [masks[a] for a in names]
     priors = [L.attribute_prior(labels[a], labels[a].max() + 1, masks[a]) for a in names]
     w = np.array([1 / m.sum() for m in ms])
-    params = [L.classifier_init(D, labels[a].max() + 1, seed=L.attr_seed(9, "combine:" + a)) for a in names]
+    params = [
+        L.classifier_init(D, labels[a].max() + 1, seed=L.attr_seed(9, "combine:" + a))
+        for a in names
+    ]
     states = [None, None]
     at, at_state = np.zeros(2), None
     for step in range(4):
         mixed = [L.mix(at, [cal[a][c] for a in names]) for c in clients]
         for _ in range(2 + (3 if step == 0 else 0)):
             for t in range(2):
-                parts = [L.classifier_grad_sums(params[t], mixed[i], ys[t][c], ms[t][c])
-                         for i, c in enumerate(clients)]
+                parts = [
+                    L.classifier_grad_sums(params[t], mixed[i], ys[t][c], ms[t][c])
+                    for i, c in enumerate(clients)
+                ]
                 grads = [sum(p[0][j] for p in parts) for j in range(4)]
-                params[t], states[t] = L.classifier_step(params[t], grads, sum(p[1] for p in parts),
-                                                         states[t], 1e-3)
-        g = sum(L.combine_grad(at, [cal[a][c] for a in names], params, [y[c] for y in ys], priors,
-                               masks=[m[c] for m in ms], weights=w)[0] for c in clients)
+                params[t], states[t] = L.classifier_step(
+                    params[t], grads, sum(p[1] for p in parts), states[t], 1e-3
+                )
+        g = sum(
+            L.combine_grad(
+                at,
+                [cal[a][c] for a in names],
+                params,
+                [y[c] for y in ys],
+                priors,
+                masks=[m[c] for m in ms],
+                weights=w,
+            )[0]
+            for c in clients
+        )
         (at,), at_state = adam_step([at], [g], at_state, 0.05)
     np.testing.assert_allclose(at, ref.alpha_tilde, atol=1e-8)
     np.testing.assert_allclose(L.mix(at, list(cal.values())), ref.U, atol=1e-8)
@@ -476,8 +525,10 @@ def test_user_errors_raise_config_error(data):
         (lambda: L.classifier_grad_sums(params[:3], U0, y), "params"),
         (lambda: L.vclub_prior_terms(params, U0, y, [1.0]), "prior"),
         (lambda: L.combine_grad(np.zeros(2), [U0], [params], [y], [prior]), "alpha_tilde"),
-        (lambda: L.combine_grad(np.zeros(2), [U0, U0[:-1]], [params] * 2, [y] * 2, [prior] * 2),
-         "calibrated"),
+        (
+            lambda: L.combine_grad(np.zeros(2), [U0, U0[:-1]], [params] * 2, [y] * 2, [prior] * 2),
+            "calibrated",
+        ),
         (lambda: L.combine({"A": U0}, {"B": y}), "labels"),
         (lambda: L.combine({}, {}), "calibrated"),
         (lambda: L.attribute_prior(y, 2, np.zeros(N, bool)), "mask"),
@@ -500,7 +551,10 @@ def test_user_errors_raise_config_error(data):
 def test_module_imports_no_flower():
     import subprocess
     import sys
-    code = ("import sys, fedrec.algorithms.lego\n"
-            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('flwr', 'torch'))))")
+
+    code = (
+        "import sys, fedrec.algorithms.lego\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('flwr', 'torch'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -19,25 +19,44 @@ import pytest
 import fedrec
 from fedrec.algorithms import lego as L
 from fedrec.clients import lego as C
-from fedrec.recsys.data import user_data
 from fedrec.errors import ConfigError
+from fedrec.recsys.data import user_data
 
 OPTIONS = "num_users=200"
 N, D = 200, 16
-BASE = {"strategy.name": "lego", "dataset.name": "synthetic-rec",
-        "dataset.options": OPTIONS, "strategy.params.users-per-client": 10,
-        "partition.num-clients": 20, "strategy.params.dim": D, "num-server-rounds": 2,
-        "train.lr": 0.5, "train.batch-size": 8, "output.plots": False,
-        "output.progress": False, "output.client-metrics": False, "output.checkpoint": False,
-        "runtime.num-nodes": 1,
-        "strategy.params.eps": 0.5, "strategy.params.steps": 8, "strategy.params.n-phi": 2,
-        "strategy.params.warmup-phi": 4, "strategy.params.lr-phi": 1e-2,
-        "strategy.params.lr-emb": 0.1, "strategy.params.hidden": 8,
-        "strategy.params.combine-steps": 4, "strategy.params.combine-lr": 0.1}
-DYNAMIC = {**BASE, "strategy.params.attributes": "gender,age_bucket",
-           "strategy.params.add-attributes": "occupation",
-           "strategy.params.withdraw-attributes": "age_bucket",
-           "strategy.params.consent-fraction": 0.8, "strategy.params.release-embeddings": True}
+BASE = {
+    "strategy.name": "lego",
+    "dataset.name": "synthetic-rec",
+    "dataset.options": OPTIONS,
+    "strategy.params.users-per-client": 10,
+    "partition.num-clients": 20,
+    "strategy.params.dim": D,
+    "num-server-rounds": 2,
+    "train.lr": 0.5,
+    "train.batch-size": 8,
+    "output.plots": False,
+    "output.progress": False,
+    "output.client-metrics": False,
+    "output.checkpoint": False,
+    "runtime.num-nodes": 1,
+    "strategy.params.eps": 0.5,
+    "strategy.params.steps": 8,
+    "strategy.params.n-phi": 2,
+    "strategy.params.warmup-phi": 4,
+    "strategy.params.lr-phi": 1e-2,
+    "strategy.params.lr-emb": 0.1,
+    "strategy.params.hidden": 8,
+    "strategy.params.combine-steps": 4,
+    "strategy.params.combine-lr": 0.1,
+}
+DYNAMIC = {
+    **BASE,
+    "strategy.params.attributes": "gender,age_bucket",
+    "strategy.params.add-attributes": "occupation",
+    "strategy.params.withdraw-attributes": "age_bucket",
+    "strategy.params.consent-fraction": 0.8,
+    "strategy.params.release-embeddings": True,
+}
 EXTRA = {"age_bucket": ["a", "b", "c"], "occupation": ["w", "x", "y", "z"]}
 
 
@@ -55,18 +74,23 @@ def released(path, name="embeddings.npz"):
 
 def pure_lego(lg, U0):
     """The pure dynamic driver with the run's seed and options."""
-    return L.Lego(U0, eps=lg["eps"], relative=True, seed=lg["seed"],
-                  calibrate_options=lg["calibrate_options"],
-                  combine_options=lg["combine_options"])
+    return L.Lego(
+        U0,
+        eps=lg["eps"],
+        relative=True,
+        seed=lg["seed"],
+        calibrate_options=lg["calibrate_options"],
+        combine_options=lg["combine_options"],
+    )
 
 
 # ----------------------------------------------------------------- (a) + (b) + (c)
 @pytest.mark.e2e
 def test_federated_lego_equals_pure_drivers_and_stays_in_balls(lego_dynamic_run):
-    out, summary, _, ds = lego_dynamic_run    # the DYNAMIC run (conftest, once per module)
+    out, summary, _, ds = lego_dynamic_run  # the DYNAMIC run (conftest, once per module)
     lg = json.loads((out / "lego.json").read_text())
     U0, U = released(out, "embeddings_original.npz"), released(out)
-    mask = C.consent_mask(0, np.arange(N), 0.8)               # the users who consent
+    mask = C.consent_mask(0, np.arange(N), 0.8)  # the users who consent
     assert 0.6 * N < mask.sum() < N
     assert lg["consenting_users"] == {"gender": mask.sum(), "occupation": mask.sum()}
     # the pure drivers on the released originals, requests replayed one attribute at a time
@@ -81,16 +105,21 @@ def test_federated_lego_equals_pure_drivers_and_stays_in_balls(lego_dynamic_run)
     assert lg["requests"][2]["alpha"] == pytest.approx(ref.alpha, abs=1e-7)
     assert list(lg["requests"][2]["alpha"]) == ["gender", "occupation"]
     np.testing.assert_allclose(U, ref.embeddings(), atol=1e-6, rtol=0)
-    assert L.max_row_shift(U, U0) > 1e-3                 # something moved
+    assert L.max_row_shift(U, U0) > 1e-3  # something moved
     # the Step-1 MI histories are the driver's too
-    np.testing.assert_allclose(first["history"]["calibrate"]["gender"]["mi"],
-                               ref.calibrations["gender"].history["mi"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        first["history"]["calibrate"]["gender"]["mi"],
+        ref.calibrations["gender"].history["mi"],
+        rtol=1e-6,
+        atol=1e-9,
+    )
     # (b) every row inside its own ball
     eps_u = lg["eps"] * np.linalg.norm(U0, axis=1)
     assert np.all(L.row_shifts(U, U0) <= eps_u * (1 + 1e-6) + 1e-7)
     # the summary's final metrics are those after the last request; before = FedMF's model
     assert summary["final"]["global"]["ndcg@10"] == pytest.approx(
-        lg["requests"][-1]["metrics"]["ndcg@10"])
+        lg["requests"][-1]["metrics"]["ndcg@10"]
+    )
     assert lg["before"]["ndcg@10"] > 0
 
 
@@ -103,9 +132,11 @@ def test_add_reruns_only_the_new_calibration_and_withdraw_none(lego_dynamic_run)
     assert [r["num_calibrations"] for r in req] == [2, 1, 0]
     assert [r["calibrations_run"] for r in req] == [["gender", "age_bucket"], ["occupation"], []]
     assert lg["total_calibrations"] == 3
-    assert [r["active"] for r in req] == [["gender", "age_bucket"],
-                                          ["gender", "age_bucket", "occupation"],
-                                          ["gender", "occupation"]]
+    assert [r["active"] for r in req] == [
+        ["gender", "age_bucket"],
+        ["gender", "age_bucket", "occupation"],
+        ["gender", "occupation"],
+    ]
     # what was actually sent: one prior phase per calibrating request, carrying only them
     priors = [a for action, a, _ in sent if action == "lego_prior"]
     assert priors == ["gender,age_bucket", "occupation"]
@@ -124,8 +155,11 @@ def test_add_reruns_only_the_new_calibration_and_withdraw_none(lego_dynamic_run)
 def base_schedule():
     from fedrec.strategies.lego import calibration_schedule
 
-    return calibration_schedule(BASE["strategy.params.steps"], BASE["strategy.params.n-phi"],
-                                BASE["strategy.params.warmup-phi"])
+    return calibration_schedule(
+        BASE["strategy.params.steps"],
+        BASE["strategy.params.n-phi"],
+        BASE["strategy.params.warmup-phi"],
+    )
 
 
 def test_calibration_schedule_is_the_driver_sequence():
@@ -137,20 +171,21 @@ def test_calibration_schedule_is_the_driver_sequence():
         for step, fit in msgs:
             ops += (["step"] if step else []) + (["fit"] if fit else [])
         want = ["fit"] * warm + (["fit"] * n_phi + ["step"]) * steps
-        while want and want[-1] == "fit":     # fits after the last step change nothing
+        while want and want[-1] == "fit":  # fits after the last step change nothing
             want.pop()
         assert ops == want
-        if steps and n_phi:                  # every step shares the next fit's message
+        if steps and n_phi:  # every step shares the next fit's message
             assert len(msgs) == warm + steps * n_phi + 1
 
 
 # ----------------------------------------------------------------- (d) cohort invariance
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_cohort_on_one_node_equals_one_node_per_client(tmp_path, lego_dynamic_run,
-                                                       extra_attributes):
+def test_cohort_on_one_node_equals_one_node_per_client(
+    tmp_path, lego_dynamic_run, extra_attributes
+):
     cfg = DYNAMIC
-    assert cfg["runtime.num-nodes"] == 1                  # run a = the shared DYNAMIC run
+    assert cfg["runtime.num-nodes"] == 1  # run a = the shared DYNAMIC run
     (tmp_path / "a").symlink_to(lego_dynamic_run[0], target_is_directory=True)
     a = lego_dynamic_run[1]
     b = fedrec.run({**cfg, "runtime.num-nodes": 0}, backend="local", out=tmp_path / "b")
@@ -158,12 +193,13 @@ def test_cohort_on_one_node_equals_one_node_per_client(tmp_path, lego_dynamic_ru
     assert (a["num_nodes"], b["num_nodes"], c["num_nodes"]) == (1, 20, 3)
     assert a["final"] == b["final"] == c["final"]
     ea = released(tmp_path / "a")
-    for other in ("b", "c"):   # FedMF's rounds first: LEGO starts from these embeddings
+    for other in ("b", "c"):  # FedMF's rounds first: LEGO starts from these embeddings
         np.testing.assert_array_equal(
             released(tmp_path / other, "embeddings_original.npz"),
             released(tmp_path / "a", "embeddings_original.npz"),
             err_msg="the FedMF rounds before LEGO already differ (experiments/lego/README.md, "
-                    "'Cohort invariance')")
+            "'Cohort invariance')",
+        )
         np.testing.assert_array_equal(released(tmp_path / other), ea)
         la, lo = (json.loads((tmp_path / x / "lego.json").read_text()) for x in ("a", other))
         assert [r["alpha"] for r in la["requests"]] == [r["alpha"] for r in lo["requests"]]
@@ -183,7 +219,7 @@ def test_batch_first_maths_is_slice_wise_and_equals_the_2d_functions():
     grads, cnt, loss = L.classifier_grad_sums(params, X, y, m)
     assert cnt.shape == loss.shape == (Cn,) and all(g.shape[0] == Cn for g in grads)
     for c in range(Cn):
-        one, c1, l1 = L.classifier_grad_sums(params, X[c:c + 1], y[c:c + 1], m[c:c + 1])
+        one, c1, l1 = L.classifier_grad_sums(params, X[c : c + 1], y[c : c + 1], m[c : c + 1])
         for a, b in zip(grads, one):
             np.testing.assert_array_equal(a[c], b[0])
         assert (cnt[c], loss[c]) == (c1[0], l1[0])
@@ -198,18 +234,34 @@ def test_batch_first_maths_is_slice_wise_and_equals_the_2d_functions():
     eps = 0.3 * np.linalg.norm(X0, axis=-1)
     lr = 0.05 * eps
     U, st, ref, ref_state = X0, None, X0.reshape(-1, d), None
-    alone, alone_st = [X0[c:c + 1] for c in range(Cn)], [None] * Cn
+    alone, alone_st = [X0[c : c + 1] for c in range(Cn)], [None] * Cn
     for _ in range(2):
         U, st, mi = L.calibration_step(params, U, X0, y, prior, lr, eps, opt_state=st, mask=m)
         for c in range(Cn):
             alone[c], alone_st[c], mi_c = L.calibration_step(
-                params, alone[c], X0[c:c + 1], y[c:c + 1], prior, lr[c:c + 1], eps[c:c + 1],
-                opt_state=alone_st[c], mask=m[c:c + 1])
+                params,
+                alone[c],
+                X0[c : c + 1],
+                y[c : c + 1],
+                prior,
+                lr[c : c + 1],
+                eps[c : c + 1],
+                opt_state=alone_st[c],
+                mask=m[c : c + 1],
+            )
             np.testing.assert_array_equal(alone[c][0], U[c])
             assert mi_c[0] == mi[c]
-        ref, ref_state, ref_mi = L.calibration_step(params, ref, X0.reshape(-1, d), y.ravel(),
-                                                    prior, lr.ravel(), eps.ravel(),
-                                                    opt_state=ref_state, mask=m.ravel())
+        ref, ref_state, ref_mi = L.calibration_step(
+            params,
+            ref,
+            X0.reshape(-1, d),
+            y.ravel(),
+            prior,
+            lr.ravel(),
+            eps.ravel(),
+            opt_state=ref_state,
+            mask=m.ravel(),
+        )
         assert mi.sum() == pytest.approx(ref_mi, abs=1e-10)
     np.testing.assert_allclose(U.reshape(-1, d), ref, atol=1e-12)
     # combination gradient and mixture
@@ -222,19 +274,34 @@ def test_batch_first_maths_is_slice_wise_and_equals_the_2d_functions():
     assert g.shape == mis.shape == (Cn, 3)
     for c in range(Cn):
         sl = slice(c, c + 1)
-        g1, mi1 = L.combine_grad(at, [s[sl] for s in S], ps, [yy[sl] for yy in ys], [prior] * 3,
-                                 masks=[m[sl]] * 3, weights=w)
+        g1, mi1 = L.combine_grad(
+            at,
+            [s[sl] for s in S],
+            ps,
+            [yy[sl] for yy in ys],
+            [prior] * 3,
+            masks=[m[sl]] * 3,
+            weights=w,
+        )
         np.testing.assert_array_equal(g1[0], g[c])
         np.testing.assert_array_equal(mi1[0], mis[c])
-        g0, mi0 = L.combine_grad(at, [s[c] for s in S], ps, [yy[c] for yy in ys], [prior] * 3,
-                                 masks=[m[c]] * 3, weights=w)
+        g0, mi0 = L.combine_grad(
+            at,
+            [s[c] for s in S],
+            ps,
+            [yy[c] for yy in ys],
+            [prior] * 3,
+            masks=[m[c]] * 3,
+            weights=w,
+        )
         np.testing.assert_allclose(g[c], g0, atol=1e-12)
         np.testing.assert_allclose(mis[c], mi0, atol=1e-12)
     mixed = L.mix(at, S)
     for c in range(Cn):
-        np.testing.assert_array_equal(L.mix(at, [s[c:c + 1] for s in S])[0], mixed[c])
-    np.testing.assert_allclose(mixed.reshape(-1, d), L.mix(at, [s.reshape(-1, d) for s in S]),
-                               atol=1e-14)
+        np.testing.assert_array_equal(L.mix(at, [s[c : c + 1] for s in S])[0], mixed[c])
+    np.testing.assert_allclose(
+        mixed.reshape(-1, d), L.mix(at, [s.reshape(-1, d) for s in S]), atol=1e-14
+    )
 
 
 # ----------------------------------------------------------------- (e) what leaves a client
@@ -242,8 +309,9 @@ ALLOWED_LEGO_METRICS = {"counts", "num-examples", "count", "loss", "mi", "g-alph
 
 
 @pytest.mark.e2e
-def test_no_message_leaving_a_client_holds_embeddings_or_labels(tmp_path, monkeypatch,
-                                                                extra_attributes):
+def test_no_message_leaving_a_client_holds_embeddings_or_labels(
+    tmp_path, monkeypatch, extra_attributes
+):
     from fedrec import protocol
     from fedrec.clients import app as client_app_module
     from fedrec.specs import lego as S
@@ -258,29 +326,37 @@ def test_no_message_leaving_a_client_holds_embeddings_or_labels(tmp_path, monkey
         return reply
 
     monkeypatch.setattr(client_app_module, "handle", spy)
-    cfg = {**BASE, "strategy.params.users-per-client": 1, "partition.num-clients": N,
-           "num-server-rounds": 1, "strategy.params.attributes": "gender,age_bucket",
-           "strategy.params.consent-fraction": 0.5, "strategy.params.steps": 3,
-           "strategy.params.warmup-phi": 2, "strategy.params.combine-steps": 2}
+    cfg = {
+        **BASE,
+        "strategy.params.users-per-client": 1,
+        "partition.num-clients": N,
+        "num-server-rounds": 1,
+        "strategy.params.attributes": "gender,age_bucket",
+        "strategy.params.consent-fraction": 0.5,
+        "strategy.params.steps": 3,
+        "strategy.params.warmup-phi": 2,
+        "strategy.params.combine-steps": 2,
+    }
     fedrec.run(cfg, backend="local", out=tmp_path / "r")
     ds = extra_attributes
     consent = C.consent_mask(0, np.arange(N), 0.5)
     assert 0 < consent.sum() < N
     # every private embedding any client held: U0, calibrations, final P
     rows = []
-    for ctx in {id(c): c for _, _, c in sent}.values():   # the node's columnar state
+    for ctx in {id(c): c for _, _, c in sent}.values():  # the node's columnar state
         rec = ctx.state.array_records[protocol.STATE]
         store = StateStore.from_arrays({k: rec[k].numpy() for k in rec})
         rows.append(store.columns[S.P].values)
         rows += C.state_embeddings(store.columns[S.STATE].values, D)
     rows = np.unique(np.concatenate(rows), axis=0)
-    assert len(rows) >= 3 * N                               # U0, P (= U(alpha)), 2 calibrations
+    assert len(rows) >= 3 * N  # U0, P (= U(alpha)), 2 calibrations
 
     def keys(a):  # rows / windows as hashable float32 values rounded to 1e-6
         return {tuple(r) for r in np.round(np.asarray(a, dtype=np.float32), 6).tolist()}
 
     private = keys(rows)
     lego_replies = 0
+
     def replies(reply):
         rec = reply.content.array_records[protocol.REPLIES]
         return protocol.unpack_replies({k: rec[k].numpy() for k in rec})
@@ -290,13 +366,14 @@ def test_no_message_leaving_a_client_holds_embeddings_or_labels(tmp_path, monkey
             continue
         for c, weights, metrics in replies(reply):
             assert set(metrics) <= ALLOWED_LEGO_METRICS, set(metrics)
-            if not consent[c]:                              # nothing label-dependent at all
+            if not consent[c]:  # nothing label-dependent at all
                 for v in metrics.values():
                     assert not np.any(np.asarray(v)), (mtype, c, metrics)
-                assert all(len(w) == 0 for w in weights or []), \
+                assert all(len(w) == 0 for w in weights or []), (
                     f"non-consenting client {c} sent arrays in {mtype}"
+                )
             lego_replies += 1
-            for arr in (w for w in weights or [] if w.size >= D):   # shorter: no embedding
+            for arr in (w for w in weights or [] if w.size >= D):  # shorter: no embedding
                 win = np.lib.stride_tricks.sliding_window_view(arr.ravel(), D)
                 assert not keys(win) & private, f"{mtype} from client {c} contains an embedding"
     assert lego_replies > 0
@@ -309,18 +386,27 @@ def test_no_message_leaving_a_client_holds_embeddings_or_labels(tmp_path, monkey
 
 
 # ----------------------------------------------------------------- errors
-@pytest.mark.parametrize("params, match", [
-    ({"attributes": "gender,zodiac"}, r"'strategy.params.attributes': 'zodiac' .*allowed: gender"),
-    ({"attributes": ""}, r"'strategy.params.attributes': empty"),
-    ({"attributes": "gender,gender"}, r"'strategy.params.attributes': .*twice"),
-    ({"add-attributes": "gender"}, r"'strategy.params.add-attributes': gender already"),
-    ({"withdraw-attributes": "gender2"}, r"'strategy.params.withdraw-attributes'"),
-    ({"eps": -0.1}, r"'strategy.params.eps'.*>= 0"),
-    ({"consent-fraction": 0.0}, r"'strategy.params.consent-fraction'.*\(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (
+            {"attributes": "gender,zodiac"},
+            r"'strategy.params.attributes': 'zodiac' .*allowed: gender",
+        ),
+        ({"attributes": ""}, r"'strategy.params.attributes': empty"),
+        ({"attributes": "gender,gender"}, r"'strategy.params.attributes': .*twice"),
+        ({"add-attributes": "gender"}, r"'strategy.params.add-attributes': gender already"),
+        ({"withdraw-attributes": "gender2"}, r"'strategy.params.withdraw-attributes'"),
+        ({"eps": -0.1}, r"'strategy.params.eps'.*>= 0"),
+        ({"consent-fraction": 0.0}, r"'strategy.params.consent-fraction'.*\(0, 1\]"),
+    ],
+)
 def test_bad_params_are_one_line_config_errors(tmp_path, params, match):
-    cfg = {**BASE, "strategy.params.attributes": "gender",
-           **{f"strategy.params.{k}": v for k, v in params.items()}}
+    cfg = {
+        **BASE,
+        "strategy.params.attributes": "gender",
+        **{f"strategy.params.{k}": v for k, v in params.items()},
+    }
     with pytest.raises(ConfigError, match=match) as info:
         fedrec.run(cfg, backend="local", out=tmp_path / "x")
     assert "\n" not in str(info.value)

@@ -188,14 +188,23 @@ def test_binary_against_fairlearn(G):
     y, yhat, a = _oracle_data(2, G, seed=10 + G)
     m = metrics_from_counts(confusion_counts(y, yhat, a, 2, G))
     assert abs(m["accuracy"] - accuracy_score(y, yhat)) < TOL
-    assert abs(m["dp_pairwise_max"] - fl.demographic_parity_difference(y, yhat, sensitive_features=a)) < TOL
     assert (
-        abs(m["dp_subgroup_max"] - fl.demographic_parity_difference(y, yhat, sensitive_features=a, method="to_overall"))
+        abs(m["dp_pairwise_max"] - fl.demographic_parity_difference(y, yhat, sensitive_features=a))
+        < TOL
+    )
+    assert (
+        abs(
+            m["dp_subgroup_max"]
+            - fl.demographic_parity_difference(y, yhat, sensitive_features=a, method="to_overall")
+        )
         < TOL
     )
     assert abs(m["eo_gap"] - fl.equalized_odds_difference(y, yhat, sensitive_features=a)) < TOL
     assert (
-        abs(m["eo_subgroup_max"] - fl.equalized_odds_difference(y, yhat, sensitive_features=a, method="to_overall"))
+        abs(
+            m["eo_subgroup_max"]
+            - fl.equalized_odds_difference(y, yhat, sensitive_features=a, method="to_overall")
+        )
         < TOL
     )
     tpr = fl.MetricFrame(metrics=fl.true_positive_rate, y_true=y, y_pred=yhat, sensitive_features=a)
@@ -225,7 +234,11 @@ def test_multiclass_against_fairlearn_one_vs_rest(G):
     for k in range(C):
         yt, yp = (y == k).astype(int), (yhat == k).astype(int)
         mf = fl.MetricFrame(
-            metrics={"sel": fl.selection_rate, "tpr": fl.true_positive_rate, "fpr": fl.false_positive_rate},
+            metrics={
+                "sel": fl.selection_rate,
+                "tpr": fl.true_positive_rate,
+                "fpr": fl.false_positive_rate,
+            },
             y_true=yt,
             y_pred=yp,
             sensitive_features=a,
@@ -255,5 +268,7 @@ def test_local_metrics_against_fairlearn_per_client():
     for k, (y, yhat, a) in data.items():
         ref = fl.demographic_parity_difference(y, yhat, sensitive_features=a)
         assert abs(fm.by_client[k]["dp_gap"] - ref) < TOL
-    ref_max = max(fl.equalized_odds_difference(*data[k][:2], sensitive_features=data[k][2]) for k in data)
+    ref_max = max(
+        fl.equalized_odds_difference(*data[k][:2], sensitive_features=data[k][2]) for k in data
+    )
     assert abs(fm.local["eo_gap_local_max"] - ref_max) < TOL

@@ -118,8 +118,16 @@ def test_training_deterministic(optimizer):
     for _ in range(2):
         model = build_model("mlp", 4, 2, seed=3, hidden=16, dropout=0.2)
         res = train_classifier(
-            model, X, y, epochs=3, batch_size=32, lr=0.05, seed=5, optimizer=optimizer,
-            weight_decay=1e-3, proximal_mu=0.1,
+            model,
+            X,
+            y,
+            epochs=3,
+            batch_size=32,
+            lr=0.05,
+            seed=5,
+            optimizer=optimizer,
+            weight_decay=1e-3,
+            proximal_mu=0.1,
         )
         runs.append((get_weights(model), res))
     assert _equal(runs[0][0], runs[1][0])
@@ -161,7 +169,13 @@ def test_logreg_close_to_sklearn():
     from sklearn.linear_model import LogisticRegression
 
     X, y = make_classification(
-        n_samples=2000, n_features=8, n_informative=5, n_redundant=1, class_sep=0.8, flip_y=0.05, random_state=0
+        n_samples=2000,
+        n_features=8,
+        n_informative=5,
+        n_redundant=1,
+        class_sep=0.8,
+        flip_y=0.05,
+        random_state=0,
     )
     X = (X - X.mean(0)) / X.std(0)
     Xtr, ytr, Xte, yte = X[:500], y[:500], X[500:], y[500:]
@@ -178,7 +192,9 @@ def test_sample_weight_and_proximal_term():
     w0 = get_weights(init)
     # all-zero sample weights: no gradient, plain SGD leaves the weights unchanged
     model = build_model("logreg", 4, 2, seed=0)
-    train_classifier(model, X, y, epochs=2, batch_size=16, lr=0.5, seed=0, sample_weight=np.zeros(64))
+    train_classifier(
+        model, X, y, epochs=2, batch_size=16, lr=0.5, seed=0, sample_weight=np.zeros(64)
+    )
     assert _equal(get_weights(model), w0)
     # unit weights match the unweighted objective
     m1, m2 = build_model("logreg", 4, 2, seed=0), build_model("logreg", 4, 2, seed=0)
@@ -190,15 +206,24 @@ def test_sample_weight_and_proximal_term():
     # a strong proximal term keeps the weights closer to the anchor
     def dist(mu, anchor):
         m = build_model("logreg", 4, 2, seed=0)
-        train_classifier(m, X, y, epochs=5, batch_size=16, lr=0.1, seed=0, proximal_mu=mu, global_weights=anchor)
+        train_classifier(
+            m, X, y, epochs=5, batch_size=16, lr=0.1, seed=0, proximal_mu=mu, global_weights=anchor
+        )
         return sum(float(((a - b) ** 2).sum()) for a, b in zip(get_weights(m), w0))
 
     assert dist(5.0, w0) < 0.5 * dist(0.0, None)
     assert dist(5.0, None) == dist(5.0, w0)  # default anchor = weights at the start of the call
     with pytest.raises(ValueError, match="weight"):
         train_classifier(
-            build_model("logreg", 4, 2, seed=0), X, y, epochs=1, batch_size=16, lr=0.1, seed=0,
-            proximal_mu=1.0, global_weights=[np.zeros((2, 5), np.float32), w0[1]],
+            build_model("logreg", 4, 2, seed=0),
+            X,
+            y,
+            epochs=1,
+            batch_size=16,
+            lr=0.1,
+            seed=0,
+            proximal_mu=1.0,
+            global_weights=[np.zeros((2, 5), np.float32), w0[1]],
         )
 
 
@@ -222,7 +247,9 @@ def test_training_config_errors(kwargs, culprit):
 def test_label_out_of_range():
     X, y = _separable(n=20)
     with pytest.raises(ConfigError, match="label 2"):
-        train_classifier(build_model("logreg", 4, 2, seed=0), X, y + 1, epochs=1, batch_size=8, lr=0.1, seed=0)
+        train_classifier(
+            build_model("logreg", 4, 2, seed=0), X, y + 1, epochs=1, batch_size=8, lr=0.1, seed=0
+        )
 
 
 def test_predict_proba():
@@ -232,7 +259,9 @@ def test_predict_proba():
     assert p.shape == (30, 3) and p.dtype == np.float64
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-12)
     np.testing.assert_array_equal(p, predict_proba(model, X, batch_size=7))  # eval mode: no dropout
-    np.testing.assert_allclose(p, predict_proba(model, X), atol=1e-6)  # batching only changes rounding
+    np.testing.assert_allclose(
+        p, predict_proba(model, X), atol=1e-6
+    )  # batching only changes rounding
     assert model.training  # mode restored
     assert predict_proba(model, X[:0]).shape == (0, 3)
     empty = train_classifier(model, X[:0], np.zeros(0, int), epochs=1, batch_size=4, lr=0.1, seed=0)
@@ -247,8 +276,9 @@ def test_one_hot_soft_targets_equal_cross_entropy():
     y = (X[:, 0] > 0).astype(int)
     m1, m2 = build_model("logreg", 4, 2, seed=0), build_model("logreg", 4, 2, seed=0)
     r1 = train_classifier(m1, X, y, epochs=2, batch_size=32, lr=0.1, seed=1)
-    r2 = train_classifier(m2, X, y, epochs=2, batch_size=32, lr=0.1, seed=1,
-                          soft_targets=np.eye(2)[y])
+    r2 = train_classifier(
+        m2, X, y, epochs=2, batch_size=32, lr=0.1, seed=1, soft_targets=np.eye(2)[y]
+    )
     assert abs(r1.loss - r2.loss) < 1e-6
     for a, b in zip(get_weights(m1), get_weights(m2)):
         np.testing.assert_allclose(a, b, atol=1e-6)

@@ -46,8 +46,10 @@ def test_torch_front_ends_equal_torch_optim_bit_for_bit():
     w0 = torch.tensor(rng.normal(size=(3, 4)), dtype=torch.float32)
     for ours_cls, ref_cls in ((TorchSGD, torch.optim.SGD), (TorchAdam, torch.optim.Adam)):
         a, b = w0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
-        ours, ref = ours_cls([a], lr=0.05, weight_decay=0.01), ref_cls([b], lr=0.05,
-                                                                       weight_decay=0.01)
+        ours, ref = (
+            ours_cls([a], lr=0.05, weight_decay=0.01),
+            ref_cls([b], lr=0.05, weight_decay=0.01),
+        )
         for g in _grads(rng, (3, 4), 20):
             a.grad = torch.tensor(g, dtype=torch.float32)
             b.grad = torch.tensor(g, dtype=torch.float32)

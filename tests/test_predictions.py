@@ -15,8 +15,15 @@ import fedrec
 def test_fairlearn_recomputes_global_and_local_metrics(tmp_path, small_config):
     fl = pytest.importorskip("fairlearn.metrics")
     out = tmp_path / "run"
-    s = fedrec.run({**small_config, "output.save-predictions": True,
-                    "partition.scheme": "dirichlet-sensitive"}, backend="local", out=out)
+    s = fedrec.run(
+        {
+            **small_config,
+            "output.save-predictions": True,
+            "partition.scheme": "dirichlet-sensitive",
+        },
+        backend="local",
+        out=out,
+    )
     with open(out / "predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
     c = np.array([int(r["client"]) for r in rows])
@@ -39,9 +46,28 @@ def test_fairlearn_recomputes_global_and_local_metrics(tmp_path, small_config):
 
 @pytest.mark.e2e
 def test_cli_flag(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "fedrec.cli", "run", "--backend", "local",
-                        "--quiet", "--out", "o", "--save-predictions", "-c",
-                        "num-server-rounds=1", "-c", "partition.num-clients=2", "-c",
-                        "output.plots=false"], cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedrec.cli",
+            "run",
+            "--backend",
+            "local",
+            "--quiet",
+            "--out",
+            "o",
+            "--save-predictions",
+            "-c",
+            "num-server-rounds=1",
+            "-c",
+            "partition.num-clients=2",
+            "-c",
+            "output.plots=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "o" / "predictions.csv").read_text().startswith("client,row,label")

@@ -62,8 +62,18 @@ def test_module_imports_no_flwr():
             mods |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             mods.add(node.module.split(".")[0])
-    assert mods <= {"__future__", "contextlib", "io", "warnings", "typing", "numpy", "ot", "scipy",
-                    "sklearn", "fedrec"}
+    assert mods <= {
+        "__future__",
+        "contextlib",
+        "io",
+        "warnings",
+        "typing",
+        "numpy",
+        "ot",
+        "scipy",
+        "sklearn",
+        "fedrec",
+    }
 
 
 # ------------------------------------------------- OT check 1: 1-D free support
@@ -89,10 +99,13 @@ def test_free_support_barycenter_raw_masses_and_determinism():
     X1 = R.free_support_barycenter(m_raw, np.array([3.0, 1.0]), n, seed=4)
     X2 = R.free_support_barycenter(m_norm, np.array([0.75, 0.25]), n, seed=4)
     np.testing.assert_allclose(np.sort(X1[:, 0]), np.sort(X2[:, 0]), atol=1e-9)
-    np.testing.assert_array_equal(X1, R.free_support_barycenter(m_raw, np.array([3.0, 1.0]), n, seed=4))
+    np.testing.assert_array_equal(
+        X1, R.free_support_barycenter(m_raw, np.array([3.0, 1.0]), n, seed=4)
+    )
     # an empty measure is dropped
-    X3 = R.free_support_barycenter(m_norm + [(np.zeros((0, 1)), np.zeros(0))], np.array([0.75, 0.25, 0.0]),
-                                   n, seed=4)
+    X3 = R.free_support_barycenter(
+        m_norm + [(np.zeros((0, 1)), np.zeros(0))], np.array([0.75, 0.25, 0.0]), n, seed=4
+    )
     np.testing.assert_allclose(np.sort(X3[:, 0]), np.sort(X2[:, 0]), atol=1e-9)
 
 
@@ -104,13 +117,21 @@ def test_free_support_barycenter_2d_matches_pot_and_beats_inputs():
     X = R.free_support_barycenter(list(zip(locs, wts)), np.array([0.4, 0.6]), s, seed=0)
     assert X.shape == (s, 2)
     # it is a fixed point of POT's iteration started at X
-    Xp = ot.lp.free_support_barycenter(locs, [w / w.sum() for w in wts], X.copy(), b=np.full(s, 1 / s),
-                                       weights=np.array([0.4, 0.6]), numItermax=1)
+    Xp = ot.lp.free_support_barycenter(
+        locs,
+        [w / w.sum() for w in wts],
+        X.copy(),
+        b=np.full(s, 1 / s),
+        weights=np.array([0.4, 0.6]),
+        numItermax=1,
+    )
     np.testing.assert_allclose(Xp, X, atol=1e-3)
 
     def objective(Y):
-        return sum(wa * ot.emd2(np.full(s, 1 / s), w / w.sum(), ot.dist(Y, L))
-                   for wa, L, w in zip([0.4, 0.6], locs, wts))
+        return sum(
+            wa * ot.emd2(np.full(s, 1 / s), w / w.sum(), ot.dist(Y, L))
+            for wa, L, w in zip([0.4, 0.6], locs, wts)
+        )
 
     init_like = locs[1][:s]
     assert objective(X) < objective(init_like)
@@ -123,7 +144,9 @@ def test_gaussian_barycenter_matches_pot_and_independent_fixed_point(weights):
     m, C = R.gaussian_barycenter(means, covs, None if weights is None else np.array(weights))
     w = np.full(3, 1 / 3) if weights is None else np.array(weights)
     # POT directly
-    mp, Cp = ot.gaussian.bures_wasserstein_barycenter(means, covs, weights=w, num_iter=1000, eps=1e-12)
+    mp, Cp = ot.gaussian.bures_wasserstein_barycenter(
+        means, covs, weights=w, num_iter=1000, eps=1e-12
+    )
     np.testing.assert_allclose(m, mp, atol=1e-12)
     np.testing.assert_allclose(C, Cp, atol=1e-8)
     # independent fixed point (scipy sqrtm)
@@ -174,8 +197,9 @@ def test_gaussian_maps_push_moments_exactly_and_are_optimal():
         np.testing.assert_allclose(t.mean(axis=0), m, atol=1e-9)
         np.testing.assert_allclose(np.cov(t.T, bias=True), C, atol=1e-9)
         # transport cost of the map = squared Bures-Wasserstein distance (optimality)
-        np.testing.assert_allclose(np.mean(np.sum((t - x) ** 2, axis=1)),
-                                   R.bures_w2(means[a], covs[a], m, C), rtol=1e-8)
+        np.testing.assert_allclose(
+            np.mean(np.sum((t - x) ** 2, axis=1)), R.bures_w2(means[a], covs[a], m, C), rtol=1e-8
+        )
 
 
 def test_pot_mapping_row_convention():
@@ -184,7 +208,9 @@ def test_pot_mapping_row_convention():
     A, b = R.gaussian_maps(means, covs, m, C)
     Ap, bp = ot.gaussian.bures_wasserstein_mapping(means[1], m, covs[1], C)
     x = np.random.default_rng(0).normal(size=(10, 3))
-    np.testing.assert_allclose(R.gaussian_targets(x, np.ones(10, dtype=int), A, b), x @ Ap + bp, atol=1e-10)
+    np.testing.assert_allclose(
+        R.gaussian_targets(x, np.ones(10, dtype=int), A, b), x @ Ap + bp, atol=1e-10
+    )
 
 
 def test_gaussian_maps_small_groups_go_to_the_barycenter_mean():
@@ -222,8 +248,9 @@ def test_group_plans_marginals_and_targets(b_weights):
         np.testing.assert_allclose(t[idx], idx.size * plan @ X, atol=1e-12)
         # the plan is optimal: its cost equals ot.emd2
         M = ot.dist(emb[idx], X)
-        np.testing.assert_allclose(np.sum(plan * M), ot.emd2(np.full(idx.size, 1 / idx.size), beta_n, M),
-                                   rtol=1e-9)
+        np.testing.assert_allclose(
+            np.sum(plan * M), ot.emd2(np.full(idx.size, 1 / idx.size), beta_n, M), rtol=1e-9
+        )
 
 
 def test_ot_targets_balanced_is_permutation_and_singleton_gets_mean():
@@ -270,8 +297,11 @@ def test_bures_w2_closed_forms_and_pot():
     np.testing.assert_allclose(R.bures_w2(m, np.diag(s1), m2, np.diag(s2)), expected, rtol=1e-10)
     C2 = _spd(rng, 4, 2.0)
     # POT returns the distance, not its square
-    np.testing.assert_allclose(R.bures_w2(m, C, m2, C2),
-                               ot.gaussian.bures_wasserstein_distance(m, m2, C, C2) ** 2, rtol=1e-9)
+    np.testing.assert_allclose(
+        R.bures_w2(m, C, m2, C2),
+        ot.gaussian.bures_wasserstein_distance(m, m2, C, C2) ** 2,
+        rtol=1e-9,
+    )
     np.testing.assert_allclose(R.bures_w2(m, C, m2, C2), R.bures_w2(m2, C2, m, C), rtol=1e-9)
 
 
@@ -279,9 +309,13 @@ def test_bures_w2_closed_forms_and_pot():
 def test_gaussian_alignment_shrinks_w2_between_groups():
     rng = np.random.default_rng(12)
     d, n = 2, 400
-    emb = np.vstack([rng.normal(size=(n, d)) @ np.array([[2.0, 0.5], [0.0, 0.5]]) + [3.0, -1.0],
-                     rng.normal(size=(n, d)) @ np.array([[0.5, 0.0], [0.3, 1.5]]) - [1.0, 2.0],
-                     rng.normal(size=(n // 2, d)) * 0.7 + [0.0, 4.0]])
+    emb = np.vstack(
+        [
+            rng.normal(size=(n, d)) @ np.array([[2.0, 0.5], [0.0, 0.5]]) + [3.0, -1.0],
+            rng.normal(size=(n, d)) @ np.array([[0.5, 0.0], [0.3, 1.5]]) - [1.0, 2.0],
+            rng.normal(size=(n // 2, d)) * 0.7 + [0.0, 4.0],
+        ]
+    )
     groups = np.r_[np.zeros(n, int), np.ones(n, int), np.full(n // 2, 2)]
     before = R.w2_between_groups(emb, groups)
     counts, sums, outer = R.group_moment_sums(emb, groups, 3)
@@ -305,8 +339,10 @@ def test_free_support_alignment_shrinks_w2_between_groups_federated():
     groups = np.r_[np.zeros(n, int), np.ones(n, int)]
     silos = [np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)]
     uploads = [R.quantize_groups(emb[s], groups[s], 2, k=30, seed=0) for s in silos]
-    pooled = [(np.vstack([u[a][0] for u in uploads]), np.concatenate([u[a][1] for u in uploads]))
-              for a in range(2)]
+    pooled = [
+        (np.vstack([u[a][0] for u in uploads]), np.concatenate([u[a][1] for u in uploads]))
+        for a in range(2)
+    ]
     counts = np.array([p[1].sum() for p in pooled])
     np.testing.assert_array_equal(counts, [n, n])
     X = R.free_support_barycenter(pooled, counts / counts.sum(), support_size=50, seed=0)
@@ -339,7 +375,7 @@ def test_quantize_groups_shapes_masses_and_determinism():
         np.testing.assert_array_equal(b, e)
     # duplicate embeddings: empty clusters are dropped, masses still add up
     dup = np.repeat(rng.normal(size=(2, 3)), 10, axis=0)
-    (Xd, wd), = R.quantize_groups(dup, np.zeros(20, int), 1, k=5, seed=0)
+    ((Xd, wd),) = R.quantize_groups(dup, np.zeros(20, int), 1, k=5, seed=0)
     assert Xd.shape[0] <= 5 and wd.sum() == 20 and np.all(wd > 0)
 
 
@@ -356,8 +392,11 @@ def test_w2_between_groups_subsampling_and_standardisation():
     r4 = R.w2_between_groups(emb, groups, max_per_group=None)
     assert r3["w2"] == pytest.approx(r4["w2"], rel=1e-9)
     x = rng.normal(size=(30, 2))
-    r5 = R.w2_between_groups(np.vstack([x, x + [3.0, 4.0]]), np.r_[np.zeros(30, int), np.ones(30, int)],
-                             standardize=False)
+    r5 = R.w2_between_groups(
+        np.vstack([x, x + [3.0, 4.0]]),
+        np.r_[np.zeros(30, int), np.ones(30, int)],
+        standardize=False,
+    )
     assert r5["w2"] == pytest.approx(5.0, rel=1e-9)
 
 
@@ -377,41 +416,129 @@ def test_raid_penalty_value_and_gradient():
 
 
 # ------------------------------------------------------------------ errors
-@pytest.mark.parametrize("call, match", [
-    (lambda: R.moments_from_sums(np.array([3.0, 0.0]), np.zeros((2, 2)), np.zeros((2, 2, 2))),
-     r"counts must be > 0 .*groups \[1\] are empty"),
-    (lambda: R.moments_from_sums(np.array([3.0]), np.zeros((2, 2)), np.zeros((2, 2, 2))), "sums must have shape"),
-    (lambda: R.moments_from_sums(np.ones(2), np.zeros((2, 2)), np.zeros((2, 3, 3))), "outer must have shape"),
-    (lambda: R.moments_from_sums(np.ones(1), np.zeros((1, 2)), np.zeros((1, 2, 2)), ridge=-1), "ridge"),
-    (lambda: R.group_moment_sums(np.zeros((4, 2)), np.zeros(3, int), 2), r"groups must have shape \(4,\)"),
-    (lambda: R.group_moment_sums(np.zeros((4, 2)), np.array([0, 1, 2, 0]), 2), r"outside 0\.\.1"),
-    (lambda: R.group_moment_sums(np.zeros(4), np.zeros(4, int), 2), r"emb must be a 2-D \(n, d\)"),
-    (lambda: R.group_moment_sums(np.zeros((4, 2)), np.array([0, 0.5, 1, 0]), 2), "integer group ids"),
-    (lambda: R.quantize_groups(np.zeros((4, 2)), np.zeros(4, int), 1, k=0, seed=0), r"k must be an integer >= 1"),
-    (lambda: R.quantize_groups(np.zeros((4, 2)), np.zeros(4, int), 1, k=2.5, seed=0), r"k must be an integer"),
-    (lambda: R.gaussian_barycenter(np.zeros((2, 3)), np.zeros((2, 2, 2))), r"covs must have shape \(2, 3, 3\)"),
-    (lambda: R.gaussian_barycenter(np.zeros((2, 2)), np.zeros((2, 2, 2))), "positive definite"),
-    (lambda: R.gaussian_barycenter(np.zeros((2, 1)), np.ones((2, 1, 1)), np.array([1.0, -1.0])), "weights"),
-    (lambda: R.gaussian_maps(np.zeros((2, 2)), np.stack([np.eye(2)] * 2), np.zeros(3), np.eye(3)),
-     "m_star and C_star must have shapes"),
-    (lambda: R.gaussian_targets(np.zeros((3, 2)), np.zeros(3, int), np.zeros((1, 3, 3)), np.zeros((1, 3))),
-     "A and b must have shapes"),
-    (lambda: R.free_support_barycenter([(np.zeros((2, 1)), np.ones(2))], np.ones(1), 0, seed=0),
-     "support_size must be an integer >= 1"),
-    (lambda: R.free_support_barycenter([(np.zeros((2, 1)), np.ones(2))], np.ones(2), 2, seed=0),
-     r"group_weights must have shape \(1,\)"),
-    (lambda: R.free_support_barycenter([(np.zeros((2, 1)), np.ones(2)), (np.zeros((2, 2)), np.ones(2))],
-                                       np.ones(2), 2, seed=0), "dimension 2, expected 1"),
-    (lambda: R.free_support_barycenter([(np.zeros((0, 1)), np.zeros(0))], np.ones(1), 2, seed=0),
-     "positive mass"),
-    (lambda: R.ot_targets(np.zeros((3, 2)), np.zeros(3, int), np.zeros((4, 3))), "X_star must have dimension 2"),
-    (lambda: R.ot_targets(np.zeros((3, 2)), np.zeros(3, int), np.zeros((4, 2)), np.ones(3)),
-     r"b_weights must have shape \(4,\)"),
-    (lambda: R.w2_between_groups(np.zeros((3, 2)), np.zeros(3, int)), "at least 2 distinct groups"),
-    (lambda: R.w2_between_groups(np.zeros((4, 2)), np.array([0, 0, 1, 1]), max_per_group=0), "max_per_group"),
-    (lambda: R.raid_penalty(np.zeros((3, 2)), np.zeros((3, 3)), 1.0), "targets must have the shape"),
-    (lambda: R.raid_penalty(np.zeros((3, 2)), np.zeros((3, 2)), -1.0), "gamma must be a finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: R.moments_from_sums(
+                np.array([3.0, 0.0]), np.zeros((2, 2)), np.zeros((2, 2, 2))
+            ),
+            r"counts must be > 0 .*groups \[1\] are empty",
+        ),
+        (
+            lambda: R.moments_from_sums(np.array([3.0]), np.zeros((2, 2)), np.zeros((2, 2, 2))),
+            "sums must have shape",
+        ),
+        (
+            lambda: R.moments_from_sums(np.ones(2), np.zeros((2, 2)), np.zeros((2, 3, 3))),
+            "outer must have shape",
+        ),
+        (
+            lambda: R.moments_from_sums(
+                np.ones(1), np.zeros((1, 2)), np.zeros((1, 2, 2)), ridge=-1
+            ),
+            "ridge",
+        ),
+        (
+            lambda: R.group_moment_sums(np.zeros((4, 2)), np.zeros(3, int), 2),
+            r"groups must have shape \(4,\)",
+        ),
+        (
+            lambda: R.group_moment_sums(np.zeros((4, 2)), np.array([0, 1, 2, 0]), 2),
+            r"outside 0\.\.1",
+        ),
+        (
+            lambda: R.group_moment_sums(np.zeros(4), np.zeros(4, int), 2),
+            r"emb must be a 2-D \(n, d\)",
+        ),
+        (
+            lambda: R.group_moment_sums(np.zeros((4, 2)), np.array([0, 0.5, 1, 0]), 2),
+            "integer group ids",
+        ),
+        (
+            lambda: R.quantize_groups(np.zeros((4, 2)), np.zeros(4, int), 1, k=0, seed=0),
+            r"k must be an integer >= 1",
+        ),
+        (
+            lambda: R.quantize_groups(np.zeros((4, 2)), np.zeros(4, int), 1, k=2.5, seed=0),
+            r"k must be an integer",
+        ),
+        (
+            lambda: R.gaussian_barycenter(np.zeros((2, 3)), np.zeros((2, 2, 2))),
+            r"covs must have shape \(2, 3, 3\)",
+        ),
+        (lambda: R.gaussian_barycenter(np.zeros((2, 2)), np.zeros((2, 2, 2))), "positive definite"),
+        (
+            lambda: R.gaussian_barycenter(
+                np.zeros((2, 1)), np.ones((2, 1, 1)), np.array([1.0, -1.0])
+            ),
+            "weights",
+        ),
+        (
+            lambda: R.gaussian_maps(
+                np.zeros((2, 2)), np.stack([np.eye(2)] * 2), np.zeros(3), np.eye(3)
+            ),
+            "m_star and C_star must have shapes",
+        ),
+        (
+            lambda: R.gaussian_targets(
+                np.zeros((3, 2)), np.zeros(3, int), np.zeros((1, 3, 3)), np.zeros((1, 3))
+            ),
+            "A and b must have shapes",
+        ),
+        (
+            lambda: R.free_support_barycenter(
+                [(np.zeros((2, 1)), np.ones(2))], np.ones(1), 0, seed=0
+            ),
+            "support_size must be an integer >= 1",
+        ),
+        (
+            lambda: R.free_support_barycenter(
+                [(np.zeros((2, 1)), np.ones(2))], np.ones(2), 2, seed=0
+            ),
+            r"group_weights must have shape \(1,\)",
+        ),
+        (
+            lambda: R.free_support_barycenter(
+                [(np.zeros((2, 1)), np.ones(2)), (np.zeros((2, 2)), np.ones(2))],
+                np.ones(2),
+                2,
+                seed=0,
+            ),
+            "dimension 2, expected 1",
+        ),
+        (
+            lambda: R.free_support_barycenter(
+                [(np.zeros((0, 1)), np.zeros(0))], np.ones(1), 2, seed=0
+            ),
+            "positive mass",
+        ),
+        (
+            lambda: R.ot_targets(np.zeros((3, 2)), np.zeros(3, int), np.zeros((4, 3))),
+            "X_star must have dimension 2",
+        ),
+        (
+            lambda: R.ot_targets(np.zeros((3, 2)), np.zeros(3, int), np.zeros((4, 2)), np.ones(3)),
+            r"b_weights must have shape \(4,\)",
+        ),
+        (
+            lambda: R.w2_between_groups(np.zeros((3, 2)), np.zeros(3, int)),
+            "at least 2 distinct groups",
+        ),
+        (
+            lambda: R.w2_between_groups(np.zeros((4, 2)), np.array([0, 0, 1, 1]), max_per_group=0),
+            "max_per_group",
+        ),
+        (
+            lambda: R.raid_penalty(np.zeros((3, 2)), np.zeros((3, 3)), 1.0),
+            "targets must have the shape",
+        ),
+        (
+            lambda: R.raid_penalty(np.zeros((3, 2)), np.zeros((3, 2)), -1.0),
+            "gamma must be a finite number >= 0",
+        ),
+    ],
+)
 def test_user_errors_raise_one_line_config_error(call, match):
     with pytest.raises(ConfigError, match=match) as info:
         call()

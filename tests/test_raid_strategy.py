@@ -11,13 +11,24 @@ import fedrec
 from fedrec.errors import FedrecError
 from fedrec.models.recsys import mf_bpr_user_step
 
-BASE = {"strategy.name": "raid", "dataset.name": "synthetic-rec",
-        "dataset.options": "num_users=120", "strategy.params.users-per-client": 1,
-        "partition.num-clients": 120, "strategy.params.dim": 8, "num-server-rounds": 4,
-        "train.lr": 0.5, "train.batch-size": 8, "output.plots": False,
-        "output.progress": False, "output.client-metrics": False,
-        "strategy.params.warmup-rounds": 1, "strategy.params.centroid-every": 1,
-        "strategy.params.gamma": 0.4, "runtime.num-nodes": 1}
+BASE = {
+    "strategy.name": "raid",
+    "dataset.name": "synthetic-rec",
+    "dataset.options": "num_users=120",
+    "strategy.params.users-per-client": 1,
+    "partition.num-clients": 120,
+    "strategy.params.dim": 8,
+    "num-server-rounds": 4,
+    "train.lr": 0.5,
+    "train.batch-size": 8,
+    "output.plots": False,
+    "output.progress": False,
+    "output.client-metrics": False,
+    "strategy.params.warmup-rounds": 1,
+    "strategy.params.centroid-every": 1,
+    "strategy.params.gamma": 0.4,
+    "runtime.num-nodes": 1,
+}
 
 
 def test_user_grad_hook_is_per_user():
@@ -30,12 +41,22 @@ def test_user_grad_hook_is_per_user():
     def hook(T):
         return lambda Pa, idx: 2 * 0.3 * (Pa - T.index_select(0, idx))
 
-    both = mf_bpr_user_step(P, Q, pos, neg, lr=0.1, batch_size=2, seed=[1, 2, 3, 4], user_grad=hook(T))
+    both = mf_bpr_user_step(
+        P, Q, pos, neg, lr=0.1, batch_size=2, seed=[1, 2, 3, 4], user_grad=hook(T)
+    )
     plain = mf_bpr_user_step(P, Q, pos, neg, lr=0.1, batch_size=2, seed=[1, 2, 3, 4])
     assert not torch.allclose(both.P, plain.P)
     for j in range(4):
-        one = mf_bpr_user_step(P[j:j + 1], Q, pos[j:j + 1], neg[j:j + 1], lr=0.1, batch_size=2,
-                               seed=[j + 1], user_grad=hook(T[j:j + 1]))
+        one = mf_bpr_user_step(
+            P[j : j + 1],
+            Q,
+            pos[j : j + 1],
+            neg[j : j + 1],
+            lr=0.1,
+            batch_size=2,
+            seed=[j + 1],
+            user_grad=hook(T[j : j + 1]),
+        )
         torch.testing.assert_close(one.P[0], both.P[j])
     # with no BPR signal left (lr on BPR only moves P), the hook alone pulls P toward T
     z = mf_bpr_user_step(P, Q, [np.array([0])] * 4, [np.array([0])] * 4, lr=0.5, user_grad=hook(T))
@@ -46,8 +67,13 @@ def test_user_grad_hook_is_per_user():
 @pytest.mark.parametrize("mode", ["gaussian", "adversarial"])
 @pytest.mark.e2e
 def test_cohort_equals_one_node_per_client(tmp_path, mode):
-    cfg = {**BASE, "strategy.params.mode": mode, "num-server-rounds": 3,
-           "dataset.options": "num_users=40", "partition.num-clients": 40}
+    cfg = {
+        **BASE,
+        "strategy.params.mode": mode,
+        "num-server-rounds": 3,
+        "dataset.options": "num_users=40",
+        "partition.num-clients": 40,
+    }
     a = fedrec.run({**cfg, "runtime.num-nodes": 1}, backend="local", out=tmp_path / "a")
     b = fedrec.run({**cfg, "runtime.num-nodes": 0}, backend="local", out=tmp_path / "b")
     assert b["num_nodes"] == 40 and a["final"] == b["final"]
@@ -68,11 +94,15 @@ def test_centroid_rounds_shrink_the_group_distance(tmp_path):
     out = {}
     for gamma in (0.0, 0.4):
         run = tmp_path / f"g{gamma}"
-        fedrec.run({**BASE, "strategy.params.gamma": gamma,
-                    "strategy.params.release-embeddings": True}, backend="local", out=run)
+        fedrec.run(
+            {**BASE, "strategy.params.gamma": gamma, "strategy.params.release-embeddings": True},
+            backend="local",
+            out=run,
+        )
         e = np.load(run / "embeddings.npz")
-        m, C = moments_from_sums(*group_moment_sums(
-            e["embeddings"][np.argsort(e["users"])].astype(np.float64), g, 2))
+        m, C = moments_from_sums(
+            *group_moment_sums(e["embeddings"][np.argsort(e["users"])].astype(np.float64), g, 2)
+        )
         out[gamma] = bures_w2(m[0], C[0], m[1], C[1])  # between the released groups
         log = json.loads((run / "raid.json").read_text())["defense"]
         assert [x["version"] for x in log] == [1, 2, 3, 4]
@@ -83,17 +113,28 @@ def test_centroid_rounds_shrink_the_group_distance(tmp_path):
 
 @pytest.mark.e2e
 def test_free_support_cross_silo_runs_and_bad_attribute_is_named(tmp_path):
-    s = fedrec.run({**BASE, "strategy.params.mode": "free-support", "partition.num-clients": 12,
-                    "strategy.params.users-per-client": 10, "strategy.params.quantize-k": 3,
-                    "strategy.params.support-size": 8, "num-server-rounds": 2},
-                   backend="local", out=tmp_path / "fs")
+    s = fedrec.run(
+        {
+            **BASE,
+            "strategy.params.mode": "free-support",
+            "partition.num-clients": 12,
+            "strategy.params.users-per-client": 10,
+            "strategy.params.quantize-k": 3,
+            "strategy.params.support-size": 8,
+            "num-server-rounds": 2,
+        },
+        backend="local",
+        out=tmp_path / "fs",
+    )
     assert s["final"]["global"]["ndcg@10"] >= 0
     log = json.loads((tmp_path / "fs" / "raid.json").read_text())["defense"]
     from fedrec.data import load_dataset
 
     g = np.asarray(load_dataset("synthetic-rec", num_users=120).user_attrs["gender"])
-    per_silo = [np.bincount(g[10 * c:10 * c + 10], minlength=2) for c in range(12)]
+    per_silo = [np.bincount(g[10 * c : 10 * c + 10], minlength=2) for c in range(12)]
     # k-means atoms: min(k, users of the group in the silo), for every silo and group
     assert log[0]["atoms"] == sum(int(np.minimum(n, 3).sum()) for n in per_silo)
     with pytest.raises(FedrecError, match="allowed: gender"):
-        fedrec.run({**BASE, "strategy.params.attribute": "age"}, backend="local", out=tmp_path / "x")
+        fedrec.run(
+            {**BASE, "strategy.params.attribute": "age"}, backend="local", out=tmp_path / "x"
+        )

@@ -21,19 +21,23 @@ L3, L4, L5, L6 = math.log2(3), math.log2(4), math.log2(5), math.log2(6)
 # user 1: ties (0.5 for items 0, 1, 4) broken by id -> 2, 0, 1, 4, 5, 3; relevant {4}
 # user 2: no relevant item (left out of every mean)
 # user 3: relevant {0, 1, 2, 3} (more than K), plain order
-SCORES = np.array([
-    [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
-    [0.5, 0.5, 0.9, 0.1, 0.5, 0.2],
-    [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-    [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
-])
+SCORES = np.array(
+    [
+        [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+        [0.5, 0.5, 0.9, 0.1, 0.5, 0.2],
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+    ]
+)
 RELEVANT = [[2, 5], [4], [], [0, 1, 2, 3]]
 EXCLUDE = [[0], [], [], []]
 
 
 def test_topk_by_hand_with_ties_and_exclusion():
     top = rk.topk_items(SCORES, 5, exclude=EXCLUDE)
-    np.testing.assert_array_equal(top, [[1, 2, 3, 4, 5], [2, 0, 1, 4, 5], [5, 4, 3, 2, 1], [0, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(
+        top, [[1, 2, 3, 4, 5], [2, 0, 1, 4, 5], [5, 4, 3, 2, 1], [0, 1, 2, 3, 4]]
+    )
     # fewer rankable items than K: padded with -1
     top = rk.topk_items(SCORES[:1], 7, exclude=[[0, 3]])
     np.testing.assert_array_equal(top, [[1, 2, 4, 5, -1, -1, -1]])
@@ -85,8 +89,13 @@ def test_relevant_input_formats_agree():
     dense = np.zeros_like(SCORES, dtype=bool)
     for u, r in enumerate(RELEVANT):
         dense[u, r] = True
-    forms = [RELEVANT, dense, sparse.csr_array(dense.astype(float)), Ragged.from_lists(RELEVANT),
-             [[2, 5, 2], [4, 4], [], [3, 2, 1, 0]]]  # duplicates and order do not matter
+    forms = [
+        RELEVANT,
+        dense,
+        sparse.csr_array(dense.astype(float)),
+        Ragged.from_lists(RELEVANT),
+        [[2, 5, 2], [4, 4], [], [3, 2, 1, 0]],
+    ]  # duplicates and order do not matter
     ref = rk.per_user_metrics(top, RELEVANT, (3, 5))
     for f in forms:
         got = rk.per_user_metrics(top, f, (3, 5))
@@ -117,7 +126,9 @@ def test_exposure_gini_coverage_by_hand():
     m = rk.exposure_metrics(top, 6, (3,), popular)
     assert m["exposure_pop@3"] == pytest.approx(3 / 5, abs=TOL)
     assert m["exposure_tail@3"] == pytest.approx(2 / 5, abs=TOL)
-    assert m["gini@3"] == pytest.approx(13 / 30, abs=TOL)  # sorted 0,0,1,1,1,2 weights -5,-3,-1,1,3,5
+    assert m["gini@3"] == pytest.approx(
+        13 / 30, abs=TOL
+    )  # sorted 0,0,1,1,1,2 weights -5,-3,-1,1,3,5
     assert m["coverage@3"] == pytest.approx(4 / 6, abs=TOL)
     assert rk.gini_index([3, 3, 3]) == 0.0 and rk.gini_index([0, 0]) == 0.0
     assert rk.gini_index([0, 0, 0, 7]) == pytest.approx(3 / 4, abs=TOL)  # (n - 1) / n
@@ -138,15 +149,22 @@ def test_item_group_recall_ndcg_by_hand():
     np.testing.assert_allclose(pu["ndcg_tail@3"], [(1 / L4) / (1 + 1 / L3), 1 / L3], atol=TOL)
     m = rk.ranking_metrics(relevant, topk=top, k_list=(3,), popular=popular, num_items=6)
     assert m["recall_gap@3"] == pytest.approx(1.0 - 3 / 4, abs=TOL)
-    assert m["ndcg_gap@3"] == pytest.approx(1 / L3 - ((1 / L4) / (1 + 1 / L3) + 1 / L3) / 2, abs=TOL)
+    assert m["ndcg_gap@3"] == pytest.approx(
+        1 / L3 - ((1 / L4) / (1 + 1 / L3) + 1 / L3) / 2, abs=TOL
+    )
     assert m["exposure_pop@3"] == pytest.approx(2 / 6, abs=TOL)
 
 
 def test_user_group_gap_by_hand():
-    pu = {"ndcg@10": np.array([0.2, 0.4, np.nan, 0.9, 0.1]), "hr@10": np.array([1.0, 0.0, np.nan, 1.0, 1.0])}
+    pu = {
+        "ndcg@10": np.array([0.2, 0.4, np.nan, 0.9, 0.1]),
+        "hr@10": np.array([1.0, 0.0, np.nan, 1.0, 1.0]),
+    }
     g = np.array([0, 0, 0, 1, 1])
     m = rk.user_group_metrics(pu, g)
-    assert m["ndcg@10[0]"] == pytest.approx(0.3, abs=TOL) and m["ndcg@10[1]"] == pytest.approx(0.5, abs=TOL)
+    assert m["ndcg@10[0]"] == pytest.approx(0.3, abs=TOL) and m["ndcg@10[1]"] == pytest.approx(
+        0.5, abs=TOL
+    )
     assert m["ndcg@10_gap"] == pytest.approx(0.2, abs=TOL)
     assert m["hr@10[0]"] == 0.5 and m["hr@10[1]"] == 1.0 and m["hr@10_gap"] == 0.5
     with pytest.raises(ConfigError, match="groups"):
@@ -189,13 +207,21 @@ def test_errors_name_the_parameter(call, culprit):
 def _tiny_user_data() -> UserData:
     # 3 users, 5 items; user 2 has no valid/test item
     train = Ragged.from_lists([[0, 1], [2], [0, 3, 4]])
-    return UserData(3, 5, train, Ragged.from_lists([[1, 0], [2], [4, 0, 3]]),
-                    Ragged.from_lists([[3], [0], []]), Ragged.from_lists([[2], [4], []]))
+    return UserData(
+        3,
+        5,
+        train,
+        Ragged.from_lists([[1, 0], [2], [4, 0, 3]]),
+        Ragged.from_lists([[3], [0], []]),
+        Ragged.from_lists([[2], [4], []]),
+    )
 
 
 def test_evaluate_full_ranking_by_hand():
     ud = _tiny_user_data()
-    table = np.array([[5.0, 4.0, 1.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    table = np.array(
+        [[5.0, 4.0, 1.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]]
+    )
     seen = []
 
     def score(users):
@@ -211,8 +237,11 @@ def test_evaluate_full_ranking_by_hand():
     assert m["mrr"] == pytest.approx((1 / 2 + 1) / 2, abs=TOL)
     # popular = top 20% of 5 items = 1 item by train count: items 0 (2 users) -> popular {0}
     assert m["exposure_pop@2"] == 0.0 and m["coverage@2"] == pytest.approx(3 / 5)
-    # valid split: history = train only; user 0: 3 (3.0) first -> hit; user 1: 4, 3, 1, 0 -> 0 at rank 4
-    m = evaluate_full_ranking(lambda u: table[u], ud, k_list=(1,), split="valid", user_groups=np.array([0, 1, 1]))
+    # valid split: history = train only; user 0: 3 (3.0) first -> hit;
+    # user 1: 4, 3, 1, 0 -> 0 at rank 4
+    m = evaluate_full_ranking(
+        lambda u: table[u], ud, k_list=(1,), split="valid", user_groups=np.array([0, 1, 1])
+    )
     assert m["hr@1"] == 0.5 and m["mrr"] == pytest.approx((1 + 1 / 4) / 2, abs=TOL)
     assert m["hr@1[0]"] == 1.0 and m["hr@1[1]"] == 0.0 and m["hr@1_gap"] == 1.0
     # no exclusion: user 0's test ranking 0, 1, 3, 4, 2 -> item 2 at rank 5

@@ -20,8 +20,11 @@ def test_readme_plugin_example_runs(tmp_path, monkeypatch, small_config):
     (pkg / "__init__.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     out = tmp_path / "run"
-    fedrec.run({**small_config, "strategy.name": "myfair:MyFair",
-                "strategy.params.boost": 2}, backend="local", out=out)
+    fedrec.run(
+        {**small_config, "strategy.name": "myfair:MyFair", "strategy.params.boost": 2},
+        backend="local",
+        out=out,
+    )
     rows = [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
     pos = [r["positives"] for r in rows if r["scope"] == "global"]
     assert len(pos) == 2 and pos[0] == pos[1] > 1000

@@ -419,7 +419,15 @@ def test_cohort_step_is_bit_identical_to_user_by_user_in_float32(batch_size):
     seeds = [derive_seed(0, "local", 1, u) for u in range(U)]
     up = mf_bpr_user_step(P, Q, pos, neg, lr=0.5, reg=0.01, seed=seeds, batch_size=batch_size)
     for j in range(U):
-        alone = mf_bpr_user_step(P[j : j + 1], Q, pos[j : j + 1], neg[j : j + 1], lr=0.5,
-                                 reg=0.01, seed=[seeds[j]], batch_size=batch_size)
+        alone = mf_bpr_user_step(
+            P[j : j + 1],
+            Q,
+            pos[j : j + 1],
+            neg[j : j + 1],
+            lr=0.5,
+            reg=0.01,
+            seed=[seeds[j]],
+            batch_size=batch_size,
+        )
         p, _, rows, _ = up.user(j)
         assert torch.equal(p, alone.P[0]) and torch.equal(rows, alone.item_rows)

@@ -34,7 +34,7 @@ def instance():
         items = rng.permutation(n_items)
         n_ex, n_rel = int(rng.integers(0, 15)), int(rng.integers(1, 14))
         exclude.append(np.sort(items[:n_ex]))
-        relevant.append(np.sort(items[n_ex:n_ex + n_rel]))
+        relevant.append(np.sort(items[n_ex : n_ex + n_rel]))
     return scores, exclude, relevant
 
 
@@ -52,17 +52,29 @@ def test_ranx_per_user_metrics_equal_ours(instance):
     # zero-padded query ids so ranx's sorted query order is the user order
     qrels = {f"u{u:04d}": {f"i{i}": 1 for i in rel} for u, rel in enumerate(relevant)}
     run = {
-        f"u{u:04d}": {f"i{i}": float(scores[u, i]) for i in np.setdiff1d(np.arange(scores.shape[1]), ex)}
+        f"u{u:04d}": {
+            f"i{i}": float(scores[u, i]) for i in np.setdiff1d(np.arange(scores.shape[1]), ex)
+        }
         for u, ex in enumerate(exclude)
     }
     names = {"mrr": "mrr"}
     for k in K_LIST:
-        names.update({f"ndcg@{k}": f"ndcg@{k}", f"ndcg_burges@{k}": f"ndcg@{k}", f"recall@{k}": f"recall@{k}",
-                      f"precision@{k}": f"precision@{k}", f"hit_rate@{k}": f"hr@{k}", f"mrr@{k}": f"mrr@{k}"})
+        names.update(
+            {
+                f"ndcg@{k}": f"ndcg@{k}",
+                f"ndcg_burges@{k}": f"ndcg@{k}",
+                f"recall@{k}": f"recall@{k}",
+                f"precision@{k}": f"precision@{k}",
+                f"hit_rate@{k}": f"hr@{k}",
+                f"mrr@{k}": f"mrr@{k}",
+            }
+        )
     theirs = ranx.evaluate(qrels, run, list(names), return_mean=False)
     mine = ours(scores, exclude, relevant)
     for their_name, our_name in names.items():
-        np.testing.assert_allclose(mine[our_name], theirs[their_name], rtol=0, atol=1e-9, err_msg=their_name)
+        np.testing.assert_allclose(
+            mine[our_name], theirs[their_name], rtol=0, atol=1e-9, err_msg=their_name
+        )
     means = rk.ranking_metrics(relevant, scores=scores, exclude=exclude, k_list=K_LIST)
     for their_name, our_name in names.items():
         assert means[our_name] == pytest.approx(float(np.mean(theirs[their_name])), abs=1e-9)
@@ -79,6 +91,10 @@ def test_sklearn_ndcg_equals_ours(instance):
         y_score[u, ex] = scores.min() - 1.0 - np.arange(ex.size)  # below everything, no ties
     mine = ours(scores, exclude, relevant)
     for k in K_LIST:
-        assert np.mean(mine[f"ndcg@{k}"]) == pytest.approx(ndcg_score(y_true, y_score, k=k), abs=1e-12)
-        per_user = [ndcg_score(y_true[u:u + 1], y_score[u:u + 1], k=k) for u in range(len(relevant))]
+        assert np.mean(mine[f"ndcg@{k}"]) == pytest.approx(
+            ndcg_score(y_true, y_score, k=k), abs=1e-12
+        )
+        per_user = [
+            ndcg_score(y_true[u : u + 1], y_score[u : u + 1], k=k) for u in range(len(relevant))
+        ]
         np.testing.assert_allclose(mine[f"ndcg@{k}"], per_user, rtol=0, atol=1e-12)

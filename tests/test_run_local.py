@@ -19,8 +19,16 @@ def _rows(out):
 def test_local_run_writes_all_outputs(tmp_path, small_config):
     out = tmp_path / "run"
     summary = fedrec.run({**small_config, "output.plots": True}, backend="local", out=out)
-    for name in ("config.json", "rounds.jsonl", "summary.json", "partition.json",
-                 "checkpoint.npz", "metrics.png", "clients.png", "partition.png"):
+    for name in (
+        "config.json",
+        "rounds.jsonl",
+        "summary.json",
+        "partition.json",
+        "checkpoint.npz",
+        "metrics.png",
+        "clients.png",
+        "partition.png",
+    ):
         assert (out / name).is_file(), name
     assert not (tmp_path / "run.incomplete").exists()
     cfg = json.loads((out / "config.json").read_text())
@@ -32,7 +40,9 @@ def test_local_run_writes_all_outputs(tmp_path, small_config):
     assert sorted(r["client"] for r in clients) == [0, 1, 2, 3]
     g = summary["final"]["global"]
     assert 0.70 < g["accuracy"] < 0.90 and 0 <= g["dp_gap"] <= 1
-    assert summary["final"]["local"]["dp_gap_local_max"] >= max(r["dp_gap"] for r in clients) - 1e-12
+    assert (
+        summary["final"]["local"]["dp_gap_local_max"] >= max(r["dp_gap"] for r in clients) - 1e-12
+    )
     assert summary["backend"] == "local" and summary["seed"] == 0
     assert {"flwr", "torch", "numpy", "python"} <= set(summary["versions"])
     part = json.loads((out / "partition.json").read_text())
@@ -53,8 +63,13 @@ def test_same_seed_same_metrics_and_virtual_clients_identical(tmp_path, small_co
 
 @pytest.mark.e2e
 def test_partial_sampling_and_dirichlet(tmp_path, small_config):
-    cfg = {**small_config, "partition.scheme": "dirichlet-sensitive", "partition.alpha": 0.3,
-           "partition.num-clients": 6, "strategy.fraction-train": 0.5}
+    cfg = {
+        **small_config,
+        "partition.scheme": "dirichlet-sensitive",
+        "partition.alpha": 0.3,
+        "partition.num-clients": 6,
+        "strategy.fraction-train": 0.5,
+    }
     fedrec.run(cfg, backend="local", out=tmp_path / "r")
     g = [r for r in _rows(tmp_path / "r") if r["scope"] == "global"]
     assert all(r["num_sampled"] == 3 for r in g)
@@ -110,8 +125,11 @@ def third_party_plugin(tmp_path, monkeypatch):
 @pytest.mark.e2e
 def test_third_party_plugin_by_name(tmp_path, small_config, third_party_plugin):
     assert "myplug" in strategy_names() and "fedavg" in strategy_names()
-    summary = fedrec.run({**small_config, "strategy.name": "myplug", "num-server-rounds": 3},
-                         backend="local", out=tmp_path / "p")
+    summary = fedrec.run(
+        {**small_config, "strategy.name": "myplug", "num-server-rounds": 3},
+        backend="local",
+        out=tmp_path / "p",
+    )
     assert summary["strategy"] == "myplug"
     g = [r for r in _rows(tmp_path / "p") if r["scope"] == "global"]
     # private client state persisted across rounds on the node: 1, 2, 3 fits

@@ -18,7 +18,7 @@ def test_state_store_load_save_clear_and_roundtrip():
     st[2]["P"] = np.ones((3, 4), np.float32)
     st[5]["P"] = np.zeros((1, 4), np.float32)
     st[5]["version"] = 7
-    assert st.load(5)["version"] == 7          # reads see pending writes
+    assert st.load(5)["version"] == 7  # reads see pending writes
     assert "P" not in st[9]
     assert st.commit()
     store = _roundtrip(store)
@@ -29,11 +29,11 @@ def test_state_store_load_save_clear_and_roundtrip():
     np.testing.assert_array_equal(store.load(2)["P"], np.ones((3, 4)))
     st = store.cohort([2, 5])
     st.clear(2)
-    st.save(5, {"P": np.full((2, 4), 3.0, np.float32)})   # drops 'version' of 5
+    st.save(5, {"P": np.full((2, 4), 3.0, np.float32)})  # drops 'version' of 5
     st.commit()
     assert store.clients() == [5] and "version" not in store.columns
     np.testing.assert_array_equal(store.load(5)["P"], np.full((2, 4), 3.0))
-    assert not store.cohort([5]).commit()      # nothing changed, nothing to write
+    assert not store.cohort([5]).commit()  # nothing changed, nothing to write
 
 
 def test_columnar_fast_path_equals_per_client_writes():
@@ -48,7 +48,7 @@ def test_columnar_fast_path_equals_per_client_writes():
     vals = np.concatenate([rows[c] for c in range(6)])
     indptr = np.concatenate([[0], np.cumsum([len(rows[c]) for c in range(6)])])
     sb.set_column("E", vals, indptr)
-    np.testing.assert_array_equal(sb[4]["E"], rows[4])   # pending column reads per client
+    np.testing.assert_array_equal(sb[4]["E"], rows[4])  # pending column reads per client
     sb.commit()
     for c in range(6):
         np.testing.assert_array_equal(a.load(c)["E"], b.load(c)["E"])
@@ -67,11 +67,15 @@ def test_columnar_fast_path_equals_per_client_writes():
 
 def test_pack_unpack_replies_roundtrip():
     results = {
-        3: ([np.arange(3), np.ones((3, 2), np.float32), np.float64(2.5)],
-            {"num-examples": 3, "loss": 0.5, "pu.ndcg": [0.1, -1.0], "topk": np.arange(4)}),
+        3: (
+            [np.arange(3), np.ones((3, 2), np.float32), np.float64(2.5)],
+            {"num-examples": 3, "loss": 0.5, "pu.ndcg": [0.1, -1.0], "topk": np.arange(4)},
+        ),
         1: (None, {"num-examples": 1, "loss": 1, "topk": np.arange(2)}),
-        7: ([np.arange(0), np.zeros((0, 2), np.float32), np.float64(1.0)],
-            {"num-examples": 0, "loss": 0.0, "pu.ndcg": []}),
+        7: (
+            [np.arange(0), np.zeros((0, 2), np.float32), np.float64(1.0)],
+            {"num-examples": 0, "loss": 0.0, "pu.ndcg": []},
+        ),
     }
     cols = protocol.pack_replies(results)
     assert all(isinstance(v, np.ndarray) for v in cols.values())

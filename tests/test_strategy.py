@@ -21,8 +21,9 @@ def _weights(rng):
 
 def _flower_reply(weights, n):
     msg = Mock(spec=Message)
-    msg.content = RecordDict({"arrays": ArrayRecord(weights),
-                              "metrics": MetricRecord({"num-examples": n})})
+    msg.content = RecordDict(
+        {"arrays": ArrayRecord(weights), "metrics": MetricRecord({"num-examples": n})}
+    )
     msg.has_error.return_value = False
     msg.has_content.return_value = True
     return msg
@@ -41,8 +42,10 @@ def test_weighted_average_equals_flower_fedavg():
 
 def test_fedavg_aggregate_ignores_reply_order():
     rng = np.random.default_rng(1)
-    replies = [ClientReply(c, 1000 + c, {"num-examples": 5 + c, "train-loss": float(c)},
-                           _weights(rng)) for c in range(5)]
+    replies = [
+        ClientReply(c, 1000 + c, {"num-examples": 5 + c, "train-loss": float(c)}, _weights(rng))
+        for c in range(5)
+    ]
     s = FedAvg(validate({}))
     w1, m1 = s.aggregate(1, sorted(replies, key=lambda r: r.client_id))
     w2, m2 = s.aggregate(1, sorted(replies, key=lambda r: -r.client_id))
@@ -79,8 +82,9 @@ def test_hosted_clients_cover_all_exactly_once():
 def test_unpack_splits_multi_client_replies_and_errors():
     s = FedAvg(validate({}))
     rd = RecordDict({protocol.FEDREC: ConfigRecord({"clients": [3, 1]})})
-    cols = protocol.pack_replies({3: (None, {"num-examples": 3}),
-                                  1: ([np.zeros(2, dtype=np.float32)], {"num-examples": 1})})
+    cols = protocol.pack_replies(
+        {3: (None, {"num-examples": 3}), 1: ([np.zeros(2, dtype=np.float32)], {"num-examples": 1})}
+    )
     rd[protocol.REPLIES] = ArrayRecord({k: Array(v) for k, v in cols.items()})
     ok = Mock(spec=Message)
     ok.content, ok.metadata = rd, Mock(src_node_id=42)

@@ -93,12 +93,19 @@ def main(argv=None) -> int:
     FedrecStrategy.communicate, FedrecStrategy.unpack = timed_communicate, timed_unpack
     client_app.handle, client_app._array_record = timed_handle, timed_array_record
     LegoClient.handle_cohort = classmethod(timed_half)
-    overrides = {"num-server-rounds": 1, "runtime.num-nodes": 1,
-                 "strategy.params.users-per-client": 1, "partition.num-clients": 943,
-                 "strategy.params.attributes": "gender,age_bucket",
-                 "strategy.params.add-attributes": "", "strategy.params.release-embeddings": False,
-                 "strategy.params.steps": 6, "strategy.params.n-phi": 1,
-                 "strategy.params.warmup-phi": 2, "strategy.params.combine-steps": 2}
+    overrides = {
+        "num-server-rounds": 1,
+        "runtime.num-nodes": 1,
+        "strategy.params.users-per-client": 1,
+        "partition.num-clients": 943,
+        "strategy.params.attributes": "gender,age_bucket",
+        "strategy.params.add-attributes": "",
+        "strategy.params.release-embeddings": False,
+        "strategy.params.steps": 6,
+        "strategy.params.n-phi": 1,
+        "strategy.params.warmup-phi": 2,
+        "strategy.params.combine-steps": 2,
+    }
     cfg = {**load_toml(HERE / "lego_ml100k.toml"), **overrides}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -109,24 +116,34 @@ def main(argv=None) -> int:
     LegoClient.handle_cohort = half
 
     rows = {}
-    print(f"{'message':<22} {'n':>3} {'reply MB':>8} {'total s':>8} {'half s':>7} "
-          f"{'framework s':>11} {'ser s':>6} {'unpack s':>8} {'rest s':>7}")
+    print(
+        f"{'message':<22} {'n':>3} {'reply MB':>8} {'total s':>8} {'half s':>7} "
+        f"{'framework s':>11} {'ser s':>6} {'unpack s':>8} {'rest s':>7}"
+    )
     for mtype, ts in sorted(times.items()):
-        col = {k: np.array([t.get(k, 0.0) for t in ts])
-               for k in ("total", "half", "app", "ser", "unpack", "reply_mb")}
+        col = {
+            k: np.array([t.get(k, 0.0) for t in ts])
+            for k in ("total", "half", "app", "ser", "unpack", "reply_mb")
+        }
         fw = col["total"] - col["half"]
-        rows[mtype] = {"messages": len(ts), "reply_mb": float(np.median(col["reply_mb"])),
-                       "total_s": float(np.median(col["total"])),
-                       "half_s": float(np.median(col["half"])),
-                       "clientapp_overhead_s": float(np.median(col["app"] - col["half"])),
-                       "framework_s": float(np.median(fw)), "framework_max_s": float(fw.max()),
-                       "serialise_s": float(np.median(col["ser"])),
-                       "unpack_s": float(np.median(col["unpack"])),
-                       "rest_s": float(np.median(fw - col["ser"] - col["unpack"]))}
+        rows[mtype] = {
+            "messages": len(ts),
+            "reply_mb": float(np.median(col["reply_mb"])),
+            "total_s": float(np.median(col["total"])),
+            "half_s": float(np.median(col["half"])),
+            "clientapp_overhead_s": float(np.median(col["app"] - col["half"])),
+            "framework_s": float(np.median(fw)),
+            "framework_max_s": float(fw.max()),
+            "serialise_s": float(np.median(col["ser"])),
+            "unpack_s": float(np.median(col["unpack"])),
+            "rest_s": float(np.median(fw - col["ser"] - col["unpack"])),
+        }
         r = rows[mtype]
-        print(f"{mtype:<22} {len(ts):>3} {r['reply_mb']:>8.1f} {r['total_s']:>8.3f} "
-              f"{r['half_s']:>7.3f} {r['framework_s']:>11.3f} {r['serialise_s']:>6.3f} "
-              f"{r['unpack_s']:>8.3f} {r['rest_s']:>7.3f}")
+        print(
+            f"{mtype:<22} {len(ts):>3} {r['reply_mb']:>8.1f} {r['total_s']:>8.3f} "
+            f"{r['half_s']:>7.3f} {r['framework_s']:>11.3f} {r['serialise_s']:>6.3f} "
+            f"{r['unpack_s']:>8.3f} {r['rest_s']:>7.3f}"
+        )
     print(f"(medians over the messages; whole run {wall:.1f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"run_s": wall, "messages": rows}, indent=1) + "\n")

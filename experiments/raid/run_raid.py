@@ -32,12 +32,13 @@ ATTRS = ("gender", "age_bucket", "occupation")
 
 
 def main(argv=None) -> int:
-    import fedrec
     import torch
+
+    import fedrec
     from fedrec.algorithms.raid import w2_between_groups
     from fedrec.attacks import attack
-    from fedrec.recsys.data import user_data
     from fedrec.models.recsys import MFParams
+    from fedrec.recsys.data import user_data
     from fedrec.recsys.train import evaluate_full_ranking, mf_score_fn
 
     ap = argparse.ArgumentParser()
@@ -55,9 +56,13 @@ def main(argv=None) -> int:
     for g in args.gammas:
         runs[f"raid-g{g:g}"] = {"strategy.params.gamma": g}
     if not args.no_free_support:
-        runs["raid-fs"] = {"strategy.params.mode": "free-support",
-                           "strategy.params.users-per-client": 10, "partition.num-clients": 95,
-                           "strategy.params.quantize-k": 4, "strategy.params.support-size": 200}
+        runs["raid-fs"] = {
+            "strategy.params.mode": "free-support",
+            "strategy.params.users-per-client": 10,
+            "partition.num-clients": 95,
+            "strategy.params.quantize-k": 4,
+            "strategy.params.support-size": 200,
+        }
     if not args.no_adversarial:
         runs["adv"] = {"strategy.params.mode": "adversarial"}
     rows = []
@@ -67,19 +72,30 @@ def main(argv=None) -> int:
         m = evaluate_full_ranking(mf_score_fn(params), ud, (10,))
         res = {a: attack(P, labels[a], attacker="mlp", seed=0, attribute=a) for a in ATTRS}
         w2 = w2_between_groups(P, labels["gender"])["w2"]
-        rows.append({"name": name, "ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], "w2": w2,
-                     "wall": wall, "extra": extra,
-                     **{f"auc_{a}": r.auc for a, r in res.items()},
-                     **{f"bacc_{a}": r.balanced_accuracy for a, r in res.items()}})
+        rows.append(
+            {
+                "name": name,
+                "ndcg@10": m["ndcg@10"],
+                "hr@10": m["hr@10"],
+                "w2": w2,
+                "wall": wall,
+                "extra": extra,
+                **{f"auc_{a}": r.auc for a, r in res.items()},
+                **{f"bacc_{a}": r.balanced_accuracy for a, r in res.items()},
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
 
     base = None
     for name, ov in runs.items():
         d = out / name
         if not (d / "summary.json").exists():
-            fedrec.run(HERE / "raid_ml100k.toml", out=d,
-                       overrides=[f"num-server-rounds={args.rounds}"]
-                       + [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in ov.items()])
+            fedrec.run(
+                HERE / "raid_ml100k.toml",
+                out=d,
+                overrides=[f"num-server-rounds={args.rounds}"]
+                + [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in ov.items()],
+            )
         s = json.loads((d / "summary.json").read_text())
         e = np.load(d / "embeddings.npz")
         P = e["embeddings"][np.argsort(e["users"])]
@@ -97,14 +113,18 @@ def main(argv=None) -> int:
         audit(f"noise-s{sigma:g}", Pn, Q0, wall0 + time.perf_counter() - t0)
 
     ref = rows[0]["ndcg@10"]
-    lines = ["| run | NDCG@10 | (% of none) | HR@10 | AUC gender | AUC age | AUC occupation | "
-             "bal. acc gender | W2 gender groups | wall s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | NDCG@10 | (% of none) | HR@10 | AUC gender | AUC age | AUC occupation | "
+        "bal. acc gender | W2 gender groups | wall s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['ndcg@10']:.4f} | {100 * r['ndcg@10'] / ref:.0f}% | "
-                     f"{r['hr@10']:.4f} | {r['auc_gender']:.3f} | {r['auc_age_bucket']:.3f} | "
-                     f"{r['auc_occupation']:.3f} | {r['bacc_gender']:.3f} | {r['w2']:.3f} | "
-                     f"{r['wall']:.0f} | {r['extra']} |")
+        lines.append(
+            f"| {r['name']} | {r['ndcg@10']:.4f} | {100 * r['ndcg@10'] / ref:.0f}% | "
+            f"{r['hr@10']:.4f} | {r['auc_gender']:.3f} | {r['auc_age_bucket']:.3f} | "
+            f"{r['auc_occupation']:.3f} | {r['bacc_gender']:.3f} | {r['w2']:.3f} | "
+            f"{r['wall']:.0f} | {r['extra']} |"
+        )
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text + "\n")
@@ -121,8 +141,10 @@ def _plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for prefix, label, style in (("raid-g", "RAID (Gaussian), gamma swept", "o-"),
-                                 ("noise-s", "Gaussian noise, sigma swept", "s--")):
+    for prefix, label, style in (
+        ("raid-g", "RAID (Gaussian), gamma swept", "o-"),
+        ("noise-s", "Gaussian noise, sigma swept", "s--"),
+    ):
         pts = [r for r in rows if r["name"].startswith(prefix)]
         if pts:
             ax.plot([r["ndcg@10"] for r in pts], [r["auc_gender"] for r in pts], style, label=label)

@@ -87,8 +87,9 @@ def check_embeddings(name: str, x, *, like: np.ndarray | None = None) -> np.ndar
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a numeric (n, d) array") from None
     if a.ndim < 2 or a.shape[-2] == 0 or a.shape[-1] == 0:
-        raise ConfigError(f"{name} must be a non-empty (n, d) array (or a stack (..., n, d)), "
-                          f"got shape {a.shape}")
+        raise ConfigError(
+            f"{name} must be a non-empty (n, d) array (or a stack (..., n, d)), got shape {a.shape}"
+        )
     if like is not None and a.shape != like.shape:
         raise ConfigError(f"{name} must have shape {like.shape}, got {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -96,15 +97,21 @@ def check_embeddings(name: str, x, *, like: np.ndarray | None = None) -> np.ndar
     return a
 
 
-def check_labels(name: str, labels, shape: tuple[int, ...], num_classes: int | None = None
-                 ) -> np.ndarray:
+def check_labels(
+    name: str, labels, shape: tuple[int, ...], num_classes: int | None = None
+) -> np.ndarray:
     """Integer class indices of shape ``shape`` (``(..., n)``) in ``[0, num_classes)``."""
     a = np.asarray(labels)
     if a.shape != tuple(shape):
         raise ConfigError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer)
-                               or (np.issubdtype(a.dtype, np.floating)
-                                   and np.all(np.isfinite(a)) and np.all(a == np.round(a)))):
+    if a.dtype == bool or not (
+        np.issubdtype(a.dtype, np.integer)
+        or (
+            np.issubdtype(a.dtype, np.floating)
+            and np.all(np.isfinite(a))
+            and np.all(a == np.round(a))
+        )
+    ):
         raise ConfigError(f"{name} must be integer class indices")
     a = a.astype(np.int64)
     if a.size and a.min() < 0:
@@ -120,35 +127,44 @@ def check_mask(name: str, mask, shape: tuple[int, ...]) -> np.ndarray:
         return np.ones(shape, dtype=bool)
     a = np.asarray(mask)
     if a.shape != tuple(shape) or a.dtype != bool:
-        raise ConfigError(f"{name} must be a bool array of shape {tuple(shape)}, got {a.dtype} "
-                          f"{a.shape}")
+        raise ConfigError(
+            f"{name} must be a bool array of shape {tuple(shape)}, got {a.dtype} {a.shape}"
+        )
     return a
 
 
-def check_params(name: str, params, d: int | None = None
-                 ) -> tuple[list[np.ndarray], int, int, int]:
+def check_params(name: str, params, d: int | None = None) -> tuple[list[np.ndarray], int, int, int]:
     """Check ``[W1 (h,d), b1 (h,), W2 (K,h), b2 (K,)]``; float64 copies and ``(d, h, K)``."""
     if not isinstance(params, (list, tuple)) or len(params) != 4:
         raise ConfigError(f"{name} must be a list [W1, b1, W2, b2] of 4 arrays")
     W1, b1, W2, b2 = (np.asarray(p, dtype=np.float64) for p in params)
-    if W1.ndim != 2 or W2.ndim != 2 or b1.shape != (W1.shape[0],) or W2.shape[1] != W1.shape[0] \
-            or b2.shape != (W2.shape[0],):
-        raise ConfigError(f"{name} has inconsistent shapes "
-                          f"{[np.shape(p) for p in params]}; expected (h,d), (h,), (K,h), (K,)")
+    if (
+        W1.ndim != 2
+        or W2.ndim != 2
+        or b1.shape != (W1.shape[0],)
+        or W2.shape[1] != W1.shape[0]
+        or b2.shape != (W2.shape[0],)
+    ):
+        raise ConfigError(
+            f"{name} has inconsistent shapes "
+            f"{[np.shape(p) for p in params]}; expected (h,d), (h,), (K,h), (K,)"
+        )
     if d is not None and W1.shape[1] != d:
         raise ConfigError(f"{name} expects embeddings of size {W1.shape[1]}, got d={d}")
     return [W1, b1, W2, b2], W1.shape[1], W1.shape[0], W2.shape[0]
 
 
 # ------------------------------------------------------------------ the model
-def classifier_shapes(d: int, num_classes: int, hidden: int = DEFAULT_HIDDEN
-                      ) -> tuple[tuple[int, ...], ...]:
+def classifier_shapes(
+    d: int, num_classes: int, hidden: int = DEFAULT_HIDDEN
+) -> tuple[tuple[int, ...], ...]:
     """Shapes of ``[W1, b1, W2, b2]``: ``(h, d), (h,), (K, h), (K,)``."""
     return ((hidden, d), (hidden,), (num_classes, hidden), (num_classes,))
 
 
-def classifier_init(d: int, num_classes: int, hidden: int = DEFAULT_HIDDEN,
-                    seed: int = 0) -> list[np.ndarray]:
+def classifier_init(
+    d: int, num_classes: int, hidden: int = DEFAULT_HIDDEN, seed: int = 0
+) -> list[np.ndarray]:
     """Parameters ``[W1 (h,d), b1 (h,), W2 (K,h), b2 (K,)]`` (float32) of the MLP ``d->h->K``.
 
     ``torch.nn.Linear``'s default scheme, drawn from ``numpy.random.default_rng(seed)``:
@@ -159,13 +175,16 @@ def classifier_init(d: int, num_classes: int, hidden: int = DEFAULT_HIDDEN,
     h = check_count("hidden", hidden, 1)
     rng = np.random.default_rng(seed)
     b_in, b_h = 1.0 / np.sqrt(d), 1.0 / np.sqrt(h)
-    out = [rng.uniform(-b_in, b_in, (h, d)), rng.uniform(-b_in, b_in, h),
-           rng.uniform(-b_h, b_h, (K, h)), rng.uniform(-b_h, b_h, K)]
+    out = [
+        rng.uniform(-b_in, b_in, (h, d)),
+        rng.uniform(-b_in, b_in, h),
+        rng.uniform(-b_h, b_h, (K, h)),
+        rng.uniform(-b_h, b_h, K),
+    ]
     return [a.astype(np.float32) for a in out]
 
 
-def forward(p64: Sequence[np.ndarray], X: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def forward(p64: Sequence[np.ndarray], X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(pre-activations (..., n, h), hidden (..., n, h), logits (..., n, K))``."""
     W1, b1, W2, b2 = p64
     pre = np.matmul(X, W1.T) + b1
@@ -186,15 +205,20 @@ def logit_input_grad(p64: Sequence[np.ndarray], pre: np.ndarray, dZ: np.ndarray)
     return np.matmul(np.matmul(dZ, W2) * (pre > 0), W1)
 
 
-def logit_param_grad_sums(p64: Sequence[np.ndarray], X: np.ndarray, pre: np.ndarray,
-                          hid: np.ndarray, dZ: np.ndarray) -> list[np.ndarray]:
+def logit_param_grad_sums(
+    p64: Sequence[np.ndarray], X: np.ndarray, pre: np.ndarray, hid: np.ndarray, dZ: np.ndarray
+) -> list[np.ndarray]:
     """Gradients w.r.t. ``[W1, b1, W2, b2]`` of a per-sample logit gradient ``dZ``,
     summed over the samples (axis ``-2``): shapes ``(..., h, d), (..., h), (..., K, h),
     (..., K)``."""
     _, _, W2, _ = p64
     dpre = np.matmul(dZ, W2) * (pre > 0)
-    return [np.matmul(np.swapaxes(dpre, -1, -2), X), dpre.sum(axis=-2),
-            np.matmul(np.swapaxes(dZ, -1, -2), hid), dZ.sum(axis=-2)]
+    return [
+        np.matmul(np.swapaxes(dpre, -1, -2), X),
+        dpre.sum(axis=-2),
+        np.matmul(np.swapaxes(dZ, -1, -2), hid),
+        dZ.sum(axis=-2),
+    ]
 
 
 def _ce_logit_grad(logq: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -252,8 +276,9 @@ def ce_input_grads(params, emb, labels) -> np.ndarray:
     return logit_input_grad(p64, pre, _ce_logit_grad(log_softmax(Z), y))
 
 
-def classifier_step(params, grad_sums, count: int, state: AdamState | None, lr: float
-                    ) -> tuple[list[np.ndarray], AdamState]:
+def classifier_step(
+    params, grad_sums, count: int, state: AdamState | None, lr: float
+) -> tuple[list[np.ndarray], AdamState]:
     """Server side of one classifier update: :func:`fedrec.optim.adam_step` on
     ``grad_sums / count`` (the gradient of the mean CE).
 
@@ -267,5 +292,6 @@ def classifier_step(params, grad_sums, count: int, state: AdamState | None, lr: 
         state = AdamState.zeros(params)
     if count <= 0:
         return [np.asarray(p) for p in params], state
-    return adam_step(params, [np.asarray(g, dtype=np.float64) / count for g in grad_sums], state,
-                     lr)
+    return adam_step(
+        params, [np.asarray(g, dtype=np.float64) / count for g in grad_sums], state, lr
+    )

@@ -1,8 +1,8 @@
 """Server- and client-side math of two group-fairness baselines (numpy only, no flwr).
 
 Used by :mod:`fedrec.strategies.fairfed`, :mod:`fedrec.strategies.fedfb` and their
-client halves :mod:`fedrec.clients.fairfed`, :mod:`fedrec.clients.fedfb`. Every function is pure: the
-same inputs give the same outputs, and nothing here knows about messages.
+client halves :mod:`fedrec.clients.fairfed`, :mod:`fedrec.clients.fedfb`. Every function is
+pure: the same inputs give the same outputs, and nothing here knows about messages.
 
 Count layouts (as elsewhere in fedrec):
 
@@ -94,7 +94,7 @@ from global loss sums:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -124,8 +124,7 @@ FAIRFED_METRICS = ("dp", "eop", "eo")
 def _as_counts(counts: np.ndarray) -> np.ndarray:
     arr = np.asarray(counts, dtype=np.float64)
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2] or arr.shape[0] < 1 or arr.shape[1] < 2:
-        raise ValueError(f"confusion counts must have shape (G, C, C) with C >= 2, "
-                         f"got {arr.shape}")
+        raise ValueError(f"confusion counts must have shape (G, C, C) with C >= 2, got {arr.shape}")
     if arr.size and arr.min() < 0:
         raise ValueError("confusion counts must be non-negative")
     return arr
@@ -155,15 +154,16 @@ def fairfed_signed_gaps(counts: np.ndarray, metric: str = "dp") -> np.ndarray:
     paper's SPD ``P(Yhat=1|A=0) - P(Yhat=1|A=1)`` (a 1-vector).
     """
     if metric not in FAIRFED_METRICS:
-        raise ValueError(f"unknown FairFed metric {metric!r}; "
-                         f"allowed: {', '.join(FAIRFED_METRICS)}")
+        raise ValueError(
+            f"unknown FairFed metric {metric!r}; allowed: {', '.join(FAIRFED_METRICS)}"
+        )
     c = _as_counts(counts)
     G, C = c.shape[0], c.shape[1]
     classes = [1] if C == 2 else list(range(C))
-    n_a = c.sum(axis=(1, 2))                     # (G,)
-    pred = c.sum(axis=1)                          # (G, C) predicted as class
-    true = c.sum(axis=2)                          # (G, C) label is class
-    diag = np.diagonal(c, axis1=1, axis2=2)       # (G, C)
+    n_a = c.sum(axis=(1, 2))  # (G,)
+    pred = c.sum(axis=1)  # (G, C) predicted as class
+    true = c.sum(axis=2)  # (G, C) label is class
+    diag = np.diagonal(c, axis1=1, axis2=2)  # (G, C)
     rates = []
     if metric == "dp":
         rates.append(_ratio(pred, n_a[:, None]))
@@ -225,8 +225,9 @@ def fairfed_update_weights(weights: np.ndarray, deltas: np.ndarray, beta: float)
     return new / total
 
 
-def fairfed_aggregation_weights(weights: dict[int, float], clients: Sequence[int],
-                                sizes: dict[int, int]) -> np.ndarray:
+def fairfed_aggregation_weights(
+    weights: dict[int, float], clients: Sequence[int], sizes: dict[int, int]
+) -> np.ndarray:
     """Weights of the participating ``clients`` (normalised among them).
 
     Falls back to their data shares if all their FairFed weights are 0.
@@ -263,8 +264,9 @@ def cell_sample_weights(cell_weights: np.ndarray, y: np.ndarray, a: np.ndarray) 
     return W[np.asarray(y, dtype=np.int64), np.asarray(a, dtype=np.int64)]
 
 
-def cell_loss_sums(proba: np.ndarray, y: np.ndarray, a: np.ndarray, num_groups: int,
-                   eps: float = 1e-12) -> np.ndarray:
+def cell_loss_sums(
+    proba: np.ndarray, y: np.ndarray, a: np.ndarray, num_groups: int, eps: float = 1e-12
+) -> np.ndarray:
     """Summed cross-entropy ``-log p(y_i|x_i)`` per (label, group) cell, shape ``(C, G)``."""
     proba = np.asarray(proba, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
@@ -279,8 +281,10 @@ def cell_loss_sums(proba: np.ndarray, y: np.ndarray, a: np.ndarray, num_groups: 
 def _fedfb_counts(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] != 2 or m.shape[1] < 2:
-        raise ValueError("FedFB (demographic parity) needs a binary label and >= 2 groups: "
-                         f"label x group counts of shape (2, G>=2), got {m.shape}")
+        raise ValueError(
+            "FedFB (demographic parity) needs a binary label and >= 2 groups: "
+            f"label x group counts of shape (2, G>=2), got {m.shape}"
+        )
     if m.sum() <= 0:
         raise ValueError("FedFB: the label x group counts are all zero")
     return m
@@ -299,8 +303,12 @@ def fedfb_cell_weights(lam: np.ndarray, m: np.ndarray) -> np.ndarray:
     lam = np.asarray(lam, dtype=np.float64)
     m_z = m.sum(axis=0)
     out = np.zeros_like(lam)
-    np.divide(lam * m.sum(), np.broadcast_to(m_z, lam.shape), out=out,
-              where=np.broadcast_to(m_z, lam.shape) > 0)
+    np.divide(
+        lam * m.sum(),
+        np.broadcast_to(m_z, lam.shape),
+        out=out,
+        where=np.broadcast_to(m_z, lam.shape) > 0,
+    )
     return out
 
 
@@ -341,7 +349,7 @@ def fedfb_update_lambda(lam: np.ndarray, f: np.ndarray, m: np.ndarray, step: flo
     G = m.shape[1]
     if lam.shape != (2, G) or f.shape != (G,):
         raise ValueError(f"lambda must be (2, {G}) and f ({G},), got {lam.shape} and {f.shape}")
-    bound = 2.0 * m.sum(axis=0) / m.sum()           # 2 m_z / n
+    bound = 2.0 * m.sum(axis=0) / m.sum()  # 2 m_z / n
     for z in range(G):
         if m[:, z].sum() <= 0:
             continue

@@ -162,7 +162,9 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     except TypeError:  # unhashable / array-like values
         ok = False
     if not ok:
-        raise ConfigError(f"{name} must be one of {', '.join(repr(v) for v in allowed)}; got {value!r}")
+        raise ConfigError(
+            f"{name} must be one of {', '.join(repr(v) for v in allowed)}; got {value!r}"
+        )
     return value
 
 
@@ -180,7 +182,9 @@ def _number(name: str, value: Any, *, minimum: float | None = None, strict: bool
 def _counts(name: str, value: Any) -> np.ndarray:
     arr = np.asarray(value)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ConfigError(f"{name} must be a 2-D (A, m) array of counts with A, m >= 1, got shape {arr.shape}")
+        raise ConfigError(
+            f"{name} must be a 2-D (A, m) array of counts with A, m >= 1, got shape {arr.shape}"
+        )
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ConfigError(f"{name} must hold non-negative numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
@@ -193,15 +197,20 @@ def _count_pair(own: Any, pooled: Any) -> tuple[np.ndarray, np.ndarray]:
     own_c = _counts("own_counts", own)
     pooled_c = _counts("pooled_counts", pooled)
     if own_c.shape != pooled_c.shape:
-        raise ConfigError(f"own_counts and pooled_counts must have the same (A, m) shape, got {own_c.shape} and {pooled_c.shape}")
+        raise ConfigError(
+            "own_counts and pooled_counts must have the same (A, m) shape, "
+            f"got {own_c.shape} and {pooled_c.shape}"
+        )
     if pooled_c.sum() <= 0:
         raise ConfigError("pooled_counts must have a positive total")
     if np.any(own_c > pooled_c * (1 + 1e-9) + 1e-9):
-        raise ConfigError("own_counts must not exceed pooled_counts entry-wise (pooled = sum over clients)")
+        raise ConfigError(
+            "own_counts must not exceed pooled_counts entry-wise (pooled = sum over clients)"
+        )
     return own_c, pooled_c
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _safe_div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     out = np.zeros(np.broadcast_shapes(num.shape, den.shape))
@@ -263,7 +272,10 @@ def _constraint_tensor(criterion: str, own: np.ndarray, pooled: np.ndarray) -> n
         n_y = pooled.sum(axis=0)
         for y in range(m):
             defined = pooled[:, y] > 0  # rows of (a', y) exist (then n_y[y] > 0 too)
-            coef = _safe_div(np.diag(p_ak), (pooled[:, y] / N)[:, None]) - _safe_div(p_ak, n_y[y] / N)[None, :]
+            coef = (
+                _safe_div(np.diag(p_ak), (pooled[:, y] / N)[:, None])
+                - _safe_div(p_ak, n_y[y] / N)[None, :]
+            )
             coef[~defined] = 0.0
             D[:, y, :, y, y] = coef
         return D
@@ -322,7 +334,10 @@ def constraint_values(D: Any, C: Any) -> np.ndarray:
     D = np.asarray(D, dtype=np.float64)
     C = np.asarray(C, dtype=np.float64)
     if D.ndim != 4 or C.ndim != 3 or D.shape[1:] != C.shape:
-        raise ConfigError(f"D must be (U, A, m, m) and C (A, m, m) with matching (A, m, m); got {D.shape} and {C.shape}")
+        raise ConfigError(
+            "D must be (U, A, m, m) and C (A, m, m) with matching (A, m, m); "
+            f"got {D.shape} and {C.shape}"
+        )
     return np.einsum("uaij,aij->u", D, C)
 
 
@@ -334,7 +349,9 @@ def confusion_from_predictions(y: Any, yhat: Any, a: Any, A: int, m: int) -> np.
     """
     from fedrec.metrics import confusion_counts
 
-    counts = confusion_counts(np.asarray(y), np.asarray(yhat), np.asarray(a), int(m), int(A)).astype(np.float64)
+    counts = confusion_counts(
+        np.asarray(y), np.asarray(yhat), np.asarray(a), int(m), int(A)
+    ).astype(np.float64)
     return _safe_div(counts, counts.sum(axis=(1, 2))[:, None, None])
 
 
@@ -356,7 +373,10 @@ def confusion_from_scores(eta: Any, h: Any, a: Any, A: int) -> np.ndarray:
         h = np.eye(m)[h.astype(np.int64)]
     h = h.astype(np.float64)
     if h.shape != eta.shape or a.shape != (n,):
-        raise ConfigError(f"h must be (n,) or (n, m) and a (n,) matching eta {eta.shape}; got {h.shape} and {a.shape}")
+        raise ConfigError(
+            f"h must be (n,) or (n, m) and a (n,) matching eta {eta.shape}; "
+            f"got {h.shape} and {a.shape}"
+        )
     if n and (a.min() < 0 or a.max() >= A):
         raise ConfigError(f"a holds a group outside 0..{A - 1}")
     C = np.zeros((A, m, m))
@@ -434,18 +454,30 @@ def shift_positive(M: Any) -> Any:
 
 # ----------------------------------------------------------------- losses
 def cost_sensitive_loss(logits: torch.Tensor, y: Any, a: Any, Mbar: Any) -> torch.Tensor:
-    """In-processing loss (fedfact.md §6.1): ``-mean_i sum_j Mbar[a_i, y_i, j] log softmax(logits_i)_j``.
+    """In-processing loss (fedfact.md §6.1).
+
+    ``-mean_i sum_j Mbar[a_i, y_i, j] log softmax(logits_i)_j``.
 
     With ``M = I`` (zero duals, ``kappa = 0``) this equals ``F.cross_entropy(logits, y)``.
     """
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ConfigError("logits must be a 2-D (n, m) torch tensor")
     dev = logits.device
-    y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, dtype=torch.long, device=dev)
-    a_t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=torch.long, device=dev)
-    Mb = torch.as_tensor(np.asarray(Mbar) if not isinstance(Mbar, torch.Tensor) else Mbar, dtype=logits.dtype, device=dev)
+    y_t = torch.as_tensor(
+        np.asarray(y) if not isinstance(y, torch.Tensor) else y, dtype=torch.long, device=dev
+    )
+    a_t = torch.as_tensor(
+        np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=torch.long, device=dev
+    )
+    Mb = torch.as_tensor(
+        np.asarray(Mbar) if not isinstance(Mbar, torch.Tensor) else Mbar,
+        dtype=logits.dtype,
+        device=dev,
+    )
     if Mb.ndim != 3 or Mb.shape[1:] != (logits.shape[1], logits.shape[1]):
-        raise ConfigError(f"Mbar must be (A, m, m) with m = {logits.shape[1]}, got {tuple(Mb.shape)}")
+        raise ConfigError(
+            f"Mbar must be (A, m, m) with m = {logits.shape[1]}, got {tuple(Mb.shape)}"
+        )
     targets = Mb[a_t, y_t]  # (n, m): row y_i of Mbar(a_i)
     return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
@@ -468,20 +500,33 @@ def _scores_torch(eta: torch.Tensor, a: torch.Tensor, M: torch.Tensor) -> torch.
 
 
 def _eta_a(eta: Any, a: Any, A: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    eta_ = np.asarray(eta.detach().cpu().numpy() if isinstance(eta, torch.Tensor) else eta, dtype=np.float64)
+    eta_ = np.asarray(
+        eta.detach().cpu().numpy() if isinstance(eta, torch.Tensor) else eta, dtype=np.float64
+    )
     a_ = np.asarray(a.cpu().numpy() if isinstance(a, torch.Tensor) else a)
     if eta_.ndim != 2 or eta_.shape[1] != m:
         raise ConfigError(f"eta must be a 2-D (n, {m}) array of scores, got shape {eta_.shape}")
     if a_.shape != (eta_.shape[0],):
-        raise ConfigError(f"a must be a 1-D array of {eta_.shape[0]} group ids, got shape {a_.shape}")
+        raise ConfigError(
+            f"a must be a 1-D array of {eta_.shape[0]} group ids, got shape {a_.shape}"
+        )
     if a_.size and (not np.all(np.mod(a_, 1) == 0) or a_.min() < 0 or a_.max() >= A):
         raise ConfigError(f"a must hold integer group ids in 0..{A - 1}")
     return eta_, a_.astype(np.int64)
 
 
 def client_objective(
-    eta: Any, a: Any, own_counts: Any, pooled_counts: Any, Dg: Any, lam: Any, Dl: Any, mu: Any,
-    xi_g: float, xi_k: float, beta: float = 0.1,
+    eta: Any,
+    a: Any,
+    own_counts: Any,
+    pooled_counts: Any,
+    Dg: Any,
+    lam: Any,
+    Dl: Any,
+    mu: Any,
+    xi_g: float,
+    xi_k: float,
+    beta: float = 0.1,
 ) -> torch.Tensor:
     """``H'_k(lam, mu_k)`` of fedfact.md §7.1 eq. (8) (smooth part + both L1 penalties).
 
@@ -538,7 +583,10 @@ def _vector(name: str, v: Any) -> np.ndarray:
 
 
 def project_l1_ball(v: Any, radius: float) -> np.ndarray:
-    """Euclidean projection of a real vector onto ``{x : ||x||_1 <= radius}`` (Duchi et al. 2008)."""
+    """Euclidean projection of a real vector onto ``{x : ||x||_1 <= radius}``.
+
+    (Duchi et al. 2008.)
+    """
     v = _vector("v", v)
     r = _number("radius", radius, minimum=0.0)
     if np.abs(v).sum() <= r:
@@ -547,7 +595,9 @@ def project_l1_ball(v: Any, radius: float) -> np.ndarray:
 
 
 def project_simplex_ball(v: Any, radius: float) -> np.ndarray:
-    """Euclidean projection onto ``{x >= 0, ||x||_1 <= radius}`` (the paper's non-negative Λ, §11.3).
+    """Euclidean projection onto ``{x >= 0, ||x||_1 <= radius}``.
+
+    The paper's non-negative Λ (§11.3).
 
     Clamp at zero; if the sum still exceeds ``radius``, project onto the simplex of that
     radius (the KKT threshold is then positive, so both steps agree with the joint prox).
@@ -594,7 +644,10 @@ def server_lambda_step(
     """
     lam_ = _vector("lam", lam)
     if len(grads) != len(weights) or len(grads) == 0:
-        raise ConfigError(f"grads and weights must be non-empty and of equal length, got {len(grads)} and {len(weights)}")
+        raise ConfigError(
+            "grads and weights must be non-empty and of equal length, "
+            f"got {len(grads)} and {len(weights)}"
+        )
     total = np.zeros_like(lam_)
     for i, (g, w) in enumerate(zip(grads, weights)):
         g_ = _vector(f"grads[{i}]", g)
@@ -647,15 +700,25 @@ class PostProcessingClient:
         self.bound = _number("bound", self.bound, minimum=0.0)
         self.beta = _number("beta", self.beta, minimum=0.0, strict=True)
         self.lr = _number("lr", self.lr, minimum=0.0, strict=True)
-        if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, (int, np.integer)) or self.local_steps < 0:
+        if (
+            isinstance(self.local_steps, bool)
+            or not isinstance(self.local_steps, (int, np.integer))
+            or self.local_steps < 0
+        ):
             raise ConfigError(f"local_steps must be an integer >= 0, got {self.local_steps!r}")
         self.eta, self.a = _eta_a(self.eta, self.a, A, m)
         self.p_k = own.sum() / pooled.sum()
         if self.p_k <= 0:
             raise ConfigError("own_counts must have a positive total (p̂_k > 0)")
         empty = np.zeros((0, A, m, m))
-        self.Dg = global_constraints(self.criterion, own, pooled) if self.scope in ("global", "both") else empty
-        self.Dl = local_constraints(self.criterion, own) if self.scope in ("local", "both") else empty
+        self.Dg = (
+            global_constraints(self.criterion, own, pooled)
+            if self.scope in ("global", "both")
+            else empty
+        )
+        self.Dl = (
+            local_constraints(self.criterion, own) if self.scope in ("local", "both") else empty
+        )
         if isinstance(self.mu, torch.Tensor):
             self.mu = self.mu.detach().cpu().numpy()
         self.mu = _dual("mu", self.mu, self.Dl.shape[0], False, torch.float64).copy()
@@ -671,27 +734,37 @@ class PostProcessingClient:
     def num_local(self) -> int:
         return int(self.Dl.shape[0])
 
+    def _mu(self) -> np.ndarray:
+        """``self.mu``, an array once ``__post_init__`` has run (the field's ``None`` is the
+        constructor's default only)."""
+        assert self.mu is not None
+        return self.mu
+
     def _lam(self, lam: Any) -> np.ndarray:
         return _dual("lam", lam, self.num_global, False, torch.float64)
 
-    def _smooth_and_grads(self, lam: np.ndarray, mu: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    def _smooth_and_grads(
+        self, lam: np.ndarray, mu: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         with single_thread():
             return self._smooth_and_grads_impl(lam, mu)
 
-    def _smooth_and_grads_impl(self, lam: np.ndarray, mu: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    def _smooth_and_grads_impl(
+        self, lam: np.ndarray, mu: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         lam_t = torch.tensor(lam, dtype=torch.float64, requires_grad=True)
         mu_t = torch.tensor(mu, dtype=torch.float64, requires_grad=True)
         M = _calibration(self._inv_p, self.Dg, lam_t, self.Dl, mu_t)
         value = _smooth_part(self._eta_t, self._a_t, M, self.beta)
-        g_lam, g_mu = torch.autograd.grad(value, (lam_t, mu_t), allow_unused=True)
-        g_lam = np.zeros_like(lam) if g_lam is None else g_lam.numpy()
-        g_mu = np.zeros_like(mu) if g_mu is None else g_mu.numpy()
+        t_lam, t_mu = torch.autograd.grad(value, (lam_t, mu_t), allow_unused=True)
+        g_lam = np.zeros_like(lam) if t_lam is None else t_lam.numpy()
+        g_mu = np.zeros_like(mu) if t_mu is None else t_mu.numpy()
         return float(value.detach()), g_lam, g_mu
 
     def objective(self, lam: Any, mu: Any = None) -> float:
         """``H'_k(lam, mu)`` (with ``self.mu`` when ``mu`` is None), smooth part + penalties."""
         lam_ = self._lam(lam)
-        mu_ = self.mu if mu is None else _dual("mu", mu, self.num_local, False, torch.float64)
+        mu_ = self._mu() if mu is None else _dual("mu", mu, self.num_local, False, torch.float64)
         value, _, _ = self._smooth_and_grads(lam_, mu_)
         return value + self.xi_g * np.abs(lam_).sum() + self.xi_k / self.p_k * np.abs(mu_).sum()
 
@@ -702,7 +775,7 @@ class PostProcessingClient:
         ``H'_k`` at ``(lam, new_mu)`` (autograd), to be sent to the server.
         """
         lam_ = self._lam(lam)
-        mu = self.mu.copy()
+        mu = self._mu().copy()
         if self.num_local and self.inner == "lbfgs":
             mu = self._solve_mu(lam_, mu)
         elif self.num_local:
@@ -743,9 +816,14 @@ class PostProcessingClient:
 
         z0 = np.concatenate([np.maximum(mu0, 0.0), np.maximum(-mu0, 0.0)])
         with single_thread():
-            res = minimize(fun, z0, jac=True, method="L-BFGS-B",
-                           bounds=[(0.0, self.bound)] * (2 * U),
-                           options={"maxiter": max(10, 10 * int(self.local_steps))})
+            res = minimize(
+                fun,
+                z0,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=[(0.0, self.bound)] * (2 * U),
+                options={"maxiter": max(10, 10 * int(self.local_steps))},
+            )
         return project_l1_ball(res.x[:U] - res.x[U:], self.bound)
 
     def calibration(self, lam: Any) -> np.ndarray:
@@ -769,8 +847,11 @@ class PostProcessingClient:
 
 
 # ------------------------------------------------------------------ metrics
-_GAP_KEYS = {"dp": ("dp_subgroup_max", "dp_pairwise_max"), "eop": ("eop_subgroup_max", "eop_gap"),
-             "eo": ("eo_subgroup_max", "eo_gap")}
+_GAP_KEYS = {
+    "dp": ("dp_subgroup_max", "dp_pairwise_max"),
+    "eop": ("eop_subgroup_max", "eop_gap"),
+    "eo": ("eo_subgroup_max", "eo_gap"),
+}
 
 
 def fairness_gap(criterion: str, C_by_client: Any) -> dict[str, float]:
@@ -786,7 +867,9 @@ def fairness_gap(criterion: str, C_by_client: Any) -> dict[str, float]:
 
     counts = np.asarray(C_by_client)
     if counts.ndim != 4 or counts.shape[2] != counts.shape[3]:
-        raise ConfigError(f"C_by_client must be a (K, A, m, m) count tensor, got shape {counts.shape}")
+        raise ConfigError(
+            f"C_by_client must be a (K, A, m, m) count tensor, got shape {counts.shape}"
+        )
     fm = federated_metrics({k: counts[k] for k in range(counts.shape[0])})
     sub, pair = _GAP_KEYS[criterion]
     return {

@@ -241,12 +241,21 @@ __all__ = [
     "vclub_prior_terms",
 ]
 
-DEFAULT_CALIBRATE = {        # [X] defaults of calibrate(); the paper's are unpublished
-    "steps": 200, "n_phi": 5, "warmup_phi": 100, "lr_phi": 1e-3, "lr_emb": 1e-2,
-    "lr_relative": True, "hidden": DEFAULT_HIDDEN,
+DEFAULT_CALIBRATE = {  # [X] defaults of calibrate(); the paper's are unpublished
+    "steps": 200,
+    "n_phi": 5,
+    "warmup_phi": 100,
+    "lr_phi": 1e-3,
+    "lr_emb": 1e-2,
+    "lr_relative": True,
+    "hidden": DEFAULT_HIDDEN,
 }
-DEFAULT_COMBINE = {          # [X] defaults of combine()
-    "steps": 50, "lr": 0.03, "n_phi": 5, "warmup_phi": 100, "lr_phi": 1e-3,
+DEFAULT_COMBINE = {  # [X] defaults of combine()
+    "steps": 50,
+    "lr": 0.03,
+    "n_phi": 5,
+    "warmup_phi": 100,
+    "lr_phi": 1e-3,
     "hidden": DEFAULT_HIDDEN,
 }
 _TINY = np.finfo(np.float64).tiny
@@ -263,8 +272,9 @@ def _rows(name: str, value, shape: tuple[int, ...], *, positive: bool = False) -
     if a.ndim == 0:
         a = np.full(shape, float(a))
     if a.shape != tuple(shape):
-        raise ConfigError(f"{name} must be a number or an array of shape {tuple(shape)}, "
-                          f"got {a.shape}")
+        raise ConfigError(
+            f"{name} must be a number or an array of shape {tuple(shape)}, got {a.shape}"
+        )
     if not np.all(np.isfinite(a)) or (np.any(a <= 0) if positive else np.any(a < 0)):
         raise ConfigError(f"{name} must be {'> 0' if positive else '>= 0'} and finite")
     return a
@@ -362,8 +372,9 @@ def label_counts(labels, num_classes: int, mask=None) -> np.ndarray:
     K = _count("num_classes", num_classes, 2)
     lab = np.asarray(labels)
     if lab.ndim < 1:
-        raise ConfigError(f"labels must be a (n,) array (or a stack (..., n)), got shape "
-                          f"{lab.shape}")
+        raise ConfigError(
+            f"labels must be a (n,) array (or a stack (..., n)), got shape {lab.shape}"
+        )
     y = _labels("labels", lab, lab.shape, K)
     m = _mask("mask", mask, lab.shape)
     return ((y[..., None] == np.arange(K)) & m[..., None]).sum(axis=-2).astype(np.int64)
@@ -394,8 +405,9 @@ def _prior_dot(Z: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return (Z * prior).sum(axis=-1)
 
 
-def _terms_and_input_grad(p64: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray,
-                          prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _terms_and_input_grad(
+    p64: Sequence[np.ndarray], X: np.ndarray, y: np.ndarray, prior: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Prior-form terms ``m_u`` (..., n) and ``d m_u / d e_u`` (..., n, d).
 
     Because ``sum_a prior[a] = 1`` the log-partition cancels: ``m_u = z_u[a_u] - prior . z_u``
@@ -427,7 +439,7 @@ def vclub_batch(params, emb, labels) -> float:
     y = _labels("labels", labels, E.shape[:-1], K)
     logq = _log_softmax(_forward(p64, E)[2])
     positive = logq[np.arange(len(y)), y]
-    cross = logq[:, y].mean(axis=1)          # 1/B sum_j log q(a_j | e_i)
+    cross = logq[:, y].mean(axis=1)  # 1/B sum_j log q(a_j | e_i)
     return float(np.mean(positive - cross))
 
 
@@ -451,12 +463,16 @@ class EmbAdamState:
 
     @classmethod
     def concat(cls, states: Sequence[EmbAdamState]) -> EmbAdamState:
-        return cls(np.concatenate([s.m for s in states]), np.concatenate([s.v for s in states]),
-                   np.concatenate([s.t for s in states]))
+        return cls(
+            np.concatenate([s.m for s in states]),
+            np.concatenate([s.v for s in states]),
+            np.concatenate([s.t for s in states]),
+        )
 
 
-def calibration_step(params, emb, emb0, labels, prior, lr, eps, *,
-                     opt_state: EmbAdamState | None = None, mask=None):
+def calibration_step(
+    params, emb, emb0, labels, prior, lr, eps, *, opt_state: EmbAdamState | None = None, mask=None
+):
     """One embedding step of Step 1 for the given rows (client side; eq. 10 then eq. 11).
 
     Every row ``u`` takes one per-user Adam step on ``m_u`` (prior-form vCLUB term, with
@@ -487,10 +503,10 @@ def calibration_step(params, emb, emb0, labels, prior, lr, eps, *,
     eps_r = _rows("eps", eps, rows)
     m = _mask("mask", mask, rows)
     if opt_state is None:
-        opt_state = EmbAdamState(np.zeros(E.shape), np.zeros(E.shape),
-                                 np.zeros(rows, dtype=np.int64))
-    if opt_state.m.shape != E.shape or opt_state.v.shape != E.shape \
-            or opt_state.t.shape != rows:
+        opt_state = EmbAdamState(
+            np.zeros(E.shape), np.zeros(E.shape), np.zeros(rows, dtype=np.int64)
+        )
+    if opt_state.m.shape != E.shape or opt_state.v.shape != E.shape or opt_state.t.shape != rows:
         raise ConfigError(f"opt_state must hold rows of shape {E.shape}")
     terms, g = _terms_and_input_grad(p64, E, y, p)
     mi_sum = np.where(m, terms, 0.0).sum(axis=-1)
@@ -515,8 +531,10 @@ def _stack(calibrated) -> np.ndarray:
     if len(calibrated) == 0:
         raise ConfigError("calibrated must hold at least one (n, d) matrix")
     first = _embeddings("calibrated[0]", calibrated[0])
-    return np.stack([first] + [_embeddings(f"calibrated[{i}]", c, like=first)
-                               for i, c in enumerate(calibrated[1:], 1)])
+    return np.stack(
+        [first]
+        + [_embeddings(f"calibrated[{i}]", c, like=first) for i, c in enumerate(calibrated[1:], 1)]
+    )
 
 
 def _alpha_tilde(alpha_tilde, k: int) -> np.ndarray:
@@ -544,8 +562,9 @@ def mix(alpha_tilde, calibrated) -> np.ndarray:
     return _mix(softmax(_alpha_tilde(alpha_tilde, S.shape[0])), S)
 
 
-def combine_grad(alpha_tilde, calibrated, params, labels, priors, *, masks=None,
-                 weights=None) -> tuple[np.ndarray, np.ndarray]:
+def combine_grad(
+    alpha_tilde, calibrated, params, labels, priors, *, masks=None, weights=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Client side of one Step-2 update: gradient sums w.r.t. ``alpha_tilde``.
 
     ``calibrated``, ``params``, ``labels``, ``priors`` (and ``masks``, ``weights``) are
@@ -581,7 +600,7 @@ def combine_grad(alpha_tilde, calibrated, params, labels, priors, *, masks=None,
         raise ConfigError(f"weights must be a finite array of shape ({k},)")
     alpha = softmax(a)
     Ua = _mix(alpha, S)
-    G = np.zeros(S.shape[1:])                 # dJ / dU(alpha)
+    G = np.zeros(S.shape[1:])  # dJ / dU(alpha)
     mi = []
     for t in range(k):
         p64, _, _, K = _params(f"params[{t}]", params[t], d)
@@ -592,14 +611,13 @@ def combine_grad(alpha_tilde, calibrated, params, labels, priors, *, masks=None,
         mi.append(np.where(m, terms, 0.0).sum(axis=-1))
         G = G + w[t] * (gx * m[..., None])
     g_alpha = np.stack([(G * s).sum(axis=-1).sum(axis=-1) for s in S], axis=-1)  # dJ / d alpha
-    return alpha * (g_alpha - (g_alpha * alpha).sum(axis=-1, keepdims=True)), \
-        np.stack(mi, axis=-1)
+    return alpha * (g_alpha - (g_alpha * alpha).sum(axis=-1, keepdims=True)), np.stack(mi, axis=-1)
 
 
 # ------------------------------------------------------------------ drivers
 def attr_seed(seed: int, attr: str) -> int:
     """A seed derived from ``(seed, attribute name)`` only (independent of request order)."""
-    return int((int(seed) * 1_000_003 + zlib.crc32(str(attr).encode())) % (2 ** 31))
+    return int((int(seed) * 1_000_003 + zlib.crc32(str(attr).encode())) % (2**31))
 
 
 @dataclass
@@ -634,10 +652,24 @@ class CombinationResult:
     seconds: float = 0.0
 
 
-def calibrate(U0, labels, mask=None, *, eps, relative: bool = True, steps: int = 200,
-              n_phi: int = 5, warmup_phi: int = 100, lr_phi: float = 1e-3, lr_emb: float = 1e-2,
-              lr_relative: bool = True, hidden: int = DEFAULT_HIDDEN, seed: int = 0, prior=None,
-              num_classes: int | None = None) -> CalibrationResult:
+def calibrate(
+    U0,
+    labels,
+    mask=None,
+    *,
+    eps,
+    relative: bool = True,
+    steps: int = 200,
+    n_phi: int = 5,
+    warmup_phi: int = 100,
+    lr_phi: float = 1e-3,
+    lr_emb: float = 1e-2,
+    lr_relative: bool = True,
+    hidden: int = DEFAULT_HIDDEN,
+    seed: int = 0,
+    prior=None,
+    num_classes: int | None = None,
+) -> CalibrationResult:
     """Step 1 (Embedding Calibration) for one attribute, centralized, full batch.
 
     Loop (exactly the federated round sequence): ``warmup_phi`` classifier updates, then
@@ -670,18 +702,29 @@ def calibrate(U0, labels, mask=None, *, eps, relative: bool = True, steps: int =
     count = int(m.sum())
     for _ in range(steps):
         params, state = _fit_rounds(params, state, U, y, m, lr_phi, n_phi, hist["ce"])
-        U, emb_state, mi_sum = calibration_step(params, U, U0, y, p, lr_r, eps_r,
-                                                opt_state=emb_state, mask=m)
+        U, emb_state, mi_sum = calibration_step(
+            params, U, U0, y, p, lr_r, eps_r, opt_state=emb_state, mask=m
+        )
         hist["mi"].append(mi_sum / max(count, 1))
     return CalibrationResult(U, params, hist, p, eps_r, time.perf_counter() - start)
 
 
-def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any],
-            masks: Mapping[str, Any] | None = None,
-            *, steps: int = 50, lr: float = 0.03, n_phi: int = 5, warmup_phi: int = 100,
-            lr_phi: float = 1e-3, hidden: int = DEFAULT_HIDDEN, seed: int = 0,
-            priors: Mapping[str, Any] | None = None, num_classes: Mapping[str, int] | None = None,
-            classifiers: Mapping[str, Sequence[np.ndarray]] | None = None) -> CombinationResult:
+def combine(
+    calibrated: Mapping[str, Any],
+    labels: Mapping[str, Any],
+    masks: Mapping[str, Any] | None = None,
+    *,
+    steps: int = 50,
+    lr: float = 0.03,
+    n_phi: int = 5,
+    warmup_phi: int = 100,
+    lr_phi: float = 1e-3,
+    hidden: int = DEFAULT_HIDDEN,
+    seed: int = 0,
+    priors: Mapping[str, Any] | None = None,
+    num_classes: Mapping[str, int] | None = None,
+    classifiers: Mapping[str, Sequence[np.ndarray]] | None = None,
+) -> CombinationResult:
     """Step 2 (Flexible Combination), centralized, full batch.
 
     ``calibrated``, ``labels`` (and optional ``masks``, ``priors``, ``num_classes``,
@@ -700,8 +743,13 @@ def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any],
     if S.ndim != 3:
         raise ConfigError(f"calibrated must hold 2-D (n, d) matrices, got shape {S.shape[1:]}")
     k, n, d = S.shape
-    for name, mp in (("labels", labels), ("masks", masks), ("priors", priors),
-                     ("num_classes", num_classes), ("classifiers", classifiers)):
+    for name, mp in (
+        ("labels", labels),
+        ("masks", masks),
+        ("priors", priors),
+        ("num_classes", num_classes),
+        ("classifiers", classifiers),
+    ):
         if mp is None and name != "labels":
             continue
         if not isinstance(mp, Mapping) or any(t not in mp for t in names):
@@ -715,8 +763,9 @@ def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any],
     states: list[AdamState | None] = []
     for i, t in enumerate(names):
         pr = None if priors is None else priors[t]
-        K = _num_classes(f"labels[{t!r}]", labels[t], pr,
-                         None if num_classes is None else num_classes[t])
+        K = _num_classes(
+            f"labels[{t!r}]", labels[t], pr, None if num_classes is None else num_classes[t]
+        )
         y = _labels(f"labels[{t!r}]", labels[t], (n,), K)
         m = _mask(f"masks[{t!r}]", None if masks is None else masks[t], (n,))
         ps.append(attribute_prior(y, K, m) if pr is None else _prior(f"priors[{t!r}]", pr, K))
@@ -741,8 +790,9 @@ def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any],
             Ua = mix(alpha_tilde, S)
             rounds = n_phi + (warmup_phi if step == 0 else 0)
             for i in range(k):
-                params[i], states[i] = _fit_rounds(params[i], states[i], Ua, ys[i], ms[i],
-                                                   lr_phi, rounds)
+                params[i], states[i] = _fit_rounds(
+                    params[i], states[i], Ua, ys[i], ms[i], lr_phi, rounds
+                )
             g, mi = combine_grad(alpha_tilde, S, params, ys, ps, masks=ms, weights=w)
             hist["alpha"].append(softmax(alpha_tilde).tolist())
             hist["mi"].append((mi * w).tolist())
@@ -750,8 +800,14 @@ def combine(calibrated: Mapping[str, Any], labels: Mapping[str, Any],
             (alpha_tilde,), alpha_state = adam_step([alpha_tilde], [g], alpha_state, lr)
     alpha = softmax(alpha_tilde)
     U = mix(alpha_tilde, S) if k > 1 else S[0].copy()
-    return CombinationResult({t: float(a) for t, a in zip(names, alpha)}, U, hist, alpha_tilde,
-                             dict(zip(names, params)), time.perf_counter() - start)
+    return CombinationResult(
+        {t: float(a) for t, a in zip(names, alpha)},
+        U,
+        hist,
+        alpha_tilde,
+        dict(zip(names, params)),
+        time.perf_counter() - start,
+    )
 
 
 _CAL_KEYS = {"steps", "n_phi", "warmup_phi", "lr_phi", "lr_emb", "lr_relative", "hidden"}
@@ -775,9 +831,16 @@ class Lego:
       "total_s"}``; :meth:`cost_summary` compares the last request with a full run.
     """
 
-    def __init__(self, U0, *, eps, relative: bool = True, seed: int = 0,
-                 calibrate_options: Mapping[str, Any] | None = None,
-                 combine_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        U0,
+        *,
+        eps,
+        relative: bool = True,
+        seed: int = 0,
+        calibrate_options: Mapping[str, Any] | None = None,
+        combine_options: Mapping[str, Any] | None = None,
+    ):
         self.U0 = _matrix("U0", U0)
         self.eps = eps_rows(self.U0, eps, relative)
         self.seed = int(seed)
@@ -811,10 +874,14 @@ class Lego:
         if not self.calibrations:
             self.combination = None
         else:
-            self.combination = combine({t: c.U for t, c in self.calibrations.items()}, self.labels,
-                                       self.masks, seed=self.seed,
-                                       priors={t: c.prior for t, c in self.calibrations.items()},
-                                       **self.combine_options)
+            self.combination = combine(
+                {t: c.U for t, c in self.calibrations.items()},
+                self.labels,
+                self.masks,
+                seed=self.seed,
+                priors={t: c.prior for t, c in self.calibrations.items()},
+                **self.combine_options,
+            )
         return time.perf_counter() - start
 
     def add(self, attr: str, labels, mask=None) -> Lego:
@@ -826,16 +893,30 @@ class Lego:
         n = self.U0.shape[0]
         m = _mask("mask", mask, (n,))
         start = time.perf_counter()
-        res = calibrate(self.U0, labels, m, eps=self.eps, relative=False,
-                        seed=attr_seed(self.seed, attr), **self.calibrate_options)
+        res = calibrate(
+            self.U0,
+            labels,
+            m,
+            eps=self.eps,
+            relative=False,
+            seed=attr_seed(self.seed, attr),
+            **self.calibrate_options,
+        )
         cal_s = time.perf_counter() - start
         self.calibrate_calls += 1
         self.calibrations[attr] = res
         self.labels[attr] = _labels("labels", labels, (n,))
         self.masks[attr] = m
         comb_s = self._recombine()
-        self.timings.append({"op": "add", "attr": attr, "calibrate_s": cal_s, "combine_s": comb_s,
-                             "total_s": cal_s + comb_s})
+        self.timings.append(
+            {
+                "op": "add",
+                "attr": attr,
+                "calibrate_s": cal_s,
+                "combine_s": comb_s,
+                "total_s": cal_s + comb_s,
+            }
+        )
         return self
 
     def withdraw(self, attr: str) -> Lego:
@@ -844,8 +925,15 @@ class Lego:
             raise ConfigError(f"attr {attr!r} is not unlearned; active: {self.attributes}")
         del self.calibrations[attr], self.labels[attr], self.masks[attr]
         comb_s = self._recombine()
-        self.timings.append({"op": "withdraw", "attr": attr, "calibrate_s": 0.0,
-                             "combine_s": comb_s, "total_s": comb_s})
+        self.timings.append(
+            {
+                "op": "withdraw",
+                "attr": attr,
+                "calibrate_s": 0.0,
+                "combine_s": comb_s,
+                "total_s": comb_s,
+            }
+        )
         return self
 
     def embeddings(self) -> np.ndarray:
@@ -862,5 +950,6 @@ class Lego:
             return {"last_s": 0.0, "full_s": 0.0, "fraction": 0.0}
         last = self.timings[-1]["total_s"]
         full = sum(c.seconds for c in self.calibrations.values()) + (
-            self.combination.seconds if self.combination is not None else 0.0)
+            self.combination.seconds if self.combination is not None else 0.0
+        )
         return {"last_s": last, "full_s": full, "fraction": last / full if full > 0 else 0.0}

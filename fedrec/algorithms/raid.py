@@ -1,4 +1,4 @@
-"""RAID maths: Wasserstein-barycenter alignment of user embeddings (numpy/scipy/POT only, no Flower).
+"""RAID maths: Wasserstein-barycenter alignment of user embeddings (numpy/scipy/POT, no flwr).
 
 RAID ("An In-Training Defense against Attribute Inference Attacks in Recommender
 Systems", Feng, Li, Yu, Xiong, Fang, Zhang, Du, Chen; arXiv 2504.11510) makes the
@@ -119,7 +119,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import ot
@@ -187,7 +187,9 @@ def _groups(groups, n: int, num_groups: int | None = None, name: str = "groups")
     if n and arr.min() < 0:
         raise ConfigError(f"{name} must hold group ids >= 0, got {int(arr.min())}")
     if num_groups is not None and n and arr.max() >= num_groups:
-        raise ConfigError(f"{name} holds a group outside 0..{num_groups - 1} (num_groups={num_groups})")
+        raise ConfigError(
+            f"{name} holds a group outside 0..{num_groups - 1} (num_groups={num_groups})"
+        )
     return arr
 
 
@@ -290,8 +292,10 @@ def moments_from_sums(counts, sums, outer, ridge: float = 1e-6) -> tuple[np.ndar
         raise ConfigError("counts must be non-negative")
     empty = np.flatnonzero(c == 0)
     if empty.size:
-        raise ConfigError(f"counts must be > 0 for every group; groups {empty.tolist()} are empty "
-                          "(drop empty groups before computing moments)")
+        raise ConfigError(
+            f"counts must be > 0 for every group; groups {empty.tolist()} are empty "
+            "(drop empty groups before computing moments)"
+        )
     r = _real(ridge, "ridge")
     means = s / c[:, None]
     covs = o / c[:, None, None] - np.einsum("ai,aj->aij", means, means)
@@ -299,8 +303,9 @@ def moments_from_sums(counts, sums, outer, ridge: float = 1e-6) -> tuple[np.ndar
     return means, covs
 
 
-def gaussian_barycenter(means, covs, weights=None, *, num_iter: int = 100,
-                        tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_barycenter(
+    means, covs, weights=None, *, num_iter: int = 100, tol: float = 1e-9
+) -> tuple[np.ndarray, np.ndarray]:
     """Bures-Wasserstein barycenter ``N(m*, C*)`` of the Gaussians ``N(means[a], covs[a])``.
 
     Args:
@@ -324,14 +329,18 @@ def gaussian_barycenter(means, covs, weights=None, *, num_iter: int = 100,
         _check_pd(C[a], f"covs[{a}]")
     with contextlib.redirect_stdout(io.StringIO()):  # POT prints "Dit not converge."
         mb, Cb, log = ot.gaussian.bures_wasserstein_barycenter(
-            m, C, weights=w, method="fixed_point", num_iter=n_it, eps=eps, log=True)
+            m, C, weights=w, method="fixed_point", num_iter=n_it, eps=eps, log=True
+        )
     Cb = _sym(np.asarray(Cb, dtype=np.float64))
     if not np.all(np.isfinite(Cb)):
         raise ConfigError("covs must be symmetric positive definite (increase ridge)")
     if float(log["final_diff"]) > eps:
-        warnings.warn(f"gaussian_barycenter: fixed point not converged after {n_it} iterations "
-                      f"(last change {float(log['final_diff']):.3g} > tol={eps:g})",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"gaussian_barycenter: fixed point not converged after {n_it} iterations "
+            f"(last change {float(log['final_diff']):.3g} > tol={eps:g})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return np.asarray(mb, dtype=np.float64).reshape(-1), Cb
 
 
@@ -353,7 +362,10 @@ def gaussian_maps(means, covs, m_star, C_star, counts=None) -> tuple[np.ndarray,
     ms = np.asarray(m_star, dtype=np.float64)
     Cs = np.asarray(C_star, dtype=np.float64)
     if ms.shape != (d,) or Cs.shape != (d, d):
-        raise ConfigError(f"m_star and C_star must have shapes ({d},) and ({d}, {d}), got {ms.shape} and {Cs.shape}")
+        raise ConfigError(
+            f"m_star and C_star must have shapes ({d},) and ({d}, {d}), "
+            f"got {ms.shape} and {Cs.shape}"
+        )
     if not (np.all(np.isfinite(ms)) and np.all(np.isfinite(Cs))):
         raise ConfigError("m_star and C_star must hold finite numbers")
     Cs = _sym(Cs)
@@ -392,7 +404,9 @@ def gaussian_targets(emb, groups, A, b) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     d = x.shape[1]
     if A.ndim != 3 or A.shape[1:] != (d, d) or b.shape != (A.shape[0], d):
-        raise ConfigError(f"A and b must have shapes (G, {d}, {d}) and (G, {d}), got {A.shape} and {b.shape}")
+        raise ConfigError(
+            f"A and b must have shapes (G, {d}, {d}) and (G, {d}), got {A.shape} and {b.shape}"
+        )
     g = _groups(groups, x.shape[0], A.shape[0])
     return np.einsum("nj,nij->ni", x, A[g]) + b[g]
 
@@ -409,8 +423,10 @@ def bures_w2(m1, C1, m2, C2) -> float:
     C2 = _sym(np.asarray(C2, dtype=np.float64))
     d = m1.shape[0] if m1.ndim == 1 else -1
     if m1.ndim != 1 or m2.shape != (d,) or C1.shape != (d, d) or C2.shape != (d, d):
-        raise ConfigError(f"bures_w2 needs m1, m2 of shape (d,) and C1, C2 of shape (d, d); got "
-                          f"{m1.shape}, {m2.shape}, {C1.shape}, {C2.shape}")
+        raise ConfigError(
+            f"bures_w2 needs m1, m2 of shape (d,) and C1, C2 of shape (d, d); got "
+            f"{m1.shape}, {m2.shape}, {C1.shape}, {C2.shape}"
+        )
     r1 = np.real(scipy.linalg.sqrtm(C1))
     cross = np.real(scipy.linalg.sqrtm(_sym(r1 @ C2 @ r1)))
     val = float(np.sum((m1 - m2) ** 2) + np.trace(C1) + np.trace(C2) - 2.0 * np.trace(cross))
@@ -418,8 +434,9 @@ def bures_w2(m1, C1, m2, C2) -> float:
 
 
 # ------------------------------------------------------------ mode (b): free support
-def quantize_groups(emb, groups, num_groups: int, k: int,
-                    seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def quantize_groups(
+    emb, groups, num_groups: int, k: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """k-means summary of every group's embeddings (one silo's upload).
 
     Args:
@@ -460,7 +477,9 @@ def quantize_groups(emb, groups, num_groups: int, k: int,
 
 def _measures(measures, d: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     if not isinstance(measures, (list, tuple)) or len(measures) < 1:
-        raise ConfigError("measures must be a non-empty list of (support (k, d), weights (k,)) pairs")
+        raise ConfigError(
+            "measures must be a non-empty list of (support (k, d), weights (k,)) pairs"
+        )
     out = []
     for i, item in enumerate(measures):
         if not isinstance(item, (list, tuple)) or len(item) != 2:
@@ -468,7 +487,10 @@ def _measures(measures, d: int | None = None) -> list[tuple[np.ndarray, np.ndarr
         X = np.asarray(item[0], dtype=np.float64)
         w = np.asarray(item[1], dtype=np.float64)
         if X.ndim != 2 or w.shape != (X.shape[0],):
-            raise ConfigError(f"measures[{i}] must be support (k, d) and weights (k,), got {X.shape} and {w.shape}")
+            raise ConfigError(
+                f"measures[{i}] must be support (k, d) and weights (k,), "
+                f"got {X.shape} and {w.shape}"
+            )
         if d is None:
             d = X.shape[1]
         if X.shape[1] != d:
@@ -479,9 +501,15 @@ def _measures(measures, d: int | None = None) -> list[tuple[np.ndarray, np.ndarr
     return out
 
 
-def free_support_barycenter(measures: Sequence[tuple[np.ndarray, np.ndarray]], group_weights,
-                            support_size: int, seed: int, *, num_iter: int = 100,
-                            tol: float = 1e-7) -> np.ndarray:
+def free_support_barycenter(
+    measures: Sequence[tuple[np.ndarray, np.ndarray]],
+    group_weights,
+    support_size: int,
+    seed: int,
+    *,
+    num_iter: int = 100,
+    tol: float = 1e-7,
+) -> np.ndarray:
     """Free-support W2 barycenter of the group measures (``ot.lp.free_support_barycenter``).
 
     Args:
@@ -516,8 +544,9 @@ def free_support_barycenter(measures: Sequence[tuple[np.ndarray, np.ndarray]], g
     rng = np.random.default_rng(seed)
     idx = rng.choice(pooled.shape[0], size=s, replace=bool(np.count_nonzero(p) < s), p=p)
     X_init = pooled[idx].copy()
-    X = ot.lp.free_support_barycenter(locs, wts, X_init, b=np.full(s, 1.0 / s), weights=gwk,
-                                      numItermax=n_it, stopThr=stop)
+    X = ot.lp.free_support_barycenter(
+        locs, wts, X_init, b=np.full(s, 1.0 / s), weights=gwk, numItermax=n_it, stopThr=stop
+    )
     return np.asarray(X, dtype=np.float64).reshape(s, d)
 
 
@@ -562,14 +591,15 @@ def ot_targets(emb, groups, X_star, b_weights=None) -> np.ndarray:
     x = _embeddings(emb)
     Xs = _embeddings(X_star, "X_star")
     t = np.zeros_like(x)
-    for a, (idx, plan) in group_plans(x, groups, Xs, b_weights).items():
+    for idx, plan in group_plans(x, groups, Xs, b_weights).values():
         t[idx] = idx.size * (plan @ Xs)
     return t
 
 
 # ------------------------------------------------------------------ diagnostic, penalty
-def w2_between_groups(emb, groups, *, standardize: bool = True, max_per_group: int | None = 2000,
-                      seed: int = 0) -> dict:
+def w2_between_groups(
+    emb, groups, *, standardize: bool = True, max_per_group: int | None = 2000, seed: int = 0
+) -> dict:
     """Exact W2 between the empirical embedding distributions of every pair of groups.
 
     Args:
@@ -601,11 +631,15 @@ def w2_between_groups(emb, groups, *, standardize: bool = True, max_per_group: i
         parts[int(a)] = xa
     pairs = {}
     for i, a in enumerate(present):
-        for b in present[i + 1:]:
+        for b in present[i + 1 :]:
             xa, xb = parts[a], parts[b]
             M = ot.dist(xa, xb, metric="sqeuclidean")
-            cost = ot.emd2(np.full(xa.shape[0], 1.0 / xa.shape[0]), np.full(xb.shape[0], 1.0 / xb.shape[0]),
-                           M, numItermax=EMD_MAX_ITER)
+            cost = ot.emd2(
+                np.full(xa.shape[0], 1.0 / xa.shape[0]),
+                np.full(xb.shape[0], 1.0 / xb.shape[0]),
+                M,
+                numItermax=EMD_MAX_ITER,
+            )
             pairs[(int(a), int(b))] = float(np.sqrt(max(float(cost), 0.0)))
     return {"w2": float(np.mean(list(pairs.values()))), "pairs": pairs}
 
@@ -629,7 +663,7 @@ def raid_penalty(emb, targets, gamma: float) -> tuple[np.ndarray, np.ndarray]:
         The training loss averages ``value`` over users (``1/N`` in the module docstring).
     """
     diff, gm = _penalty_inputs(emb, targets, gamma)
-    return gm * np.sum(diff ** 2, axis=1), 2.0 * gm * diff
+    return gm * np.sum(diff**2, axis=1), 2.0 * gm * diff
 
 
 def raid_penalty_grad(emb, targets, gamma: float) -> np.ndarray:

@@ -21,13 +21,24 @@ from fedrec.specs import fedavg as base
 
 @dataclass(frozen=True)
 class FairFedParams:
-    beta: float = key(1.0, "FairFed fairness budget: step of the aggregation-weight update "
-                      "w_k -= beta (Delta_k - mean Delta); 0 = FedAvg weights.", **NON_NEGATIVE)
-    metric: str = key("dp", "Fairness notion of the weight update: dp (statistical parity "
-                      "difference), eop (equal opportunity / TPR gap, the paper's EOD), "
-                      "eo (TPR and FPR gaps).", choices=FAIRFED_METRICS)
-    local_debias: bool = key(True, "Local debiasing by Kamiran–Calders reweighing of the "
-                             "client's (label, group) cells (FairFed/RW).")
+    beta: float = key(
+        1.0,
+        "FairFed fairness budget: step of the aggregation-weight update "
+        "w_k -= beta (Delta_k - mean Delta); 0 = FedAvg weights.",
+        **NON_NEGATIVE,
+    )
+    metric: str = key(
+        "dp",
+        "Fairness notion of the weight update: dp (statistical parity "
+        "difference), eop (equal opportunity / TPR gap, the paper's EOD), "
+        "eo (TPR and FPR gaps).",
+        choices=FAIRFED_METRICS,
+    )
+    local_debias: bool = key(
+        True,
+        "Local debiasing by Kamiran–Calders reweighing of the "
+        "client's (label, group) cells (FairFed/RW).",
+    )
 
 
 # train config key (server -> client): Kamiran–Calders reweighing on/off
@@ -44,8 +55,11 @@ WEIGHTS = "fairfed_weights"
 
 def pack_counts(counts: np.ndarray, num_groups: int, num_classes: int) -> dict[str, Any]:
     """The train reply's extra metrics for confusion counts ``(G, C, C)``."""
-    return {COUNTS: base.pack_confusion(counts), base.NUM_GROUPS: int(num_groups),
-            base.NUM_CLASSES: int(num_classes)}
+    return {
+        COUNTS: base.pack_confusion(counts),
+        base.NUM_GROUPS: int(num_groups),
+        base.NUM_CLASSES: int(num_classes),
+    }
 
 
 def unpack_counts(metrics: Mapping[str, Any]) -> np.ndarray:

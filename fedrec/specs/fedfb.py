@@ -22,10 +22,13 @@ from fedrec.config import NON_NEGATIVE, key
 
 @dataclass(frozen=True)
 class FedFBParams:
-    alpha: float = key(0.3, "FedFB step size of the FairBatch weight update "
-                       "(alpha / sqrt(round)); 0 = fixed weights (FedAvg).", **NON_NEGATIVE)
-    criterion: str = key("dp", "Fairness criterion: dp (demographic parity).",
-                         choices=("dp",))
+    alpha: float = key(
+        0.3,
+        "FedFB step size of the FairBatch weight update "
+        "(alpha / sqrt(round)); 0 = fixed weights (FedAvg).",
+        **NON_NEGATIVE,
+    )
+    criterion: str = key("dp", "Fairness criterion: dp (demographic parity).", choices=("dp",))
 
 
 # train config key (server -> client)
@@ -45,16 +48,18 @@ def pack_cell_weights(weights: np.ndarray) -> dict[str, Any]:
     return {CELL_WEIGHTS: np.asarray(weights, dtype=np.float64)}
 
 
-def unpack_cell_weights(config: Mapping[str, Any], num_classes: int, num_groups: int
-                        ) -> np.ndarray | None:
+def unpack_cell_weights(
+    config: Mapping[str, Any], num_classes: int, num_groups: int
+) -> np.ndarray | None:
     """Cell weights ``(C, G)`` float64 from a train config, or None if absent."""
     raw = config.get(CELL_WEIGHTS)
     if raw is None:
         return None
     W = np.asarray(raw, dtype=np.float64)
     if W.size != num_classes * num_groups:
-        raise ValueError(f"{CELL_WEIGHTS}: expected {num_classes * num_groups} values "
-                         f"(C x G), got {W.size}")
+        raise ValueError(
+            f"{CELL_WEIGHTS}: expected {num_classes * num_groups} values (C x G), got {W.size}"
+        )
     return W.reshape(num_classes, num_groups)
 
 

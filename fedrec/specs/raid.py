@@ -23,66 +23,131 @@ from fedrec.messages import FlatLayout
 from fedrec.specs import ranking
 from fedrec.specs.fedmf import NUM_EXAMPLES, FedMFParams
 
-__all__ = ["ADV", "ADV_PARAMS", "A_MAPS", "B_MAPS", "GAMMA", "LOSS_SUM", "NUM_EXAMPLES",
-           "NUM_GROUPS", "RAIDParams", "STATS", "STATE_TARGETS", "STATE_VERSION", "SUPPORT",
-           "VALIDATE", "VAL_NDCG", "VERSION", "adversary_broadcast", "adversary_layout",
-           "gaussian_broadcast", "pack_adv_grads", "pack_moments", "pack_quantized",
-           "support_broadcast", "unpack_adv_grads", "unpack_adversary", "unpack_gaussian",
-           "unpack_moments", "unpack_quantized", "unpack_support"]
+__all__ = [
+    "ADV",
+    "ADV_PARAMS",
+    "A_MAPS",
+    "B_MAPS",
+    "GAMMA",
+    "LOSS_SUM",
+    "NUM_EXAMPLES",
+    "NUM_GROUPS",
+    "RAIDParams",
+    "STATS",
+    "STATE_TARGETS",
+    "STATE_VERSION",
+    "SUPPORT",
+    "VALIDATE",
+    "VAL_NDCG",
+    "VERSION",
+    "adversary_broadcast",
+    "adversary_layout",
+    "gaussian_broadcast",
+    "pack_adv_grads",
+    "pack_moments",
+    "pack_quantized",
+    "support_broadcast",
+    "unpack_adv_grads",
+    "unpack_adversary",
+    "unpack_gaussian",
+    "unpack_moments",
+    "unpack_quantized",
+    "unpack_support",
+]
 
 
 @dataclass(frozen=True)
 class RAIDParams(FedMFParams):
-    mode: str = key("gaussian", "gaussian: Bures-Wasserstein barycenter from summed moments "
-                    "(cross-device); free-support: POT free-support barycenter from per-client "
-                    "k-means supports (cross-silo); adversarial: gradient-reversal baseline.",
-                    choices=("gaussian", "free-support", "adversarial"))
-    attribute: str = key("gender", "The protected user attribute (a key of the dataset's "
-                         "user profile, e.g. gender, age_bucket, occupation).")
-    gamma: float = key(0.5, "Penalty coefficient of ||e_u - t_u||^2 (adversarial: weight of "
-                       "the reversed classifier gradient).", check=lambda v: v >= 0,
-                       check_doc=">= 0")
-    warmup_rounds: int = key(10, "Rounds of plain FedMF before the defense starts.",
-                             check=lambda v: v >= 1, check_doc=">= 1")
-    centroid_every: int = key(5, "Rounds between centroid updates (F).", check=lambda v: v >= 1,
-                              check_doc=">= 1")
-    support_size: int = key(100, "free-support: atoms of the barycenter.",
-                            check=lambda v: v >= 1, check_doc=">= 1")
-    quantize_k: int = key(16, "free-support: k-means atoms per group and client.",
-                          check=lambda v: v >= 1, check_doc=">= 1")
-    ndcg_tolerance: float = key(0.05, "Relative drop of validation NDCG@10 below its warm-up "
-                                "value that triggers a gamma back-off.",
-                                check=lambda v: 0 <= v < 1, check_doc="in [0, 1)")
-    gamma_backoff: float = key(0.5, "Factor applied to gamma when the tolerance is exceeded.",
-                               check=lambda v: 0 < v <= 1, check_doc="in (0, 1]")
-    adv_hidden: int = key(16, "adversarial: hidden units of the attribute classifier.",
-                          check=lambda v: v >= 1, check_doc=">= 1")
-    adv_lr: float = key(0.01, "adversarial: Adam step size of the classifier.",
-                        check=lambda v: v > 0, check_doc="> 0")
-    adv_steps: int = key(5, "adversarial: classifier updates per round.",
-                         check=lambda v: v >= 1, check_doc=">= 1")
-    consent_fraction: float = key(1.0, "adversarial: share of users whose label trains the "
-                                  "classifier (seeded).", check=lambda v: 0 < v <= 1,
-                                  check_doc="in (0, 1]")
+    mode: str = key(
+        "gaussian",
+        "gaussian: Bures-Wasserstein barycenter from summed moments "
+        "(cross-device); free-support: POT free-support barycenter from per-client "
+        "k-means supports (cross-silo); adversarial: gradient-reversal baseline.",
+        choices=("gaussian", "free-support", "adversarial"),
+    )
+    attribute: str = key(
+        "gender",
+        "The protected user attribute (a key of the dataset's "
+        "user profile, e.g. gender, age_bucket, occupation).",
+    )
+    gamma: float = key(
+        0.5,
+        "Penalty coefficient of ||e_u - t_u||^2 (adversarial: weight of "
+        "the reversed classifier gradient).",
+        check=lambda v: v >= 0,
+        check_doc=">= 0",
+    )
+    warmup_rounds: int = key(
+        10,
+        "Rounds of plain FedMF before the defense starts.",
+        check=lambda v: v >= 1,
+        check_doc=">= 1",
+    )
+    centroid_every: int = key(
+        5, "Rounds between centroid updates (F).", check=lambda v: v >= 1, check_doc=">= 1"
+    )
+    support_size: int = key(
+        100, "free-support: atoms of the barycenter.", check=lambda v: v >= 1, check_doc=">= 1"
+    )
+    quantize_k: int = key(
+        16,
+        "free-support: k-means atoms per group and client.",
+        check=lambda v: v >= 1,
+        check_doc=">= 1",
+    )
+    ndcg_tolerance: float = key(
+        0.05,
+        "Relative drop of validation NDCG@10 below its warm-up "
+        "value that triggers a gamma back-off.",
+        check=lambda v: 0 <= v < 1,
+        check_doc="in [0, 1)",
+    )
+    gamma_backoff: float = key(
+        0.5,
+        "Factor applied to gamma when the tolerance is exceeded.",
+        check=lambda v: 0 < v <= 1,
+        check_doc="in (0, 1]",
+    )
+    adv_hidden: int = key(
+        16,
+        "adversarial: hidden units of the attribute classifier.",
+        check=lambda v: v >= 1,
+        check_doc=">= 1",
+    )
+    adv_lr: float = key(
+        0.01,
+        "adversarial: Adam step size of the classifier.",
+        check=lambda v: v > 0,
+        check_doc="> 0",
+    )
+    adv_steps: int = key(
+        5, "adversarial: classifier updates per round.", check=lambda v: v >= 1, check_doc=">= 1"
+    )
+    consent_fraction: float = key(
+        1.0,
+        "adversarial: share of users whose label trains the classifier (seeded).",
+        check=lambda v: 0 < v <= 1,
+        check_doc="in (0, 1]",
+    )
 
 
 # ------------------------------------------------------------------ query actions
-STATS = "raid_stats"           # centroid round: per-group moment sums or k-means atoms
-ADV = "raid_adv"               # adversarial: the adversary's CE gradient sums
-VALIDATE = "raid_validate"     # validation-split per-user NDCG@10 (the constraint)
+STATS = "raid_stats"  # centroid round: per-group moment sums or k-means atoms
+ADV = "raid_adv"  # adversarial: the adversary's CE gradient sums
+VALIDATE = "raid_validate"  # validation-split per-user NDCG@10 (the constraint)
 
 # ------------------------------------------------------------------ config keys (server -> client)
-GAMMA = "raid-gamma"           # train: penalty coefficient (0 = plain FedMF)
-VERSION = "raid-version"       # train: version of the broadcast barycenter
-NUM_GROUPS = "num-groups"      # train, stats: G
-A_MAPS = "raid-A"              # gaussian: (G, d, d) float64
-B_MAPS = "raid-b"              # gaussian: (G, d) float64
-SUPPORT = "raid-X"             # free-support: (s, d) float64 atoms
-ADV_PARAMS = "adv-params"      # adversarial: flat float32 adversary (adversary_layout)
+GAMMA = "raid-gamma"  # train: penalty coefficient (0 = plain FedMF)
+VERSION = "raid-version"  # train: version of the broadcast barycenter
+NUM_GROUPS = "num-groups"  # train, stats: G
+A_MAPS = "raid-A"  # gaussian: (G, d, d) float64
+B_MAPS = "raid-b"  # gaussian: (G, d) float64
+SUPPORT = "raid-X"  # free-support: (s, d) float64 atoms
+ADV_PARAMS = "adv-params"  # adversarial: flat float32 adversary (adversary_layout)
 
 # ------------------------------------------------------------------ metric keys (client -> server)
-LOSS_SUM = "loss-sum"          # adv: summed CE of the consenting users
-VAL_NDCG = ranking.PER_USER + "ndcg@10"   # validate: per-user validation NDCG@10
+LOSS_SUM = "loss-sum"  # adv: summed CE of the consenting users
+VAL_NDCG = ranking.PER_USER + "ndcg@10"  # validate: per-user validation NDCG@10
 # NUM_EXAMPLES (fedmf's "num-examples"): users (stats), consenting users (adv)
 
 # ------------------------------------------------------------------ state fields (private)
@@ -96,10 +161,13 @@ def gaussian_broadcast(A: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     return {A_MAPS: np.asarray(A, dtype=np.float64), B_MAPS: np.asarray(b, dtype=np.float64)}
 
 
-def unpack_gaussian(config: Mapping[str, Any], num_groups: int, d: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    return (np.asarray(config[A_MAPS], dtype=np.float64).reshape(num_groups, d, d),
-            np.asarray(config[B_MAPS], dtype=np.float64).reshape(num_groups, d))
+def unpack_gaussian(
+    config: Mapping[str, Any], num_groups: int, d: int
+) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.asarray(config[A_MAPS], dtype=np.float64).reshape(num_groups, d, d),
+        np.asarray(config[B_MAPS], dtype=np.float64).reshape(num_groups, d),
+    )
 
 
 def support_broadcast(X: np.ndarray) -> dict[str, np.ndarray]:
@@ -129,26 +197,38 @@ def unpack_adversary(flat: np.ndarray, layout: FlatLayout) -> list[np.ndarray]:
 # ------------------------------------------------------------------ uploads
 def pack_moments(counts: np.ndarray, sums: np.ndarray, outer: np.ndarray) -> list[np.ndarray]:
     """Gaussian stats upload: ``[counts (G,), sums (G, d), outer (G, d, d)]`` float64."""
-    return [np.asarray(counts, dtype=np.float64), np.asarray(sums, dtype=np.float64),
-            np.asarray(outer, dtype=np.float64)]
+    return [
+        np.asarray(counts, dtype=np.float64),
+        np.asarray(sums, dtype=np.float64),
+        np.asarray(outer, dtype=np.float64),
+    ]
 
 
-def unpack_moments(arrays: Sequence[np.ndarray], num_groups: int, d: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unpack_moments(
+    arrays: Sequence[np.ndarray], num_groups: int, d: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     counts, sums, outer = arrays
-    return (np.asarray(counts).reshape(num_groups), np.asarray(sums).reshape(num_groups, d),
-            np.asarray(outer).reshape(num_groups, d, d))
+    return (
+        np.asarray(counts).reshape(num_groups),
+        np.asarray(sums).reshape(num_groups, d),
+        np.asarray(outer).reshape(num_groups, d, d),
+    )
 
 
-def pack_quantized(group_ids: np.ndarray, atoms: np.ndarray, masses: np.ndarray
-                   ) -> list[np.ndarray]:
+def pack_quantized(
+    group_ids: np.ndarray, atoms: np.ndarray, masses: np.ndarray
+) -> list[np.ndarray]:
     """Free-support stats upload: ``[atom group ids (m,) int64, atoms (m, d), masses (m,)]``."""
-    return [np.asarray(group_ids, dtype=np.int64), np.asarray(atoms, dtype=np.float64),
-            np.asarray(masses, dtype=np.float64)]
+    return [
+        np.asarray(group_ids, dtype=np.int64),
+        np.asarray(atoms, dtype=np.float64),
+        np.asarray(masses, dtype=np.float64),
+    ]
 
 
-def unpack_quantized(arrays: Sequence[np.ndarray], d: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unpack_quantized(
+    arrays: Sequence[np.ndarray], d: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     gid, X, w = arrays
     return np.asarray(gid, dtype=np.int64), np.asarray(X).reshape(-1, d), np.asarray(w)
 
