@@ -106,10 +106,10 @@ def hello_replies(ud, users_per_client: int, states) -> dict:
         out[c] = (
             None,
             {
-                "num-users": len(us),
-                "num-items": ud.num_items,
-                "num-train": int(ud.train.lengths[us].sum()),
-                "num-test": int((ud.test.lengths[us] > 0).sum()),
+                spec.NUM_USERS: len(us),
+                spec.NUM_ITEMS: ud.num_items,
+                spec.NUM_TRAIN: int(ud.train.lengths[us].sum()),
+                spec.NUM_TEST: int((ud.test.lengths[us] > 0).sum()),
             },
         )
     return out

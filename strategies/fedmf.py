@@ -35,6 +35,7 @@ from fedrec.algorithms import fedmf as algo
 from fedrec.optim import RowAdam
 from fedrec.protocol import ClientReply
 from fedrec.specs import fedmf as spec
+from fedrec.specs import ranking as ranking_spec
 from fedrec.specs.fedmf import FedMFParams
 from fedrec.strategies.ranking import RankingStrategy
 
@@ -55,7 +56,7 @@ class FedMF(RankingStrategy):
         self.uploads: dict[int, np.ndarray] = {}
 
     def initial_weights(self) -> list[np.ndarray]:
-        num_items = int(self.hello[self.client_ids[0]]["num-items"])
+        num_items = int(self.hello[self.client_ids[0]][ranking_spec.NUM_ITEMS])
         return [algo.init_items(num_items, self.params.dim, self.params.init_std, self.cfg.seed)]
 
     def aggregate(self, server_round: int, replies: list[ClientReply]):
@@ -83,7 +84,7 @@ class FedMF(RankingStrategy):
             if self.params.release_embeddings:
                 self.uploads = {r.client_id: u.ids for r, u in zip(replies, uploads)}
         return [newQ], {
-            "num-examples": n,
+            spec.NUM_EXAMPLES: n,
             "num-clients": len(replies),
             "train-loss": loss,
             "rows-touched": touched,

@@ -36,6 +36,7 @@ import numpy as np
 from fedrec.optim import AdamState, adam_step
 from fedrec.protocol import ClientReply
 from fedrec.specs import fedsasrec as spec
+from fedrec.specs import ranking as ranking_spec
 from fedrec.specs.fedsasrec import FedSASRecParams
 from fedrec.strategies.ranking import RankingStrategy
 
@@ -58,7 +59,7 @@ class FedSASRec(RankingStrategy):
         from fedrec.seeding import derive_seed
 
         p = self.params
-        num_items = int(self.hello[self.client_ids[0]]["num-items"])
+        num_items = int(self.hello[self.client_ids[0]][ranking_spec.NUM_ITEMS])
         if p.dim % p.num_heads:
             from fedrec.errors import ConfigError
 
@@ -104,7 +105,7 @@ class FedSASRec(RankingStrategy):
         new[0][0] = 0.0  # the padding row stays zero
         dtype = self._current_all[0].dtype
         return [w.astype(dtype) for w in new], {
-            "num-examples": n,
+            spec.NUM_EXAMPLES: n,
             "num-clients": len(replies),
             "train-loss": loss,
         }

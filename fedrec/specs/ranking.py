@@ -13,6 +13,12 @@ import numpy as np
 K_LIST = (10, 20)
 TOPK_LEN = max(K_LIST)
 
+# handshake metric keys (client -> server)
+NUM_USERS = "num-users"
+NUM_ITEMS = "num-items"
+NUM_TRAIN = "num-train"  # training interactions
+NUM_TEST = "num-test"  # users with a test item
+
 # config keys (server -> client)
 POPULAR = "popular"
 # metric keys (client -> server)
