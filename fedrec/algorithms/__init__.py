@@ -1,4 +1,4 @@
-"""Pure mathematics of the fairness algorithms (no flwr import, no I/O).
+"""Pure mathematics of every method (no flwr import, no I/O), batch-first.
 
 Submodules (imported explicitly, nothing is imported here so that importing one
 algorithm does not pull in the solvers of another):
@@ -13,8 +13,12 @@ algorithm does not pull in the solvers of another):
 - :mod:`fedrec.algorithms.raid`: RAID's optimal-transport pieces (group moments,
   Bures-Wasserstein and free-support barycenters with POT, OT alignment targets, W2
   between groups).
-- :mod:`fedrec.algorithms.lego`: LEGO's per-user vCLUB calibration, variational
-  classifier, flexible combination and dynamic requests.
+- :mod:`fedrec.algorithms.lego`: LEGO's per-user vCLUB calibration, flexible
+  combination and dynamic requests.
+- :mod:`fedrec.algorithms.estimators`: the attribute classifier (MLP) that LEGO's
+  variational estimators and RAID's adversary share.
+- :mod:`fedrec.algorithms.fedmf`: federated MF-BPR (initialisation, the batched local
+  step, row-sparse uploads, the sparse server step).
 """
 
-__all__ = ["fair_baselines", "fedfact", "lego", "lp", "raid"]
+__all__ = ["estimators", "fair_baselines", "fedfact", "fedmf", "lego", "lp", "raid"]
