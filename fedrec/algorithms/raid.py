@@ -1,4 +1,4 @@
-"""RAID maths: Wasserstein-barycenter alignment of user embeddings (numpy/scipy/POT, no flwr).
+"""RAID maths: Wasserstein-barycenter alignment of user embeddings (numpy/scipy/POT, no Flower).
 
 RAID ("An In-Training Defense against Attribute Inference Attacks in Recommender
 Systems", Feng, Li, Yu, Xiong, Fang, Zhang, Du, Chen; arXiv 2504.11510) makes the
