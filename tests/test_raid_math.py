@@ -64,6 +64,7 @@ def test_module_imports_no_flwr():
             mods.add(node.module.split(".")[0])
     assert mods <= {
         "__future__",
+        "collections",
         "contextlib",
         "io",
         "warnings",
