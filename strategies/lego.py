@@ -216,6 +216,9 @@ class FedLego(FedMF):
     name = "lego"
     Params = FedLegoParams
     client_half = "fedrec.clients.lego:LegoClient"
+    # carried between rounds and requests: FedMF's lazy Adam, the active attributes (prior,
+    # count, state slot) and the request log
+    server_state_attrs = ("_adam", "active", "lego_log")
     progress_keys = ("ndcg@10", "hr@10", "coverage@10")
 
     @classmethod

@@ -69,6 +69,17 @@ class RAID(FedMF):
     name = "raid"
     Params = RAIDParams
     client_half = "fedrec.clients.raid:RAIDClient"
+    # carried between rounds: FedMF's lazy Adam, the (backed-off) penalty, the broadcast
+    # version and maps, the validation reference, the defense log, the adversary
+    server_state_attrs = (
+        "_adam",
+        "gamma",
+        "version",
+        "broadcast",
+        "val_ref",
+        "defense_log",
+        "adv",
+    )
 
     @classmethod
     def preflight(cls, cfg) -> None:

@@ -61,3 +61,33 @@ def test_fedmf_checkpoint_holds_the_lazy_adam_state(tmp_path):
     assert isinstance(adam, RowAdam) and adam.m.shape == weights[0].shape
     assert adam.t.max() == 2 and adam.t.min() >= 0
     assert np.all(adam.m[adam.t == 0] == 0) and np.any(adam.m[adam.t > 0] != 0)
+
+
+@pytest.mark.e2e
+def test_raid_adversarial_checkpoint_restores_its_declared_state(tmp_path):
+    from fedrec.strategies.raid import RAID
+
+    cfg = {
+        "strategy.name": "raid",
+        "dataset.name": "synthetic-rec",
+        "dataset.options": "num_users=60",
+        "partition.num-clients": 60,
+        "strategy.params.dim": 8,
+        "strategy.params.mode": "adversarial",
+        "strategy.params.warmup-rounds": 1,
+        "num-server-rounds": 3,
+        "runtime.num-nodes": 1,
+        "output.plots": False,
+        "output.progress": False,
+    }
+    fedrec.run(cfg, backend="local", out=tmp_path / "r")
+    _, _, state = load_checkpoint(tmp_path / "r" / "checkpoint.npz")
+    assert set(state) == set(RAID.server_state_attrs)
+    phi, adam = state["adv"]
+    assert len(phi) == 4 and isinstance(adam, AdamState) and adam.t > 0
+    assert state["version"] >= 1 and "adv-params" in state["broadcast"]
+    s = RAID(fedrec.config.validate(cfg))
+    s.load_server_state(state)
+    assert s.version == state["version"] and s.adv is state["adv"]
+    with pytest.raises(fedrec.errors.FedrecError, match="no server state"):
+        s.load_server_state({"bogus": 1})
