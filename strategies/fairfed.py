@@ -46,6 +46,8 @@ Choices:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fedrec.algorithms.fair_baselines import (
@@ -68,7 +70,7 @@ class FairFed(FedAvg):
     name = "fairfed"
     Params = FairFedParams
     client_half = "fedrec.clients.fairfed:FairFedClient"
-    server_state_attrs = ("fair_weights", "last_deltas")
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("fair_weights", "last_deltas")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -32,7 +32,7 @@ personalized one; ties in the argmax go to the lowest class index.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -81,7 +81,9 @@ class FedFactPost(FedAvg):
     name = "fedfact-post"
     Params = FedFactPostParams
     client_half = "fedrec.clients.fedfact:FedFactPostClient"
-    server_state_attrs = ("lam",)  # the global dual (pooled counts: from the handshake)
+    server_state_attrs: ClassVar[tuple[str, ...]] = (
+        "lam",
+    )  # the global dual (pooled counts: from the handshake)
     scope_override: str | None = None
 
     @property
@@ -166,7 +168,7 @@ class FedFactIn(FedAvg):
     name = "fedfact-in"
     Params = FedFactInParams
     client_half = "fedrec.clients.fedfact:FedFactInClient"
-    server_state_attrs = ("lam",)
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("lam",)
 
     def setup(self, grid) -> None:
         super().setup(grid)

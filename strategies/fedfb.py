@@ -41,6 +41,8 @@ Choices:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fedrec.algorithms.fair_baselines import (
@@ -66,7 +68,7 @@ class FedFB(FedAvg):
     name = "fedfb"
     Params = FedFBParams
     client_half = "fedrec.clients.fedfb:FedFBClient"
-    server_state_attrs = ("m", "lam", "last_f")
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("m", "lam", "last_f")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

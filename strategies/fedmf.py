@@ -29,6 +29,8 @@ reads from the dataset; they are not sent by clients and not used in training.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fedrec.algorithms import fedmf as algo
@@ -49,7 +51,7 @@ class FedMF(RankingStrategy):
     Params = FedMFParams
     client_half = "fedrec.clients.fedmf:MFClient"
     _adam: RowAdam | None = None  # lazy Adam state (server-optimizer = adam), set in round 1
-    server_state_attrs = ("_adam",)
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("_adam",)
 
     def setup(self, grid) -> None:
         super().setup(grid)

@@ -31,6 +31,8 @@ the test input sequence ends with the validation item).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fedrec.optim import AdamState, adam_step
@@ -51,7 +53,9 @@ class FedSASRec(RankingStrategy):
     name = "fedsasrec"
     Params = FedSASRecParams
     client_half = "fedrec.clients.fedsasrec:SASRecClient"
-    server_state_attrs = ("_adam",)  # FedAdam moments and step (None with sgd)
+    server_state_attrs: ClassVar[tuple[str, ...]] = (
+        "_adam",
+    )  # FedAdam moments and step (None with sgd)
     _adam: AdamState | None = None
 
     def initial_weights(self) -> list[np.ndarray]:

@@ -95,7 +95,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -218,7 +218,7 @@ class FedLego(FedMF):
     client_half = "fedrec.clients.lego:LegoClient"
     # carried between rounds and requests: FedMF's lazy Adam, the active attributes (prior,
     # count, state slot) and the request log
-    server_state_attrs = ("_adam", "active", "lego_log")
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("_adam", "active", "lego_log")
     progress_keys = ("ndcg@10", "hr@10", "coverage@10")
 
     @classmethod

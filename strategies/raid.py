@@ -52,7 +52,7 @@ between the group Gaussians (``bures_w2``, gaussian mode) is logged. The attack 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class RAID(FedMF):
     client_half = "fedrec.clients.raid:RAIDClient"
     # carried between rounds: FedMF's lazy Adam, the (backed-off) penalty, the broadcast
     # version and maps, the validation reference, the defense log, the adversary
-    server_state_attrs = (
+    server_state_attrs: ClassVar[tuple[str, ...]] = (
         "_adam",
         "gamma",
         "version",
