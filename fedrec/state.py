@@ -192,7 +192,7 @@ class CohortState(Mapping[int, ClientState]):
 
     # ------------------------------------------------------------ Mapping
     def __getitem__(self, client_id: int) -> ClientState:
-        if int(client_id) not in self._idset:
+        if int(client_id) not in self._position:
             raise KeyError(client_id)
         return ClientState(self, int(client_id))
 
@@ -201,10 +201,6 @@ class CohortState(Mapping[int, ClientState]):
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    @property
-    def _idset(self) -> dict[int, int]:
-        return self._position
 
     def _column_offsets(self, name: str) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self._column_lengths[name])])
@@ -233,9 +229,7 @@ class CohortState(Mapping[int, ClientState]):
         """``(values, indptr)`` of field ``name`` over this cohort in client order, or
         None when no client of the cohort has it. Every client must have it."""
         if name in self._columns:
-            vals = self._columns[name]
-            lengths = self._column_lengths[name]
-            return vals, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            return self._columns[name], self._column_offsets(name).astype(np.int64)
         parts: list[np.ndarray] = []
         for c in self.ids:
             v = self._get(c, name)
