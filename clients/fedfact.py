@@ -7,7 +7,10 @@ What leaves a client:
 - on top of :class:`~fedrec.clients.classification.ClassifierClient` (handshake label x
   group counts, FedAvg weights and example counts, test confusion counts per group);
 - ``fedfact-post``, in a calibration round (``query.fedfact_post``): grad_lambda (U_g =
-  |A| m numbers for DP/EOP, 2 |A| m for EO), the L1 norm of mu_k and its example count;
+  |A| m numbers for DP/EOP, 2 |A| m for EO), the value of its dual objective, the U_g x
+  U_g Hessian (server solver newton), the expected [group, label, prediction] counts
+  of its rule on its train rows (|A| m^2 numbers: what the test evaluation already sends,
+  for the train rows), the L1 norm of mu_k and its example count;
 - ``fedfact-in``, in a train round: the trained copy of the shared model theta, its
   example count, the client's contributions sum_a <D^g_u, C^{a,k}(h_k)> to the global
   constraint values (U_g numbers; the server subtracts xi_g once), the ensemble weight
@@ -24,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedrec.algorithms.calibration import GroupCalibrator
 from fedrec.algorithms.fedfact import (
     PostProcessingClient,
     calibration_matrix,
@@ -31,12 +35,14 @@ from fedrec.algorithms.fedfact import (
     constraint_values,
     cost_sensitive_loss,
     dual_prox_step,
+    expected_counts,
     global_constraints,
     local_constraints,
     shift_positive,
 )
 from fedrec.clients.classification import ClassifierClient, loss_sum
 from fedrec.models import get_weights
+from fedrec.seeding import derive_seed
 from fedrec.specs import fedavg as base_spec
 from fedrec.specs import fedfact as spec
 
@@ -44,15 +50,26 @@ from fedrec.specs import fedfact as spec
 class FedFactPostClient(ClassifierClient):
     """fedfact-post / local-post: the local dual mu_k lives in the client's state. In a
     calibration round the client scores its training rows with the frozen global model
-    (eta_hat), updates mu_k and returns grad_lambda; in a calibrated evaluation it
-    predicts argmax_j (M(a,k)^T eta_hat(x))_j on its test rows."""
+    (eta_hat, re-calibrated per group on those rows for eop/eo), solves for mu_k and
+    returns the value, gradient (and Hessian) of its dual objective in lambda plus the
+    expected counts of its rule on its train rows; in a calibrated evaluation it solves
+    mu_k for the deployed lambda and predicts on its test rows with the randomized rule
+    (one seeded uniform per row) or the argmax."""
 
-    def _post(self, weights, cfg: spec.PostConfig, rows: str = "train") -> PostProcessingClient:
+    def _scores(self, weights, cfg: spec.PostConfig) -> tuple[np.ndarray, np.ndarray]:
+        """(eta on the train rows, eta on the test rows), re-calibrated if configured."""
         d = self.data
-        X, a = (d.X_train, d.a_train) if rows == "train" else (d.X_test, d.a_test)
+        eta_tr, eta_te = self.predict(weights, d.X_train), self.predict(weights, d.X_test)
+        if cfg.recalibrate:
+            cal = GroupCalibrator().fit(eta_tr, d.y_train, d.a_train, d.num_groups)
+            eta_tr, eta_te = cal.apply(eta_tr, d.a_train), cal.apply(eta_te, d.a_test)
+        return eta_tr, eta_te
+
+    def _post(self, eta_train: np.ndarray, cfg: spec.PostConfig) -> PostProcessingClient:
+        d = self.data
         return PostProcessingClient(
-            eta=self.predict(weights, X),
-            a=a,
+            eta=eta_train,
+            a=d.a_train,
             own_counts=d.counts("train").T,
             pooled_counts=cfg.pooled,
             criterion=cfg.criterion,
@@ -65,28 +82,58 @@ class FedFactPostClient(ClassifierClient):
             local_steps=cfg.local_steps,
             mu=self.state.get(spec.POST_MU),
             inner=cfg.inner_solver,
+            smoothing=cfg.smoothing,
         )
+
+    @staticmethod
+    def _rule_proba(post: PostProcessingClient, cfg: spec.PostConfig, lam, eta=None, a=None):
+        """Class probabilities of the deployed rule (one-hot for the argmax output)."""
+        if cfg.output == "argmax":
+            pred = post.predict(lam, eta, a)
+            return np.eye(post.own_counts.shape[1])[pred]
+        return post.proba(lam, eta, a)
 
     def query(self, action, server_round, weights, config):
         if action != spec.POST:
             return super().query(action, server_round, weights, config)
         cfg = spec.unpack_post(config)
-        mu, grad = self._post(weights, cfg).step(cfg.lam)
+        eta_tr, _ = self._scores(weights, cfg)
+        post = self._post(eta_tr, cfg)
+        mu, grad = post.step(cfg.lam)
         if mu.size:
             self.state[spec.POST_MU] = mu
-        return None, {
+        d = self.data
+        train_counts = expected_counts(
+            d.y_train, self._rule_proba(post, cfg, cfg.lam), d.a_train, d.num_groups
+        )
+        out = {
             spec.GRAD_LAM: spec.pack_duals(grad),
+            spec.DUAL_VALUE: float(post.last_value),
+            spec.TRAIN_COUNTS: train_counts.ravel(),
             base_spec.NUM_EXAMPLES: len(self.data.y_train),
             spec.MU_L1: float(np.abs(mu).sum()) if mu.size else 0.0,
         }
+        if cfg.want_hessian and grad.size:
+            out[spec.HESS_LAM] = post.dual_hessian(cfg.lam).ravel()
+        return None, out
 
     def evaluate(self, server_round, weights, config):
         if not spec.is_calibrated(config):
             return super().evaluate(server_round, weights, config)
         cfg = spec.unpack_post(config)
-        post = self._post(weights, cfg, rows="test")
-        pred = post.predict(cfg.lam)
-        return self.evaluation_reply(pred, loss_sum(post.eta, self.data.y_test), config)
+        d = self.data
+        eta_tr, eta_te = self._scores(weights, cfg)
+        post = self._post(eta_tr, cfg)
+        if cfg.inner_solver == "lbfgs" and post.num_local:
+            post.step(cfg.lam)  # mu_k for the deployed lambda (the stored one is a warm start)
+        if cfg.output == "randomized":
+            u = np.random.default_rng(
+                derive_seed(self.cfg.seed, "fedfact-draw", self.client_id)
+            ).random(len(d.y_test))
+            pred = post.predict(cfg.lam, eta_te, d.a_test, u=u)
+        else:
+            pred = post.predict(cfg.lam, eta_te, d.a_test)
+        return self.evaluation_reply(pred, loss_sum(eta_te, d.y_test), config)
 
 
 class FedFactInClient(ClassifierClient):

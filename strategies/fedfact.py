@@ -37,7 +37,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedrec.algorithms.fedfact import (
+    DualNewton,
+    dual_newton_step,
     dual_prox_step,
+    fairness_gap,
     num_constraints,
     server_lambda_step,
 )
@@ -81,9 +84,9 @@ class FedFactPost(FedAvg):
     name = "fedfact-post"
     Params = FedFactPostParams
     client_half = "fedrec.clients.fedfact:FedFactPostClient"
-    server_state_attrs: ClassVar[tuple[str, ...]] = (
-        "lam",
-    )  # the global dual (pooled counts: from the handshake)
+    # the candidate global dual, the deployed (accepted) one and the Newton search state
+    # (pooled counts: from the handshake)
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("lam", "deployed", "search")
     scope_override: str | None = None
 
     @property
@@ -106,6 +109,8 @@ class FedFactPost(FedAvg):
         super().setup(grid)
         self.pooled = pooled_counts(self.hello)
         self.lam = _global_duals(self.params.criterion, self.pooled, self.scope)
+        self.deployed = self.lam.copy()
+        self.search: DualNewton | None = None
         self.n_train = {c: int(self.hello[c][base_spec.NUM_TRAIN]) for c in self.client_ids}
 
     def train_config(self, server_round: int) -> dict[str, Any]:
@@ -116,27 +121,71 @@ class FedFactPost(FedAvg):
     def evaluate_config(self, server_round: int) -> dict[str, Any]:
         if not self.is_post(server_round):
             return {}
-        return spec.pack_post(self.params, self.scope, self.pooled, self.lam, calibrated=True)
+        return spec.pack_post(self.params, self.scope, self.pooled, self.deployed, calibrated=True)
 
     def aggregate(self, server_round: int, replies: list[ClientReply]):
         if not self.is_post(server_round):
             return super().aggregate(server_round, replies)
         out: dict[str, float] = {base_spec.NUM_CLIENTS: len(replies)}
+        total = sum(self.n_train.values())
+        weights = [self.n_train[r.client_id] / total for r in replies]
+        value = float(sum(w * float(r.metrics[spec.DUAL_VALUE]) for w, r in zip(weights, replies)))
         if self.lam.size:
-            total = sum(self.n_train.values())
+            U = self.lam.size
             grads = [np.asarray(r.metrics[spec.GRAD_LAM], dtype=np.float64) for r in replies]
-            weights = [self.n_train[r.client_id] / total for r in replies]
-            self.lam = server_lambda_step(
-                self.lam,
-                grads,
-                weights,
-                self.params.dual_lr,
-                self.params.xi_global,
-                self.params.dual_bound,
-            )
-        out[spec.LAMBDA_L1] = float(np.abs(self.lam).sum())
+            if self.params.server_solver == "newton":
+                grad = sum(w * g for w, g in zip(weights, grads))
+                hess = sum(
+                    w * np.asarray(r.metrics[spec.HESS_LAM], dtype=np.float64).reshape(U, U)
+                    for w, r in zip(weights, replies)
+                )
+                candidate = self.lam
+                self.search, self.lam = dual_newton_step(
+                    self.search,
+                    candidate,
+                    value,
+                    np.asarray(grad),
+                    np.asarray(hess),
+                    xi=self.params.xi_global,
+                    bound=self.params.dual_bound,
+                )
+                self.deployed = self.search.lam.copy()
+                out[spec.ACCEPTED] = float(np.array_equal(self.search.lam, candidate))
+            else:
+                self.lam = server_lambda_step(
+                    self.lam,
+                    grads,
+                    weights,
+                    self.params.dual_lr,
+                    self.params.xi_global,
+                    self.params.dual_bound,
+                )
+                self.deployed = self.lam.copy()
+        out[spec.DUAL_OBJECTIVE] = value + self.params.xi_global * float(
+            np.abs(self.deployed).sum()
+        )
+        out.update(self._train_gaps(replies))
+        out[spec.LAMBDA_L1] = float(np.abs(self.deployed).sum())
         out[spec.MU_L1_MEAN] = float(np.mean([r.metrics.get(spec.MU_L1, 0.0) for r in replies]))
         return None, out
+
+    def _train_gaps(self, replies: list[ClientReply]) -> dict[str, float]:
+        """Gaps of this round's rule on the pooled train rows, from the clients' expected
+        counts: the constrained (subgroup) form, global and max over clients, and the
+        pairwise global gap."""
+        A, m = self.pooled.shape
+        counts = np.stack(
+            [
+                np.asarray(r.metrics[spec.TRAIN_COUNTS], dtype=np.float64).reshape(A, m, m)
+                for r in sorted(replies, key=lambda r: r.client_id)
+            ]
+        )
+        gap = fairness_gap(self.params.criterion, counts, expected=True)
+        return {
+            spec.TRAIN_GAP: gap["global"],
+            spec.TRAIN_GAP_LOCAL: gap["local_max"],
+            spec.TRAIN_GAP_PAIRWISE: gap["global_pairwise"],
+        }
 
     def on_round_end(self, server_round: int, record) -> None:
         record.extra[spec.STAGE] = (

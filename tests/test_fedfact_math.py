@@ -350,7 +350,19 @@ def test_client_objective_gradient_matches_finite_differences():
     np.testing.assert_allclose(lam_t.grad.numpy(), fd_lam, atol=1e-7)
     np.testing.assert_allclose(mu_t.grad.numpy(), fd_mu, atol=1e-7)
     # the client's smooth gradient (no penalty) + the L1 subgradients = full gradient
-    c = ff.PostProcessingClient(eta, a, own, pooled, "eo", "both", 0.03, 0.05, bound=5.0, mu=mu0)
+    c = ff.PostProcessingClient(
+        eta,
+        a,
+        own,
+        pooled,
+        "eo",
+        "both",
+        0.03,
+        0.05,
+        bound=5.0,
+        mu=mu0,
+        smoothing="softmax-average",
+    )
     _, g_lam, g_mu = c._smooth_and_grads(lam0, mu0)
     np.testing.assert_allclose(g_lam + 0.03 * np.sign(lam0), lam_t.grad.numpy(), atol=1e-10)
     np.testing.assert_allclose(g_mu + 0.05 / c.p_k * np.sign(mu0), mu_t.grad.numpy(), atol=1e-10)
@@ -425,10 +437,23 @@ def test_eop_closed_form_multiplicative_rescaling():
 
 # ---------------------------------------------------------- federated run §7.2
 def _run(data, counts, scope, rounds=30, lr=0.25, lr_mu=0.05, xi=0.02):
+    """The paper's Algorithm 2 literally: softmax-average smoothing (beta 0.1), fixed-step
+    proximal steps on mu and lambda, deterministic argmax."""
     pooled = counts.sum(0)
     clients = [
         ff.PostProcessingClient(
-            eta, a, counts[k], pooled, "dp", scope, xi, xi, bound=5.0, lr=lr_mu, local_steps=5
+            eta,
+            a,
+            counts[k],
+            pooled,
+            "dp",
+            scope,
+            xi,
+            xi,
+            bound=5.0,
+            lr=lr_mu,
+            local_steps=5,
+            smoothing="softmax-average",
         )
         for k, (eta, a, _) in enumerate(data)
     ]

@@ -126,7 +126,14 @@ from fedrec.training import single_thread
 
 __all__ = [
     "CRITERIA",
+    "OUTPUTS",
     "SCOPES",
+    "SMOOTHINGS",
+    "DualNewton",
+    "draw_classes",
+    "dual_newton_step",
+    "expected_counts",
+    "smooth_max",
     "PostProcessingClient",
     "calibration_matrix",
     "check_choice",
@@ -152,6 +159,8 @@ __all__ = [
 CRITERIA: tuple[str, ...] = ("dp", "eop", "eo")
 SCOPES: tuple[str, ...] = ("global", "local", "both")
 INNER_SOLVERS: tuple[str, ...] = ("prox", "lbfgs")
+SMOOTHINGS: tuple[str, ...] = ("entropic", "softmax-average")
+OUTPUTS: tuple[str, ...] = ("randomized", "argmax")
 
 
 # --------------------------------------------------------------------------- checks
@@ -494,6 +503,22 @@ def soft_max_average(z: Any, beta: float) -> Any:
     return (torch.softmax(zt / b, dim=-1) * zt).sum(dim=-1).numpy()
 
 
+def smooth_max(z: Any, beta: float, smoothing: str = "entropic") -> Any:
+    """A smoothed ``max`` along the last axis: ``entropic`` = ``beta logsumexp(z / beta)``
+    (convex; its gradient in ``z`` is ``softmax(z / beta)``, the randomized classifier that
+    is deployed) or ``softmax-average`` = :func:`soft_max_average` (the paper's, not convex).
+    Both tend to ``max(z)`` as ``beta -> 0``; torch in, torch out (numpy in, numpy out).
+    """
+    check_choice("smoothing", smoothing, SMOOTHINGS)
+    b = _number("beta", beta, minimum=0.0, strict=True)
+    if smoothing == "softmax-average":
+        return soft_max_average(z, b)
+    if isinstance(z, torch.Tensor):
+        return b * torch.logsumexp(z / b, dim=-1)
+    zt = torch.as_tensor(np.asarray(z, dtype=np.float64))
+    return (b * torch.logsumexp(zt / b, dim=-1)).numpy()
+
+
 def _scores_torch(eta: torch.Tensor, a: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     """``(M(a_i)^T eta_i)_j`` for all rows: ``(n, m)``."""
     return torch.einsum("ni,nij->nj", eta, M[a])
@@ -527,10 +552,12 @@ def client_objective(
     xi_g: float,
     xi_k: float,
     beta: float = 0.1,
+    smoothing: str = "softmax-average",
 ) -> torch.Tensor:
     """``H'_k(lam, mu_k)`` of fedfact.md §7.1 eq. (8) (smooth part + both L1 penalties).
 
     ``(1/n_k) sum_i sigma_beta(M(a_i,k)^T eta_i) + xi_g ||lam||_1 + (xi_k/p̂_k) ||mu||_1``
+    (``sigma_beta`` = :func:`smooth_max` with ``smoothing``; default the paper's)
     with ``p̂_k = own_counts.sum() / pooled_counts.sum()``. ``lam``/``mu`` may be torch
     tensors requiring grad (the result is differentiable) or numpy arrays. ``n_k`` is the
     number of rows of ``eta``.
@@ -549,14 +576,22 @@ def client_objective(
     mu_t = _dual("mu", mu, Dl_.shape[0], True, dtype)
     inv_p = _safe_div(np.float64(pooled.sum()), own.sum(axis=1))
     M = _calibration(inv_p, Dg_, lam_t, Dl_, mu_t)
-    smooth = _smooth_part(torch.as_tensor(eta_, dtype=dtype), torch.as_tensor(a_), M, beta)
+    smooth = _smooth_part(
+        torch.as_tensor(eta_, dtype=dtype), torch.as_tensor(a_), M, beta, smoothing
+    )
     return smooth + xg * lam_t.abs().sum() + (xk / p_k) * mu_t.abs().sum()
 
 
-def _smooth_part(eta: torch.Tensor, a: torch.Tensor, M: torch.Tensor, beta: float) -> torch.Tensor:
+def _smooth_part(
+    eta: torch.Tensor,
+    a: torch.Tensor,
+    M: torch.Tensor,
+    beta: float,
+    smoothing: str = "softmax-average",
+) -> torch.Tensor:
     if eta.shape[0] == 0:
         return M.sum() * 0.0
-    return soft_max_average(_scores_torch(eta, a, M), beta).mean()
+    return smooth_max(_scores_torch(eta, a, M), beta, smoothing).mean()
 
 
 # ------------------------------------------------------- projections / prox steps
@@ -685,6 +720,7 @@ class PostProcessingClient:
     local_steps: int = 10
     mu: np.ndarray | None = None
     inner: str = "prox"
+    smoothing: str = "entropic"
     Dg: np.ndarray = field(init=False, repr=False)
     Dl: np.ndarray = field(init=False, repr=False)
 
@@ -692,6 +728,8 @@ class PostProcessingClient:
         check_choice("criterion", self.criterion, CRITERIA)
         check_choice("scope", self.scope, SCOPES)
         check_choice("inner", self.inner, INNER_SOLVERS)
+        check_choice("smoothing", self.smoothing, SMOOTHINGS)
+        self.last_value = float("nan")
         own, pooled = _count_pair(self.own_counts, self.pooled_counts)
         self.own_counts, self.pooled_counts = own, pooled
         A, m = own.shape
@@ -755,7 +793,7 @@ class PostProcessingClient:
         lam_t = torch.tensor(lam, dtype=torch.float64, requires_grad=True)
         mu_t = torch.tensor(mu, dtype=torch.float64, requires_grad=True)
         M = _calibration(self._inv_p, self.Dg, lam_t, self.Dl, mu_t)
-        value = _smooth_part(self._eta_t, self._a_t, M, self.beta)
+        value = _smooth_part(self._eta_t, self._a_t, M, self.beta, self.smoothing)
         t_lam, t_mu = torch.autograd.grad(value, (lam_t, mu_t), allow_unused=True)
         g_lam = np.zeros_like(lam) if t_lam is None else t_lam.numpy()
         g_mu = np.zeros_like(mu) if t_mu is None else t_mu.numpy()
@@ -783,11 +821,45 @@ class PostProcessingClient:
                 _, _, g_mu = self._smooth_and_grads(lam_, mu)
                 mu = dual_prox_step(mu, g_mu, self.lr, self.xi_k / self.p_k, self.bound)
         self.mu = mu
-        if self.num_global:
-            _, g_lam, _ = self._smooth_and_grads(lam_, mu)
-        else:
+        value, g_lam, _ = self._smooth_and_grads(lam_, mu)
+        # F_k(lam) = min_mu H'_k(lam, mu) without the xi_g term (applied once at the server)
+        self.last_value = value + self.xi_k / self.p_k * float(np.abs(mu).sum())
+        if not self.num_global:
             g_lam = np.zeros(0)
         return mu.copy(), g_lam
+
+    def dual_hessian(self, lam: Any) -> np.ndarray:
+        """Hessian ``(U_g, U_g)`` of ``F_k(lam) = min_mu H'_k(lam, mu)`` at the current ``mu``.
+
+        Autograd Hessian of the smooth part in ``(lam, mu)``, then the Schur complement
+        ``H_ll - H_lm[:, S] H_mm[S, S]^-1 H_ml[S, :]`` over the free (non-zero) entries ``S``
+        of ``mu`` (implicit function theorem; zero entries stay at 0 under the L1 prox
+        for small moves of ``lam``). Assumes ``mu`` solves the inner problem (``lbfgs``).
+        It is the client's part of the server's proximal Newton step
+        (:func:`dual_newton_step`).
+        """
+        lam_ = self._lam(lam)
+        mu = self._mu()
+        Ug = self.num_global
+        if Ug == 0:
+            return np.zeros((0, 0))
+
+        def f(z: torch.Tensor) -> torch.Tensor:
+            M = _calibration(self._inv_p, self.Dg, z[:Ug], self.Dl, z[Ug:])
+            return _smooth_part(self._eta_t, self._a_t, M, self.beta, self.smoothing)
+
+        z0 = torch.as_tensor(np.concatenate([lam_, mu]), dtype=torch.float64)
+        with single_thread():
+            H = torch.autograd.functional.hessian(f, z0).numpy()
+        H = 0.5 * (H + H.T)
+        free = np.flatnonzero(np.abs(mu) > 1e-10)
+        H_ll = H[:Ug, :Ug]
+        if free.size == 0:
+            return H_ll
+        H_lm = H[:Ug, Ug + free]
+        H_mm = H[np.ix_(Ug + free, Ug + free)]
+        H_mm = H_mm + 1e-10 * max(1.0, float(np.abs(np.diag(H_mm)).max())) * np.eye(free.size)
+        return H_ll - H_lm @ np.linalg.solve(H_mm, H_lm.T)
 
     def _solve_mu(self, lam: np.ndarray, mu0: np.ndarray) -> np.ndarray:
         """The inner problem ``min_mu H'_k(lam, mu)`` solved to (near) optimality.
@@ -810,7 +882,8 @@ class PostProcessingClient:
         def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
             zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
             M = _calibration(self._inv_p, self.Dg, lam_t, self.Dl, zt[:U] - zt[U:])
-            val = _smooth_part(self._eta_t, self._a_t, M, self.beta) + pen * zt.sum()
+            smooth = _smooth_part(self._eta_t, self._a_t, M, self.beta, self.smoothing)
+            val = smooth + pen * zt.sum()
             (g,) = torch.autograd.grad(val, zt)
             return float(val.detach()), g.numpy()
 
@@ -841,9 +914,186 @@ class PostProcessingClient:
             eta_, a_ = _eta_a(eta, a, A, m)
         return np.einsum("ni,nij->nj", eta_, self.calibration(lam)[a_])
 
-    def predict(self, lam: Any, eta: Any = None, a: Any = None) -> np.ndarray:
-        """``argmax_j (M(a,k)^T eta)_j`` (ties -> lowest index), on own rows or ``(eta, a)``."""
-        return np.argmax(self.scores(lam, eta, a), axis=1)
+    def proba(self, lam: Any, eta: Any = None, a: Any = None) -> np.ndarray:
+        """Class probabilities ``(n, m)`` of the classifier the duals optimise.
+
+        ``entropic`` smoothing: ``softmax((M(a,k)^T eta) / beta)``, the randomized classifier
+        whose constraint values are exactly the ones the smoothed dual objective sees (its
+        gradient); ``softmax-average``: the one-hot argmax (the paper's deterministic rule).
+        """
+        z = self.scores(lam, eta, a)
+        if self.smoothing == "softmax-average":
+            return np.eye(z.shape[1])[np.argmax(z, axis=1)]
+        z = z / self.beta
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def predict(self, lam: Any, eta: Any = None, a: Any = None, u: Any = None) -> np.ndarray:
+        """Predicted classes on own rows or ``(eta, a)``.
+
+        ``u is None``: ``argmax_j (M(a,k)^T eta)_j`` (ties -> lowest index). Otherwise ``u``
+        holds one uniform in [0, 1) per row and the class is drawn from :meth:`proba` by
+        inverse CDF (:func:`draw_classes`): the randomized classifier, reproducible for a
+        given ``u``.
+        """
+        if u is None:
+            return np.argmax(self.scores(lam, eta, a), axis=1)
+        return draw_classes(self.proba(lam, eta, a), u)
+
+
+def draw_classes(proba: Any, u: Any) -> np.ndarray:
+    """Inverse-CDF draw: row ``i`` gets the first class ``j`` with ``cumsum(proba_i)_j > u_i``.
+
+    ``proba`` ``(n, m)`` rows on the simplex, ``u`` ``(n,)`` uniforms in [0, 1). One-hot rows
+    give their class for any ``u``; the draw is a deterministic function of ``u``.
+    """
+    q = np.asarray(proba, dtype=np.float64)
+    uu = np.asarray(u, dtype=np.float64)
+    if q.ndim != 2 or uu.shape != (q.shape[0],):
+        raise ConfigError(f"proba must be (n, m) and u (n,); got shapes {q.shape} and {uu.shape}")
+    if uu.size and (uu.min() < 0 or uu.max() >= 1):
+        raise ConfigError("u must hold uniforms in [0, 1)")
+    cdf = np.cumsum(q, axis=1)
+    cdf[:, -1] = np.inf  # rounding: the last class takes what is left
+    return np.argmax(cdf > uu[:, None], axis=1)
+
+
+def expected_counts(y: Any, proba: Any, a: Any, A: int) -> np.ndarray:
+    """Expected confusion counts ``[a, y, yhat]`` ``(A, m, m)`` of a randomized classifier.
+
+    ``sum_{i in a, y_i = y} proba_i[yhat]``: the counts the classifier produces on average
+    over its draws (one-hot ``proba`` gives the ordinary counts). Pooled over clients they
+    give the classifier's train-set gaps exactly (:func:`fedrec.metrics.federated_metrics`).
+    """
+    q = np.asarray(proba, dtype=np.float64)
+    yy = np.asarray(y).astype(np.int64)
+    aa = np.asarray(a).astype(np.int64)
+    if q.ndim != 2 or yy.shape != (q.shape[0],) or aa.shape != yy.shape:
+        raise ConfigError(
+            f"proba must be (n, m) with y and a (n,); got {q.shape}, {yy.shape}, {aa.shape}"
+        )
+    m = q.shape[1]
+    out = np.zeros((int(A), m, m))
+    np.add.at(out, (aa, yy), q)
+    return out
+
+
+def _prox_quadratic(
+    lam: np.ndarray, g: np.ndarray, H: np.ndarray, xi: float, bound: float
+) -> np.ndarray:
+    """``argmin_x g^T (x - lam) + 1/2 (x - lam)^T H (x - lam) + xi ||x||_1`` over the L1
+    ball of radius ``bound`` (the proximal Newton model; ``H`` PSD), by FISTA with step
+    ``1 / lambda_max(H)``. ``U`` is tiny (at most ``2 |A| m``), so thousands of iterations
+    cost microseconds each.
+    """
+    L = float(np.linalg.eigvalsh(H).max()) if H.size else 0.0
+    if L <= 0:
+        return dual_prox_step(lam, g, 1.0, xi, bound)
+    t = 1.0 / L
+    x = lam.copy()
+    y, theta = x.copy(), 1.0
+    for _ in range(20000):
+        x_new = project_l1_ball(soft_threshold(y - t * (g + H @ (y - lam)), t * xi), bound)
+        theta_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * theta * theta))
+        y = x_new + (theta - 1.0) / theta_new * (x_new - x)
+        done = float(np.abs(x_new - x).max()) <= 1e-13 * max(1.0, float(np.abs(x).max()))
+        x, theta = x_new, theta_new
+        if done:
+            break
+    return x
+
+
+@dataclass(frozen=True)
+class DualNewton:
+    """State of the server's damped proximal Newton search on the global dual.
+
+    ``lam``, ``objective`` (``F(lam) + xi ||lam||_1``), ``grad`` and ``hess`` of the smooth
+    ``F = sum_k p_k F_k``: the last **accepted** point, which is what is deployed.
+    ``damping`` is the Levenberg-Marquardt term ``nu`` of the pending candidate and
+    ``predicted`` the model's predicted change of the objective there (``< 0``; 0 once
+    converged).
+    """
+
+    lam: np.ndarray
+    objective: float
+    grad: np.ndarray
+    hess: np.ndarray
+    damping: float
+    predicted: float
+
+
+def _newton_candidate(
+    lam: np.ndarray, g: np.ndarray, H: np.ndarray, nu: float, xi: float, bound: float
+) -> tuple[np.ndarray, float]:
+    """The damped proximal Newton point from ``lam`` and its predicted objective change."""
+    Hs = 0.5 * (H + H.T)
+    x = _prox_quadratic(lam, g, Hs + nu * np.eye(lam.size), xi, bound)
+    d = x - lam
+    pred = float(g @ d) + 0.5 * float(d @ Hs @ d)
+    pred += xi * (float(np.abs(x).sum()) - float(np.abs(lam).sum()))
+    return x, pred
+
+
+def dual_newton_step(
+    state: DualNewton | None,
+    candidate: Any,
+    value: float,
+    grad: Any,
+    hess: Any,
+    *,
+    xi: float,
+    bound: float,
+    accept_ratio: float = 1e-4,
+) -> tuple[DualNewton, np.ndarray]:
+    """One round of a Levenberg-Marquardt damped proximal Newton method (Lee, Sun &
+    Saunders 2014; Moré 1978) on ``min_lam F(lam) + xi ||lam||_1`` over
+    ``{||lam||_1 <= bound}``.
+
+    The clients evaluated ``F``, its gradient and Hessian at ``candidate`` (sums weighted
+    by ``p_k``). The candidate is accepted if it is the first point or if the actual
+    change of the objective is at least ``accept_ratio`` times the predicted one (a
+    decrease). Accepted with ratio > 0.75: the damping ``nu`` is divided by 3; < 0.25:
+    doubled; rejected: multiplied by 4 and the next candidate is recomputed from the
+    accepted point. The next candidate minimises the model
+    ``g^T d + 1/2 d^T (H + nu I) d + xi ||lam + d||_1`` (:func:`_prox_quadratic`).
+    Why: the smoothed dual's curvature scales like ``1 / beta`` and like the inverse
+    group shares, so no fixed step fits every dataset and temperature; Newton steps are
+    invariant to that scaling, the damping guards against the kinks of a nearly piecewise
+    linear dual, and ``U_g`` is tiny. The initial damping is ``0.1 max diag(H)``. Once the
+    predicted decrease is negligible (``> -1e-12``) the accepted point is proposed again.
+    """
+    cand = _vector("candidate", candidate)
+    g = _vector("grad", grad)
+    H = np.asarray(hess, dtype=np.float64)
+    v = _number("value", value)
+    if g.shape != cand.shape or H.shape != (cand.size, cand.size):
+        raise ConfigError(
+            f"grad must be {cand.shape} and hess {(cand.size, cand.size)}; "
+            f"got {g.shape} and {H.shape}"
+        )
+    xi_ = _number("xi", xi, minimum=0.0)
+    obj = v + xi_ * float(np.abs(cand).sum())
+    if not cand.size:
+        return DualNewton(cand, obj, g, H, 0.0, 0.0), cand
+    scale = max(float(np.abs(np.diag(H)).max()), 1e-12)
+    if state is None:
+        lam, og, gg, HH, nu = cand, obj, g, H, 0.1 * scale
+    else:
+        pred = state.predicted
+        actual = obj - state.objective
+        ratio = actual / pred if pred < 0 else 0.0
+        if pred < 0 and ratio >= accept_ratio:
+            nu = state.damping / 3.0 if ratio > 0.75 else state.damping
+            nu = nu * 2.0 if ratio < 0.25 else nu
+            lam, og, gg, HH = cand, obj, g, H
+        else:
+            lam, og, gg, HH = state.lam, state.objective, state.grad, state.hess
+            nu = state.damping * 4.0
+    nu = max(nu, 1e-10 * scale)
+    x, pred = _newton_candidate(lam, gg, HH, nu, xi_, bound)
+    if pred > -1e-12:  # converged (or no progress possible): propose the point itself
+        return DualNewton(lam, og, gg, HH, nu, 0.0), lam.copy()
+    return DualNewton(lam, og, gg, HH, nu, pred), x
 
 
 # ------------------------------------------------------------------ metrics
@@ -854,13 +1104,14 @@ _GAP_KEYS = {
 }
 
 
-def fairness_gap(criterion: str, C_by_client: Any) -> dict[str, float]:
+def fairness_gap(criterion: str, C_by_client: Any, expected: bool = False) -> dict[str, float]:
     """Global and local gaps from per-client count tensors ``(K, A, m, m)`` (``[k, a, y, yhat]``).
 
     Uses :func:`fedrec.metrics.federated_metrics`. Keys: ``accuracy``, ``global``
     (subgroup form, the quantity FedFACT constrains), ``global_pairwise``, ``local_max`` /
     ``local_mean`` (subgroup form over clients, D_local = max) and ``local_max_pairwise``.
-    Note: ``fedrec.metrics`` reports binary EOP/EO on class 1 only.
+    Note: ``fedrec.metrics`` reports binary EOP/EO on class 1 only. ``expected=True``:
+    real-valued expected counts of a randomized classifier (:func:`expected_counts`).
     """
     check_choice("criterion", criterion, CRITERIA)
     from fedrec.metrics import federated_metrics
@@ -870,7 +1121,7 @@ def fairness_gap(criterion: str, C_by_client: Any) -> dict[str, float]:
         raise ConfigError(
             f"C_by_client must be a (K, A, m, m) count tensor, got shape {counts.shape}"
         )
-    fm = federated_metrics({k: counts[k] for k in range(counts.shape[0])})
+    fm = federated_metrics({k: counts[k] for k in range(counts.shape[0])}, expected=expected)
     sub, pair = _GAP_KEYS[criterion]
     return {
         "accuracy": fm.overall["accuracy"],

@@ -119,10 +119,15 @@ def confusion_counts(
     return np.bincount(flat, minlength=G * C * C).astype(np.int64).reshape(G, C, C)
 
 
-def _check_counts(counts: np.ndarray) -> np.ndarray:
+def _check_counts(counts: np.ndarray, expected: bool = False) -> np.ndarray:
     arr = np.asarray(counts)
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2] or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"counts must have shape (G, C, C) with G, C >= 1, got {arr.shape}")
+    if expected:
+        arr = np.asarray(arr, dtype=np.float64)
+        if not np.all(np.isfinite(arr)) or (arr.size and arr.min() < 0):
+            raise ValueError("expected counts must be finite and non-negative")
+        return arr
     if not np.issubdtype(arr.dtype, np.integer):
         if (
             not np.issubdtype(arr.dtype, np.floating)
@@ -183,12 +188,16 @@ def _subgroup(rate_a: np.ndarray, rate: np.ndarray, classes: list[int]) -> float
     return best
 
 
-def metrics_from_counts(counts: np.ndarray) -> dict[str, float]:
-    """Accuracy and fairness gaps of a count tensor ``(G, C, C)``; see the module docstring."""
-    counts = _check_counts(counts)
+def metrics_from_counts(counts: np.ndarray, expected: bool = False) -> dict[str, float]:
+    """Accuracy and fairness gaps of a count tensor ``(G, C, C)``; see the module docstring.
+
+    ``expected=True`` accepts non-negative real counts: the expected counts of a randomized
+    classifier (``sum_i P(Yhat_i = c)``), whose gaps are then the classifier's own.
+    """
+    counts = _check_counts(counts, expected)
     C = counts.shape[1]
     r = _rates(counts)
-    n = int(counts.sum())
+    n = float(counts.sum()) if expected else int(counts.sum())
     all_classes = list(range(C))
     cond_classes = [1] if C == 2 else all_classes
     dp_pair = _pairwise(r["sel_a"], all_classes)
@@ -211,15 +220,15 @@ def metrics_from_counts(counts: np.ndarray) -> dict[str, float]:
     return out
 
 
-def group_metrics(counts: np.ndarray) -> list[dict]:
+def group_metrics(counts: np.ndarray, expected: bool = False) -> list[dict]:
     """Per sensitive group ``a`` (in order): ``group``, ``n``, ``accuracy`` and per-class lists
     ``selection_rate`` (``P(Yhat=y|A=a)``), ``tpr`` (``P(Yhat=y|Y=y,A=a)``) and ``fpr``
     (``P(Yhat=y|Y!=y,A=a)``). Undefined values (zero denominators) are ``nan``."""
-    counts = _check_counts(counts)
+    counts = _check_counts(counts, expected)
     r = _rates(counts)
     out = []
     for a in range(counts.shape[0]):
-        n_a = int(counts[a].sum())
+        n_a = float(counts[a].sum()) if expected else int(counts[a].sum())
         out.append(
             {
                 "group": a,
@@ -256,15 +265,19 @@ class FederatedMetrics:
         return {**self.overall, **self.local}
 
 
-def federated_metrics(counts_by_client: dict[int, np.ndarray]) -> FederatedMetrics:
+def federated_metrics(
+    counts_by_client: dict[int, np.ndarray], expected: bool = False
+) -> FederatedMetrics:
     """Global, per-client and per-group metrics from per-client count tensors.
 
     Counts are summed in sorted client-id order. All tensors must have the same shape.
+    ``expected=True``: real-valued expected counts of a randomized classifier (see
+    :func:`metrics_from_counts`).
     """
     if not counts_by_client:
         raise ValueError("counts_by_client is empty; need at least one client")
     ids = sorted(counts_by_client)
-    checked = {cid: _check_counts(counts_by_client[cid]) for cid in ids}
+    checked = {cid: _check_counts(counts_by_client[cid], expected) for cid in ids}
     shape = checked[ids[0]].shape
     for cid in ids:
         if checked[cid].shape != shape:
@@ -272,10 +285,10 @@ def federated_metrics(counts_by_client: dict[int, np.ndarray]) -> FederatedMetri
                 f"client {cid} counts have shape {checked[cid].shape}, "
                 f"expected {shape} (as client {ids[0]})"
             )
-    pooled = np.zeros(shape, dtype=np.int64)
+    pooled = np.zeros(shape, dtype=np.float64 if expected else np.int64)
     for cid in ids:
         pooled += checked[cid]
-    by_client = {cid: metrics_from_counts(checked[cid]) for cid in ids}
+    by_client = {cid: metrics_from_counts(checked[cid], expected) for cid in ids}
     nonempty = [by_client[cid] for cid in ids if by_client[cid]["n"] > 0]
     local: dict[str, float] = {}
     for key in GAP_KEYS:
@@ -286,8 +299,8 @@ def federated_metrics(counts_by_client: dict[int, np.ndarray]) -> FederatedMetri
     local["accuracy_local_min"] = float(min(accs)) if accs else float("nan")
     local["accuracy_local_mean"] = float(np.mean(accs)) if accs else float("nan")
     return FederatedMetrics(
-        overall=metrics_from_counts(pooled),
+        overall=metrics_from_counts(pooled, expected),
         by_client=by_client,
-        by_group=group_metrics(pooled),
+        by_group=group_metrics(pooled, expected),
         local=local,
     )

@@ -6,9 +6,12 @@ both build on the classifier messages of :mod:`fedrec.specs.fedavg`.
 
 - ``fedfact-post`` calibration round: the action ``query.fedfact_post`` (:data:`POST`)
   with the calibration config (:func:`pack_post` / :func:`unpack_post`: the pooled label x
-  group counts ``(A, m)`` and the global dual ``lam`` as arrays, the settings as scalars);
-  reply :data:`GRAD_LAM` (``U_g`` floats), :data:`MU_L1` and the example count. Its
-  evaluation sends the same config with :data:`CALIBRATED`.
+  group counts ``(A, m)`` and the candidate global dual ``lam`` as arrays, the settings
+  as scalars); reply :data:`GRAD_LAM` (``U_g`` floats), :data:`DUAL_VALUE`,
+  :data:`HESS_LAM` (``U_g^2`` floats, when the server solver is Newton's),
+  :data:`TRAIN_COUNTS` (the expected ``[a, y, yhat]`` counts of the client's rule on its
+  train rows), :data:`MU_L1` and the example count. Its evaluation sends the same config
+  with :data:`CALIBRATED` and the deployed (accepted) ``lam``.
 - ``fedfact-in`` train round: the train config (:func:`pack_in` / :func:`unpack_in`);
   reply the trained shared model, :data:`DG_VALUES` (``U_g`` floats), :data:`W_ENSEMBLE`,
   :data:`MU_L1`.
@@ -22,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.algorithms.fedfact import CRITERIA, SCOPES
+from fedrec.algorithms.calibration import CALIBRATIONS
+from fedrec.algorithms.fedfact import CRITERIA, OUTPUTS, SCOPES, SMOOTHINGS
 from fedrec.config import key
 
 
@@ -53,8 +57,19 @@ class FedFactPostParams:
     dual_bound: float = key(
         5.0, "B_d: radius of the L1 ball of the duals.", check=lambda v: v > 0, check_doc="> 0"
     )
+    server_solver: str = key(
+        "newton",
+        "How the server moves lambda: newton (damped proximal Newton on the clients' "
+        "summed gradients and Hessians, with an acceptance test on the dual objective; "
+        "robust to any temperature and dataset) or gradient (one fixed proximal gradient "
+        "step of size dual-lr per round, the paper's Algorithm 2).",
+        choices=("newton", "gradient"),
+    )
     dual_lr: float = key(
-        0.6, "Server step size on the global dual lambda.", check=lambda v: v > 0, check_doc="> 0"
+        0.6,
+        "server-solver = gradient: step size on the global dual lambda.",
+        check=lambda v: v > 0,
+        check_doc="> 0",
     )
     inner_solver: str = key(
         "lbfgs",
@@ -77,19 +92,41 @@ class FedFactPostParams:
         check=lambda v: v >= 1,
         check_doc=">= 1",
     )
+    smoothing: str = key(
+        "entropic",
+        "Smoothed max in the dual objective H: entropic (beta * logsumexp(z / beta): "
+        "convex, and its gradient is the constraint value of the randomized classifier "
+        "softmax(M^T eta / beta), so the duals see exactly the rule that is deployed) or "
+        "softmax-average (the paper's sum_j softmax(z / beta)_j z_j; not convex, and the "
+        "hard classifier's gaps differ from what the duals see).",
+        choices=SMOOTHINGS,
+    )
     temperature: float = key(
-        0.05,
-        "beta: smoothing of the max in H (soft-max-weighted "
-        "average). The paper uses 0.1; fedrec defaults to 0.05 because the "
-        "hard classifier's gaps sit above xi by a smoothing bias that "
-        "grows with beta (Adult, 10 rounds: Dg 0.031 / Dl 0.049 at 0.1 vs "
-        "0.009 / 0.026 at 0.05).",
+        0.01,
+        "beta: temperature of the smoothed max. Smaller: fewer randomized rows and an "
+        "accuracy closer to the fair LP's; larger: a better-conditioned dual (the paper "
+        "uses 0.1 with softmax-average).",
         check=lambda v: v > 0,
         check_doc="> 0",
     )
+    output: str = key(
+        "randomized",
+        "Deployed classifier: randomized (draw from softmax(M^T eta / beta), one seeded "
+        "uniform per (run seed, client, row); with entropic smoothing its expected gaps "
+        "are the ones the duals constrain) or argmax (deterministic, the paper's).",
+        choices=OUTPUTS,
+    )
+    calibration: str = key(
+        "auto",
+        "Per-(group, client) isotonic re-calibration of the scores on the client's own "
+        "train rows before calibrating: makes the label-free (plug-in) EOP/EO constraint "
+        "values equal the label-based ones on those rows. auto: isotonic for eop/eo, none "
+        "for dp (whose constraints do not involve labels).",
+        choices=CALIBRATIONS,
+    )
     post_rounds: int = key(
-        10,
-        "Calibration rounds after the FedAvg rounds (paper: <= 10).",
+        30,
+        "Calibration rounds after the FedAvg rounds.",
         check=lambda v: v >= 1,
         check_doc=">= 1",
     )
@@ -137,16 +174,28 @@ LOCAL_LR = "local-lr"
 LOCAL_STEPS = "local-steps"
 TEMPERATURE = "temperature"
 INNER_SOLVER = "inner-solver"
+SMOOTHING = "smoothing"
+OUTPUT = "output"
+CALIBRATION = "calibration"
+WANT_HESSIAN = "want-hessian"  # the server's solver needs the clients' Hessians
 CALIBRATED = "calibrated"  # evaluate with the calibrated classifier
 DUAL_LR = "dual-lr"
 ETA_W = "eta-w"
 # reply metric keys (client -> server)
 GRAD_LAM = "grad-lam"  # fedfact-post: gradient of the smooth part of H'_k w.r.t. lam
+DUAL_VALUE = "dual-value"  # fedfact-post: F_k(lam) = min_mu H'_k(lam, mu) without xi_g
+HESS_LAM = "hess-lam"  # fedfact-post: Hessian of F_k w.r.t. lam, (U_g * U_g,) row-major
+TRAIN_COUNTS = "train-counts"  # fedfact-post: expected [a, y, yhat] counts on train rows
 DG_VALUES = "dg-values"  # fedfact-in: the client's contributions to the global constraints
 W_ENSEMBLE = "w-ensemble"
 MU_L1 = "mu-l1"
 # aggregated metric keys and round-record field (server side)
 LAMBDA_L1 = "lambda-l1"
+TRAIN_GAP = "gap-on-train"  # constrained (subgroup) gap of the rule on the train rows, global
+TRAIN_GAP_LOCAL = "gap-on-train-local-max"  # ... and the max over clients
+TRAIN_GAP_PAIRWISE = "gap-on-train-pairwise"
+DUAL_OBJECTIVE = "dual-objective"
+ACCEPTED = "accepted"
 MU_L1_MEAN = "mu-l1-mean"
 CONSTRAINT_MAX = "constraint-max"
 W_ENSEMBLE_MEAN = "w-ensemble-mean"
@@ -175,6 +224,17 @@ class PostConfig:
     inner_solver: str
     lam: np.ndarray
     calibrated: bool = False
+    smoothing: str = "entropic"
+    output: str = "randomized"
+    calibration: str = "none"
+    want_hessian: bool = False
+
+    @property
+    def recalibrate(self) -> bool:
+        """Whether scores are re-calibrated per (group, client) (``auto``: eop and eo)."""
+        if self.calibration == "auto":
+            return self.criterion in ("eop", "eo")
+        return self.calibration == "isotonic"
 
 
 @dataclass(frozen=True)
@@ -223,6 +283,10 @@ def pack_post(
         LOCAL_STEPS: p.local_steps,
         TEMPERATURE: p.temperature,
         INNER_SOLVER: p.inner_solver,
+        SMOOTHING: p.smoothing,
+        OUTPUT: p.output,
+        CALIBRATION: p.calibration,
+        WANT_HESSIAN: p.server_solver == "newton",
     }
     if calibrated:
         cfg[CALIBRATED] = True
@@ -243,6 +307,10 @@ def unpack_post(config: Mapping[str, Any]) -> PostConfig:
         inner_solver=str(config.get(INNER_SOLVER, "prox")),
         lam=_lam(config),
         calibrated=bool(config.get(CALIBRATED, False)),
+        smoothing=str(config.get(SMOOTHING, "entropic")),
+        output=str(config.get(OUTPUT, "randomized")),
+        calibration=str(config.get(CALIBRATION, "none")),
+        want_hessian=bool(config.get(WANT_HESSIAN, False)),
     )
 
 
