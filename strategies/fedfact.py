@@ -116,7 +116,11 @@ class FedFactPost(FedAvg):
     def train_config(self, server_round: int) -> dict[str, Any]:
         if not self.is_post(server_round):
             return {}
-        return spec.pack_post(self.params, self.scope, self.pooled, self.lam)
+        # the last calibration round re-evaluates the deployed dual, so that its logged
+        # gap-on-train metrics are the deployed classifier's
+        last = server_round == self.total_rounds()
+        lam = self.deployed if last else self.lam
+        return spec.pack_post(self.params, self.scope, self.pooled, lam)
 
     def evaluate_config(self, server_round: int) -> dict[str, Any]:
         if not self.is_post(server_round):
@@ -139,7 +143,7 @@ class FedFactPost(FedAvg):
                     w * np.asarray(r.metrics[spec.HESS_LAM], dtype=np.float64).reshape(U, U)
                     for w, r in zip(weights, replies)
                 )
-                candidate = self.lam
+                candidate = self.deployed if server_round == self.total_rounds() else self.lam
                 self.search, self.lam = dual_newton_step(
                     self.search,
                     candidate,

@@ -40,6 +40,28 @@ def test_fedfact_post_calibrates_after_fedavg(tmp_path):
 
 
 @pytest.mark.e2e
+def test_fedfact_post_deployed_rule_keeps_xi_on_train_rows_and_is_reproducible(tmp_path):
+    """The last calibration round logs the deployed (randomized) rule's train-set gaps:
+    within xi + 0.002 globally and on every client; the seeded draws make runs equal."""
+    cfg = {
+        **BASE,
+        "strategy.name": "fedfact-post",
+        "strategy.params.post-rounds": 15,
+        "output.save-predictions": True,
+    }
+    a = fedrec.run(cfg, backend="local", out=tmp_path / "a")
+    last = [r for r in _rows(tmp_path / "a") if r["scope"] == "global"][-1]
+    assert last["train_gap_on_train"] <= 0.01 + 0.002
+    assert last["train_gap_on_train_local_max"] <= 0.01 + 0.002
+    assert a["final"]["global"]["dp_subgroup_max"] < 0.04  # held out: sampling noise only
+    b = fedrec.run(cfg, backend="local", out=tmp_path / "b")
+    assert a["final"] == b["final"]
+    assert (tmp_path / "a" / "predictions.csv").read_bytes() == (
+        tmp_path / "b" / "predictions.csv"
+    ).read_bytes()
+
+
+@pytest.mark.e2e
 def test_local_post_has_no_global_dual_and_cuts_local_gaps(tmp_path):
     fedrec.run(
         {**BASE, "strategy.name": "local-post", "strategy.params.post-rounds": 3},

@@ -1,0 +1,392 @@
+"""FedFACT-Post robustness: does the deployed classifier keep xi on data it was not tuned on?
+
+For every dataset x criterion x scope x seed this runs ``fedfact-post`` with the FedFACT
+protocol of this folder (5 clients, Dirichlet over A with gamma = 0.5, 60/40 split,
+logistic regression, 20 FedAvg rounds then the calibration rounds; COMPAS: 2 clients),
+changing only the dataset, and reports per cell:
+
+- **train-set gap** of the deployed classifier (global, and the max over clients), in the
+  constrained (subgroup) form, from the expected counts its last calibration round logs
+  (``gap-on-train*``; for the randomized rule: its gap in expectation over the draws);
+- **held-out gap** (global subgroup form) of the realized test predictions
+  (``predictions.csv``) with its sampling standard error from the test group sizes
+  (delta method for ``r_a - r``, binomial variances), the pairwise gap (what Fairlearn's
+  ``*_difference`` functions report) and the held-out gap of FedAvg on the same seed;
+- **accuracy** (test) and the **centralized fair LP's** test accuracy at the same xi and
+  scope: :func:`fedrec.algorithms.lp.fair_lp_scipy` on the pooled train scores that
+  fedfact-post sees (re-calibrated per group and client for eop/eo, as fedfact-post
+  does), its duals applied to the test rows.
+
+``--controllability`` adds the xi grid (0.005 .. 0.1; DP, scope both) on Adult and Bank.
+Results are cached per run under ``--out`` (default runs/fedfact_robustness) so an
+interrupted sweep resumes; ``--jobs`` runs cells in parallel processes.
+
+Usage::
+
+    FEDREC_DATA_DIR=../shared/data python experiments/fedfact/robustness.py --jobs 2
+    FEDREC_DATA_DIR=../shared/data python experiments/fedfact/robustness.py \\
+        --datasets bank --criteria dp --scopes both --seeds 0     # one cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+DATASETS = {
+    # dataset -> (protocol TOML, overrides)
+    "adult": ("adult_dp.toml", {}),
+    "bank": ("adult_dp.toml", {"dataset.name": "bank", "dataset.sensitive": ""}),
+    "german": ("adult_dp.toml", {"dataset.name": "german", "dataset.sensitive": ""}),
+    "compas": ("compas_dp.toml", {}),
+    "drug-consumption": ("drug_multiclass_dp.toml", {"model.name": "logreg"}),
+}
+CRITERIA = {"drug-consumption": ("dp", "eop")}
+ALL_CRITERIA = ("dp", "eop", "eo")
+SCOPES = ("global", "local", "both")
+CONTROL_XI = (0.005, 0.01, 0.02, 0.05, 0.1)
+SUB = {"dp": "dp_subgroup_max", "eop": "eop_subgroup_max", "eo": "eo_subgroup_max"}
+PAIR = {"dp": "dp_pairwise_max", "eop": "eop_gap", "eo": "eo_gap"}
+
+
+def base_config(dataset: str) -> dict:
+    from fedrec.config import load_toml
+
+    toml, extra = DATASETS[dataset]
+    flat = load_toml(HERE / toml)
+    flat = {k: v for k, v in flat.items() if not k.startswith("strategy.params.")}
+    return {**flat, **extra}
+
+
+# ------------------------------------------------------------------ statistics
+def _rates(counts: np.ndarray, kind: str, y: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group rate and its denominator for one (kind, class) of a (A, m, m) tensor."""
+    n_a = counts.sum(axis=(1, 2))
+    pred = counts[:, :, y].sum(axis=1)
+    true = counts[:, y, :].sum(axis=1)
+    hit = counts[:, y, y]
+    if kind == "sel":
+        return pred, n_a
+    if kind == "tpr":
+        return hit, true
+    return pred - hit, n_a - true  # fpr
+
+
+def gap_with_se(counts: np.ndarray, criterion: str) -> tuple[float, float]:
+    """Held-out subgroup gap ``max |r_a - r|`` (as fedrec.metrics) and its standard error.
+
+    ``r = sum_b w_b r_b`` with ``w_b`` the denominator shares, so
+    ``Var(r_a - r) = (1 - w_a)^2 v_a + sum_{b != a} w_b^2 v_b`` with binomial
+    ``v_b = r_b (1 - r_b) / n_b``, evaluated at the (kind, class, group) of the max.
+    """
+    m = counts.shape[1]
+    kinds = {"dp": ["sel"], "eop": ["tpr"], "eo": ["tpr", "fpr"]}[criterion]
+    classes = list(range(m)) if criterion == "dp" or m > 2 else [1]
+    best, best_se = 0.0, 0.0
+    for kind in kinds:
+        for y in classes:
+            num, den = _rates(counts, kind, y)
+            ok = den > 0
+            if ok.sum() < 2:
+                continue
+            r_b = np.where(ok, num / np.where(ok, den, 1), 0.0)
+            w = np.where(ok, den, 0) / den[ok].sum()
+            r = float((w * r_b).sum())
+            v = np.where(ok, r_b * (1 - r_b) / np.where(ok, den, 1), 0.0)
+            for a in np.flatnonzero(ok):
+                g = abs(r_b[a] - r)
+                if g > best:
+                    var = (1 - w[a]) ** 2 * v[a] + sum(
+                        w[b] ** 2 * v[b] for b in np.flatnonzero(ok) if b != a
+                    )
+                    best, best_se = float(g), float(np.sqrt(var))
+    return best, best_se
+
+
+def heldout(run_dir: Path, criterion: str, A: int, m: int) -> dict:
+    """Held-out metrics of the realized test predictions of a run."""
+    from fedrec.metrics import federated_metrics
+
+    by_client: dict[int, np.ndarray] = {}
+    with open(run_dir / "predictions.csv") as fh:
+        for row in csv.DictReader(fh):
+            k = int(row["client"])
+            c = by_client.setdefault(k, np.zeros((A, m, m), dtype=np.int64))
+            c[int(row["group"]), int(row["label"]), int(row["prediction"])] += 1
+    fm = federated_metrics(by_client)
+    gap, se = gap_with_se(sum(by_client.values()), criterion)
+    return {
+        "acc": fm.overall["accuracy"],
+        "dg": gap,
+        "se": se,
+        "dg_pairwise": fm.overall[PAIR[criterion]],
+        "dl": fm.local[f"{SUB[criterion]}_local_max"],
+        "dl_pairwise": fm.local[f"{PAIR[criterion]}_local_max"],
+    }
+
+
+# ------------------------------------------------------------------ runs
+def _run(cfg: dict, run_dir: Path) -> dict:
+    import shutil
+
+    import fedrec
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return fedrec.run(cfg, backend="local", out=run_dir, quiet=True)
+
+
+def fedavg_cell(dataset: str, seed: int, out: Path) -> dict:
+    tag = f"{dataset}_fedavg_s{seed}"
+    cache = out / f"{tag}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    cfg = {
+        **base_config(dataset),
+        "seed": seed,
+        "strategy.name": "fedavg",
+        "output.plots": False,
+        "output.client-metrics": False,
+        "output.checkpoint": False,
+        "output.save-predictions": True,
+    }
+    s = _run(cfg, out / "runs" / tag)
+    A, m = _shape(s)
+    res = {c: heldout(out / "runs" / tag, c, A, m) for c in ALL_CRITERIA}
+    cache.write_text(json.dumps(res))
+    return res
+
+
+def _shape(summary: dict) -> tuple[int, int]:
+    groups = summary["final_by_group"]
+    return len(groups), len(groups[0]["selection_rate"])
+
+
+def post_cell(dataset: str, crit: str, scope: str, xi: float, seed: int, out: Path) -> dict:
+    tag = f"{dataset}_{crit}_{scope}_xi{xi}_s{seed}"
+    cache = out / f"{tag}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    cfg = {
+        **base_config(dataset),
+        "seed": seed,
+        "strategy.name": "fedfact-post",
+        "strategy.params.criterion": crit,
+        "strategy.params.scope": scope,
+        "strategy.params.xi-global": xi,
+        "strategy.params.xi-local": xi,
+        "output.plots": False,
+        "output.client-metrics": False,
+        "output.checkpoint": True,
+        "output.save-predictions": True,
+    }
+    run_dir = out / "runs" / tag
+    t0 = time.perf_counter()
+    s = _run(cfg, run_dir)
+    wall = time.perf_counter() - t0
+    A, m = _shape(s)
+    last = None
+    with open(run_dir / "rounds.jsonl") as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r.get("scope") == "global":
+                last = r
+    assert last is not None
+    res = {
+        "train_dg": last["train_gap_on_train"],
+        "train_dl": last["train_gap_on_train_local_max"],
+        "train_dg_pairwise": last["train_gap_on_train_pairwise"],
+        **heldout(run_dir, crit, A, m),
+        "wall_s": wall,
+        **central_lp(run_dir, crit, scope, xi),
+    }
+    cache.write_text(json.dumps(res))
+    return res
+
+
+def central_lp(run_dir: Path, crit: str, scope: str, xi: float) -> dict:
+    """Test accuracy of the pooled-data fair LP on the scores fedfact-post used."""
+    from fedrec.algorithms.calibration import GroupCalibrator
+    from fedrec.algorithms.lp import fair_lp_scipy, lp_classifier_predict
+    from fedrec.callbacks import load_checkpoint
+    from fedrec.config import validate
+    from fedrec.metrics import confusion_counts, federated_metrics
+    from fedrec.models import set_weights
+    from fedrec.tasks import initial_model, load_client_data
+    from fedrec.training import predict_proba
+
+    cfg = validate(json.loads((run_dir / "config.json").read_text()))
+    _, weights, _ = load_checkpoint(run_dir / "checkpoint.npz")
+    data = [load_client_data(cfg, k) for k in range(cfg.partition.num_clients)]
+    model = initial_model(cfg, data[0].num_features, data[0].num_classes)
+    set_weights(model, weights)
+    tr, te = [], []
+    for d in data:
+        e_tr, e_te = predict_proba(model, d.X_train), predict_proba(model, d.X_test)
+        if crit in ("eop", "eo"):  # fedfact-post's calibration = "auto"
+            cal = GroupCalibrator().fit(e_tr, d.y_train, d.a_train, d.num_groups)
+            e_tr, e_te = cal.apply(e_tr, d.a_train), cal.apply(e_te, d.a_test)
+        tr.append(e_tr)
+        te.append(e_te)
+    eta = np.concatenate(tr)
+    a = np.concatenate([d.a_train for d in data])
+    k = np.concatenate([np.full(len(d.y_train), i) for i, d in enumerate(data)])
+    counts = np.stack([d.counts("train").T for d in data]).astype(float)
+    t0 = time.perf_counter()
+    lp = fair_lp_scipy(eta, a, k, crit, scope, xi, xi, counts=counts)
+    by_client = {}
+    for i, d in enumerate(data):
+        pred = lp_classifier_predict(
+            te[i], d.a_test, np.full(len(d.y_test), i), crit, scope, lp.lam, lp.mu, counts
+        )
+        by_client[i] = confusion_counts(d.y_test, pred, d.a_test, d.num_classes, d.num_groups)
+    fm = federated_metrics(by_client)
+    return {
+        "lp_acc": fm.overall["accuracy"],
+        "lp_train_objective": lp.objective,
+        "lp_status": lp.status,
+        "lp_s": time.perf_counter() - t0,
+    }
+
+
+# ------------------------------------------------------------------ report
+def _task(job: tuple) -> tuple[tuple, dict]:
+    kind, *rest = job
+    if kind == "fedavg":
+        return job, fedavg_cell(*rest)
+    return job, post_cell(*rest)
+
+
+def robustness_table(res: dict, fa: dict, datasets, seeds, scopes, xi: float) -> tuple[str, dict]:
+    head = (
+        "| dataset | criterion | scope | train D_g (max over seeds) | train D_l (max) | "
+        "held-out D_g ± SE (mean) | held-out ≤ ξ+2SE | FedAvg held-out D_g | "
+        "held-out D_g pairwise | acc % | LP acc % |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = []
+    tally = {"cells": 0, "train": 0, "heldout": 0, "raised": [], "acc": 0, "acc_n": 0}
+    for ds in datasets:
+        for crit in CRITERIA.get(ds, ALL_CRITERIA):
+            for scope in scopes:
+                runs = [res[(ds, crit, scope, xi, s)] for s in seeds]
+                fav = [fa[(ds, s)][crit] for s in seeds]
+                ok = [r["dg"] <= xi + 2 * r["se"] for r in runs]
+                for r, f, s in zip(runs, fav, seeds):
+                    tally["cells"] += 1
+                    # the constrained gaps of the scope: global (global/both), local (local/both)
+                    checks = []
+                    if scope in ("global", "both"):
+                        checks.append(r["train_dg"] <= xi + 0.002)
+                    if scope in ("local", "both"):
+                        checks.append(r["train_dl"] <= xi + 0.002)
+                    tally["train"] += all(checks)
+                    tally["heldout"] += r["dg"] <= xi + 2 * r["se"]
+                    if r["dg"] > f["dg"] + 2 * r["se"]:
+                        tally["raised"].append(f"{ds}/{crit}/{scope}/s{s}")
+                    if r["lp_status"] == "optimal":
+                        tally["acc_n"] += 1
+                        tally["acc"] += r["acc"] >= r["lp_acc"] - 0.01
+
+                def mean(key, rr=runs):
+                    return statistics.fmean(x[key] for x in rr)
+
+                rows.append(
+                    f"| {ds} | {crit} | {scope} | {max(r['train_dg'] for r in runs):.4f} | "
+                    f"{max(r['train_dl'] for r in runs):.4f} | "
+                    f"{mean('dg'):.4f} ± {mean('se'):.4f} | {sum(ok)}/{len(ok)} | "
+                    f"{statistics.fmean(f['dg'] for f in fav):.4f} | {mean('dg_pairwise'):.4f} | "
+                    f"{100 * mean('acc'):.2f} | {100 * mean('lp_acc'):.2f} |"
+                )
+    return head + "\n" + "\n".join(rows), tally
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    p.add_argument("--criteria", nargs="*", default=list(ALL_CRITERIA))
+    p.add_argument("--scopes", nargs="*", default=list(SCOPES))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--xi", type=float, default=0.01)
+    p.add_argument("--controllability", nargs="*", default=["adult", "bank"])
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", default="runs/fedfact_robustness")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for ds in args.datasets:
+        if ds not in DATASETS:
+            p.error(f"unknown dataset {ds!r}; choose from {', '.join(DATASETS)}")
+    jobs: list[tuple] = [("fedavg", ds, s, out) for ds in args.datasets for s in args.seeds]
+    for ds in args.datasets:
+        for crit in [c for c in CRITERIA.get(ds, ALL_CRITERIA) if c in args.criteria]:
+            for scope in args.scopes:
+                jobs += [("post", ds, crit, scope, args.xi, s, out) for s in args.seeds]
+    for ds in args.controllability:
+        for xi in CONTROL_XI:
+            jobs += [("post", ds, "dp", "both", xi, s, out) for s in args.seeds]
+    jobs = list(dict.fromkeys(jobs))
+    results: dict = {}
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for i, (job, res) in enumerate(pool.map(_task, jobs), 1):
+            results[job] = res
+            print(
+                f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {job[:-1]}",
+                file=sys.stderr,
+                flush=True,
+            )
+    fa = {(j[1], j[2]): r for j, r in results.items() if j[0] == "fedavg"}
+    post = {tuple(j[1:6]): r for j, r in results.items() if j[0] == "post"}
+    datasets = [d for d in args.datasets]
+    crit_ok = set(args.criteria)
+    CRITERIA.update(
+        {d: tuple(c for c in CRITERIA.get(d, ALL_CRITERIA) if c in crit_ok) for d in datasets}
+    )
+    table, tally = robustness_table(post, fa, datasets, args.seeds, args.scopes, args.xi)
+    lines = [
+        f"### Robustness (fedfact-post defaults, ξ_g = ξ_k = {args.xi}, seeds {args.seeds})\n",
+        table,
+        "",
+        f"- train-set gap ≤ ξ + 0.002 (the scope's constrained gaps): "
+        f"{tally['train']}/{tally['cells']} runs",
+        f"- held-out D_global ≤ ξ + 2 SE: {tally['heldout']}/{tally['cells']} runs",
+        f"- held-out D_global above FedAvg's by more than 2 SE: "
+        f"{len(tally['raised'])} runs {tally['raised']}",
+        f"- accuracy ≥ LP accuracy − 1 point: {tally['acc']}/{tally['acc_n']} runs "
+        "(where the LP is optimal)",
+    ]
+    for ds in args.controllability:
+        lines += [
+            f"\n### Controllability, {ds} (DP, scope both, seeds {args.seeds})\n",
+            "| ξ | train D_g (max) | train D_l (max) | held-out D_g ± SE | "
+            "held-out D_l | acc % | LP acc % |\n|---|---|---|---|---|---|---|",
+        ]
+        for xi in CONTROL_XI:
+            rr = [post[(ds, "dp", "both", xi, s)] for s in args.seeds]
+            lines.append(
+                f"| {xi} | {max(r['train_dg'] for r in rr):.4f} | "
+                f"{max(r['train_dl'] for r in rr):.4f} | "
+                f"{statistics.fmean(r['dg'] for r in rr):.4f} ± "
+                f"{statistics.fmean(r['se'] for r in rr):.4f} | "
+                f"{statistics.fmean(r['dl'] for r in rr):.4f} | "
+                f"{100 * statistics.fmean(r['acc'] for r in rr):.2f} | "
+                f"{100 * statistics.fmean(r['lp_acc'] for r in rr):.2f} |"
+            )
+    text = "\n".join(lines)
+    (out / "robustness.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
