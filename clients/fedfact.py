@@ -167,6 +167,7 @@ class FedFactInClient(ClassifierClient):
         # 2. ensemble classifier h_k^t and 3. cost matrices with the current duals
         f_ens = self._ensemble(weights, phi, w, d.X_train)
         h = f_ens.argmax(axis=1)
+        w_t = w
         M = calibration_matrix(own, pooled, Dg, lam, Dl, mu)
         Mbar = shift_positive(M)
         # 4. exponentiated-gradient update of the ensemble weight (2 experts)
@@ -182,15 +183,22 @@ class FedFactInClient(ClassifierClient):
         # 5. constraint values of h on the local data; local dual ascent (signed, prox)
         C = confusion_from_predictions(d.y_train, h, d.a_train, A, m)
         dg = constraint_values(Dg, C) if Dg.shape[0] else np.zeros(0)
+        dl = constraint_values(Dl, C) if Dl.shape[0] else np.zeros(0)
+        # h^t is what the duals measure this round: keep it for the deployed mixture
+        spec.save_snapshot(
+            self.state,
+            server_round % cfg.history,
+            spec.Snapshot(server_round, [x.copy() for x in weights], phi, w_t, dl),
+        )
+        mix = spec.load_snapshots(self.state, cfg.history)
+        dl_mix = np.mean([s.dl for s in mix], axis=0) if dl.size else np.zeros(0)
         if Dl.shape[0]:
             # step scaled by the smallest group share p_{a,k} = n_k[a]/N of this client: mu
             # enters M(a,k) as mu/p_{a,k}, so an unscaled step moves the costs of a small
             # group by O(1) per round and the hard classifier oscillates (measured)
             sizes = own.sum(axis=1)
             p_min = sizes[sizes > 0].min() / pooled.sum()
-            mu = dual_prox_step(
-                mu, -constraint_values(Dl, C), cfg.dual_lr * p_min, cfg.xi_local, cfg.dual_bound
-            )
+            mu = dual_prox_step(mu, -dl, cfg.dual_lr * p_min, cfg.xi_local, cfg.dual_bound)
             self.state[spec.IN_MU] = mu
         # 6. local SGD on theta and phi with the soft targets Mbar[a_i, y_i, :]
         targets = np.asarray(Mbar)[d.a_train, d.y_train]
@@ -205,14 +213,20 @@ class FedFactInClient(ClassifierClient):
             spec.DG_VALUES: spec.pack_duals(dg),
             spec.W_ENSEMBLE: w,
             spec.MU_L1: float(np.abs(mu).sum()) if mu.size else 0.0,
+            spec.DL_MIX_MAX: float(np.abs(dl_mix).max()) if dl_mix.size else 0.0,
         }
 
     def evaluate(self, server_round, weights, config):
+        """The deployed classifier: for each test row, one of the stored round
+        classifiers h^t (the last N_h the duals measured), drawn uniformly with one
+        seeded uniform per row; attribute-blind at inference."""
         d = self.data
-        phi = spec.load_phi(self.state)
-        if phi is None:
+        snaps = spec.load_snapshots(self.state, 1 << 30)
+        if not snaps:
             return super().evaluate(server_round, weights, config)
-        w = float(self.state[spec.IN_W][0])
-        proba = self._ensemble(weights, phi, w, d.X_test)
-        pred = proba.argmax(axis=1)  # attribute-blind at inference
-        return self.evaluation_reply(pred, loss_sum(proba, d.y_test), config)
+        probas = [self._ensemble(s.theta, s.phi, s.w, d.X_test) for s in snaps]
+        u = np.random.default_rng(derive_seed(self.cfg.seed, "fedfact-in-draw", self.client_id))
+        pick = np.minimum((u.random(len(d.y_test)) * len(snaps)).astype(np.int64), len(snaps) - 1)
+        preds = np.stack([p.argmax(axis=1) for p in probas])
+        pred = preds[pick, np.arange(len(d.y_test))]
+        return self.evaluation_reply(pred, loss_sum(np.mean(probas, axis=0), d.y_test), config)

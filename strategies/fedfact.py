@@ -10,13 +10,21 @@ controllable federated group-fairness calibration, post-processing variant.
    From its own counts and the pooled ones a client derives every probability its
    constraint matrices need (p_{a,k}, p_{k|a}, p_{a,y}, p_y, ...).
 3. ``strategy.params.post-rounds`` calibration rounds (``query.fedfact_post``): every
-   client runs ``local-steps`` proximal steps on its private local dual mu_k (kept in
-   its node state) and sends only the gradient of the smooth part of H'_k with respect
-   to the global dual lambda; the server takes a proximal step
-   lambda <- prox_{lr xi_g ||.||_1}(lambda - lr sum_k p_k grad_k), projected onto the
-   L1 ball of radius ``dual-bound`` (signed duals, fedfact.md §5.2).
-4. Every calibration round is evaluated with the calibrated classifier
-   argmax_j (M(a,k)^T eta_hat(x))_j (attribute-aware, deterministic).
+   client scores its training rows with the frozen global model (re-calibrated per group
+   on those rows for eop/eo, :mod:`fedrec.algorithms.calibration`), solves for its
+   private local dual mu_k (kept in its node state) and sends the value, gradient and
+   Hessian of its dual objective F_k(lambda) = min_mu H'_k, plus the expected counts of
+   its rule on its train rows. The server takes a damped proximal Newton step on
+   lambda (``server-solver = newton``; :func:`~fedrec.algorithms.fedfact.dual_newton_step`:
+   a candidate is accepted only if the dual objective decreases as predicted) or the
+   paper's fixed proximal gradient step (``gradient``), and logs the rule's train-set
+   gaps (``gap-on-train*``). The last calibration round re-evaluates the deployed
+   lambda, so its logged train-set gaps are the deployed classifier's.
+4. Every calibration round is evaluated with the deployed (accepted) lambda: each
+   client solves mu_k for it and predicts on its test rows with the randomized rule
+   softmax(M(a,k)^T eta_hat(x) / beta) (one uniform per row, seeded by run seed and
+   client; ``output = argmax`` gives the paper's deterministic rule). With the default
+   entropic smoothing the duals constrain exactly this randomized rule.
 
 Messages, Params and state fields: :mod:`fedrec.specs.fedfact`; client half and what
 leaves a client: :mod:`fedrec.clients.fedfact`.
@@ -25,9 +33,11 @@ leaves a client: :mod:`fedrec.clients.fedfact`.
 server coordination: each client calibrates alone (lambda stays empty).
 
 Choices where the paper is open (documented in fedrec.algorithms.fedfact too): the
-dual problem is solved on each client's training split (label-free, scores from the
-global model, not re-calibrated per group); eta_hat is the FedAvg global model, not a
-personalized one; ties in the argmax go to the lowest class index.
+dual problem is solved on each client's training split; eta_hat is the FedAvg global
+model, not a personalized one (re-calibrated per (group, client) for eop/eo only); the
+deployed rule is randomized at the boundary. The paper's Algorithm 2 literally:
+``smoothing = "softmax-average"``, ``temperature = 0.1``, ``output = "argmax"``,
+``server-solver = "gradient"``, ``inner-solver = "prox"``, ``calibration = "none"``.
 """
 
 from __future__ import annotations
@@ -189,6 +199,7 @@ class FedFactPost(FedAvg):
             spec.TRAIN_GAP: gap["global"],
             spec.TRAIN_GAP_LOCAL: gap["local_max"],
             spec.TRAIN_GAP_PAIRWISE: gap["global_pairwise"],
+            spec.TRAIN_ACCURACY: gap["accuracy"],
         }
 
     def on_round_end(self, server_round: int, record) -> None:
@@ -214,19 +225,28 @@ class FedFactIn(FedAvg):
     applied once (not once per client, fedfact.md §6.3) and the L1-ball projection.
     The global constraint value is the sum of the sampled clients' contributions, so use
     ``strategy.fraction-train = 1`` (default). Round-0 statistics: the handshake's label x
-    group counts; only their pooled sum is broadcast. N_h = 1 (the latest classifier is
-    used, as in all of the paper's experiments).
+    group counts; only their pooled sum is broadcast.
+
+    Deployed classifier: the uniform mixture of the last ``history`` (N_h) round
+    classifiers h^t = argmax of the ensemble at the start of round t, which are exactly
+    the classifiers whose train-set constraint values the duals saw (one seeded draw per
+    test row picks the round). The rule that was deployed before, the ensemble after the
+    last training step, was never measured by the duals. ``gap-on-train*`` log the
+    mixture's train-set gaps (global: the average of the rounds' summed constraint
+    values; local: the clients' averages). The paper's experiments use N_h = 1.
     """
 
     name = "fedfact-in"
     Params = FedFactInParams
     client_half = "fedrec.clients.fedfact:FedFactInClient"
-    server_state_attrs: ClassVar[tuple[str, ...]] = ("lam",)
+    # the global dual and the summed global constraint values of the last N_h rounds
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("lam", "dg_history")
 
     def setup(self, grid) -> None:
         super().setup(grid)
         self.pooled = pooled_counts(self.hello)
         self.lam = _global_duals(self.params.criterion, self.pooled, self.params.scope)
+        self.dg_history: list[np.ndarray] = []
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         return spec.pack_in(self.params, self.pooled, self.lam)
@@ -241,6 +261,13 @@ class FedFactIn(FedAvg):
                 self.lam, -dg, self.params.dual_lr, self.params.xi_global, self.params.dual_bound
             )
             metrics[spec.CONSTRAINT_MAX] = float(np.abs(dg).max())
+            # the deployed mixture of the last N_h round classifiers: its global
+            # train-set constraint values are the average of the rounds' values
+            self.dg_history = [*self.dg_history, dg][-self.params.history :]
+            metrics[spec.TRAIN_GAP] = float(np.abs(np.mean(self.dg_history, axis=0)).max())
+        metrics[spec.TRAIN_GAP_LOCAL] = float(
+            max(float(r.metrics.get(spec.DL_MIX_MAX, 0.0)) for r in replies)
+        )
         metrics[spec.LAMBDA_L1] = float(np.abs(self.lam).sum())
         metrics[spec.W_ENSEMBLE_MEAN] = float(
             np.mean([r.metrics[spec.W_ENSEMBLE] for r in replies])

@@ -79,10 +79,28 @@ Client objective (label-free; ``eta`` are the pre-trained scores on the client's
     H'_k(lam, mu_k) = (1/n_k) sum_i sigma_beta( M(a_i,k)^T eta_i ) + xi_g ||lam||_1
                       + (xi_k / p̂_k) ||mu_k||_1
 
-with the soft-max-weighted average ``sigma_beta(z) = sum_i softmax(z/beta)_i z_i``
-(**not** log-sum-exp; default ``beta = 0.1``). ``H = sum_k p̂_k H'_k`` is the negated
-dual (dual function ``= 1 - H``), minimised over the signed duals.
+where ``sigma_beta`` is a smoothed max (:func:`smooth_max`). ``H = sum_k p̂_k H'_k`` is
+the negated dual (dual function ``= 1 - H``), minimised over the signed duals.
 
+- **Smoothing: entropic by default** (``sigma_beta(z) = beta logsumexp(z / beta)``, the
+  OptFair successor's form). The paper's soft-max-weighted average
+  ``sum_i softmax(z/beta)_i z_i`` (``smoothing="softmax-average"``) is not convex (for
+  ``z = (t, 0)`` it dips below 0 near ``t = -1.28 beta``) and its gradient is not the
+  constraint value of any classifier, so the duals can sit at a point where the smoothed
+  classifier meets ``xi`` while the deployed argmax does not. Measured in
+  ``experiments/fedfact/README.md`` (Bank, German: local train-set gaps 0.020-0.034 at
+  ``xi = 0.01`` on clients with ~20 rows of one group). With the entropic form the
+  gradient of ``H'_k`` in ``(lam, mu_k)`` is *exactly* ``-(1/p̂_k)`` times the plug-in
+  constraint values of the randomized classifier ``softmax(M(a,k)^T eta / beta)``
+  (:meth:`PostProcessingClient.proba`), which is what is deployed: at the dual optimum
+  its constraints hold (KKT of the L1-penalised dual).
+- **Deployed classifier** (:meth:`PostProcessingClient.predict` with ``u``): a draw
+  from that softmax, by inverse CDF from one uniform per row (the caller seeds them per
+  run seed, client and row). The fair Bayes-optimal classifier needs randomization
+  where the constraint binds on an atom (Fairlearn's ThresholdOptimizer randomizes there
+  too); with ``beta = 0.01`` only rows within a few ``beta`` of a boundary are
+  randomized. ``predict`` without ``u`` is the paper's deterministic argmax (ties ->
+  lowest class index).
 - **Dual steps are proximal** (the OptFair signed form, §5.2 last bullet, §11.3):
   gradient step on the *smooth* part, soft-threshold by ``lr * xi``, then Euclidean
   projection onto the L1 ball ``{||v||_1 <= bound}`` (:func:`dual_prox_step`). This
@@ -92,17 +110,23 @@ dual (dual function ``= 1 - H``), minimised over the signed duals.
   the smooth part of ``H'_k`` w.r.t. ``lam`` only; :func:`server_lambda_step` takes
   ``lam - lr * sum_k w_k grad_k`` (``w_k = p̂_k``) and applies the soft-threshold by
   ``lr * xi_g`` once. The local penalty ``(xi_k/p̂_k)||mu_k||_1`` is handled by the
-  client's prox step.
-- **Step sizes**: ``mu`` enters ``M`` with the factor ``1/p_{a,k}`` and ``H'_k`` averages
-  over the client's rows only, so the curvature in ``mu`` is about ``1/p̂_k^2`` times the
-  curvature in ``lam``; a client learning rate of order ``p̂_k^2`` times the server's is
-  a sensible choice (not done automatically).
+  client.
+- **Server search** (:func:`dual_newton_step`, the default of the strategy): instead of
+  one fixed step, a Levenberg-Marquardt damped proximal Newton step on the clients'
+  summed values, gradients and Hessians of ``F_k(lam) = min_mu H'_k`` (Hessian by the
+  Schur complement over the free entries of ``mu_k``, :meth:`PostProcessingClient.
+  dual_hessian`), with an acceptance test on the dual objective. The dual's curvature
+  scales like ``1/beta`` and like the inverse group shares, so no fixed step fits every
+  dataset (Adult converged, German / Bank EO oscillated or diverged); ``U_g`` is tiny.
+- **Step sizes** (``inner="prox"``): ``mu`` enters ``M`` with the factor ``1/p_{a,k}``
+  and ``H'_k`` averages over the client's rows only, so the curvature in ``mu`` is about
+  ``1/p̂_k^2`` times the curvature in ``lam``; ``inner="lbfgs"`` solves the inner problem.
 - **Client computations** run on the CPU in float64 with ``torch.set_num_threads(1)``
   (restored afterwards; :func:`fedrec.training.single_thread`): deterministic and, for
   these small tensors, much faster than multi-threaded kernels on a busy machine.
-- **Prediction** is deterministic: ``argmax_j (M(a,k)^T eta)_j`` with ties broken
-  towards the **lowest** class index (``numpy.argmax``); the paper breaks ties at random,
-  which only matters on a measure-zero set under its Assumption 1.
+- **Labels**: the objective is label-free; for eop/eo the plug-in constraint values
+  equal the label-based ones only for scores calibrated within each (group, client)
+  cell: see :mod:`fedrec.algorithms.calibration`, applied by the client half.
 
 In-processing (fedfact.md §6): :func:`cost_sensitive_loss` is the soft-target
 cross-entropy with ``Mbar = shift_positive(M)``, one shift ``kappa`` for the whole
@@ -1060,7 +1084,9 @@ def dual_newton_step(
     group shares, so no fixed step fits every dataset and temperature; Newton steps are
     invariant to that scaling, the damping guards against the kinks of a nearly piecewise
     linear dual, and ``U_g`` is tiny. The initial damping is ``0.1 max diag(H)``. Once the
-    predicted decrease is negligible (``> -1e-12``) the accepted point is proposed again.
+    predicted decrease is negligible (``> -1e-12``) the accepted point is proposed again;
+    its re-evaluation replaces the stored value, gradient and Hessian (the clients' inner
+    problems continue from warm starts, so ``F`` at the same ``lam`` can still move).
     """
     cand = _vector("candidate", candidate)
     g = _vector("grad", grad)
@@ -1078,6 +1104,11 @@ def dual_newton_step(
     scale = max(float(np.abs(np.diag(H)).max()), 1e-12)
     if state is None:
         lam, og, gg, HH, nu = cand, obj, g, H, 0.1 * scale
+    elif np.array_equal(cand, state.lam):
+        # the accepted point evaluated again (converged, or the last round re-evaluates the
+        # deployed dual): refresh its value, gradient and Hessian, because the clients'
+        # inner solves for mu_k continue from a warm start and may have moved F_k
+        lam, og, gg, HH, nu = cand, obj, g, H, state.damping
     else:
         pred = state.predicted
         actual = obj - state.objective

@@ -158,6 +158,15 @@ class FedFactInParams:
         check=lambda v: v > 0,
         check_doc="> 0",
     )
+    history: int = key(
+        10,
+        "N_h: the deployed classifier is the uniform mixture (one seeded draw per test row) "
+        "of the last N_h round classifiers h^t, exactly the ones whose train-set constraint "
+        "values the duals saw, so its train-set gap is their average (paper: h-bar over "
+        "the last N_h rounds, Table 6 grid {1, 2, 5, 10}; it uses 1).",
+        check=lambda v: v >= 1,
+        check_doc=">= 1",
+    )
 
 
 # query action of a fedfact-post calibration round
@@ -181,12 +190,14 @@ WANT_HESSIAN = "want-hessian"  # the server's solver needs the clients' Hessians
 CALIBRATED = "calibrated"  # evaluate with the calibrated classifier
 DUAL_LR = "dual-lr"
 ETA_W = "eta-w"
+HISTORY = "history"
 # reply metric keys (client -> server)
 GRAD_LAM = "grad-lam"  # fedfact-post: gradient of the smooth part of H'_k w.r.t. lam
 DUAL_VALUE = "dual-value"  # fedfact-post: F_k(lam) = min_mu H'_k(lam, mu) without xi_g
 HESS_LAM = "hess-lam"  # fedfact-post: Hessian of F_k w.r.t. lam, (U_g * U_g,) row-major
 TRAIN_COUNTS = "train-counts"  # fedfact-post: expected [a, y, yhat] counts on train rows
 DG_VALUES = "dg-values"  # fedfact-in: the client's contributions to the global constraints
+DL_MIX_MAX = "dl-mix-max"  # fedfact-in: max |local constraint| of the deployed mixture
 W_ENSEMBLE = "w-ensemble"
 MU_L1 = "mu-l1"
 # aggregated metric keys and round-record field (server side)
@@ -194,6 +205,7 @@ LAMBDA_L1 = "lambda-l1"
 TRAIN_GAP = "gap-on-train"  # constrained (subgroup) gap of the rule on the train rows, global
 TRAIN_GAP_LOCAL = "gap-on-train-local-max"  # ... and the max over clients
 TRAIN_GAP_PAIRWISE = "gap-on-train-pairwise"
+TRAIN_ACCURACY = "accuracy-on-train"  # the rule's (expected) accuracy on the train rows
 DUAL_OBJECTIVE = "dual-objective"
 ACCEPTED = "accepted"
 MU_L1_MEAN = "mu-l1-mean"
@@ -206,6 +218,7 @@ POST_MU = "fedfact-mu"  # fedfact-post: the local dual mu_k, (U_l,) float64
 IN_MU = "fedfact-in-mu"  # fedfact-in: the local dual mu_k, (U_l,) float64
 IN_W = "fedfact-in-w"  # fedfact-in: the ensemble weight w_k, (1,) float64
 IN_PHI = "fedfact-in-phi."  # fedfact-in: the private model phi_k, one field per array
+IN_HIST = "fedfact-in-h."  # fedfact-in: snapshot {slot}.{theta|phi}.{i}, {slot}.w, {slot}.dl
 
 
 @dataclass(frozen=True)
@@ -249,6 +262,7 @@ class InConfig:
     dual_lr: float
     eta_w: float
     lam: np.ndarray
+    history: int = 1
 
 
 def _with_lam(cfg: dict[str, Any], lam: np.ndarray) -> dict[str, Any]:
@@ -329,6 +343,7 @@ def pack_in(p: FedFactInParams, pooled: np.ndarray, lam: np.ndarray) -> dict[str
         DUAL_BOUND: p.dual_bound,
         DUAL_LR: p.dual_lr,
         ETA_W: p.eta_w,
+        HISTORY: p.history,
     }
     return _with_lam(cfg, lam)
 
@@ -343,6 +358,7 @@ def unpack_in(config: Mapping[str, Any]) -> InConfig:
         dual_lr=float(config[DUAL_LR]),
         eta_w=float(config[ETA_W]),
         lam=_lam(config),
+        history=int(config.get(HISTORY, 1)),
     )
 
 
@@ -361,3 +377,48 @@ def load_phi(state: Mapping[str, np.ndarray]) -> list[np.ndarray] | None:
 def save_phi(state: MutableMapping[str, np.ndarray], arrays: list[np.ndarray]) -> None:
     for i, arr in enumerate(arrays):
         state[f"{IN_PHI}{i}"] = arr
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One round classifier h^t of fedfact-in: theta^t, phi^t_k, w^t_k and its local
+    constraint values on the client's train rows."""
+
+    round: int
+    theta: list[np.ndarray]
+    phi: list[np.ndarray]
+    w: float
+    dl: np.ndarray
+
+
+def save_snapshot(state: MutableMapping[str, np.ndarray], slot: int, snap: Snapshot) -> None:
+    pre = f"{IN_HIST}{slot}."
+    state[pre + "round"] = np.array([snap.round], dtype=np.int64)
+    state[pre + "w"] = np.array([snap.w], dtype=np.float64)
+    state[pre + "dl"] = np.asarray(snap.dl, dtype=np.float64).ravel()
+    for name, arrays in (("theta", snap.theta), ("phi", snap.phi)):
+        for i, arr in enumerate(arrays):
+            state[f"{pre}{name}.{i}"] = arr
+
+
+def load_snapshots(state: Mapping[str, np.ndarray], keep: int) -> list[Snapshot]:
+    """The stored snapshots of the latest ``keep`` rounds, oldest first."""
+    slots: dict[int, dict[str, Any]] = {}
+    for k, v in state.items():
+        if k.startswith(IN_HIST):
+            slot, field = k[len(IN_HIST) :].split(".", 1)
+            slots.setdefault(int(slot), {})[field] = v
+    snaps = []
+    for f in slots.values():
+
+        def arrays(name: str, f=f) -> list[np.ndarray]:
+            keys = sorted(
+                (k for k in f if k.startswith(name + ".")), key=lambda k: int(k.split(".")[1])
+            )
+            return [f[k] for k in keys]
+
+        snaps.append(
+            Snapshot(int(f["round"][0]), arrays("theta"), arrays("phi"), float(f["w"][0]), f["dl"])
+        )
+    snaps.sort(key=lambda s: s.round)
+    return snaps[-keep:]
