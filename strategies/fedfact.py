@@ -233,7 +233,8 @@ class FedFactIn(FedAvg):
     test row picks the round). The rule that was deployed before, the ensemble after the
     last training step, was never measured by the duals. ``gap-on-train*`` log the
     mixture's train-set gaps (global: the average of the rounds' summed constraint
-    values; local: the clients' averages). The paper's experiments use N_h = 1.
+    values; local: the clients' averages). Default N_h = 1, as in the paper's
+    experiments: the latest *measured* classifier h^T.
     """
 
     name = "fedfact-in"

@@ -180,6 +180,14 @@ def test_newton_search_solves_a_lasso_and_rejects_an_ascent():
     s1, _ = ff.dual_newton_step(s0, cand, 10.0, np.zeros(2), Q, xi=xi, bound=5.0)
     np.testing.assert_array_equal(s1.lam, s0.lam)
     assert s1.damping == pytest.approx(4 * s0.damping)
+    # re-evaluating the accepted point refreshes its gradient (the clients' inner solves
+    # continue from warm starts): a converged search moves again once the gradient grows
+    conv = ff.dual_newton_step(None, np.zeros(2), 0.0, np.array([0.05, 0.0]), Q, xi=xi, bound=5.0)
+    assert conv[0].predicted == 0.0 and np.array_equal(conv[1], np.zeros(2))
+    moved, nxt2 = ff.dual_newton_step(
+        conv[0], np.zeros(2), 0.0, np.array([-0.3, 0.0]), Q, xi=xi, bound=5.0
+    )
+    assert moved.predicted < 0 and nxt2[0] > 0
     empty, nxt = ff.dual_newton_step(
         None, np.zeros(0), 0.3, np.zeros(0), np.zeros((0, 0)), xi=xi, bound=1.0
     )
@@ -229,3 +237,19 @@ def test_draws_and_expected_counts():
         federated_metrics({0: exp})
     with pytest.raises(ConfigError, match="uniforms"):
         ff.draw_classes(q[:2], np.array([0.5, 1.0]))
+
+
+def test_fedfact_in_snapshots_keep_the_last_rounds_in_order():
+    from fedrec.specs import fedfact as spec
+
+    state: dict = {}
+    for t in range(1, 6):
+        theta = [np.full((2, 3), float(t)), np.zeros(2)]
+        spec.save_snapshot(
+            state, t % 3, spec.Snapshot(t, theta, theta, 0.1 * t, np.array([t, -t], float))
+        )
+    snaps = spec.load_snapshots(state, 3)
+    assert [s.round for s in snaps] == [3, 4, 5]
+    assert snaps[-1].theta[0][0, 0] == 5.0 and snaps[0].w == pytest.approx(0.3)
+    np.testing.assert_array_equal(np.mean([s.dl for s in snaps], axis=0), [4.0, -4.0])
+    assert [s.round for s in spec.load_snapshots(state, 1)] == [5]

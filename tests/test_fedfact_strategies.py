@@ -87,6 +87,11 @@ def test_fedfact_in_reduces_global_gap_and_is_deterministic(tmp_path):
     assert a["final"]["global"]["dp_gap"] < 0.6 * fa["final"]["global"]["dp_gap"]
     b = fedrec.run(cfg, backend="local", out=tmp_path / "b")
     assert a["final"] == b["final"]
+    # the deployed mixture of the last N_h round classifiers: its train-set global gap is
+    # the average of the rounds' measured constraint values, so it is at most their max
+    g = [r for r in _rows(tmp_path / "a") if r["scope"] == "global"]
+    window = [r["train_constraint_max"] for r in g[-10:]]
+    assert 0 <= g[-1]["train_gap_on_train"] <= max(window) + 1e-12
 
 
 def test_params_are_validated(tmp_path):

@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = [
         f"Seeds {args.seeds}; xi_g = {args.xi_g}, xi_k = {args.xi_k}; "
-        f"{args.rounds} FedAvg rounds (+10 post rounds), {args.in_rounds} In rounds.\n"
+        f"{args.rounds} FedAvg rounds (+ the post rounds), {args.in_rounds} In rounds.\n"
     ]
     for ds in args.datasets:
         for crit in args.criteria:

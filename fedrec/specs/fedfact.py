@@ -159,11 +159,13 @@ class FedFactInParams:
         check_doc="> 0",
     )
     history: int = key(
-        10,
+        1,
         "N_h: the deployed classifier is the uniform mixture (one seeded draw per test row) "
         "of the last N_h round classifiers h^t, exactly the ones whose train-set constraint "
         "values the duals saw, so its train-set gap is their average (paper: h-bar over "
-        "the last N_h rounds, Table 6 grid {1, 2, 5, 10}; it uses 1).",
+        "the last N_h rounds, Table 6 grid {1, 2, 5, 10}; it uses 1). Raise it once the "
+        "duals have settled: while they still rise, older rounds are less fair (Adult, "
+        "3 clients, 10 rounds: DP gap 0.077 at N_h = 1, 0.108 at 5).",
         check=lambda v: v >= 1,
         check_doc=">= 1",
     )
