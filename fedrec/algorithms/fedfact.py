@@ -1049,8 +1049,14 @@ class DualNewton:
 def _newton_candidate(
     lam: np.ndarray, g: np.ndarray, H: np.ndarray, nu: float, xi: float, bound: float
 ) -> tuple[np.ndarray, float]:
-    """The damped proximal Newton point from ``lam`` and its predicted objective change."""
-    Hs = 0.5 * (H + H.T)
+    """The damped proximal Newton point from ``lam`` and its predicted objective change.
+
+    ``H`` is symmetrized and its negative eigenvalues are clipped to 0 (the entropic dual
+    is convex; the paper's soft-max average is not, and round-off can make a PSD
+    Hessian slightly indefinite).
+    """
+    w, V = np.linalg.eigh(0.5 * (H + H.T))
+    Hs = (V * np.maximum(w, 0.0)) @ V.T
     x = _prox_quadratic(lam, g, Hs + nu * np.eye(lam.size), xi, bound)
     d = x - lam
     pred = float(g @ d) + 0.5 * float(d @ Hs @ d)
