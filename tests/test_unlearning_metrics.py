@@ -84,3 +84,27 @@ def test_registry_tags_filters_and_reports():
         um.register("mia_auc", axis="completeness", ideal="low")(lambda: 0.0)
     with pytest.raises(ConfigError, match="is empty"):
         um.mia_auc([], [0.1])
+
+
+def test_recommender_mia_features_by_hand_and_attack_separates_members():
+    V = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, 3.0]])
+    rec = np.array([[0, 1, -1], [3, 2, 1]])
+    hist = [np.array([2]), np.array([0, 1])]
+    np.testing.assert_allclose(
+        um.mia_user_features(V, rec, hist), [[-0.5, -0.5], [4 / 3 - 0.5, 5 / 3 - 0.5]]
+    )
+    rng = np.random.default_rng(0)
+
+    def users(n, shift):
+        members = np.repeat([1, 0], n // 2)
+        return rng.normal(size=(n, 4)) + shift * members[:, None], members
+
+    Xs, ys = users(200, 1.5)
+    Xt, yt = users(200, 1.5)
+    assert um.recommender_mia_auc(Xs, ys, Xt, yt) > 0.85
+    Xn, yn = users(400, 0.0)  # members look like non-members (ideal unlearning)
+    assert abs(um.recommender_mia_auc(Xs, ys, Xn, yn) - 0.5) < 0.1
+    with pytest.raises(ConfigError, match="both members"):
+        um.recommender_mia_auc(Xs, ys, Xt, np.ones(200))
+    with pytest.raises(ConfigError, match="outside 0..3"):
+        um.mia_user_features(V, np.array([[4]]), [np.array([0])])

@@ -35,6 +35,14 @@ Definitions (choices where the sources leave them open):
   active users (the top ``share`` by interaction count, default 5 %, ties broken by lower
   user id) minus that of the others (signed).
 - ``speedup``: ``seconds_retrain / seconds_method``.
+- ``recommender_mia_auc``: the recommender membership-inference attack of Zhang et al.
+  (CCS'21). A user's feature is the centroid of the item vectors of its recommended list
+  minus the centroid of its interacted items (:func:`mia_user_features`); an attack
+  classifier (scikit-learn ``MLPClassifier``, one hidden layer of 32, seeded) is trained
+  on a *shadow* model's users with known membership and scored on the target model's
+  users; the value is the attack's AUC on the target users (members: the forgotten
+  users, non-members: never-seen users). Item vectors are the attacker's choice (the
+  paper factorizes the public interaction matrix); the caller passes them.
 
 Pure: no flwr import. New metrics register with :func:`register`.
 """
@@ -55,6 +63,8 @@ __all__ = [
     "TARGETS",
     "MetricSpec",
     "active_inactive_gap",
+    "mia_user_features",
+    "recommender_mia_auc",
     "compare",
     "get_metric",
     "list_metrics",
@@ -252,6 +262,65 @@ def topk_overlap(topk: Any, reference_topk: Any) -> float:
 def metric_gap(value: float, retrain_value: float) -> float:
     """|m_method - m_retrain| for a utility metric on the forget or the retain split."""
     return abs(float(value) - float(retrain_value))
+
+
+def mia_user_features(item_vectors: Any, recommended: Any, interacted: Any) -> np.ndarray:
+    """CCS'21 attack features ``(n_users, d)``: centroid of the recommended items' vectors
+    minus the centroid of the interacted items' vectors (``-1`` pads recommended lists)."""
+    V = np.asarray(item_vectors, dtype=np.float64)
+    R = np.asarray(recommended, dtype=np.int64)
+    if V.ndim != 2 or R.ndim != 2:
+        raise ConfigError(
+            f"item_vectors must be (n_items, d) and recommended (n_users, K); got {V.shape}, "
+            f"{R.shape}"
+        )
+    if len(interacted) != R.shape[0]:
+        raise ConfigError(f"interacted has {len(interacted)} users, recommended has {R.shape[0]}")
+    out = np.zeros((R.shape[0], V.shape[1]))
+    for u in range(R.shape[0]):
+        rec = R[u][R[u] >= 0]
+        hist = np.asarray(interacted[u], dtype=np.int64)
+        if rec.size == 0 or hist.size == 0:
+            raise ConfigError(f"user {u} needs a non-empty recommended list and history")
+        if max(rec.max(), hist.max()) >= V.shape[0] or min(rec.min(), hist.min()) < 0:
+            raise ConfigError(f"user {u} refers to an item outside 0..{V.shape[0] - 1}")
+        out[u] = V[rec].mean(axis=0) - V[hist].mean(axis=0)
+    return out
+
+
+@register(
+    "recommender_mia_auc",
+    axis="completeness",
+    targets=("user", "client"),
+    ideal="match-retrain",
+)
+def recommender_mia_auc(
+    shadow_features: Any,
+    shadow_members: Any,
+    target_features: Any,
+    target_members: Any,
+    seed: int = 0,
+) -> float:
+    """CCS'21 recommender MIA: shadow-trained attack, AUC on the target model's users."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    Xs = np.asarray(shadow_features, dtype=np.float64)
+    ys = np.asarray(shadow_members).astype(int).ravel()
+    Xt = np.asarray(target_features, dtype=np.float64)
+    yt = np.asarray(target_members).astype(int).ravel()
+    for name, X, y in (("shadow", Xs, ys), ("target", Xt, yt)):
+        if X.ndim != 2 or X.shape[0] != y.size:
+            raise ConfigError(f"{name} features must be (n_users, d) with one label per user")
+        if set(np.unique(y)) != {0, 1}:
+            raise ConfigError(f"{name} users need both members (1) and non-members (0)")
+    if Xs.shape[1] != Xt.shape[1]:
+        raise ConfigError("shadow and target features must have the same dimension")
+    scaler = StandardScaler().fit(Xs)
+    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=1000, random_state=int(seed))
+    clf.fit(scaler.transform(Xs), ys)
+    return float(roc_auc_score(yt, clf.predict_proba(scaler.transform(Xt))[:, 1]))
 
 
 # ------------------------------------------------------------------ fairness
