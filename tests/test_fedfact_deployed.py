@@ -12,28 +12,12 @@ search, and the per-group isotonic re-calibration.
 import numpy as np
 import pytest
 import torch
+from fedfact_synthetic import label_counts, synthetic_scores
 
 from fedrec.algorithms import fedfact as ff
 from fedrec.algorithms.calibration import GroupCalibrator
 from fedrec.errors import ConfigError
 from fedrec.metrics import confusion_counts, federated_metrics
-
-
-def label_counts(y, a, A, m):
-    return np.stack([np.bincount(y[a == g], minlength=m) for g in range(A)])
-
-
-def synthetic_scores(rng, sizes, p_a, base, sep=1.0):
-    """Binary scores with a known Bayes score eta (class-conditional Gaussians)."""
-    data = []
-    for k, n in enumerate(sizes):
-        a = (rng.random(n) < p_a[k]).astype(int)
-        pi = np.asarray(base[k])[a]
-        y = (rng.random(n) < pi).astype(int)
-        x = rng.normal(sep * (2 * y - 1), 1.0)
-        eta1 = 1 / (1 + np.exp(-(np.log(pi / (1 - pi)) + 2 * sep * x)))
-        data.append((np.column_stack([1 - eta1, eta1]), a, y))
-    return data
 
 
 def _federation(seed=3):

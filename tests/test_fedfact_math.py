@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fedfact_synthetic import label_counts, synthetic_scores
 
 from fedrec.algorithms import fedfact as ff
 from fedrec.errors import ConfigError
@@ -28,23 +29,6 @@ def random_client_data(rng, K=3, A=3, m=4, n=(400, 250, 300)):
         yhat = np.where(rng.random(n[k]) < 0.6, y, rng.integers(0, m, n[k]))
         yhat = np.where((a == 1) & (rng.random(n[k]) < 0.2), 0, yhat)
         data.append((y, yhat, a))
-    return data
-
-
-def label_counts(y, a, A, m):
-    return np.stack([np.bincount(y[a == g], minlength=m) for g in range(A)])
-
-
-def synthetic_scores(rng, sizes, p_a, base, sep=1.0):
-    """Binary scores with a known Bayes score eta (class-conditional Gaussians)."""
-    data = []
-    for k, n in enumerate(sizes):
-        a = (rng.random(n) < p_a[k]).astype(int)
-        pi = np.asarray(base[k])[a]
-        y = (rng.random(n) < pi).astype(int)
-        x = rng.normal(sep * (2 * y - 1), 1.0)
-        eta1 = 1 / (1 + np.exp(-(np.log(pi / (1 - pi)) + 2 * sep * x)))
-        data.append((np.column_stack([1 - eta1, eta1]), a, y))
     return data
 
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from fedfact_synthetic import synthetic_scores
 
 from fedrec.algorithms import fedfact as ff
 from fedrec.algorithms import lp
@@ -25,18 +26,6 @@ def random_problem(rng, n=300, K=3, A=2, m=3):
     eta = np.exp(logits)
     eta /= eta.sum(axis=1, keepdims=True)
     return eta, a, k
-
-
-def synthetic_scores(rng, sizes, p_a, base, sep=1.0):
-    data = []
-    for k, n in enumerate(sizes):
-        a = (rng.random(n) < p_a[k]).astype(int)
-        pi = np.asarray(base[k])[a]
-        y = (rng.random(n) < pi).astype(int)
-        x = rng.normal(sep * (2 * y - 1), 1.0)
-        eta1 = 1 / (1 + np.exp(-(np.log(pi / (1 - pi)) + 2 * sep * x)))
-        data.append((np.column_stack([1 - eta1, eta1]), a, y))
-    return data
 
 
 @pytest.mark.parametrize("scope", ["global", "both"])
