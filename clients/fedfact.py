@@ -56,13 +56,18 @@ class FedFactPostClient(ClassifierClient):
     mu_k for the deployed lambda and predicts on its test rows with the randomized rule
     (one seeded uniform per row) or the argmax."""
 
-    def _scores(self, weights, cfg: spec.PostConfig) -> tuple[np.ndarray, np.ndarray]:
-        """(eta on the train rows, eta on the test rows), re-calibrated if configured."""
+    def _scores(
+        self, weights, cfg: spec.PostConfig, test: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(eta on the train rows, eta on the test rows if ``test``), re-calibrated per
+        group on the train rows if configured."""
         d = self.data
-        eta_tr, eta_te = self.predict(weights, d.X_train), self.predict(weights, d.X_test)
+        eta_tr = self.predict(weights, d.X_train)
+        eta_te = self.predict(weights, d.X_test) if test else None
         if cfg.recalibrate:
             cal = GroupCalibrator().fit(eta_tr, d.y_train, d.a_train, d.num_groups)
-            eta_tr, eta_te = cal.apply(eta_tr, d.a_train), cal.apply(eta_te, d.a_test)
+            eta_tr = cal.apply(eta_tr, d.a_train)
+            eta_te = None if eta_te is None else cal.apply(eta_te, d.a_test)
         return eta_tr, eta_te
 
     def _post(self, eta_train: np.ndarray, cfg: spec.PostConfig) -> PostProcessingClient:
@@ -122,7 +127,8 @@ class FedFactPostClient(ClassifierClient):
             return super().evaluate(server_round, weights, config)
         cfg = spec.unpack_post(config)
         d = self.data
-        eta_tr, eta_te = self._scores(weights, cfg)
+        eta_tr, eta_te = self._scores(weights, cfg, test=True)
+        assert eta_te is not None
         post = self._post(eta_tr, cfg)
         if cfg.inner_solver == "lbfgs" and post.num_local:
             post.step(cfg.lam)  # mu_k for the deployed lambda (the stored one is a warm start)
@@ -221,7 +227,7 @@ class FedFactInClient(ClassifierClient):
         classifiers h^t (the last N_h the duals measured), drawn uniformly with one
         seeded uniform per row; attribute-blind at inference."""
         d = self.data
-        snaps = spec.load_snapshots(self.state, 1 << 30)
+        snaps = spec.load_snapshots(self.state)
         if not snaps:
             return super().evaluate(server_round, weights, config)
         probas = [self._ensemble(s.theta, s.phi, s.w, d.X_test) for s in snaps]

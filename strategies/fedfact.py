@@ -94,14 +94,19 @@ class FedFactPost(FedAvg):
     name = "fedfact-post"
     Params = FedFactPostParams
     client_half = "fedrec.clients.fedfact:FedFactPostClient"
-    # the candidate global dual, the deployed (accepted) one and the Newton search state
-    # (pooled counts: from the handshake)
-    server_state_attrs: ClassVar[tuple[str, ...]] = ("lam", "deployed", "search")
+    # the candidate global dual and the Newton search state, whose accepted point is the
+    # deployed dual (pooled counts: from the handshake)
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("lam", "search")
     scope_override: str | None = None
 
     @property
     def scope(self) -> str:
         return self.scope_override or self.params.scope
+
+    @property
+    def deployed(self) -> np.ndarray:
+        """The deployed global dual: the Newton search's accepted point, else ``lam``."""
+        return self.search.lam if self.search is not None else self.lam
 
     def total_rounds(self) -> int:
         return self.cfg.num_server_rounds + self.params.post_rounds
@@ -119,7 +124,6 @@ class FedFactPost(FedAvg):
         super().setup(grid)
         self.pooled = pooled_counts(self.hello)
         self.lam = _global_duals(self.params.criterion, self.pooled, self.scope)
-        self.deployed = self.lam.copy()
         self.search: DualNewton | None = None
         self.n_train = {c: int(self.hello[c][base_spec.NUM_TRAIN]) for c in self.client_ids}
 
@@ -163,7 +167,6 @@ class FedFactPost(FedAvg):
                     xi=self.params.xi_global,
                     bound=self.params.dual_bound,
                 )
-                self.deployed = self.search.lam.copy()
                 out[spec.ACCEPTED] = float(np.array_equal(self.search.lam, candidate))
             else:
                 self.lam = server_lambda_step(
@@ -174,7 +177,6 @@ class FedFactPost(FedAvg):
                     self.params.xi_global,
                     self.params.dual_bound,
                 )
-                self.deployed = self.lam.copy()
         out[spec.DUAL_OBJECTIVE] = value + self.params.xi_global * float(
             np.abs(self.deployed).sum()
         )

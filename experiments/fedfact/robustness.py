@@ -59,13 +59,28 @@ SUB = {"dp": "dp_subgroup_max", "eop": "eop_subgroup_max", "eo": "eo_subgroup_ma
 PAIR = {"dp": "dp_pairwise_max", "eop": "eop_gap", "eo": "eo_gap"}
 
 
-def base_config(dataset: str) -> dict:
+def criteria(dataset: str, allowed=ALL_CRITERIA) -> tuple[str, ...]:
+    """The criteria run on ``dataset`` (Drug: dp and eop), restricted to ``allowed``."""
+    return tuple(c for c in CRITERIA.get(dataset, ALL_CRITERIA) if c in allowed)
+
+
+def run_config(dataset: str, seed: int, **overrides) -> dict:
+    """The dataset's protocol TOML (without its strategy params), the dataset overrides,
+    no plots or client metrics, test predictions saved, then ``overrides``."""
     from fedrec.config import load_toml
 
     toml, extra = DATASETS[dataset]
     flat = load_toml(HERE / toml)
     flat = {k: v for k, v in flat.items() if not k.startswith("strategy.params.")}
-    return {**flat, **extra}
+    return {
+        **flat,
+        **extra,
+        "seed": seed,
+        "output.plots": False,
+        "output.client-metrics": False,
+        "output.save-predictions": True,
+        **overrides,
+    }
 
 
 # ------------------------------------------------------------------ statistics
@@ -113,8 +128,9 @@ def gap_with_se(counts: np.ndarray, criterion: str) -> tuple[float, float]:
     return best, best_se
 
 
-def heldout(run_dir: Path, criterion: str, A: int, m: int, xi: float = 0.0) -> dict:
-    """Held-out metrics of the realized test predictions of a run."""
+def heldout(run_dir: Path, criterion: str, A: int, m: int, xi: float | None = None) -> dict:
+    """Held-out metrics of the realized test predictions of a run (with ``xi``: also
+    whether every client's gap is within ``xi`` + 2 of its SEs)."""
     from fedrec.metrics import federated_metrics
 
     by_client: dict[int, np.ndarray] = {}
@@ -125,9 +141,7 @@ def heldout(run_dir: Path, criterion: str, A: int, m: int, xi: float = 0.0) -> d
             c[int(row["group"]), int(row["label"]), int(row["prediction"])] += 1
     fm = federated_metrics(by_client)
     gap, se = gap_with_se(sum(by_client.values()), criterion)
-    local = [gap_with_se(c, criterion) for c in by_client.values()]
-    return {
-        "dl_within_2se": all(g <= xi + 2 * e for g, e in local),
+    out = {
         "acc": fm.overall["accuracy"],
         "dg": gap,
         "se": se,
@@ -135,6 +149,10 @@ def heldout(run_dir: Path, criterion: str, A: int, m: int, xi: float = 0.0) -> d
         "dl": fm.local[f"{SUB[criterion]}_local_max"],
         "dl_pairwise": fm.local[f"{PAIR[criterion]}_local_max"],
     }
+    if xi is not None:
+        local = [gap_with_se(c, criterion) for c in by_client.values()]
+        out["dl_within_2se"] = all(g <= xi + 2 * e for g, e in local)
+    return out
 
 
 # ------------------------------------------------------------------ runs
@@ -148,25 +166,23 @@ def _run(cfg: dict, run_dir: Path) -> dict:
     return fedrec.run(cfg, backend="local", out=run_dir, quiet=True)
 
 
-def fedavg_cell(dataset: str, seed: int, out: Path) -> dict:
-    tag = f"{dataset}_fedavg_s{seed}"
+def _cached(out: Path, tag: str, compute) -> dict:
+    """``compute(run_dir)`` once per tag: its result is cached as ``out/<tag>.json``."""
     cache = out / f"{tag}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    cfg = {
-        **base_config(dataset),
-        "seed": seed,
-        "strategy.name": "fedavg",
-        "output.plots": False,
-        "output.client-metrics": False,
-        "output.checkpoint": False,
-        "output.save-predictions": True,
-    }
-    s = _run(cfg, out / "runs" / tag)
-    A, m = _shape(s)
-    res = {c: heldout(out / "runs" / tag, c, A, m) for c in ALL_CRITERIA}
+    res = compute(out / "runs" / tag)
     cache.write_text(json.dumps(res))
     return res
+
+
+def fedavg_cell(dataset: str, seed: int, out: Path) -> dict:
+    def compute(run_dir: Path) -> dict:
+        cfg = run_config(dataset, seed, **{"strategy.name": "fedavg", "output.checkpoint": False})
+        A, m = _shape(_run(cfg, run_dir))
+        return {c: heldout(run_dir, c, A, m) for c in ALL_CRITERIA}
+
+    return _cached(out, f"{dataset}_fedavg_s{seed}", compute)
 
 
 def _shape(summary: dict) -> tuple[int, int]:
@@ -175,46 +191,35 @@ def _shape(summary: dict) -> tuple[int, int]:
 
 
 def post_cell(dataset: str, crit: str, scope: str, xi: float, seed: int, out: Path) -> dict:
-    tag = f"{dataset}_{crit}_{scope}_xi{xi}_s{seed}"
-    cache = out / f"{tag}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    cfg = {
-        **base_config(dataset),
-        "seed": seed,
-        "strategy.name": "fedfact-post",
-        "strategy.params.criterion": crit,
-        "strategy.params.scope": scope,
-        "strategy.params.xi-global": xi,
-        "strategy.params.xi-local": xi,
-        "output.plots": False,
-        "output.client-metrics": False,
-        "output.checkpoint": True,
-        "output.save-predictions": True,
-    }
-    run_dir = out / "runs" / tag
-    t0 = time.perf_counter()
-    s = _run(cfg, run_dir)
-    wall = time.perf_counter() - t0
-    A, m = _shape(s)
-    last = None
-    with open(run_dir / "rounds.jsonl") as fh:
-        for line in fh:
-            r = json.loads(line)
-            if r.get("scope") == "global":
-                last = r
-    assert last is not None
-    res = {
-        "train_dg": last["train_gap_on_train"],
-        "train_dl": last["train_gap_on_train_local_max"],
-        "train_dg_pairwise": last["train_gap_on_train_pairwise"],
-        "train_acc": last["train_accuracy_on_train"],
-        **heldout(run_dir, crit, A, m, xi),
-        "wall_s": wall,
-        **central_lp(run_dir, crit, scope, xi),
-    }
-    cache.write_text(json.dumps(res))
-    return res
+    def compute(run_dir: Path) -> dict:
+        cfg = run_config(
+            dataset,
+            seed,
+            **{
+                "strategy.name": "fedfact-post",
+                "strategy.params.criterion": crit,
+                "strategy.params.scope": scope,
+                "strategy.params.xi-global": xi,
+                "strategy.params.xi-local": xi,
+                "output.checkpoint": True,
+            },
+        )
+        t0 = time.perf_counter()
+        A, m = _shape(_run(cfg, run_dir))
+        wall = time.perf_counter() - t0
+        with open(run_dir / "rounds.jsonl") as fh:
+            last = [r for r in map(json.loads, fh) if r.get("scope") == "global"][-1]
+        return {
+            "train_dg": last["train_gap_on_train"],
+            "train_dl": last["train_gap_on_train_local_max"],
+            "train_dg_pairwise": last["train_gap_on_train_pairwise"],
+            "train_acc": last["train_accuracy_on_train"],
+            **heldout(run_dir, crit, A, m, xi),
+            "wall_s": wall,
+            **central_lp(run_dir, crit, scope, xi),
+        }
+
+    return _cached(out, f"{dataset}_{crit}_{scope}_xi{xi}_s{seed}", compute)
 
 
 def central_lp(run_dir: Path, crit: str, scope: str, xi: float) -> dict:
@@ -273,7 +278,9 @@ def _task(job: tuple) -> tuple[tuple, dict]:
     return job, post_cell(*rest)
 
 
-def robustness_table(res: dict, fa: dict, datasets, seeds, scopes, xi: float) -> tuple[str, dict]:
+def robustness_table(
+    res: dict, fa: dict, datasets, crits, seeds, scopes, xi: float
+) -> tuple[str, dict]:
     head = (
         "| dataset | criterion | scope | train D_g (max over seeds) | train D_l (max) | "
         "held-out D_g ± SE | D_g ≤ ξ+2SE | held-out D_l | D_l ≤ ξ+2SE, all clients | "
@@ -296,7 +303,7 @@ def robustness_table(res: dict, fa: dict, datasets, seeds, scopes, xi: float) ->
         "acc_fail": [],
     }
     for ds in datasets:
-        for crit in CRITERIA.get(ds, ALL_CRITERIA):
+        for crit in criteria(ds, crits):
             for scope in scopes:
                 runs = [res[(ds, crit, scope, xi, s)] for s in seeds]
                 fav = [fa[(ds, s)][crit] for s in seeds]
@@ -363,7 +370,7 @@ def main(argv=None) -> int:
             p.error(f"unknown dataset {ds!r}; choose from {', '.join(DATASETS)}")
     jobs: list[tuple] = [("fedavg", ds, s, out) for ds in args.datasets for s in args.seeds]
     for ds in args.datasets:
-        for crit in [c for c in CRITERIA.get(ds, ALL_CRITERIA) if c in args.criteria]:
+        for crit in criteria(ds, args.criteria):
             for scope in args.scopes:
                 jobs += [("post", ds, crit, scope, args.xi, s, out) for s in args.seeds]
     for ds in args.controllability:
@@ -382,12 +389,9 @@ def main(argv=None) -> int:
             )
     fa = {(j[1], j[2]): r for j, r in results.items() if j[0] == "fedavg"}
     post = {tuple(j[1:6]): r for j, r in results.items() if j[0] == "post"}
-    datasets = [d for d in args.datasets]
-    crit_ok = set(args.criteria)
-    CRITERIA.update(
-        {d: tuple(c for c in CRITERIA.get(d, ALL_CRITERIA) if c in crit_ok) for d in datasets}
+    table, tally = robustness_table(
+        post, fa, args.datasets, args.criteria, args.seeds, args.scopes, args.xi
     )
-    table, tally = robustness_table(post, fa, datasets, args.seeds, args.scopes, args.xi)
     lines = [
         f"### Robustness (fedfact-post defaults, ξ_g = ξ_k = {args.xi}, seeds {args.seeds})\n",
         table,

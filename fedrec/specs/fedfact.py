@@ -403,8 +403,8 @@ def save_snapshot(state: MutableMapping[str, np.ndarray], slot: int, snap: Snaps
             state[f"{pre}{name}.{i}"] = arr
 
 
-def load_snapshots(state: Mapping[str, np.ndarray], keep: int) -> list[Snapshot]:
-    """The stored snapshots of the latest ``keep`` rounds, oldest first."""
+def load_snapshots(state: Mapping[str, np.ndarray], keep: int | None = None) -> list[Snapshot]:
+    """The stored snapshots of the latest ``keep`` rounds (all if None), oldest first."""
     slots: dict[int, dict[str, Any]] = {}
     for k, v in state.items():
         if k.startswith(IN_HIST):
@@ -423,4 +423,4 @@ def load_snapshots(state: Mapping[str, np.ndarray], keep: int) -> list[Snapshot]
             Snapshot(int(f["round"][0]), arrays("theta"), arrays("phi"), float(f["w"][0]), f["dl"])
         )
     snaps.sort(key=lambda s: s.round)
-    return snaps[-keep:]
+    return snaps if keep is None else snaps[-keep:]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,6 @@ class UnlearningRequest:
     ids: tuple[Any, ...]
     round: int | None = None
     name: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
