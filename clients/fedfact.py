@@ -196,8 +196,11 @@ class FedFactInClient(ClassifierClient):
             server_round % cfg.history,
             spec.Snapshot(server_round, [x.copy() for x in weights], phi, w_t, dl),
         )
-        mix = spec.load_snapshots(self.state, cfg.history)
-        dl_mix = np.mean([s.dl for s in mix], axis=0) if dl.size else np.zeros(0)
+        dl_mix = (
+            np.mean([s.dl for s in spec.load_snapshots(self.state, cfg.history)], axis=0)
+            if dl.size
+            else np.zeros(0)
+        )
         if Dl.shape[0]:
             # step scaled by the smallest group share p_{a,k} = n_k[a]/N of this client: mu
             # enters M(a,k) as mu/p_{a,k}, so an unscaled step moves the costs of a small

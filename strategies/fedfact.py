@@ -127,14 +127,16 @@ class FedFactPost(FedAvg):
         self.search: DualNewton | None = None
         self.n_train = {c: int(self.hello[c][base_spec.NUM_TRAIN]) for c in self.client_ids}
 
+    def candidate(self, server_round: int) -> np.ndarray:
+        """The dual a calibration round evaluates: the search's next candidate, except in
+        the last round, which re-evaluates the deployed dual so that its logged
+        gap-on-train metrics are the deployed classifier's."""
+        return self.deployed if server_round == self.total_rounds() else self.lam
+
     def train_config(self, server_round: int) -> dict[str, Any]:
         if not self.is_post(server_round):
             return {}
-        # the last calibration round re-evaluates the deployed dual, so that its logged
-        # gap-on-train metrics are the deployed classifier's
-        last = server_round == self.total_rounds()
-        lam = self.deployed if last else self.lam
-        return spec.pack_post(self.params, self.scope, self.pooled, lam)
+        return spec.pack_post(self.params, self.scope, self.pooled, self.candidate(server_round))
 
     def evaluate_config(self, server_round: int) -> dict[str, Any]:
         if not self.is_post(server_round):
@@ -157,7 +159,7 @@ class FedFactPost(FedAvg):
                     w * np.asarray(r.metrics[spec.HESS_LAM], dtype=np.float64).reshape(U, U)
                     for w, r in zip(weights, replies)
                 )
-                candidate = self.deployed if server_round == self.total_rounds() else self.lam
+                candidate = self.candidate(server_round)
                 self.search, self.lam = dual_newton_step(
                     self.search,
                     candidate,
