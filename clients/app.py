@@ -117,8 +117,15 @@ def handle(message: Message, context: Context) -> Message:
         }
     )
     store = _load_store(context)
+    if mtype == protocol.STATE_ACTION:  # node-level: save / load the whole store
+        store = _state_action(context, store, config, pid, nparts)
+        _save_store(context, store)
     states = store.cohort(clients)
-    results = half_cls.handle_cohort(cfg, mtype, rnd, weights, config, states)
+    results = None
+    if mtype in (protocol.STATE_ACTION, protocol.UNLEARN_POLL):
+        results = _unlearning_action(cfg, half_cls, mtype, rnd, config, states)
+    if results is None:
+        results = half_cls.handle_cohort(cfg, mtype, rnd, weights, config, states)
     if results is None:
         results = {}
         for c in clients:
@@ -152,6 +159,75 @@ def handle(message: Message, context: Context) -> Message:
     if states.commit():
         _save_store(context, store)
     return Message(reply, reply_to=message)
+
+
+def _state_file(context: Context, config: dict[str, Any], pid: int, nparts: int) -> str:
+    folder = str(context.node_config.get("state-dir", config.get("dir", "")))
+    if not folder:
+        raise FedrecError("fedrec_state: no folder (config 'dir' or node-config 'state-dir')")
+    return os.path.join(folder, f"node-{pid}-of-{nparts}.npz")
+
+
+def _state_action(
+    context: Context, store: StateStore, config: dict[str, Any], pid: int, nparts: int
+) -> StateStore:
+    """``save`` the node's client state to its own disk, or ``load`` it back (a run that
+    `fedrec unlearn` continues); other ops act per client in :func:`_unlearning_action`."""
+    op = str(config.get("op", ""))
+    if op == "save":
+        path = _state_file(context, config, pid, nparts)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez(path + ".tmp.npz", allow_pickle=False, **store.to_arrays())
+        os.replace(path + ".tmp.npz", path)
+    elif op == "load":
+        path = _state_file(context, config, pid, nparts)
+        if not os.path.exists(path):
+            raise FedrecError(f"fedrec_state load: node {pid} has no kept state at {path}")
+        with np.load(path, allow_pickle=False) as z:
+            return StateStore.from_arrays({k: z[k] for k in z.files})
+    return store
+
+
+def _unlearning_action(cfg, half_cls, mtype, rnd, config, states):
+    """The framework's unlearning actions, the same for every strategy: the request poll
+    and the per-client state operations (reset keeps the forget records; forget clears
+    everything, through the state API)."""
+    from fedrec.unlearning import client as ul
+
+    out: dict[int, tuple[None, dict[str, Any]]] = {}
+    if mtype == protocol.UNLEARN_POLL:
+        requests = ul.parse_config_requests(cfg.unlearning.requests)
+        serve_round = int(config.get("serve-round", -1))
+        idx = ul.due(requests, None if serve_round < 0 else serve_round)
+        for c in states:
+            owned = half_cls.owned_users(cfg, c)
+            reply = ul.poll(requests, idx, c, owned, states[c])
+            forgotten = np.asarray(states[c].get(ul.FORGET_USERS, []), dtype=np.int64)
+            if len(forgotten):
+                half_cls.forget_users(cfg, c, states[c], forgotten)
+            out[c] = (None, reply)
+        return out
+    op = str(config.get("op", ""))
+    if op == "sisa-grad":  # SISA's learned aggregator, on the evidence each client cached
+        from fedrec.algorithms.sisa import aggregator_grad
+
+        theta = np.asarray(config["theta"], dtype=np.float64)
+        for c in states:
+            ev = states[c].get(ul.SISA_EVIDENCE)
+            E = np.zeros((0, len(theta))) if ev is None else np.asarray(ev, dtype=np.float64)
+            g, loss = aggregator_grad(E, theta, str(config["loss"]))
+            out[c] = (None, {"grad": g, "loss-sum": loss, "num-examples": int(len(E))})
+        return out
+    for c in states:
+        if op == "reset":
+            keep = {k: v for k, v in states.load(c).items() if k in ul.FORGET_FIELDS}
+            states.save(c, keep)
+        elif op == "forget":
+            states.clear(c)
+        elif op not in ("save", "load"):
+            raise FedrecError(f"fedrec_state: unknown op '{op}' (save, load, reset, forget)")
+        out[c] = (None, {})
+    return out
 
 
 class FedrecClientApp(ClientApp):

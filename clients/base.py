@@ -39,6 +39,10 @@ Weights = list[np.ndarray]
 class ClientHalf:
     """Base class of the per-client logic of a strategy."""
 
+    #: the unlearning query actions the half serves (``fedrec.unlearning`` methods check
+    #: theirs against this before a run starts)
+    unlearning_actions: tuple[str, ...] = ()
+
     def __init__(self, cfg: RunConfig, client_id: int, state: dict[str, np.ndarray]):
         self.cfg = cfg
         self.client_id = client_id
@@ -60,6 +64,17 @@ class ClientHalf:
         self, action: str, server_round: int, weights: Weights | None, config: dict[str, Any]
     ) -> tuple[Weights | None, Metrics]:
         raise ValueError(f"{type(self).__name__} has no query action '{action}'")
+
+    @classmethod
+    def owned_users(cls, cfg: RunConfig, client_id: int) -> np.ndarray:
+        """The user ids this client holds (recommenders); none for a classifier client.
+        An unlearning poll matches ``users`` / ``interactions`` requests against them."""
+        return np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def forget_users(cls, cfg: RunConfig, client_id: int, state: Any, users: np.ndarray) -> None:
+        """Delete what the client keeps about forgotten ``users`` (e.g. their embeddings);
+        their training data is already withheld by the forget records."""
 
     @classmethod
     def handle_cohort(

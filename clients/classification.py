@@ -49,6 +49,8 @@ def loss_sum(proba: np.ndarray, y: np.ndarray, eps: float = 1e-12) -> float:
 class ClassifierClient(ClientHalf):
     """Local SGD on the client's train split; confusion counts on its test split."""
 
+    unlearning_actions = ("unlearn_ascent", "sisa_evidence")
+
     def __init__(self, cfg: RunConfig, client_id: int, state: dict[str, np.ndarray]):
         super().__init__(cfg, client_id, state)
         self.data = _cached_data(cfg, client_id)
@@ -88,7 +90,7 @@ class ClassifierClient(ClientHalf):
             model,
             d.X_train,
             d.y_train,
-            epochs=t.local_epochs,
+            epochs=int(config.get("local-epochs", t.local_epochs)),
             batch_size=t.batch_size,
             lr=float(config.get(spec.LR, t.lr)),
             optimizer=t.optimizer,
@@ -119,8 +121,42 @@ class ClassifierClient(ClientHalf):
     def predict(self, weights: Weights, X: np.ndarray) -> np.ndarray:
         return predict_proba(self.model(weights), X)
 
+    def query(self, action, server_round, weights, config):
+        if action == "unlearn_ascent":
+            return self.ascent(server_round, weights, config)
+        if action == "sisa_evidence":  # p_k(y | x) of every training row, kept private
+            from fedrec.unlearning.client import SISA_EVIDENCE
+
+            d, S = self.data, int(config["sisa-shards"])
+            k = len(weights) // S
+            probs = [self.predict(weights[i * k : (i + 1) * k], d.X_train) for i in range(S)]
+            ev = np.stack([pr[np.arange(len(d.y_train)), d.y_train] for pr in probs], axis=1)
+            self.state[SISA_EVIDENCE] = ev
+            return None, {spec.NUM_EXAMPLES: len(ev)}
+        return super().query(action, server_round, weights, config)
+
+    def ascent(self, server_round: int, weights: Weights, config: dict[str, Any]):
+        """Gradient ascent on the client's own training rows (it forgets itself): the
+        negated local update ``w - (fit(w) - w)``; a whole client keeps no data for
+        GradDiff's descent term, so the repair rounds of the retained clients play it."""
+        new, metrics = self.fit(server_round, weights, config)
+        return [2 * np.asarray(w) - np.asarray(n) for w, n in zip(weights, new)], metrics
+
+    def ensemble_proba(self, weights: Weights, X: np.ndarray, config: dict[str, Any]):
+        """A SISA ensemble (``sisa-shards`` models, their arrays in shard order): the
+        (learned-)weighted mean of the shard models' probabilities (uniform without
+        ``sisa-weights``)."""
+        S = int(config["sisa-shards"])
+        k = len(weights) // S
+        alpha = np.asarray(config.get("sisa-weights", np.full(S, 1.0 / S)), dtype=np.float64)
+        probs = [self.predict(weights[i * k : (i + 1) * k], X) for i in range(S)]
+        return sum(a * p for a, p in zip(alpha, probs))
+
     def evaluate(self, server_round: int, weights: Weights, config: dict[str, Any]) -> Metrics:
         d = self.data
+        if "sisa-shards" in config:
+            proba = self.ensemble_proba(weights, d.X_test, config)
+            return self.evaluation_reply(proba.argmax(axis=1), loss_sum(proba, d.y_test), config)
         proba = self.predict(weights, d.X_test)
         return self.evaluation_reply(proba.argmax(axis=1), loss_sum(proba, d.y_test), config)
 

@@ -6,7 +6,14 @@ import numpy as np
 import torch
 
 from fedrec import protocol
-from fedrec.clients.ranking import CohortClient, cohort_users, hello_replies, ranking_replies
+from fedrec.clients.ranking import (
+    CohortClient,
+    cohort_users,
+    cohort_view,
+    forgotten_mask,
+    hello_replies,
+    ranking_replies,
+)
 from fedrec.recsys.data import cfg_user_data
 from fedrec.seeding import derive_seed
 from fedrec.specs import fedsasrec as spec
@@ -50,23 +57,41 @@ class SASRecClient(CohortClient):
         if message_type == protocol.HELLO:
             return hello_replies(ud, p.users_per_client, states)
         users, owner = cohort_users(p.users_per_client, ud.num_users, states)
-        model = cls.model(cfg, p, ud.num_items, weights)
+        ud = cohort_view(ud, states)  # without the data the cohort's clients forgot
+        S = int(config.get("sisa-shards", 1))
+        model = cls.model(cfg, p, ud.num_items, weights[: len(weights) // S])
         if message_type == "train":
             return cls._train(cfg, p, ud, server_round, model, users, owner)
         if message_type == "evaluate":
             from fedrec.models.recsys import to_tokens
 
+            keep = ~forgotten_mask(users, states)
+            users, owner = users[keep], owner[keep]
             seqs = ud.sequences("test")
-            model.eval()
-            with torch.no_grad():
-                scores = torch.cat(
-                    [
-                        model.score_all(
-                            to_tokens([seqs[u] for u in users[a : a + 256]], model.max_len)
-                        )
-                        for a in range(0, len(users), 256)
-                    ]
-                ).numpy()
+            S = int(config.get("sisa-shards", 1))  # a SISA ensemble: its models' mean scores
+            alpha = np.asarray(config.get("sisa-weights", np.full(S, 1.0 / S)))
+            k = len(weights) // S
+            scores = 0.0
+            for i in range(S):
+                m = (
+                    model
+                    if S == 1
+                    else cls.model(cfg, p, ud.num_items, weights[i * k : (i + 1) * k])
+                )
+                m.eval()
+                with torch.no_grad():
+                    scores = (
+                        scores
+                        + alpha[i]
+                        * torch.cat(
+                            [
+                                m.score_all(
+                                    to_tokens([seqs[u] for u in users[a : a + 256]], m.max_len)
+                                )
+                                for a in range(0, len(users), 256)
+                            ]
+                        ).numpy()
+                    )
             return ranking_replies(ud, users, owner, scores, config)
         raise ValueError(f"fedsasrec clients do not handle '{message_type}'")
 

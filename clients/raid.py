@@ -87,6 +87,9 @@ class RAIDClient(MFClient):
         if message_type == f"query.{spec.ADV}":
             return cls._adversary_sums(cfg, p, weights, users, owner, P, groups, G, states)
         if message_type == "train":
+            from fedrec.clients.ranking import cohort_view
+
+            ud = cohort_view(ud, states)  # without what the cohort's clients forgot
             gamma = float(config.get(spec.GAMMA, 0.0))
             if gamma <= 0:
                 return cls._train(cfg, p, ud, server_round, weights, users, owner, P, states)

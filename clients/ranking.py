@@ -78,6 +78,13 @@ class CohortClient(ClientHalf):
             out = out.as_dict()
         return out[self.client_id]
 
+    @classmethod
+    def owned_users(cls, cfg, client_id):
+        from fedrec.recsys.data import cfg_user_data
+
+        _, ud = cfg_user_data(cfg)
+        return client_users(client_id, cls.params(cfg).users_per_client, ud.num_users)
+
     def hello(self):
         return self._one(protocol.HELLO, 0, None, {})[1]
 
@@ -89,6 +96,27 @@ class CohortClient(ClientHalf):
 
     def query(self, action, server_round, weights, config):
         return self._one(f"query.{action}", server_round, weights, config)
+
+
+def cohort_view(ud, states):
+    """``ud`` without the training data the cohort's clients have forgotten (their private
+    forget records, :mod:`fedrec.unlearning.client`); ``ud`` itself when none has any."""
+    from fedrec.unlearning import client as ul
+
+    if not any(f in states.store.columns for f in ul.FORGET_FIELDS):
+        return ud
+    users, pairs, items = ul.forget_records(states)
+    return ul.forget_view(ud, users, pairs, items)
+
+
+def forgotten_mask(users: np.ndarray, states) -> np.ndarray:
+    """True for the cohort users whose data their client has forgotten (not evaluated)."""
+    from fedrec.unlearning import client as ul
+
+    if ul.FORGET_USERS not in states.store.columns:
+        return np.zeros(len(users), dtype=bool)
+    gone, _, _ = ul.forget_records(states)
+    return np.isin(users, np.fromiter(gone, dtype=np.int64)) if gone else np.zeros(len(users), bool)
 
 
 def cohort_users(users_per_client: int, num_users: int, states) -> tuple[np.ndarray, np.ndarray]:

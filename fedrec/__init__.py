@@ -33,3 +33,20 @@ def run(
     from fedrec.runner import run as _run
 
     return _run(config, backend=backend, out=out, overrides=overrides, quiet=quiet)
+
+
+def unlearn(
+    run_dir,
+    request,
+    method: str | None = None,
+    out: str | None = None,
+    backend: str | None = None,
+    overrides=None,
+    quiet: bool = False,
+):
+    """Serve unlearning requests on a finished run; see :func:`fedrec.runner.unlearn`."""
+    from fedrec.runner import unlearn as _unlearn
+
+    return _unlearn(
+        run_dir, request, method=method, out=out, backend=backend, overrides=overrides, quiet=quiet
+    )

@@ -68,6 +68,37 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_unlearn(args) -> int:
+    from fedrec.runner import unlearn
+
+    summary = unlearn(
+        args.run_dir,
+        args.request,
+        method=args.method,
+        out=args.out,
+        backend=args.backend,
+        overrides=args.override,
+        quiet=args.quiet,
+    )
+    print()
+    for e in summary.get("unlearning", []):
+        kinds = ", ".join(sorted({r["kind"] for r in e["requests"]}))
+        print(
+            f"{e['method']}: {len(e['requests'])} request(s) ({kinds}) at round {e['round']}: "
+            f"{e['seconds']:.2f} s, {e['rounds']} rounds, {e['bytes_down']} B down, "
+            f"{e['bytes_up']} B up; {len(e['leaving'])} client(s) left"
+        )
+        keys = sorted(set(e["metrics"]) | set(e.get("before", {})))
+        print(f"  {'metric':<28}{'before':>12}{'after':>12}")
+        for k in keys:
+            b, a = e.get("before", {}).get(k), e["metrics"].get(k)
+            fb = f"{b:12.4f}" if b is not None else f"{'-':>12}"
+            fa = f"{a:12.4f}" if a is not None else f"{'-':>12}"
+            print(f"  {k:<28}{fb}{fa}")
+    print(f"outputs: {summary['out_dir']} (unlearning.jsonl, summary.json)")
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.keys:
         from fedrec.config import all_keys
@@ -96,6 +127,12 @@ def _cmd_list(args) -> int:
     print("metrics:")
     for name, doc in METRICS.items():
         print(f"  {name:<22} {doc}")
+    from fedrec.unlearning.methods import load_method, method_names
+
+    print("unlearning methods (entry points 'fedrec.unlearning'):")
+    for name in method_names():
+        um = load_method(name)
+        print(f"  {name:<22} {'exact' if um.exact else 'approximate'}; {', '.join(um.kinds)}")
     return 0
 
 
@@ -150,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="parent output directory (one folder per strategy)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_compare)
+    un = sub.add_parser("unlearn", help="serve unlearning requests on a finished run")
+    un.add_argument("run_dir", help="the run folder (kept client state, checkpoint)")
+    un.add_argument("--request", required=True, help="request TOML ([[request]] tables)")
+    un.add_argument(
+        "--method", help="retrain, sisa, federaser, gradient-ascent, finetune, influence, ..."
+    )
+    un.add_argument("--out", help="output folder (default <run_dir>-unlearn-<method>)")
+    un.add_argument("--backend", choices=("ray", "local", "deployment"))
+    un.add_argument(
+        "-c", "--config-override", dest="override", action="append", default=[], metavar="KEY=VALUE"
+    )
+    un.add_argument("--quiet", action="store_true")
+    un.set_defaults(func=_cmd_unlearn)
     ls = sub.add_parser("list", help="registered strategies, datasets, models, metrics")
     ls.add_argument("--keys", action="store_true", help="list every config key instead")
     ls.set_defaults(func=_cmd_list)

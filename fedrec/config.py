@@ -213,6 +213,11 @@ class OutputConfig:
         True, "Save the global model after every round (checkpoint.npz, overwritten)."
     )
     progress: bool = key(True, "Show a progress bar per round.")
+    keep_client_state: bool = key(
+        True,
+        "After the last round, every node saves its clients' private state to its own disk "
+        "(<dir>/client_state/node-K-of-N.npz) so that `fedrec unlearn` can continue the run.",
+    )
     client_metrics: bool = key(True, "Write per-client rows to rounds.jsonl.")
     save_predictions: bool = key(
         False,
@@ -220,6 +225,61 @@ class OutputConfig:
         "sensitive group, prediction per test row of the final "
         "round). Clients then SEND these rows to the server: for "
         "simulations and audits, not for private deployments.",
+    )
+
+
+@dataclass(frozen=True)
+class UnlearningConfig:
+    requests: str = key(
+        "",
+        "Unlearning requests: a request TOML ([[request]] tables, see "
+        "fedrec.unlearning.requests) or its JSON; requests with a `round` are served at the "
+        "end of that training round (the in-training schedule), the others after training.",
+    )
+    method: str = key(
+        "retrain",
+        "Unlearning method: a name registered in the entry-point group `fedrec.unlearning` "
+        "(retrain, sisa, federaser, gradient-ascent, finetune, influence) or a dotted path.",
+    )
+    rounds: int = key(
+        0,
+        "Repair / fine-tune / calibration rounds of the approximate methods; 0 = the "
+        "method's default.",
+        **NON_NEGATIVE,
+    )
+    shards: int = key(
+        0,
+        "SISA: train this many independent shard federations (>= 2); 0 = unsharded.",
+        **NON_NEGATIVE,
+    )
+    sharding: str = key(
+        "random",
+        "SISA shard assignment: random, or balanced (OT-balanced k-means on the clients' "
+        "public item-profile counts, UltraRE).",
+        choices=("random", "balanced"),
+    )
+    aggregator: str = key(
+        "average",
+        "SISA serving: average the shard models' outputs, or learned (per-shard weights "
+        "fitted federatedly on the clients' validation items / rows).",
+        choices=("average", "learned"),
+    )
+    record_history: bool = key(
+        False,
+        "Store every round's client updates on the server (history.npz): what "
+        "`federaser` calibrates from. On automatically when the method is federaser.",
+    )
+    never_seen: float = key(
+        0.0,
+        "Share of clients held out of every model (seeded): the non-member reference of the "
+        "membership-inference metrics. 0 = none.",
+        check=lambda v: 0.0 <= v < 0.5,
+        check_doc="in [0, 0.5)",
+    )
+    resume_from: str = key(
+        "",
+        "Internal (set by `fedrec unlearn`): a finished run folder whose checkpoint and "
+        "kept client state the unlearning starts from instead of training.",
     )
 
 
@@ -231,9 +291,10 @@ SECTIONS: dict[str, type] = {
     "strategy": StrategyConfig,
     "runtime": RuntimeConfig,
     "output": OutputConfig,
+    "unlearning": UnlearningConfig,
 }
 # Free-form namespaces validated later by the selected plugin / model.
-OPEN_PREFIXES = ("strategy.params.", "model.params.")
+OPEN_PREFIXES = ("strategy.params.", "model.params.", "unlearning.params.")
 
 
 @dataclass(frozen=True)
@@ -251,8 +312,10 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
     strategy_params: Mapping[str, Scalar] = field(default_factory=dict)
     model_params: Mapping[str, Scalar] = field(default_factory=dict)
+    unlearning_params: Mapping[str, Scalar] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
     def to_flat(self) -> dict[str, Scalar]:
@@ -267,6 +330,8 @@ class RunConfig:
                 out.update({f"strategy.params.{k}": v for k, v in value.items()})
             elif f.name == "model_params":
                 out.update({f"model.params.{k}": v for k, v in value.items()})
+            elif f.name == "unlearning_params":
+                out.update({f"unlearning.params.{k}": v for k, v in value.items()})
             else:
                 out[_kebab(f.name)] = value
         return out
@@ -379,7 +444,7 @@ def all_keys() -> dict[str, dict[str, Any]]:
         if f.name in SECTIONS:
             for sf in fields(SECTIONS[f.name]):
                 out[f"{f.name}.{_kebab(sf.name)}"] = _describe(sf)
-        elif f.name not in ("strategy_params", "model_params"):
+        elif f.name not in ("strategy_params", "model_params", "unlearning_params"):
             out[_kebab(f.name)] = _describe(f)
     return out
 
@@ -450,19 +515,23 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
     top = {
         _kebab(f.name): f
         for f in fields(RunConfig)
-        if f.name not in SECTIONS and f.name not in ("strategy_params", "model_params")
+        if f.name not in SECTIONS
+        and f.name not in ("strategy_params", "model_params", "unlearning_params")
     }
     known = list(all_keys())
     section_values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     top_kwargs: dict[str, Any] = {}
     strategy_params: dict[str, Scalar] = {}
     model_params: dict[str, Scalar] = {}
+    unlearning_params: dict[str, Scalar] = {}
     for k in sorted(flat):
         v = flat[k]
         if k.startswith("strategy.params."):
             strategy_params[k[len("strategy.params.") :]] = v
         elif k.startswith("model.params."):
             model_params[k[len("model.params.") :]] = v
+        elif k.startswith("unlearning.params."):
+            unlearning_params[k[len("unlearning.params.") :]] = v
         elif k in top:
             value = coerce(k, v, top[k].type)
             _check(k, value, top[k].metadata)
@@ -476,7 +545,11 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
         s: validate_dataclass(cls, section_values[s], s + ".") for s, cls in SECTIONS.items()
     }
     return RunConfig(
-        **top_kwargs, **sections, strategy_params=strategy_params, model_params=model_params
+        **top_kwargs,
+        **sections,
+        strategy_params=strategy_params,
+        model_params=model_params,
+        unlearning_params=unlearning_params,
     )
 
 

@@ -100,6 +100,19 @@ class RowSparse:
         np.add.at(sums, inv, values)
         return cls(uniq, sums, np.bincount(inv, minlength=len(uniq)).astype(np.int64))
 
+    @classmethod
+    def accumulate_sparse(cls, uploads: Sequence[RowSparse]) -> RowSparse:
+        """The sum of several uploads as one upload over the union of their rows."""
+        ids = np.concatenate([np.asarray(u.ids, dtype=np.int64) for u in uploads])
+        rows = np.concatenate([np.asarray(u.rows) for u in uploads])
+        counts = np.concatenate([np.asarray(u.counts, dtype=np.int64) for u in uploads])
+        uniq, inv = np.unique(ids, return_inverse=True)
+        sums = np.zeros((len(uniq),) + rows.shape[1:], dtype=rows.dtype)
+        np.add.at(sums, inv, rows)
+        return cls(
+            uniq, sums, np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.int64)
+        )
+
     @staticmethod
     def accumulate(
         uploads: Sequence[RowSparse], num_rows: int, row_shape: tuple[int, ...]

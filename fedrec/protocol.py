@@ -42,6 +42,10 @@ NODE_PARTITION = "node-partition"
 NUM_NODE_PARTITIONS = "num-node-partitions"
 CONFIG_ARRAYS = "config-arrays"
 HELLO = "query.fedrec_hello"
+# the framework's unlearning actions (fedrec.unlearning): the request poll and the node's
+# client-state operations (save / load / reset / forget)
+UNLEARN_POLL = "query.fedrec_unlearn_poll"
+STATE_ACTION = "query.fedrec_state"
 _ACTION = re.compile(r"^[A-Za-z_]\w*$")
 
 

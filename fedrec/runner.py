@@ -38,13 +38,87 @@ def as_config(
     return load_config(config, overrides)
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Fail fast (one-line errors) on anything that would fail later."""
+def preflight(cfg: RunConfig) -> RunConfig:
+    """Fail fast (one-line errors) on anything that would fail later; returns the config
+    with the unlearning requests resolved (a request file read into JSON, validated)."""
     from fedrec.plugins import load_strategy
 
     cls = load_strategy(cfg.strategy.name)
     cls.parse_params(cfg)
+    cfg = preflight_unlearning(cfg, cls)  # (attribute requests become LEGO's attributes)
+    cls.parse_params(cfg)
     cls.preflight(cfg)
+    return cfg
+
+
+def preflight_unlearning(cfg: RunConfig, cls) -> RunConfig:
+    """Validate the ``[unlearning]`` job before anything runs: the requests (ids, kinds,
+    forget sets), the method, what the method needs from the strategy and the run."""
+    from fedrec.plugins import import_object
+    from fedrec.unlearning.methods import build_method
+    from fedrec.unlearning.requests import load_requests
+    from fedrec.unlearning.session import check_universe_kinds
+
+    u = cfg.unlearning
+    method = build_method(cfg)
+    if not u.requests and not (u.shards >= 2 or method.needs_history):
+        return cfg
+    half = import_object(cls.client_half)
+    text = u.requests.strip()
+    source: Any = json.loads(text) if text.startswith("{") else text
+    requests = load_requests(source, cls.unlearning_universe(cfg)) if text else []
+    attrs = [a for r in requests if r.kind == "attribute" for a in r.ids]
+    if attrs and cls.name != "lego":
+        raise ConfigError(
+            'attribute requests are served by LEGO: set strategy.name = "lego" (the '
+            "attributes become strategy.params.attributes)"
+        )
+    check_universe_kinds(cls, method, requests)
+    missing = [a for a in method.actions if a not in getattr(half, "unlearning_actions", ())]
+    if missing:
+        raise ConfigError(
+            f"unlearning method '{method.name}' needs the client action(s) {missing}, which "
+            f"strategy '{cls.name}' does not provide"
+        )
+    if method.needs_history and not cls.history_updates:
+        raise ConfigError(
+            f"unlearning method '{method.name}' calibrates stored client updates, which "
+            f"strategy '{cls.name}' does not support"
+        )
+    if (
+        u.shards >= 2
+        and u.aggregator == "learned"
+        and "sisa_evidence" not in getattr(half, "unlearning_actions", ())
+    ):
+        raise ConfigError(
+            f"unlearning.aggregator = \"learned\" needs the client action 'sisa_evidence', "
+            f"which strategy '{cls.name}' does not provide; use \"average\""
+        )
+    if method.needs_shards and u.shards < 2:
+        raise ConfigError(
+            "unlearning method 'sisa' needs a sharded run: set unlearning.shards >= 2"
+        )
+    if u.shards >= 2 and method.name != "sisa" and requests:
+        raise ConfigError(
+            f"a run trained as {u.shards} SISA shards is unlearned with method 'sisa', "
+            f"not '{method.name}'"
+        )
+    late = [r.label for r in requests if r.round is not None and r.round > cfg.num_server_rounds]
+    if late:
+        raise ConfigError(f"{late[0]}: round is after the last round ({cfg.num_server_rounds})")
+    if u.shards >= 2 and any(r.round for r in requests):
+        raise ConfigError(
+            "with unlearning.shards, requests are served after training (or at round 0); "
+            "drop their 'round'"
+        )
+    extra: dict[str, Any] = {}
+    if attrs:
+        extra["strategy.params.attributes"] = ",".join(sorted(set(map(str, attrs))))
+    keep = [r for r in requests if r.kind != "attribute"]
+    extra["unlearning.requests"] = (
+        json.dumps({"request": [r.to_json() for r in keep]}, sort_keys=True) if keep else ""
+    )
+    return cfg.replace(**extra)
 
 
 def run(
@@ -76,7 +150,7 @@ def run(
         raise ConfigError(
             f"output directory '{out_dir}' exists and is not empty; choose another --out"
         )
-    preflight(cfg)
+    cfg = preflight(cfg)
     cfg = cfg.replace(**{"output.dir": str(out_dir)})
     if cfg.runtime.backend == "local":
         from fedrec.runtime.local import run_local as runner
@@ -104,4 +178,66 @@ def run(
     return summary
 
 
-__all__ = ["run", "preflight", "as_config", "validate"]
+def unlearn(
+    run_dir: str | Path,
+    request: str | Path | Mapping[str, Any],
+    method: str | None = None,
+    out: str | Path | None = None,
+    backend: str | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Serve the requests of ``request`` (a request TOML, or a mapping with a ``request``
+    list) on the finished run in ``run_dir``, with ``method`` (default: the run's
+    ``unlearning.method``), writing a new run folder ``out`` (default
+    ``<run_dir>-unlearn-<method>``); ``run_dir`` is not modified. Returns the new run's
+    summary; its ``unlearning`` entries (also in ``unlearning.jsonl``) hold the cost and the
+    verification metrics before (``before``) and after the request."""
+    src = Path(run_dir)
+    if not (src / "config.json").is_file():
+        raise ConfigError(f"'{src}' is not a finished fedrec run (no config.json)")
+    if not (src / "checkpoint.npz").is_file():
+        raise ConfigError(f"run '{src}' has no checkpoint.npz (output.checkpoint was false)")
+    if not (src / "client_state").is_dir():
+        raise ConfigError(
+            f"run '{src}' did not keep its clients' state (output.keep-client-state = false); "
+            "run it again with it on"
+        )
+    flat = json.loads((src / "config.json").read_text())
+    if isinstance(request, Mapping):
+        req_text = json.dumps(dict(request), sort_keys=True)
+    else:
+        from fedrec.unlearning.requests import load_requests
+
+        reqs = load_requests(request)  # form errors name the file before anything else
+        req_text = json.dumps({"request": [r.to_json() for r in reqs]}, sort_keys=True)
+    if any(r.get("round") is not None for r in json.loads(req_text).get("request", [])):
+        raise ConfigError(
+            "fedrec unlearn serves requests after training; drop the requests' 'round' "
+            "(a schedule belongs in the run config's unlearning.requests)"
+        )
+    name = method or flat.get("unlearning.method", "retrain")
+    if (src / "sisa.npz").is_file() and name != "sisa":
+        raise ConfigError(f"run '{src}' was trained as SISA shards: use --method sisa")
+    if name == "sisa" and not (src / "sisa.npz").is_file():
+        raise ConfigError(f"run '{src}' was not trained with shards; sisa needs unlearning.shards")
+    from fedrec.unlearning.methods import load_method
+
+    if load_method(name).needs_history and not (src / "history.npz").is_file():
+        raise ConfigError(
+            f"method '{name}' needs the client updates the server stored during the run; "
+            f"run '{src}' has no history.npz (set unlearning.record-history = true)"
+        )
+    flat.update(
+        {
+            "unlearning.requests": req_text,
+            "unlearning.method": name,
+            "unlearning.resume-from": str(src.resolve()),
+            "output.dir": "",
+        }
+    )
+    target = Path(out) if out else src.with_name(f"{src.name}-unlearn-{name}")
+    return run(flat, backend=backend, out=target, overrides=overrides, quiet=quiet)
+
+
+__all__ = ["run", "unlearn", "preflight", "as_config", "validate"]

@@ -85,6 +85,11 @@ def to_scalar_dict(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def payload_bytes(msg: Message) -> int:
+    """Bytes of the array payloads of ``msg`` (what dominates the traffic)."""
+    return sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values())
+
+
 class FedrecStrategy(Strategy):
     """Base class of fedrec strategies (see the module docstring)."""
 
@@ -104,6 +109,17 @@ class FedrecStrategy(Strategy):
         self.predictions: dict[int, dict[str, list[int]]] = {}  # --save-predictions
         self.result = Result()
         self._run_config_json = json.dumps(cfg.to_flat(), sort_keys=True)
+        #: clients that take no further part: they left through an unlearning request, or are
+        #: held out of every model (``unlearning.never-seen``). :attr:`client_ids` omits them.
+        self.excluded: set[int] = set()
+        #: array payload bytes sent to the clients ("down") and received ("up"); one dict
+        #: shared with the strategy's SISA shard copies (:meth:`shard_view`)
+        self.traffic = {"down": 0, "up": 0}
+        #: per-round client updates (``unlearning.record-history``): round -> client -> arrays
+        self.update_history: dict[int, dict[int, list[np.ndarray]]] = {}
+        self.unlearning: Any = None  # the run's fedrec.unlearning.session.Session, if any
+        self.serving_config: dict[str, Any] = {}  # extra evaluate settings (a SISA ensemble)
+        self.stage_dir: Any = None  # the run folder being written (set by the ServerApp)
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -113,7 +129,8 @@ class FedrecStrategy(Strategy):
 
     @property
     def client_ids(self) -> list[int]:
-        return sorted(self.node_of)
+        """The clients taking part: every hosted client except :attr:`excluded`."""
+        return sorted(c for c in self.node_of if c not in self.excluded)
 
     progress_keys: ClassVar[tuple[str, ...]] = ("accuracy", "dp_gap", "dp_gap_local_max")
 
@@ -297,7 +314,9 @@ class FedrecStrategy(Strategy):
             protocol.check_action(message_type.split(".", 1)[1])
         clients = sorted(clients)
         msgs = self.build_messages(message_type, clients, server_round, weights, config)
+        self.traffic["down"] += sum(payload_bytes(m) for m in msgs)
         raw = list(grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
+        self.traffic["up"] += sum(payload_bytes(m) for m in raw if not m.has_error())
         replies, failures = self.unpack(raw)
         got = {r.client_id for r in replies}
         missing = [c for c in clients if c not in got]
@@ -421,7 +440,7 @@ class FedrecStrategy(Strategy):
         )
 
     def _evaluate_settings(self, server_round: int, config: ConfigRecord | None) -> dict[str, Any]:
-        cfg = {**dict(config or {}), **self.evaluate_config(server_round)}
+        cfg = {**dict(config or {}), **self.evaluate_config(server_round), **self.serving_config}
         if self.cfg.output.save_predictions and server_round == self.total_rounds():
             cfg[clf.SAVE_PREDICTIONS] = True
         return cfg
@@ -502,56 +521,181 @@ class FedrecStrategy(Strategy):
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
-    def start(
+    # ------------------------------------------------------------------ phases
+    def train_phase(
         self,
         grid: Grid,
-        initial_arrays: ArrayRecord | None = None,
-        num_rounds: int | None = None,
-        timeout: float | None = None,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Any = None,
-    ) -> Result:
-        """Run setup and ``num_rounds`` rounds; returns Flower's ``Result``."""
-        num_rounds = num_rounds or self.total_rounds()
-        self.summary()
-        self.setup(grid)
-        arrays = (
-            initial_arrays if initial_arrays is not None else ArrayRecord(self.initial_weights())
+        server_round: int,
+        weights: list[np.ndarray],
+        clients: list[int],
+        extra_config: dict[str, Any] | None = None,
+    ) -> tuple[list[np.ndarray], dict[str, Any], list[ClientReply], list[str]]:
+        """One train phase for ``clients``: send, aggregate (replies sorted by id), the
+        :meth:`after_aggregate` hook; returns ``(weights, metrics, replies, failures)``.
+        With ``unlearning.record-history`` every reply's update is stored
+        (:meth:`client_update`) for history-based unlearning."""
+        self.current_weights = weights
+        cfg = {**(extra_config or {}), **self.train_config(server_round)}
+        replies = self.communicate(
+            grid, self.train_message_type(server_round), clients, server_round, weights, cfg
         )
-        self._call(
-            "on_run_start", {"partition_report": self.partition_report(), "num_rounds": num_rounds}
+        failures = list(self._last_failures)
+        if self.records_history():
+            self.update_history[server_round] = {
+                r.client_id: self.client_update(r, weights) for r in replies if r.weights
+            }
+        new, metrics = self.aggregate(server_round, replies)
+        out = list(new) if new is not None else list(weights)
+        out = list(self.after_aggregate(server_round, out, grid))
+        return out, metrics, replies, failures
+
+    def evaluate_phase(
+        self, grid: Grid, server_round: int, weights: list[np.ndarray], clients: list[int]
+    ) -> tuple[FederatedMetrics | None, list[ClientReply], list[str]]:
+        """One evaluate phase for ``clients``: ``(metrics, replies, failures)``."""
+        replies = self.communicate(
+            grid,
+            "evaluate",
+            clients,
+            server_round,
+            weights,
+            self._evaluate_settings(server_round, None),
+            require=False,
         )
-        weights = arrays.to_numpy_ndarrays()
-        for rnd in range(1, num_rounds + 1):
+        return self.evaluation_metrics(replies), replies, list(self._last_failures)
+
+    # ------------------------------------------------------------------ unlearning hooks
+    def records_history(self) -> bool:
+        u = self.cfg.unlearning
+        return bool(u.record_history or u.method == "federaser")
+
+    def client_update(self, reply: ClientReply, weights: list[np.ndarray]) -> list[np.ndarray]:
+        """A client's train update in a form :meth:`reply_with_update` can send back through
+        :meth:`aggregate` (default: full-model replies, the update is ``w_k - w``)."""
+        return [
+            np.asarray(w, np.float64) - np.asarray(g, np.float64)
+            for w, g in zip(reply.arrays(), weights)
+        ]
+
+    def reply_with_update(
+        self, reply: ClientReply, update: list[np.ndarray], weights: list[np.ndarray]
+    ) -> ClientReply:
+        """``reply`` carrying ``update`` (the inverse of :meth:`client_update`)."""
+        new = [
+            (np.asarray(g, np.float64) + u).astype(np.asarray(g).dtype)
+            for g, u in zip(weights, update)
+        ]
+        return ClientReply(reply.client_id, reply.node_id, dict(reply.metrics), new)
+
+    def calibrate_update(self, old: list[np.ndarray], new: list[np.ndarray]) -> list[np.ndarray]:
+        """FedEraser: ``new`` rescaled to the magnitude of ``old`` (per array)."""
+        from fedrec.algorithms.unlearning import calibrate
+
+        return calibrate(old, new)
+
+    def apply_updates(
+        self, server_round: int, weights: list[np.ndarray], replies: list[ClientReply]
+    ) -> list[np.ndarray]:
+        """Apply the updates of a few clients only (an unlearning upload) to ``weights``:
+        each counts as in a round where every client took part (default: ``w += sum_k
+        n_k / n_all * (w_k - w)`` with ``n_all`` the training examples of all clients)."""
+        n_all = sum(int(self.hello[c].get(clf.NUM_TRAIN, 0)) for c in self.node_of) or 1
+        out = [np.asarray(w, np.float64).copy() for w in weights]
+        for r in replies:
+            for o, u in zip(out, self.client_update(r, weights)):
+                o += u * (r.num_examples / n_all)
+        return [o.astype(np.asarray(w).dtype) for o, w in zip(out, weights)]
+
+    def owned_users(self, client_id: int) -> np.ndarray:
+        """The user ids a client holds (recommenders); none for a classifier client."""
+        return np.zeros(0, dtype=np.int64)
+
+    #: train replies are full models, so ``w_k - w`` is a client's update (FedEraser)
+    history_updates: ClassVar[bool] = True
+    #: request kinds the strategy's clients can serve (a classifier client forgets itself)
+    unlearning_kinds: ClassVar[tuple[str, ...]] = ("client",)
+
+    @classmethod
+    def unlearning_universe(cls, cfg: RunConfig) -> Any:
+        """What request ids are checked against (:class:`fedrec.unlearning.requests.Universe`)."""
+        from fedrec.unlearning.requests import Universe
+
+        return Universe(num_clients=cfg.partition.num_clients)
+
+    def sharding_features(self) -> np.ndarray:
+        """Per-client features of SISA's balanced sharding: the numeric handshake facts
+        (sizes, label x group counts), standardised. No embedding reaches the server."""
+        rows = []
+        for c in sorted(self.node_of):
+            h = self.hello[c]
+            rows.append(
+                np.concatenate(
+                    [np.atleast_1d(np.asarray(h[k], dtype=np.float64)).ravel() for k in sorted(h)]
+                )
+            )
+        X = np.asarray(rows)
+        sd = X.std(axis=0)
+        return (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+    def shard_view(self, members: list[int]) -> FedrecStrategy:
+        """A copy of this (set-up) strategy restricted to ``members``, with fresh server
+        state: one SISA shard federation."""
+        import copy
+
+        sh = copy.copy(self)
+        sh.excluded = (set(self.node_of) - set(members)) | set(self.excluded)
+        sh.history, sh.update_history, sh.callbacks = [], {}, []
+        sh.result, sh.unlearning, sh.serving_config = Result(), None, {}
+        sh.reset_server_state()
+        return sh
+
+    def reset_server_state(self) -> None:
+        """Back to the server state before round 1 (a retrain from scratch)."""
+        fresh = type(self)(self.cfg, self.params)
+        for a in self.server_state_attrs:
+            setattr(self, a, getattr(fresh, a, None))
+        self.update_history = {}
+
+    def record_round(
+        self, server_round: int, weights: list[np.ndarray], evaluation: Any, extra: dict[str, Any]
+    ) -> None:
+        """Append a round record made outside :meth:`run_rounds` (e.g. the evaluation of a
+        SISA ensemble) and tell the callbacks."""
+        self.result.arrays = ArrayRecord(weights)
+        record = RoundRecord(server_round, {}, {}, evaluation, [], [], 0.0, dict(extra))
+        self.history.append(record)
+        self._call("on_round_end", record)
+
+    def run_rounds(
+        self,
+        grid: Grid,
+        weights: list[np.ndarray],
+        first: int,
+        last: int,
+        *,
+        evaluate: bool = True,
+        extra_config: dict[str, Any] | None = None,
+        callbacks: bool = True,
+    ) -> list[np.ndarray]:
+        """Rounds ``first..last`` of the loop (train, evaluate, hooks, callbacks); the
+        unlearning session serves the requests scheduled at each round's end."""
+        for rnd in range(first, last + 1):
             t0 = time.perf_counter()
             self.on_round_start(rnd)
-            self._call("on_round_start", rnd)
-            # train
-            self.current_weights = weights
-            cfg = {**dict(train_config or {}), **self.train_config(rnd)}
-            train_replies = self.communicate(
-                grid, self.train_message_type(rnd), self.sample_train(rnd), rnd, weights, cfg
+            if callbacks:
+                self._call("on_round_start", rnd)
+            weights, train_metrics, train_replies, failures = self.train_phase(
+                grid, rnd, weights, self.sample_train(rnd), extra_config
             )
-            failures = list(self._last_failures)
-            new, train_metrics = self.aggregate(rnd, train_replies)
-            if new is not None:
-                weights = list(new)
-            weights = list(self.after_aggregate(rnd, weights, grid))
             self.result.arrays = ArrayRecord(weights)
             self.result.train_metrics_clientapp[rnd] = MetricRecord(to_scalar_dict(train_metrics))
-            # evaluate
-            eval_replies = self.communicate(
-                grid,
-                "evaluate",
-                self.evaluate_clients(rnd),
-                rnd,
-                weights,
-                self._evaluate_settings(rnd, evaluate_config),
-                require=False,
-            )
-            eval_failures = list(self._last_failures)
-            evaluation = self.evaluation_metrics(eval_replies)
+            evaluation: FederatedMetrics | None = None
+            eval_replies: list[ClientReply] = []
+            eval_failures: list[str] = []
+            if evaluate:
+                evaluation, eval_replies, eval_failures = self.evaluate_phase(
+                    grid, rnd, weights, self.evaluate_clients(rnd)
+                )
             preds = {
                 r.client_id: {
                     k: r.metrics[k] for k in (clf.PRED_LABEL, clf.PRED_GROUP, clf.PRED_VALUE)
@@ -575,10 +719,54 @@ class FedrecStrategy(Strategy):
                 wall_s=0.0,
             )
             self.after_evaluate(rnd, record, grid)
+            if self.unlearning is not None and callbacks:
+                weights = self.unlearning.after_round(grid, rnd, weights, record)
+                self.result.arrays = ArrayRecord(weights)
             record.wall_s = time.perf_counter() - t0
             self.on_round_end(rnd, record)
-            self.history.append(record)
-            self._call("on_round_end", record)
+            if callbacks:
+                self.history.append(record)
+                self._call("on_round_end", record)
+        return weights
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int | None = None,
+        timeout: float | None = None,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+    ) -> Result:
+        """Run setup and ``num_rounds`` rounds; returns Flower's ``Result``.
+
+        With unlearning requests or SISA shards (``[unlearning]``), the
+        :class:`fedrec.unlearning.session.Session` trains the shards, serves the scheduled
+        requests at their rounds and the others after training; ``fedrec unlearn`` starts
+        from a finished run's checkpoint and kept client state instead of training."""
+        num_rounds = num_rounds or self.total_rounds()
+        self.summary()
+        self.setup(grid)
+        from fedrec.unlearning.session import Session
+
+        self.unlearning = Session.for_strategy(self, grid)
+        arrays = (
+            initial_arrays if initial_arrays is not None else ArrayRecord(self.initial_weights())
+        )
+        self._call(
+            "on_run_start", {"partition_report": self.partition_report(), "num_rounds": num_rounds}
+        )
+        weights = arrays.to_numpy_ndarrays()
+        if self.unlearning is not None:
+            weights = self.unlearning.train(grid, weights, num_rounds)
+        else:
+            weights = self.run_rounds(grid, weights, 1, num_rounds)
         self.final_weights = weights
+        self.result.arrays = ArrayRecord(weights)
+        if self.cfg.output.keep_client_state and self.cfg.output.dir:
+            from fedrec.unlearning.session import keep_client_state
+
+            keep_client_state(self, grid)
         self._call("on_run_end", self.history)
         return self.result

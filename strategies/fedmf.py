@@ -92,6 +92,34 @@ class FedMF(RankingStrategy):
             "rows-touched": touched,
         }
 
+    # ---------------------------------------------------------------- unlearning hooks
+    # A train reply is the row-sparse upload itself: it is the update (FedEraser stores it,
+    # calibrates it per row and sends it back through ``aggregate``).
+    def client_update(self, reply, weights):
+        if self.params.aggregation == "dense":
+            return super().client_update(reply, weights)
+        return [np.array(a, copy=True) for a in reply.arrays()]
+
+    def reply_with_update(self, reply, update, weights):
+        if self.params.aggregation == "dense":
+            return super().reply_with_update(reply, update, weights)
+        return ClientReply(reply.client_id, reply.node_id, dict(reply.metrics), list(update))
+
+    def calibrate_update(self, old, new):
+        from fedrec.algorithms.unlearning import calibrate, calibrate_rows
+
+        if self.params.aggregation == "dense":
+            return calibrate(old, new)
+        return spec.pack_train(calibrate_rows(spec.unpack_train(old), spec.unpack_train(new)))
+
+    def apply_updates(self, server_round, weights, replies):
+        """A few clients' uploads as in a round of their own: per-row mean, SGD step."""
+        if self.params.aggregation == "dense":
+            return super().apply_updates(server_round, weights, replies)
+        uploads = [spec.unpack_train(r.weights) for r in replies if r.weights is not None]
+        newQ, _ = algo.sparse_server_step(weights[0], uploads, self.server_lr(server_round))
+        return [newQ]
+
     def server_lr(self, server_round: int) -> float:
         """``server-lr``, or the linear decay to ``server-lr-final`` over the rounds."""
         p = self.params

@@ -53,6 +53,7 @@ class FedSASRec(RankingStrategy):
     name = "fedsasrec"
     Params = FedSASRecParams
     client_half = "fedrec.clients.fedsasrec:SASRecClient"
+    history_updates = False  # its replies pack sparse item sums and weighted dense deltas
     server_state_attrs: ClassVar[tuple[str, ...]] = (
         "_adam",
     )  # FedAdam moments and step (None with sgd)

@@ -26,6 +26,22 @@ class RankingStrategy(FedrecStrategy):
     """Base of per-user federated recommenders evaluated by full ranking."""
 
     progress_keys = ("ndcg@10", "hr@10", "coverage@10")
+    unlearning_kinds = ("interactions", "users", "items", "client")
+
+    @classmethod
+    def unlearning_universe(cls, cfg):
+        from fedrec.recsys.data import cfg_user_data
+        from fedrec.unlearning.requests import Universe
+
+        ds, ud = cfg_user_data(cfg)
+        rows = ud.train.rows
+        return Universe(
+            num_users=ud.num_users,
+            num_items=ud.num_items,
+            num_clients=cfg.partition.num_clients,
+            attributes=tuple(sorted(ds.user_attrs or {})),
+            train_pairs=frozenset(zip(rows.tolist(), ud.train.indices.tolist())),
+        )
 
     @classmethod
     def preflight(cls, cfg) -> None:
@@ -48,6 +64,11 @@ class RankingStrategy(FedrecStrategy):
 
         self.ds, self.ud = cfg_user_data(self.cfg)
         self.popular = np.flatnonzero(popular_items(self.ud.item_counts(), 0.2))
+
+    def owned_users(self, client_id: int) -> np.ndarray:
+        from fedrec.recsys.data import client_users
+
+        return client_users(client_id, self.params.users_per_client, self.ud.num_users)
 
     def evaluate_config(self, server_round: int) -> dict[str, Any]:
         return {spec.POPULAR: self.popular.astype(np.int64)}
@@ -81,6 +102,7 @@ class RankingStrategy(FedrecStrategy):
         )
         popular = np.zeros(self.ud.num_items, dtype=bool)
         popular[self.popular] = True
+        self.last_per_user = (users, pu)  # for the unlearning reports (active/inactive gap)
         overall = mean_metrics(pu)
         overall["num_users"] = float((~np.isnan(pu["hr@10"])).sum())
         for k in spec.K_LIST:

@@ -62,7 +62,7 @@ attributes = ["gender"]
         ({"kind": "interactions", "pairs": [[3, 11]]}, "not training interactions"),
         ({"kind": "interactions", "pairs": [[3]]}, r"\[user, item\]"),
         ({"kind": "attribute", "attributes": ["race"]}, "unknown attribute"),
-        ({"kind": "users", "users": [1], "round": 0}, "round must be >= 1"),
+        ({"kind": "users", "users": [1], "round": -1}, "round must be >= 0"),
         ({"kind": "users", "users": [1.5]}, "must hold integers"),
     ],
 )

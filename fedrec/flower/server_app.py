@@ -101,10 +101,14 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
         if cfg.output.progress:
             callbacks.append(Progress(strategy_cls.progress_keys))
         strategy = strategy_cls(cfg, params, callbacks=callbacks)
+        strategy.stage_dir = stage
         t0 = time.perf_counter()
         strategy.start(grid)
         summary = build_summary(cfg, strategy, time.perf_counter() - t0)
         strategy.write_outputs(stage)
+        if strategy.unlearning is not None:
+            strategy.unlearning.write_outputs(stage)
+            summary["unlearning"] = _clean(strategy.unlearning.served)
         if strategy.predictions:
             write_predictions(stage / "predictions.csv", strategy.predictions)
         (stage / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")

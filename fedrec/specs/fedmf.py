@@ -70,6 +70,12 @@ class FedMFParams:
 P = "P"
 # query action: the opt-in embedding release (threat model "released embeddings")
 RELEASE = "fedmf_release"
+# unlearning actions (fedrec.unlearning): the GradDiff upload of forgetting clients and
+# the influence statistics (config "op": grad | hess); both reply like train
+UNLEARN_ASCENT = "unlearn_ascent"
+UNLEARN_INFLUENCE = "unlearn_influence"
+# train config key (optional): local epochs of this phase (FedEraser's calibration)
+LOCAL_EPOCHS = "local-epochs"
 # metric keys of the train reply
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"

@@ -5,7 +5,8 @@ A request file (``REQUEST.toml``) holds one or more ``[[request]]`` tables::
     [[request]]
     kind = "users"          # interactions | users | items | client | attribute
     users = [3, 17]
-    round = 5               # optional: served at this round of a training run (schedule)
+    round = 5               # optional: served at the end of this training round (the
+                            # schedule); 0 = before round 1 (the data never joins)
 
     [[request]]
     kind = "interactions"
@@ -173,8 +174,10 @@ def _parse_one(i: int, raw: Any) -> UnlearningRequest:
     else:
         ids = tuple(dict.fromkeys(_int(label, fld, v) for v in values))
     rnd = raw.get("round")
-    if rnd is not None and (_int(label, "round", rnd) < 1):
-        raise ConfigError(f"{label}: round must be >= 1, got {rnd!r}")
+    if rnd is not None and (_int(label, "round", rnd) < 0):
+        raise ConfigError(
+            f"{label}: round must be >= 0 (0: the data never joins the federation), got {rnd!r}"
+        )
     return UnlearningRequest(kind, ids, rnd, name)
 
 
