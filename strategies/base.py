@@ -117,6 +117,7 @@ class FedrecStrategy(Strategy):
         self.traffic = {"down": 0, "up": 0}
         #: per-round client updates (``unlearning.record-history``): round -> client -> arrays
         self.update_history: dict[int, dict[int, list[np.ndarray]]] = {}
+        self.history_dirty = False  # rounds were recorded in this run (not only loaded)
         self.unlearning: Any = None  # the run's fedrec.unlearning.session.Session, if any
         self.serving_config: dict[str, Any] = {}  # extra evaluate settings (a SISA ensemble)
         self.stage_dir: Any = None  # the run folder being written (set by the ServerApp)
@@ -541,6 +542,7 @@ class FedrecStrategy(Strategy):
         )
         failures = list(self._last_failures)
         if self.records_history():
+            self.history_dirty = True
             self.update_history[server_round] = {
                 r.client_id: self.client_update(r, weights) for r in replies if r.weights
             }

@@ -213,6 +213,7 @@ def test_unlearn_on_a_finished_run_leaves_it_unchanged(tmp_path):
     audit = [json.loads(x) for x in (tmp_path / "u" / "unlearning.jsonl").read_text().splitlines()]
     assert len(audit) == 1 and audit[0]["method"] == "federaser" and audit[0]["rounds"] >= 1
     assert not np.array_equal(weights(base)[0], weights(tmp_path / "u")[0])
+    assert (tmp_path / "u" / "history.npz").exists()  # a further request can use it
     summary = json.loads((tmp_path / "u" / "summary.json").read_text())
     assert summary["unlearning"][0]["before"]["retain_ndcg@10"] > 0
 

@@ -108,3 +108,12 @@ def test_recommender_mia_features_by_hand_and_attack_separates_members():
         um.recommender_mia_auc(Xs, ys, Xt, np.ones(200))
     with pytest.raises(ConfigError, match="outside 0..3"):
         um.mia_user_features(V, np.array([[4]]), [np.array([0])])
+
+
+def test_utility_ratio_and_relearn_recovery_by_hand():
+    assert um.utility_ratio(0.038, 0.040) == pytest.approx(0.95)
+    with pytest.raises(ConfigError, match="reference_value"):
+        um.utility_ratio(0.1, 0.0)
+    assert um.relearn_recovery(0.71, 0.52) == pytest.approx(0.19)
+    assert um.get_metric("relearn_recovery").axis == "robustness"
+    assert {m.name for m in um.list_metrics(axis="utility")} >= {"utility_ratio"}

@@ -347,6 +347,29 @@ def active_inactive_gap(per_user: Any, interactions: Any, share: float = 0.05) -
     return float(a.mean() - rest.mean())
 
 
+# ------------------------------------------------------------------ utility and robustness
+@register("utility_ratio", axis="utility", targets=("any",), ideal="high")
+def utility_ratio(value: float, reference_value: float) -> float:
+    """A utility metric (NDCG@10 on retained users, accuracy) as a share of a reference's
+    (the retrained or the unsharded model): 1 = as useful."""
+    if not float(reference_value) > 0:
+        raise ConfigError(f"reference_value must be > 0, got {reference_value!r}")
+    return float(value) / float(reference_value)
+
+
+@register(
+    "relearn_recovery",
+    axis="robustness",
+    targets=("user", "client", "interaction", "sample"),
+    ideal="match-retrain",
+)
+def relearn_recovery(completeness_relearned: float, completeness_unlearned: float) -> float:
+    """How far a completeness metric (an MIA AUC) moves after n relearning rounds on part of
+    the forget set: relearned minus unlearned. A model that truly forgot moves like the
+    retrained one; hidden traces make it move further."""
+    return float(completeness_relearned) - float(completeness_unlearned)
+
+
 # ------------------------------------------------------------------ efficiency
 @register("speedup", axis="efficiency", targets=("any",), ideal="high")
 def speedup(seconds_method: float, seconds_retrain: float) -> float:

@@ -467,18 +467,26 @@ class Session:
             "served": self.served,
         }
         (out_dir / "unlearning_state.json").write_text(json.dumps(state, indent=1) + "\n")
-        if s.update_history:  # by column per round (fedrec.protocol's reply format)
+        src = (
+            Path(self.cfg.unlearning.resume_from) / "history.npz"
+            if self.cfg.unlearning.resume_from
+            else None
+        )
+        if s.update_history and s.history_dirty:  # by column per round (fedrec.protocol's format)
             arrays = {
                 f"r{t}/{k}": v
                 for t, per in s.update_history.items()
                 for k, v in protocol.pack_replies({c: (ws, {}) for c, ws in per.items()}).items()
             }
             np.savez(out_dir / "history.npz", allow_pickle=False, **arrays)
-        elif self.cfg.unlearning.resume_from:  # not loaded (the method did not need it): keep
-            src = Path(self.cfg.unlearning.resume_from) / "history.npz"
-            if src.exists():
-                import shutil
+        elif src is not None and src.exists() and s.records_history():
+            # unchanged since the run it continues: a hard link (no copy of a large file)
+            import os
+            import shutil
 
+            try:
+                os.link(src, out_dir / "history.npz")
+            except OSError:
                 shutil.copyfile(src, out_dir / "history.npz")
         if self.assign is not None:
             from fedrec.checkpoint import pack_state
