@@ -69,32 +69,43 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_unlearn(args) -> int:
+    from pathlib import Path
+
     from fedrec.runner import unlearn
 
-    summary = unlearn(
-        args.run_dir,
-        args.request,
-        method=args.method,
-        out=args.out,
-        backend=args.backend,
-        overrides=args.override,
-        quiet=args.quiet,
-    )
+    kw = dict(backend=args.backend, overrides=args.override, quiet=args.quiet)
+    summary = unlearn(args.run_dir, args.request, method=args.method, out=args.out, **kw)
+    reference = None
+    if args.compare_retrain and summary["unlearning"][-1]["method"] != "retrain":
+        out = Path(summary["out_dir"])
+        reference = unlearn(
+            args.run_dir,
+            args.request,
+            method="retrain",
+            out=out.with_name(out.name + "-retrain"),
+            **kw,
+        )
     print()
-    for e in summary.get("unlearning", []):
+    for i, e in enumerate(summary.get("unlearning", [])):
         kinds = ", ".join(sorted({r["kind"] for r in e["requests"]}))
         print(
             f"{e['method']}: {len(e['requests'])} request(s) ({kinds}) at round {e['round']}: "
             f"{e['seconds']:.2f} s, {e['rounds']} rounds, {e['bytes_down']} B down, "
             f"{e['bytes_up']} B up; {len(e['leaving'])} client(s) left"
         )
-        keys = sorted(set(e["metrics"]) | set(e.get("before", {})))
-        print(f"  {'metric':<28}{'before':>12}{'after':>12}")
-        for k in keys:
-            b, a = e.get("before", {}).get(k), e["metrics"].get(k)
-            fb = f"{b:12.4f}" if b is not None else f"{'-':>12}"
-            fa = f"{a:12.4f}" if a is not None else f"{'-':>12}"
-            print(f"  {k:<28}{fb}{fa}")
+        ref = reference["unlearning"][i] if reference else None
+        cols = ["original", e["method"]] + (["retrain", "|method - retrain|"] if ref else [])
+        print(f"  {'metric':<28}" + "".join(f"{c:>20}" for c in cols))
+        for k in sorted(set(e["metrics"]) | set(e.get("before", {}))):
+            vals = [e.get("before", {}).get(k), e["metrics"].get(k)]
+            if ref:
+                r = ref["metrics"].get(k)
+                vals += [r, None if r is None or vals[1] is None else abs(vals[1] - r)]
+            print(
+                f"  {k:<28}" + "".join("-".rjust(20) if v is None else f"{v:20.4f}" for v in vals)
+            )
+        if ref:
+            print(f"  speedup over retrain: {ref['seconds'] / max(e['seconds'], 1e-9):.1f}x")
     print(f"outputs: {summary['out_dir']} (unlearning.jsonl, summary.json)")
     return 0
 
@@ -195,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     un.add_argument("--out", help="output folder (default <run_dir>-unlearn-<method>)")
     un.add_argument("--backend", choices=("ray", "local", "deployment"))
+    un.add_argument(
+        "--compare-retrain",
+        action="store_true",
+        help="also serve the requests with retrain (the gold reference) and show both",
+    )
     un.add_argument(
         "-c", "--config-override", dest="override", action="append", default=[], metavar="KEY=VALUE"
     )

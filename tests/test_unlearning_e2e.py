@@ -185,7 +185,7 @@ def test_no_message_of_an_unlearning_holds_embeddings_or_forgotten_pairs(tmp_pat
 
 
 @pytest.mark.e2e
-def test_unlearn_on_a_finished_run_leaves_it_unchanged(tmp_path):
+def test_unlearn_on_a_finished_run_leaves_it_unchanged(tmp_path, capsys):
     base = tmp_path / "base"
     fedrec.run({**REC, "unlearning.record-history": True}, backend="local", out=base, quiet=True)
     digest = tree_digest(base)
