@@ -415,3 +415,23 @@ def test_sisa_learned_aggregator_weights_are_fitted_kept_and_refitted(tmp_path):
     )
     assert s["unlearning"][0]["before"]["retain_accuracy"] > 0.5
     assert s["unlearning"][0]["metrics"]["retain_accuracy"] > 0.5
+
+
+@pytest.mark.e2e
+def test_sisa_drops_a_shard_whose_every_client_left(tmp_path):
+    cfg = {
+        "dataset.name": "adult",
+        "partition.num-clients": 3,
+        "partition.scheme": "iid",
+        "num-server-rounds": 2,
+        "output.plots": False,
+        "output.progress": False,
+        "unlearning.shards": 3,  # one client per shard
+        "unlearning.method": "sisa",
+        "unlearning.requests": req({"kind": "client", "clients": [1]}),
+    }
+    s = fedrec.run(cfg, backend="local", out=tmp_path / "r", quiet=True)
+    e = s["unlearning"][0]
+    assert e["leaving"] == [1] and e["rounds"] == 0  # nothing left to retrain
+    assert len(weights(tmp_path / "r")) == 2 * 2  # two shard models of (W, b) remain
+    assert e["metrics"]["retain_accuracy"] > 0.5

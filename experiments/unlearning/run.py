@@ -423,7 +423,7 @@ def report(res_path: Path, dst: Path) -> None:
         if tr:
             lines += [
                 "",
-                "Trained models: "
+                f"Trained models (seed {rs[0]['seed']}): "
                 + "; ".join(
                     f"{n}: " + ", ".join(f"{k} {v:.4f}" for k, v in d.items())
                     for n, d in tr.items()

@@ -190,9 +190,14 @@ def _mf(strategy, weights, requests, session) -> dict[str, Any]:
         Pf, sf = _folded(strategy, ud, f_users, weights, "oracle")
         Pu, su = _folded(strategy, ud, unseen, weights, "oracle")
         ok_f, ok_u = np.isfinite(sf), np.isfinite(su)
-        out["mia_auc"] = mia_auc(sf[ok_f], su[ok_u])
-        out["mia_tpr@1%fpr"] = mia_tpr_at_fpr(sf[ok_f], su[ok_u], 0.01)
-        out.update(_ccs21(strategy, ud, weights, f_users, Pf, unseen, Pu, gone | set(unseen)))
+        if ok_f.any() and ok_u.any():  # (a user whose SISA shard no longer exists: no model)
+            out["mia_auc"] = mia_auc(sf[ok_f], su[ok_u])
+            out["mia_tpr@1%fpr"] = mia_tpr_at_fpr(sf[ok_f], su[ok_u], 0.01)
+            out.update(
+                _ccs21(
+                    strategy, ud, weights, f_users[ok_f], Pf[ok_f], unseen, Pu, gone | set(unseen)
+                )
+            )
     if pairs:
         users = np.asarray(sorted(pairs), dtype=np.int64)
         kept = ul.forget_view(ud, (), [(u, i) for u in pairs for i in pairs[u]], ())

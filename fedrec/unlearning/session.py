@@ -208,7 +208,7 @@ class Session:
         self.served: list[dict[str, Any]] = []
         self.assign: np.ndarray | None = None  # SISA: shard of every client
         self.shard_strategies: list[Any] = []
-        self.shard_weights: list[list[np.ndarray]] = []
+        self.shard_weights: list[list[np.ndarray] | None] = []
         self.last_evaluation: Any = None
         self.alpha: np.ndarray | None = None  # SISA's learned shard weights
         stage = getattr(strategy, "stage_dir", None)
@@ -382,8 +382,17 @@ class Session:
         for k in range(u.shards):
             sh = s.shard_view(self.shard_members(k))
             log.info("sisa: training shard %d/%d (%d clients)", k + 1, u.shards, len(sh.client_ids))
-            w = sh.run_rounds(
-                grid, [np.array(a) for a in weights], 1, num_rounds, evaluate=False, callbacks=False
+            w = (
+                sh.run_rounds(
+                    grid,
+                    [np.array(a) for a in weights],
+                    1,
+                    num_rounds,
+                    evaluate=False,
+                    callbacks=False,
+                )
+                if sh.client_ids
+                else None  # no client: no model (left out of the ensemble)
             )
             self.shard_strategies.append(sh)
             self.shard_weights.append(w)
@@ -401,11 +410,17 @@ class Session:
         aggregator the shard weights are (re)fitted (:meth:`fit_aggregator`)."""
         s = self.strategy
         assert self.assign is not None
+        # a shard whose every client left has no model: the ensemble is the others
+        live = [k for k, w in enumerate(self.shard_weights) if w is not None]
+        if not live:
+            raise FedrecError("sisa: every shard has lost all its clients; nothing to serve")
+        index = np.full(len(self.shard_weights), -1, dtype=np.int64)
+        index[live] = np.arange(len(live))
         s.serving_config = {
-            "sisa-shards": len(self.shard_weights),
-            "sisa-assign": np.asarray(self.assign, dtype=np.int64),
+            "sisa-shards": len(live),
+            "sisa-assign": index[np.asarray(self.assign, dtype=np.int64)],
         }
-        weights = [a for w in self.shard_weights for a in w]
+        weights = [a for k in live for a in self.shard_weights[k]]
         if self.cfg.unlearning.aggregator == "learned":
             if fit:
                 self.alpha = self.fit_aggregator(grid, rnd, weights)
@@ -419,7 +434,7 @@ class Session:
         from fedrec.algorithms.sisa import softmax
 
         s = self.strategy
-        S = len(self.shard_weights)
+        S = int(s.serving_config["sisa-shards"])
         s.communicate(grid, "query.sisa_evidence", s.client_ids, rnd, weights, s.serving_config)
         loss = "logistic" if hasattr(s, "ud") else "mixture"
         theta = np.zeros(S)
@@ -452,7 +467,7 @@ class Session:
             sh = self.shard_strategies[k]
             sh.excluded |= self.strategy.excluded
             log.info("sisa: retraining shard %d (%d clients)", k, len(sh.client_ids))
-            self.shard_weights[k] = job.retrain(sh.client_ids, sh)
+            self.shard_weights[k] = job.retrain(sh.client_ids, sh) if sh.client_ids else None
         job.affected_shards = sorted(affected)  # type: ignore[attr-defined]
         return self.sisa_serving(job.grid, job.serve_round)
 
@@ -538,7 +553,7 @@ class Session:
                 st = unpack_state(str(z["skeleton"]), {k: z[k] for k in z.files if k != "skeleton"})
             self.assign = np.asarray(st["assign"])
             self.alpha = st.get("alpha")
-            self.shard_weights = [list(w) for w in st["weights"]]
+            self.shard_weights = [None if w is None else list(w) for w in st["weights"]]
             self.shard_strategies = []
             for k, state in enumerate(st["states"]):
                 sh = s.shard_view(self.shard_members(k))
