@@ -143,7 +143,12 @@ class Job:
         s = strategy or self.strategy
         pool = sorted(clients if clients is not None else s.client_ids)
         w = list(weights)
-        for rnd in range(first, last + 1):
+        rounds = range(first, last + 1)
+        if s.cfg.output.progress and len(rounds) > 1:
+            from tqdm.auto import tqdm
+
+            rounds = tqdm(rounds, desc=f"unlearning ({self.session.method.name})", unit="round")
+        for rnd in rounds:
             s.on_round_start(rnd)
             sampled = sample_clients(pool, s.train_fraction(rnd), s.cfg.seed, rnd)
             s._sampled = sampled
@@ -420,7 +425,7 @@ class Session:
             "sisa-shards": len(live),
             "sisa-assign": index[np.asarray(self.assign, dtype=np.int64)],
         }
-        weights = [a for k in live for a in self.shard_weights[k]]
+        weights = [a for w in self.shard_weights if w is not None for a in w]
         if self.cfg.unlearning.aggregator == "learned":
             if fit:
                 self.alpha = self.fit_aggregator(grid, rnd, weights)
