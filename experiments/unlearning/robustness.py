@@ -120,6 +120,21 @@ def main(argv=None) -> int:
     out = Path(args.out)
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x]
     done = []
+    seen = set()
+    for r in rows:  # the Original model itself, once per scenario and seed (the baseline)
+        sc, seed = r["scenario"], r["seed"]
+        run_r = out / f"{sc}-s{seed}-retrain"
+        if (
+            (sc, seed) in seen
+            or not sc.startswith(("users-", "user1", "seq"))
+            or not run_r.exists()
+        ):
+            continue
+        seen.add((sc, seed))
+        res = evaluate(out / f"fedmf_ml100k-s{seed}-original", run_r, args.relearn_rounds)
+        if res:
+            done.append({"scenario": sc, "seed": seed, "method": "(original)", **res})
+            print(json.dumps(done[-1]), flush=True)
     for r in rows:
         sc, seed, m = r["scenario"], r["seed"], r["method"]
         if m in ("retrain", "sisa", "sisa-learned") or not sc.startswith(
