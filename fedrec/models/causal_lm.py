@@ -1,0 +1,189 @@
+"""A small decoder-only transformer and a word tokenizer (issue 12, in progress).
+
+The language-model substrate of the LM-unlearning methods (MRD, U2A) and, later, of the
+item-token recommender. Trained from scratch: no weights and no tokenizer are downloaded.
+
+- :class:`WordTokenizer` — a closed word vocabulary (the corpus's words) plus ``<pad>``,
+  ``<bos>``, ``<eos>`` and ``<unk>``; text is lower-case, whitespace-separated words.
+- :class:`CausalLM` — pre-LayerNorm transformer blocks with hand-written causal
+  multi-head attention (plain tensor ops, so :mod:`torch.func` transforms such as ``vmap``
+  and ``jvp`` apply), learned position embeddings and an output layer tied to the token
+  embedding. Initialisation is seeded.
+- :func:`token_logprobs` / :func:`sequence_nll` — per-token log-likelihoods and the mean
+  NLL over a mask (e.g. the answer tokens of a question-answer pair);
+- :func:`generate` — greedy or seeded sampled continuation;
+- :func:`per_sample_grads` — the gradient of every sample's NLL in one batched call
+  (``torch.func.vmap`` over ``torch.func.grad``).
+
+No flwr import.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CausalLM",
+    "WordTokenizer",
+    "generate",
+    "per_sample_grads",
+    "sequence_nll",
+    "token_logprobs",
+]
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+class WordTokenizer:
+    """Whitespace words over a closed vocabulary (module docstring)."""
+
+    def __init__(self, words: Sequence[str]):
+        vocab = list(SPECIALS) + sorted(set(words) - set(SPECIALS))
+        self.itos = vocab
+        self.stoi = {w: i for i, w in enumerate(vocab)}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = [self.stoi.get(w, UNK) for w in text.lower().split()]
+        return ([BOS] if bos else []) + ids + ([EOS] if eos else [])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.itos[i] for i in ids if i not in (PAD, BOS, EOS))
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
+        q = q.view(B, T, h, D // h).transpose(1, 2)
+        k = k.view(B, T, h, D // h).transpose(1, 2)
+        v = v.view(B, T, h, D // h).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(D // h)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, D)
+        x = x + self.proj(y)
+        return x + self.mlp(self.ln2(x))
+
+
+class CausalLM(nn.Module):
+    """A decoder-only transformer language model (module docstring)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        context: int = 32,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} must be a multiple of n_heads {n_heads}")
+        self.context = context
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.tok = nn.Embedding(vocab_size, d_model)
+            self.pos = nn.Embedding(context, d_model)
+            self.blocks = nn.ModuleList([_Block(d_model, n_heads) for _ in range(n_layers)])
+            self.ln = nn.LayerNorm(d_model)
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(m.weight, 0.0, 0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, T, V)`` for token ids ``(B, T)`` (``T <= context``)."""
+        T = ids.shape[-1]
+        if T > self.context:
+            raise ValueError(f"sequence length {T} exceeds the context {self.context}")
+        x = self.tok(ids) + self.pos(torch.arange(T, device=ids.device))
+        for b in self.blocks:
+            x = b(x)
+        return self.ln(x) @ self.tok.weight.T
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
+    """Right-padded ``(B, T)`` int64 ids."""
+    T = length or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), T), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(list(s)[:T], dtype=torch.long)
+    return out
+
+
+def token_logprobs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """``log p(x_t | x_<t)`` for ``t = 1..T-1``: ``(B, T-1)``."""
+    logits = model(ids[:, :-1])
+    return logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def sequence_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean NLL per sequence over the target positions where ``mask`` (``(B, T)``, aligned
+    with ``ids``; position 0 is never a target) is true: ``(B,)``."""
+    lp = token_logprobs(model, ids)
+    m = mask[:, 1:].to(lp.dtype)
+    return -(lp * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+@torch.no_grad()
+def generate(
+    model: CausalLM,
+    prompt: Sequence[int],
+    max_new: int,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    seed: int = 0,
+    stop: int | None = EOS,
+) -> list[int]:
+    """Continue ``prompt`` by up to ``max_new`` tokens (greedy, or sampled with a seeded
+    generator); stops after ``stop``. Returns the new tokens."""
+    g = torch.Generator().manual_seed(seed)
+    ids = list(prompt)
+    out: list[int] = []
+    for _ in range(max_new):
+        window = torch.as_tensor([ids[-model.context :]], dtype=torch.long)
+        logits = model(window)[0, -1]
+        if greedy:
+            nxt = int(logits.argmax())
+        else:
+            probs = (logits / temperature).softmax(-1)
+            nxt = int(torch.multinomial(probs, 1, generator=g))
+        ids.append(nxt)
+        out.append(nxt)
+        if stop is not None and nxt == stop:
+            break
+    return out
+
+
+def per_sample_grads(
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The gradient of each sequence's :func:`sequence_nll` w.r.t. every parameter,
+    stacked along a new first axis (one batched ``vmap(grad)`` call)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, x, m):
+        return sequence_nll(lambda t: functional_call(model, p, (t,)), x[None], m[None])[0]
+
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, ids, mask)
