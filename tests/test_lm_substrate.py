@@ -128,3 +128,22 @@ def test_mrd_uses_common_random_numbers_and_matches_its_second_order_form():
     est2 = hessian_trace(lambda p: 0.5 * p["w"] @ D @ p["w"], {"w": 2 * q["w"]}, probes=5)
     rms2 = float((2 * q["w"]).pow(2).mean())
     assert float(est2) == pytest.approx(2.5 * rms2, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_training_memorises_the_training_facts_and_exact_match_checks_words():
+    from fedrec.models.causal_lm import exact_match, train_lm
+
+    w = make_fact_world(num_people=10, attributes=("pet",), idiosyncratic_fraction=0.5, seed=1)
+    tok = WordTokenizer(w.vocabulary())
+    docs = [tok.encode(d, bos=True, eos=True) for d in w.training_corpus()]
+    model = CausalLM(len(tok), d_model=32, n_layers=1, n_heads=2, context=24, seed=0)
+    losses = train_lm(model, docs, epochs=60, batch_size=8, lr=1e-2, seed=0)
+    assert losses[-1] < 0.3 * losses[0]
+    trained = [(f.question, f.answer) for f in w.facts if f.split != "holdout"]
+    assert np.mean(exact_match(model, tok, trained)) >= 0.6
+    often = [(f.question, f.answer) for f in w.facts if f.split != "holdout" and f.repeats == 10]
+    assert often and all(exact_match(model, tok, often))  # repeated facts are memorised
+    held = [(f.question, f.answer) for f in w.split("holdout")]
+    assert not any(exact_match(model, tok, held))  # never seen: its answer is unknowable
+    assert exact_match(model, tok, [(trained[0][0], trained[0][1] + " extra")]) == [False]

@@ -28,6 +28,8 @@ from torch import nn
 
 __all__ = [
     "CausalLM",
+    "exact_match",
+    "train_lm",
     "WordTokenizer",
     "generate",
     "per_sample_grads",
@@ -187,3 +189,48 @@ def per_sample_grads(
         return sequence_nll(lambda t: functional_call(model, p, (t,)), x[None], m[None])[0]
 
     return vmap(grad(loss), in_dims=(None, 0, 0))(params, ids, mask)
+
+
+def train_lm(
+    model: nn.Module,
+    seqs: Sequence[Sequence[int]],
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> list[float]:
+    """Next-token training of ``model`` on ``seqs`` (Adam, seeded mini-batch order); returns
+    the mean loss of every epoch."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    ids = pad_batch(seqs)
+    mask = ids != PAD
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(seqs), generator=g)
+        total, n = 0.0, 0
+        for a in range(0, len(seqs), batch_size):
+            b = order[a : a + batch_size]
+            loss = sequence_nll(model, ids[b], mask[b]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+            n += len(b)
+        losses.append(total / max(n, 1))
+    model.eval()
+    return losses
+
+
+def exact_match(
+    model: CausalLM, tok: WordTokenizer, pairs: Sequence[tuple[str, str]]
+) -> list[bool]:
+    """Greedy answer to each question (``<bos> question`` then generation until
+    ``<eos>``) equals the reference answer, word for word."""
+    out = []
+    for q, a in pairs:
+        want = tok.encode(a)
+        got = generate(model, tok.encode(q, bos=True), len(want) + 1)
+        out.append(got[: len(want)] == want and (len(got) == len(want) or got[len(want)] == EOS))
+    return out
