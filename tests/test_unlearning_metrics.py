@@ -117,3 +117,40 @@ def test_utility_ratio_and_relearn_recovery_by_hand():
     assert um.relearn_recovery(0.71, 0.52) == pytest.approx(0.19)
     assert um.get_metric("relearn_recovery").axis == "robustness"
     assert {m.name for m in um.list_metrics(axis="utility")} >= {"utility_ratio"}
+
+
+def test_language_model_membership_scores_by_hand():
+    import zlib
+
+    lp = [-0.1, -2.0, -0.5, -3.0, -0.2]
+    assert um.min_k_score(lp, k=0.2) == pytest.approx(-3.0)
+    assert um.min_k_score(lp, k=0.4) == pytest.approx(-2.5)
+    assert um.min_k_score(lp, k=1.0) == pytest.approx(np.mean(lp))
+    with pytest.raises(ConfigError, match="k must be"):
+        um.min_k_score(lp, k=0.0)
+    text = "mirel tovak was born in karsolde ."
+    assert um.zlib_ratio_score(-12.0, text) == pytest.approx(
+        -12.0 / len(zlib.compress(text.encode()))
+    )
+    # truth ratio: mean_j p_j / p_true with length-normalised log-probabilities
+    assert um.truth_ratio(-1.0, [-2.0, -3.0]) == pytest.approx((np.exp(-1.0) + np.exp(-2.0)) / 2)
+    assert um.get_metric("forget_quality").ideal == "high"
+
+
+def test_forget_quality_is_the_two_sample_ks_p_value():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 80), rng.normal(0.8, 1, 60)
+    # the KS statistic by hand: the largest gap between the two empirical CDFs
+    grid = np.sort(np.concatenate([a, b]))
+    d = np.max(
+        np.abs(
+            np.searchsorted(np.sort(a), grid, "right") / a.size
+            - np.searchsorted(np.sort(b), grid, "right") / b.size
+        )
+    )
+    from scipy.stats import ks_2samp
+
+    res = ks_2samp(a, b)
+    assert res.statistic == pytest.approx(d)
+    assert um.forget_quality(a, b) == pytest.approx(res.pvalue) and um.forget_quality(a, b) < 0.01
+    assert um.forget_quality(a, a) == pytest.approx(1.0)

@@ -77,6 +77,12 @@ __all__ = [
     "score_distance",
     "speedup",
     "topk_overlap",
+    "utility_ratio",
+    "relearn_recovery",
+    "min_k_score",
+    "zlib_ratio_score",
+    "truth_ratio",
+    "forget_quality",
 ]
 
 AXES: tuple[str, ...] = ("completeness", "utility", "efficiency", "fairness", "robustness")
@@ -368,6 +374,52 @@ def relearn_recovery(completeness_relearned: float, completeness_unlearned: floa
     the forget set: relearned minus unlearned. A model that truly forgot moves like the
     retrained one; hidden traces make it move further."""
     return float(completeness_relearned) - float(completeness_unlearned)
+
+
+# ------------------------------------------------------------------ language models
+# Per-sequence membership scores (higher = more likely a training member), fed to mia_auc;
+# TOFU's truth ratio and forget quality (Maini et al. 2024).
+@register("min_k_score", axis="completeness", targets=("sample",), ideal="match-retrain")
+def min_k_score(token_logprobs: Any, k: float = 0.2) -> float:
+    """Min-K% prob (Shi et al. 2024): the mean of the lowest ``k`` share of a sequence's
+    token log-probabilities (at least one token)."""
+    lp = np.sort(_scores("token_logprobs", token_logprobs))
+    if not 0.0 < float(k) <= 1.0:
+        raise ConfigError(f"k must be in (0, 1], got {k!r}")
+    n = max(1, int(np.ceil(float(k) * lp.size)))
+    return float(lp[:n].mean())
+
+
+@register("zlib_ratio_score", axis="completeness", targets=("sample",), ideal="match-retrain")
+def zlib_ratio_score(sum_logprob: float, text: str) -> float:
+    """zlib-ratio MIA score (Carlini et al. 2021): the sequence log-likelihood divided by
+    the zlib-compressed length of its text in bytes (memorised text is likely yet not
+    merely repetitive)."""
+    import zlib
+
+    n = len(zlib.compress(str(text).encode("utf-8")))
+    return float(sum_logprob) / n
+
+
+@register("truth_ratio", axis="completeness", targets=("sample", "concept"), ideal="match-retrain")
+def truth_ratio(paraphrased_logprob: float, perturbed_logprobs: Any) -> float:
+    """TOFU's truth ratio from length-normalised log-probabilities (mean log-probability per
+    token): ``mean_j exp(lp_perturbed_j) / exp(lp_paraphrased)``. Near 1: the model no longer
+    prefers the true answer over wrong ones."""
+    pert = _scores("perturbed_logprobs", perturbed_logprobs)
+    return float(np.mean(np.exp(pert - float(paraphrased_logprob))))
+
+
+@register("forget_quality", axis="completeness", targets=("sample", "concept"), ideal="high")
+def forget_quality(truth_ratios: Any, retain_model_truth_ratios: Any) -> float:
+    """TOFU's forget quality: the two-sample Kolmogorov-Smirnov p-value between the
+    unlearned model's and the retain-only model's truth ratios on the forget set (high =
+    indistinguishable from never having trained on it)."""
+    from scipy.stats import ks_2samp
+
+    a = _scores("truth_ratios", truth_ratios)
+    b = _scores("retain_model_truth_ratios", retain_model_truth_ratios)
+    return float(ks_2samp(a, b).pvalue)
 
 
 # ------------------------------------------------------------------ efficiency
