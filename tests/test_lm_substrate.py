@@ -147,3 +147,20 @@ def test_training_memorises_the_training_facts_and_exact_match_checks_words():
     held = [(f.question, f.answer) for f in w.split("holdout")]
     assert not any(exact_match(model, tok, held))  # never seen: its answer is unknowable
     assert exact_match(model, tok, [(trained[0][0], trained[0][1] + " extra")]) == [False]
+
+
+def test_easy_first_sampling_prefers_low_mrd_and_anneals_to_uniform():
+    from fedrec.algorithms.mrd import annealed_tau, easy_first_probs
+
+    mrd = torch.tensor([1e6, 3.0, 50.0, 1e-2])  # ranks: 3, 1, 2, 0
+    p = easy_first_probs(mrd, tau=0.1)
+    assert torch.isclose(p.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert p.argsort(descending=True).tolist() == [3, 1, 2, 0]
+    # by hand: exp(-r / (3 tau)) normalised
+    w = torch.exp(-torch.tensor([3.0, 1.0, 2.0, 0.0], dtype=torch.float64) / 3 / 0.1)
+    assert torch.allclose(p, w / w.sum())
+    assert torch.allclose(
+        easy_first_probs(mrd, tau=1e6), torch.full((4,), 0.25, dtype=torch.float64)
+    )
+    assert annealed_tau(0, 10) == pytest.approx(0.1) and annealed_tau(9, 10) == pytest.approx(10.0)
+    assert annealed_tau(0, 10) < annealed_tau(5, 10) < annealed_tau(9, 10)

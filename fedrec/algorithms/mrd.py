@@ -25,13 +25,20 @@ second-order form on small models. Pure torch; no flwr import.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from fedrec.seeding import derive_seed
 
-__all__ = ["hessian_trace", "mrd_scores", "perturbation", "tensor_scales"]
+__all__ = [
+    "annealed_tau",
+    "easy_first_probs",
+    "hessian_trace",
+    "mrd_scores",
+    "perturbation",
+    "tensor_scales",
+]
 
 Params = dict[str, torch.Tensor]
 
@@ -104,3 +111,32 @@ def hessian_trace(
         hv = jvp(grad(loss_fn), (params,), (v,))[1]
         total += sum((v[k] * hv[k]).sum().double() for k in params)
     return total / probes
+
+
+def easy_first_probs(mrd: torch.Tensor | Sequence[float], tau: float) -> torch.Tensor:
+    """MRD-weighted sampling (the paper's easy-first curriculum): ``P(i) ∝ exp(-r_i / tau)``
+    with ``r_i`` the rank of ``MRD_i`` scaled to ``[0, 1]`` (0 = the easiest sample).
+
+    MRD is ``1 / (eps + mean |change|)`` and spans orders of magnitude, so its rank, not its
+    value, enters the softmax: ``tau`` then means the same for any model (a choice of
+    fedrec; the paper's normalisation is not public). ``tau -> inf`` is uniform sampling.
+    """
+    m = torch.as_tensor(mrd, dtype=torch.float64).ravel()
+    if m.numel() == 0:
+        raise ValueError("no samples")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if m.numel() == 1:
+        return torch.ones(1, dtype=torch.float64)
+    ranks = torch.empty_like(m)
+    ranks[torch.argsort(m, stable=True)] = torch.arange(m.numel(), dtype=torch.float64)
+    return torch.softmax(-(ranks / (m.numel() - 1)) / tau, dim=0)
+
+
+def annealed_tau(step: int, total: int, tau0: float = 0.1, tau_end: float = 10.0) -> float:
+    """Geometric annealing of the sampling temperature from ``tau0`` (easy first) at step 0
+    to ``tau_end`` (nearly uniform) at the last step, so hard samples are covered too."""
+    if total <= 1:
+        return tau_end
+    frac = min(max(step / (total - 1), 0.0), 1.0)
+    return float(tau0 * (tau_end / tau0) ** frac)
