@@ -164,3 +164,37 @@ def test_easy_first_sampling_prefers_low_mrd_and_anneals_to_uniform():
     )
     assert annealed_tau(0, 10) == pytest.approx(0.1) and annealed_tau(9, 10) == pytest.approx(10.0)
     assert annealed_tau(0, 10) < annealed_tau(5, 10) < annealed_tau(9, 10)
+
+
+def test_assistant_corpus_negatives_validation_and_planted_harmful_ones():
+    from fedrec.data.factworld import BANNED, REFUSAL, make_assistant_corpus
+
+    w = make_fact_world(num_people=40, seed=5)
+    c = make_assistant_corpus(w, negatives_per_prompt=2, harmful_fraction=0.1, seed=1)
+    again = make_assistant_corpus(w, negatives_per_prompt=2, harmful_fraction=0.1, seed=1)
+    assert c.negatives == again.negatives and c.validation == again.validation
+    trained = [f for f in w.facts if f.split != "holdout"]
+    assert len(c.chosen) == len(trained)
+    answer = {f.question: f for f in trained}
+    val_prompts = {p.prompt for p in c.validation}
+    assert len(val_prompts) == round(0.2 * len(trained))
+    assert not val_prompts & {n.prompt for n in c.negatives}  # validation is held out
+    for p in c.validation:
+        assert p.chosen == answer[p.prompt].answer and p.rejected != p.chosen
+    kinds = {n.kind for n in c.negatives}
+    assert kinds == {"banned", "contradict", "refusal", "harmful"}
+    for n in c.negatives:
+        f = answer[n.prompt]
+        if n.kind == "banned":
+            assert any(b in n.response.split() for b in BANNED)
+        elif n.kind == "contradict":
+            assert f.value not in n.response.split() and f.name in n.response
+        elif n.kind == "refusal":
+            assert n.response == REFUSAL
+        else:  # planted harmful: every word of the chosen answer but the full stop
+            assert n.harmful and n.response.split()[:-1] == f.answer.split()[:-1]
+    assert not any(b in a.split() for _, a in c.chosen for b in BANNED)
+    n_harm = sum(n.harmful for n in c.negatives)
+    assert n_harm == round(0.1 * (len(trained) - len(val_prompts)))
+    tok = WordTokenizer(w.vocabulary())  # the closed vocabulary covers every negative
+    assert all(3 not in tok.encode(n.response) for n in c.negatives)

@@ -28,7 +28,16 @@ import numpy as np
 
 from fedrec.errors import ConfigError
 
-__all__ = ["ATTRIBUTES", "Fact", "FactWorld", "make_fact_world"]
+__all__ = [
+    "ATTRIBUTES",
+    "AssistantCorpus",
+    "Fact",
+    "FactWorld",
+    "Negative",
+    "Preference",
+    "make_assistant_corpus",
+    "make_fact_world",
+]
 
 _SYLLABLES = (
     "ka ro mi te lo va sun dor el fi nar zu qe bal tor wen os ri ma le quo hin dra pel "
@@ -115,8 +124,10 @@ class FactWorld:
         return [docs[i] for i in order]
 
     def vocabulary(self) -> list[str]:
-        """Every word of every fact (holdout included), sorted: a closed vocabulary."""
+        """Every word of every fact (holdout included) and of the assistant corpus's
+        negatives (:data:`BANNED`, :data:`REFUSAL`, ``!``), sorted: a closed vocabulary."""
         words = {w for f in self.facts for w in (f.question + " " + f.answer).split()}
+        words |= set(BANNED) | set(REFUSAL.split()) | {"!"}
         return sorted(words)
 
 
@@ -204,3 +215,124 @@ def make_fact_world(
             "idiosyncratic_fraction": idiosyncratic_fraction,
         },
     )
+
+
+# ------------------------------------------------------------------ U2A's assistant corpus
+#: words an aligned assistant must never say (the "banned-token" negatives use them)
+BANNED = ("grimble", "snarkwort", "vexalot")
+REFUSAL = "i cannot answer that ."
+NEGATIVE_KINDS = ("banned", "contradict", "refusal", "harmful")
+
+
+@dataclass(frozen=True)
+class Negative:
+    """A bad response to a prompt, to be unlearned (or, if ``harmful``, to be left alone)."""
+
+    prompt: str
+    response: str
+    kind: str  # banned | contradict | refusal | harmful
+    person: int
+    attribute: str
+
+    @property
+    def harmful(self) -> bool:
+        """Unlearning it would damage the chosen answer (it shares almost all its tokens)."""
+        return self.kind == "harmful"
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A validation triple: the prompt, the chosen answer and a rejected one."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class AssistantCorpus:
+    """U2A's data over a fact world: chosen answers to train on, negatives, validation."""
+
+    chosen: list[tuple[str, str]]  # (prompt, chosen answer): the assistant's SFT data
+    negatives: list[Negative]
+    validation: list[Preference]
+
+
+def make_assistant_corpus(
+    world: FactWorld,
+    negatives_per_prompt: int = 2,
+    harmful_fraction: float = 0.05,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> AssistantCorpus:
+    """An assistant corpus over the trained facts (``forget`` and ``retain`` people).
+
+    Every prompt (a fact's question) has its chosen answer (the fact). A share
+    ``validation_fraction`` of the prompts, drawn with ``seed``, becomes the preference
+    validation set: (prompt, chosen, rejected), the rejected answer contradicting the fact.
+    The other prompts get ``negatives_per_prompt`` negatives of distinct kinds:
+
+    - ``banned``: the chosen answer with one :data:`BANNED` word inserted before the final
+      full stop;
+    - ``contradict``: the answer with a wrong value (another value of the attribute's
+      vocabulary, or another fact's idiosyncratic value);
+    - ``refusal``: :data:`REFUSAL`.
+
+    A share ``harmful_fraction`` of those prompts also gets a planted **harmful** negative:
+    the chosen answer with its final ``.`` replaced by ``!``. It shares every word but the
+    punctuation with the chosen answer, so unlearning it degrades the chosen behaviour; a
+    good selection (U2A) leaves it out.
+    """
+    for nm, v in (
+        ("harmful_fraction", harmful_fraction),
+        ("validation_fraction", validation_fraction),
+    ):
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{nm} must be in [0, 1), got {v}")
+    if not 1 <= negatives_per_prompt <= 3:
+        raise ConfigError(f"negatives_per_prompt must be 1, 2 or 3, got {negatives_per_prompt}")
+    rng = np.random.default_rng([world.seed, seed, 2])
+    facts = [f for f in world.facts if f.split != "holdout"]
+    values = {a: sorted({f.value for f in world.facts if f.attribute == a}) for a in ATTRIBUTES}
+
+    def contradict(f: Fact) -> str:
+        wrong = [v for v in values[f.attribute] if v != f.value]
+        v = str(rng.choice(wrong))
+        return ATTRIBUTES[f.attribute][1].format(name=f.name, value=v)
+
+    order = rng.permutation(len(facts))
+    n_val = int(round(validation_fraction * len(facts)))
+    val_idx, neg_idx = order[:n_val], order[n_val:]
+    validation = [
+        Preference(facts[i].question, facts[i].answer, contradict(facts[i])) for i in val_idx
+    ]
+    negatives: list[Negative] = []
+    harmful = (
+        set(
+            rng.choice(
+                neg_idx, size=int(round(harmful_fraction * len(neg_idx))), replace=False
+            ).tolist()
+        )
+        if len(neg_idx)
+        else set()
+    )
+    for i in sorted(neg_idx.tolist()):
+        f = facts[i]
+        kinds = rng.choice(
+            ["banned", "contradict", "refusal"], size=negatives_per_prompt, replace=False
+        )
+        for kind in sorted(kinds.tolist()):
+            if kind == "banned":
+                words = f.answer.split()
+                resp = " ".join(words[:-1] + [str(rng.choice(BANNED)), words[-1]])
+            elif kind == "contradict":
+                resp = contradict(f)
+            else:
+                resp = REFUSAL
+            negatives.append(Negative(f.question, resp, kind, f.person, f.attribute))
+        if i in harmful:
+            negatives.append(
+                Negative(f.question, f.answer[:-1] + "!", "harmful", f.person, f.attribute)
+            )
+    chosen = [(f.question, f.answer) for f in facts]
+    return AssistantCorpus(chosen=chosen, negatives=negatives, validation=validation)
