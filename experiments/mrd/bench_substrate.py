@@ -4,7 +4,7 @@ Issue 12's substrate target: >= 95 % exact match on the retain facts in under 10
 on 2 CPU cores (a benchmark, not a timed test). Prints parameters, per-epoch loss, exact
 match on retain / forget / holdout facts and wall seconds::
 
-    python experiments/mrd/bench_substrate.py --epochs 30
+    python experiments/mrd/bench_substrate.py --epochs 60
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--d-model", type=int, default=160)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
