@@ -118,8 +118,10 @@ def handle(message: Message, context: Context) -> Message:
     )
     store = _load_store(context)
     if mtype == protocol.STATE_ACTION:  # node-level: save / load the whole store
-        store = _state_action(context, store, config, pid, nparts)
-        _save_store(context, store)
+        loaded = _state_action(context, store, config, pid, nparts)
+        if loaded is not None:
+            store = loaded
+            _save_store(context, store)
     states = store.cohort(clients)
     results = None
     if mtype in (protocol.STATE_ACTION, protocol.UNLEARN_POLL):
@@ -170,9 +172,10 @@ def _state_file(context: Context, config: dict[str, Any], pid: int, nparts: int)
 
 def _state_action(
     context: Context, store: StateStore, config: dict[str, Any], pid: int, nparts: int
-) -> StateStore:
+) -> StateStore | None:
     """``save`` the node's client state to its own disk, or ``load`` it back (a run that
-    `fedrec unlearn` continues); other ops act per client in :func:`_unlearning_action`."""
+    `fedrec unlearn` continues: the loaded store is returned, else None); other ops act
+    per client in :func:`_unlearning_action`."""
     op = str(config.get("op", ""))
     if op == "save":
         path = _state_file(context, config, pid, nparts)
@@ -185,7 +188,7 @@ def _state_action(
             raise FedrecError(f"fedrec_state load: node {pid} has no kept state at {path}")
         with np.load(path, allow_pickle=False) as z:
             return StateStore.from_arrays({k: z[k] for k in z.files})
-    return store
+    return None
 
 
 def _unlearning_action(cfg, half_cls, mtype, rnd, config, states):

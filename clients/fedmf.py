@@ -36,7 +36,7 @@ from fedrec.clients.ranking import (
     CohortClient,
     cohort_users,
     cohort_view,
-    forgotten_mask,
+    forget_cohort,
     hello_replies,
     ranking_replies,
 )
@@ -90,8 +90,7 @@ class MFClient(CohortClient):
                 epochs=int(config.get(spec.LOCAL_EPOCHS, cfg.train.local_epochs)),
             )
         if message_type == "evaluate":
-            keep = ~forgotten_mask(users, states)
-            view = cohort_view(ud, states)
+            view, keep = forget_cohort(ud, users, states)
             if "sisa-shards" in config:
                 return cls._evaluate_ensemble(
                     cfg, p, view, server_round, weights, config, users[keep], owner[keep], P[keep]
@@ -100,11 +99,11 @@ class MFClient(CohortClient):
         if message_type == f"query.{spec.UNLEARN_ASCENT}":
             return cls._ascent(cfg, p, ud, server_round, weights, config, users, owner, P, states)
         if message_type == "query.sisa_evidence":
-            keep = ~forgotten_mask(users, states)
+            view, keep = forget_cohort(ud, users, states)
             return cls._sisa_evidence(
                 cfg,
                 p,
-                cohort_view(ud, states),
+                view,
                 server_round,
                 weights,
                 config,
@@ -238,7 +237,7 @@ class MFClient(CohortClient):
         )
         # users of one client are contiguous in ``users`` (clients sorted), so are their rows
         cids = list(states)
-        bounds = np.searchsorted(owner, [*cids, cids[-1] + 1], "left") if cids else np.zeros(1, int)
+        bounds = cls._bounds(owner, states)
         states.set_column(cls.P, res.P, bounds - bounds[0])
         out = {}
         for i, (c, upload) in enumerate(zip(cids, algo.client_uploads(res, bounds))):

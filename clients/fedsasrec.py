@@ -9,8 +9,7 @@ from fedrec import protocol
 from fedrec.clients.ranking import (
     CohortClient,
     cohort_users,
-    cohort_view,
-    forgotten_mask,
+    forget_cohort,
     hello_replies,
     ranking_replies,
 )
@@ -57,7 +56,7 @@ class SASRecClient(CohortClient):
         if message_type == protocol.HELLO:
             return hello_replies(ud, p.users_per_client, states)
         users, owner = cohort_users(p.users_per_client, ud.num_users, states)
-        ud = cohort_view(ud, states)  # without the data the cohort's clients forgot
+        ud, keep = forget_cohort(ud, users, states)  # without what the cohort forgot
         S = int(config.get("sisa-shards", 1))
         model = cls.model(cfg, p, ud.num_items, weights[: len(weights) // S])
         if message_type == "train":
@@ -65,7 +64,6 @@ class SASRecClient(CohortClient):
         if message_type == "evaluate":
             from fedrec.models.recsys import to_tokens
 
-            keep = ~forgotten_mask(users, states)
             users, owner = users[keep], owner[keep]
             seqs = ud.sequences("test")
             S = int(config.get("sisa-shards", 1))  # a SISA ensemble: its models' mean scores

@@ -109,14 +109,18 @@ def cohort_view(ud, states):
     return ul.forget_view(ud, users, pairs, items)
 
 
-def forgotten_mask(users: np.ndarray, states) -> np.ndarray:
-    """True for the cohort users whose data their client has forgotten (not evaluated)."""
+def forget_cohort(ud, users: np.ndarray, states):
+    """``(view, keep)``: :func:`cohort_view` and, per cohort user, False where its client
+    has forgotten the user (it is not evaluated); the forget records are read once."""
     from fedrec.unlearning import client as ul
 
-    if ul.FORGET_USERS not in states.store.columns:
-        return np.zeros(len(users), dtype=bool)
-    gone, _, _ = ul.forget_records(states)
-    return np.isin(users, np.fromiter(gone, dtype=np.int64)) if gone else np.zeros(len(users), bool)
+    keep = np.ones(len(users), dtype=bool)
+    if not any(f in states.store.columns for f in ul.FORGET_FIELDS):
+        return ud, keep
+    gone, pairs, items = ul.forget_records(states)
+    if gone:
+        keep = ~np.isin(users, np.fromiter(gone, dtype=np.int64))
+    return ul.forget_view(ud, gone, pairs, items), keep
 
 
 def cohort_users(users_per_client: int, num_users: int, states) -> tuple[np.ndarray, np.ndarray]:

@@ -63,7 +63,7 @@ def preflight_unlearning(cfg: RunConfig, cls) -> RunConfig:
     method = build_method(cfg)
     if not u.requests and not (u.shards >= 2 or method.needs_history):
         return cfg
-    half = import_object(cls.client_half)
+    actions = set(getattr(import_object(cls.client_half), "unlearning_actions", ()))
     text = u.requests.strip()
     source: Any = json.loads(text) if text.startswith("{") else text
     requests = load_requests(source, cls.unlearning_universe(cfg)) if text else []
@@ -74,7 +74,7 @@ def preflight_unlearning(cfg: RunConfig, cls) -> RunConfig:
             "attributes become strategy.params.attributes)"
         )
     check_universe_kinds(cls, method, requests)
-    missing = [a for a in method.actions if a not in getattr(half, "unlearning_actions", ())]
+    missing = [a for a in method.actions if a not in actions]
     if missing:
         raise ConfigError(
             f"unlearning method '{method.name}' needs the client action(s) {missing}, which "
@@ -85,11 +85,7 @@ def preflight_unlearning(cfg: RunConfig, cls) -> RunConfig:
             f"unlearning method '{method.name}' calibrates stored client updates, which "
             f"strategy '{cls.name}' does not support"
         )
-    if (
-        u.shards >= 2
-        and u.aggregator == "learned"
-        and "sisa_evidence" not in getattr(half, "unlearning_actions", ())
-    ):
+    if u.shards >= 2 and u.aggregator == "learned" and "sisa_evidence" not in actions:
         raise ConfigError(
             f"unlearning.aggregator = \"learned\" needs the client action 'sisa_evidence', "
             f"which strategy '{cls.name}' does not provide; use \"average\""
@@ -204,14 +200,12 @@ def unlearn(
             "run it again with it on"
         )
     flat = json.loads((src / "config.json").read_text())
-    if isinstance(request, Mapping):
-        req_text = json.dumps(dict(request), sort_keys=True)
-    else:
-        from fedrec.unlearning.requests import load_requests
+    from fedrec.unlearning.requests import load_requests
 
-        reqs = load_requests(request)  # form errors name the file before anything else
-        req_text = json.dumps({"request": [r.to_json() for r in reqs]}, sort_keys=True)
-    if any(r.get("round") is not None for r in json.loads(req_text).get("request", [])):
+    # form errors name the request before anything else; ids are checked in preflight
+    reqs = load_requests(dict(request) if isinstance(request, Mapping) else request)
+    req_text = json.dumps({"request": [r.to_json() for r in reqs]}, sort_keys=True)
+    if any(r.round is not None for r in reqs):
         raise ConfigError(
             "fedrec unlearn serves requests after training; drop the requests' 'round' "
             "(a schedule belongs in the run config's unlearning.requests)"

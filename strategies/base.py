@@ -530,18 +530,24 @@ class FedrecStrategy(Strategy):
         weights: list[np.ndarray],
         clients: list[int],
         extra_config: dict[str, Any] | None = None,
+        *,
+        transform: Any = None,
     ) -> tuple[list[np.ndarray], dict[str, Any], list[ClientReply], list[str]]:
         """One train phase for ``clients``: send, aggregate (replies sorted by id), the
         :meth:`after_aggregate` hook; returns ``(weights, metrics, replies, failures)``.
         With ``unlearning.record-history`` every reply's update is stored
-        (:meth:`client_update`) for history-based unlearning."""
+        (:meth:`client_update`) for history-based unlearning. ``transform`` (replies ->
+        replies) rewrites the replies before aggregation (FedEraser's calibration); such a
+        phase is not recorded."""
         self.current_weights = weights
         cfg = {**(extra_config or {}), **self.train_config(server_round)}
         replies = self.communicate(
             grid, self.train_message_type(server_round), clients, server_round, weights, cfg
         )
         failures = list(self._last_failures)
-        if self.records_history():
+        if transform is not None:
+            replies = transform(replies)
+        elif self.records_history():
             self.history_dirty = True
             self.update_history[server_round] = {
                 r.client_id: self.client_update(r, weights) for r in replies if r.weights
@@ -552,7 +558,12 @@ class FedrecStrategy(Strategy):
         return out, metrics, replies, failures
 
     def evaluate_phase(
-        self, grid: Grid, server_round: int, weights: list[np.ndarray], clients: list[int]
+        self,
+        grid: Grid,
+        server_round: int,
+        weights: list[np.ndarray],
+        clients: list[int],
+        config: ConfigRecord | None = None,
     ) -> tuple[FederatedMetrics | None, list[ClientReply], list[str]]:
         """One evaluate phase for ``clients``: ``(metrics, replies, failures)``."""
         replies = self.communicate(
@@ -561,7 +572,7 @@ class FedrecStrategy(Strategy):
             clients,
             server_round,
             weights,
-            self._evaluate_settings(server_round, None),
+            self._evaluate_settings(server_round, config),
             require=False,
         )
         return self.evaluation_metrics(replies), replies, list(self._last_failures)
@@ -646,7 +657,7 @@ class FedrecStrategy(Strategy):
 
         sh = copy.copy(self)
         sh.excluded = (set(self.node_of) - set(members)) | set(self.excluded)
-        sh.history, sh.update_history, sh.callbacks = [], {}, []
+        sh.history, sh.callbacks = [], []  # (reset_server_state empties update_history)
         sh.result, sh.unlearning, sh.serving_config = Result(), None, {}
         sh.reset_server_state()
         return sh
@@ -677,6 +688,7 @@ class FedrecStrategy(Strategy):
         *,
         evaluate: bool = True,
         extra_config: dict[str, Any] | None = None,
+        evaluate_config: ConfigRecord | None = None,
         callbacks: bool = True,
     ) -> list[np.ndarray]:
         """Rounds ``first..last`` of the loop (train, evaluate, hooks, callbacks); the
@@ -696,7 +708,7 @@ class FedrecStrategy(Strategy):
             eval_failures: list[str] = []
             if evaluate:
                 evaluation, eval_replies, eval_failures = self.evaluate_phase(
-                    grid, rnd, weights, self.evaluate_clients(rnd)
+                    grid, rnd, weights, self.evaluate_clients(rnd), evaluate_config
                 )
             preds = {
                 r.client_id: {
@@ -763,7 +775,14 @@ class FedrecStrategy(Strategy):
         if self.unlearning is not None:
             weights = self.unlearning.train(grid, weights, num_rounds)
         else:
-            weights = self.run_rounds(grid, weights, 1, num_rounds)
+            weights = self.run_rounds(
+                grid,
+                weights,
+                1,
+                num_rounds,
+                extra_config=dict(train_config or {}),
+                evaluate_config=evaluate_config,
+            )
         self.final_weights = weights
         self.result.arrays = ArrayRecord(weights)
         if self.cfg.output.keep_client_state and self.cfg.output.dir:

@@ -94,7 +94,7 @@ class Retrain(UnlearningMethod):
     exact = True
 
     def unlearn(self, job: Job) -> list[np.ndarray]:
-        return job.retrain(job.retained())
+        return job.retrain()
 
 
 class SISA(UnlearningMethod):
@@ -192,8 +192,7 @@ class Influence(UnlearningMethod):
             return job.weights
         w = job.weights
         grads = job.send("unlearn_influence", forgetting, w, {"op": "grad"})
-        keep = [c for c in job.retained()]
-        hess = job.send("unlearn_influence", keep, w, {"op": "hess"})
+        hess = job.send("unlearn_influence", job.retained(), w, {"op": "hess"})
         Q, moved = influence_step(
             w[0],
             [RowSparse.from_arrays(r.arrays()) for r in grads],

@@ -134,8 +134,8 @@ def fit_scores(ud, users, P, Q, seed: int) -> np.ndarray:
     return out
 
 
-def _user_Q(strategy, weights, users) -> dict[int, np.ndarray]:
-    """The item matrix each user is served with (its own shard's in a SISA ensemble)."""
+def _user_Q(strategy, weights) -> dict[int, np.ndarray]:
+    """The served item matrices by shard index (one, unless a SISA ensemble is served)."""
     S = int(strategy.serving_config.get("sisa-shards", 1))
     if S == 1:
         return {0: np.asarray(weights[0], dtype=np.float32)}
@@ -152,7 +152,7 @@ def _shard_of(strategy, users) -> np.ndarray:
 
 def _folded(strategy, ud, users, weights, tag) -> tuple[np.ndarray, np.ndarray]:
     """Folded-in vectors and fit scores of ``users`` (each against its own served Q)."""
-    Qs = _user_Q(strategy, weights, users)
+    Qs = _user_Q(strategy, weights)
     shard = _shard_of(strategy, users)
     P = np.zeros((len(users), next(iter(Qs.values())).shape[1]), dtype=np.float32)
     score = np.full(len(users), np.nan)
@@ -201,7 +201,7 @@ def _mf(strategy, weights, requests, session) -> dict[str, Any]:
     if pairs:
         users = np.asarray(sorted(pairs), dtype=np.int64)
         kept = ul.forget_view(ud, (), [(u, i) for u in pairs for i in pairs[u]], ())
-        Qs = _user_Q(strategy, weights, users)
+        Qs = _user_Q(strategy, weights)
         shard = _shard_of(strategy, users)
         fsc, usc = [], []
         for k, Q in Qs.items():
@@ -238,7 +238,7 @@ def _ccs21(strategy, ud, weights, f_users, Pf, unseen, Pu, not_members) -> dict[
     Pm, _ = _folded(strategy, ud, members, weights, "oracle")
 
     def feats(users, P):
-        Qs = _user_Q(strategy, weights, users)
+        Qs = _user_Q(strategy, weights)
         shard = _shard_of(strategy, users)
         out = np.zeros((len(users), P.shape[1]))
         for k, Q in Qs.items():

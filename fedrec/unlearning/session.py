@@ -40,7 +40,7 @@ import numpy as np
 
 from fedrec import protocol
 from fedrec.errors import ConfigError, FedrecError
-from fedrec.seeding import derive_seed, sample_clients
+from fedrec.seeding import derive_seed
 from fedrec.unlearning import client as ul
 from fedrec.unlearning.methods import UnlearningMethod, build_method
 from fedrec.unlearning.requests import AuditLog, UnlearningRequest
@@ -137,11 +137,11 @@ class Job:
                 {"op": "reset"},
             )
 
-    def train_rounds(self, weights, first: int, last: int, clients=None, strategy=None):
-        """Train rounds ``first..last`` on (a seeded sample of) ``clients`` (default: the
-        retained ones) without evaluation; counts them in :attr:`rounds_used`."""
+    def train_rounds(self, weights, first: int, last: int, strategy=None):
+        """Train rounds ``first..last`` on the strategy's seeded sample of its retained
+        clients (:meth:`~fedrec.strategies.base.FedrecStrategy.sample_train`), without
+        evaluation; counts them in :attr:`rounds_used`."""
         s = strategy or self.strategy
-        pool = sorted(clients if clients is not None else s.client_ids)
         w = list(weights)
         rounds = range(first, last + 1)
         if s.cfg.output.progress and len(rounds) > 1:
@@ -150,19 +150,17 @@ class Job:
             rounds = tqdm(rounds, desc=f"unlearning ({self.session.method.name})", unit="round")
         for rnd in rounds:
             s.on_round_start(rnd)
-            sampled = sample_clients(pool, s.train_fraction(rnd), s.cfg.seed, rnd)
-            s._sampled = sampled
-            w, _, _, _ = s.train_phase(self.grid, rnd, w, sampled)
+            w, _, _, _ = s.train_phase(self.grid, rnd, w, s.sample_train(rnd))
             self.rounds_used += 1
         return w
 
-    def retrain(self, clients, strategy=None) -> list[np.ndarray]:
-        """From scratch: server and client state reset, rounds ``1..serve_round`` (the
-        same seeds as the original run)."""
+    def retrain(self, strategy=None) -> list[np.ndarray]:
+        """From scratch: server and retained clients' state reset, rounds
+        ``1..serve_round`` (the same seeds as the original run)."""
         s = strategy or self.strategy
         s.reset_server_state()
-        self.reset_clients(clients)
-        return self.train_rounds(s.initial_weights(), 1, self.serve_round, clients, s)
+        self.reset_clients(s.client_ids)
+        return self.train_rounds(s.initial_weights(), 1, self.serve_round, s)
 
     def retrain_shards(self) -> list[np.ndarray]:
         return self.session.sisa_retrain(self)
@@ -185,18 +183,19 @@ class Job:
             if not clients:
                 continue
             s.on_round_start(t)
-            s.current_weights = w
-            cfg = {"local-epochs": epochs, **s.train_config(t)}
-            replies = s.communicate(self.grid, s.train_message_type(t), clients, t, w, cfg)
-            calibrated = [
-                s.reply_with_update(
-                    r, s.calibrate_update(hist[t][r.client_id], s.client_update(r, w)), w
-                )
-                for r in replies
-                if r.weights is not None
-            ]
-            new, _ = s.aggregate(t, calibrated)
-            w = list(s.after_aggregate(t, list(new) if new is not None else w, self.grid))
+
+            def calibrated(replies, t=t, w=w):
+                return [
+                    s.reply_with_update(
+                        r, s.calibrate_update(hist[t][r.client_id], s.client_update(r, w)), w
+                    )
+                    for r in replies
+                    if r.weights is not None
+                ]
+
+            w, _, _, _ = s.train_phase(
+                self.grid, t, w, clients, {"local-epochs": epochs}, transform=calibrated
+            )
             self.rounds_used += 1
         return w
 
@@ -472,7 +471,7 @@ class Session:
             sh = self.shard_strategies[k]
             sh.excluded |= self.strategy.excluded
             log.info("sisa: retraining shard %d (%d clients)", k, len(sh.client_ids))
-            self.shard_weights[k] = job.retrain(sh.client_ids, sh) if sh.client_ids else None
+            self.shard_weights[k] = job.retrain(sh) if sh.client_ids else None
         job.affected_shards = sorted(affected)  # type: ignore[attr-defined]
         return self.sisa_serving(job.grid, job.serve_round)
 
