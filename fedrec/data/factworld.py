@@ -114,8 +114,12 @@ class FactWorld:
     def training_corpus(self) -> list[str]:
         """The training documents: every forget and retain fact ``repeats`` times, as
         ``question answer`` lines, in a seeded shuffled order."""
+        return [text for _, text in self.training_documents()]
+
+    def training_documents(self) -> list[tuple[int, str]]:
+        """:meth:`training_corpus` with each document's person: ``(person, text)``."""
         docs = [
-            f"{f.question} {f.answer}"
+            (f.person, f"{f.question} {f.answer}")
             for f in self.facts
             if f.split != "holdout"
             for _ in range(f.repeats)

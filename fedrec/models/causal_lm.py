@@ -28,7 +28,9 @@ from torch import nn
 
 __all__ = [
     "CausalLM",
+    "encode_qa",
     "exact_match",
+    "teacher_forced_match",
     "train_lm",
     "WordTokenizer",
     "generate",
@@ -132,6 +134,24 @@ def pad_batch(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch
     return out
 
 
+def encode_qa(
+    tok: WordTokenizer, pairs: Sequence[tuple[str, str]], length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` of question-answer pairs: ids ``<bos> question answer <eos>``
+    right-padded ``(B, T)``; ``mask`` marks the answer tokens and ``<eos>`` (the targets
+    of the answer's likelihood)."""
+    seqs, masks = [], []
+    for q, a in pairs:
+        qi, ai = tok.encode(q, bos=True), tok.encode(a, eos=True)
+        seqs.append(qi + ai)
+        masks.append([False] * len(qi) + [True] * len(ai))
+    ids = pad_batch(seqs, length)
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, m in enumerate(masks):
+        mask[i, : len(m)] = torch.as_tensor(m[: ids.shape[1]])
+    return ids, mask
+
+
 def token_logprobs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """``log p(x_t | x_<t)`` for ``t = 1..T-1``: ``(B, T-1)``."""
     logits = model(ids[:, :-1])
@@ -198,11 +218,16 @@ def train_lm(
     batch_size: int = 32,
     lr: float = 3e-3,
     seed: int = 0,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
 ) -> list[float]:
-    """Next-token training of ``model`` on ``seqs`` (Adam, seeded mini-batch order); returns
-    the mean loss of every epoch."""
+    """Next-token training of ``model`` on ``seqs`` (``adam`` or ``sgd`` with fresh state,
+    seeded mini-batch order); returns the mean loss of every epoch."""
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: adam, sgd")
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+    opt = opt_cls(model.parameters(), lr=lr, weight_decay=weight_decay)
     ids = pad_batch(seqs)
     mask = ids != PAD
     losses = []
@@ -221,6 +246,17 @@ def train_lm(
         losses.append(total / max(n, 1))
     model.eval()
     return losses
+
+
+@torch.no_grad()
+def teacher_forced_match(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence: the arg-max next token equals the reference at every target position
+    of ``mask`` (:func:`encode_qa`'s answer and ``<eos>``). Greedy decoding follows the
+    reference as long as every arg-max matches, so this equals :func:`exact_match` (ties
+    aside) in one batched forward pass."""
+    pred = model(ids[:, :-1]).argmax(-1)
+    ok = (pred == ids[:, 1:]) | ~mask[:, 1:]
+    return ok.all(-1)
 
 
 def exact_match(
