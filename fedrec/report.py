@@ -51,6 +51,25 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         written.append(run_dir / "metrics.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
+    lm = [r for r in rows if r["scope"] == "global" and "train_em" in r]
+    if lm:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        rounds = [r["round"] for r in lm]
+        for key in ("train_em", "forgot_em", "test_em"):
+            if key in lm[-1]:
+                axes[0].plot(rounds, [r.get(key, float("nan")) for r in lm], "o-", ms=3, label=key)
+        for key in ("train_nll", "forgot_nll", "test_nll"):
+            if key in lm[-1]:
+                axes[1].plot(rounds, [r.get(key, float("nan")) for r in lm], "o-", ms=3, label=key)
+        axes[0].set(xlabel="round", title="Greedy exact match of the answers")
+        axes[1].set(xlabel="round", title="Answer NLL")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(run_dir / "metrics.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
     glob = [r for r in rows if r["scope"] == "global" and "accuracy" in r]
     if glob:
         rounds = [r["round"] for r in glob]
@@ -130,12 +149,15 @@ RANKING_KEYS = (
 )
 
 
+LM_KEYS = ("train_em", "train_nll", "forgot_em", "forgot_nll", "test_em", "test_nll")
+
+
 def format_table(summary: dict, keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")) -> str:
     """The final metrics as a small text table: global, worst client, mean client
     (classification) or one row of ranking and item-fairness metrics (recommendation)."""
     g, loc = summary["final"]["global"], summary["final"]["local"]
     if "accuracy" not in g:
-        ks = [k for k in RANKING_KEYS if k in g]
+        ks = [k for k in (*RANKING_KEYS, *LM_KEYS) if k in g]
         return "\n".join(f"{k:<24}{g[k]:>10.4f}" for k in ks)
     head = f"{'scope':<14}" + "".join(f"{k:>12}" for k in keys)
     lines = [head, "-" * len(head)]

@@ -283,7 +283,7 @@ def test_registry_and_errors():
         "synthetic-rec",
     } <= set(names)
     for info in list_datasets():
-        assert info.kind in ("tabular", "recsys")
+        assert info.kind in ("tabular", "recsys", "text")
         assert info.default_sensitive is None or info.default_sensitive in info.sensitive
         assert info.default_target is None or info.default_target in info.targets
     assert {d.name for d in list_datasets() if d.shipped and d.kind == "tabular"} == {

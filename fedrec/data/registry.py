@@ -57,6 +57,27 @@ class DatasetInfo:
 
 _CC = "CC BY 4.0 (UCI), shipped with attribution; see NOTICE"
 
+
+def _factworld(
+    num_people: int = 200,
+    forget_fraction: float = 0.1,
+    holdout_fraction: float = 0.1,
+    idiosyncratic_fraction: float = 0.3,
+    seed: int = 0,
+):
+    """The ``factworld`` dataset: :func:`fedrec.data.factworld.make_fact_world` (all six
+    attributes, tiers 1/3/10 with shares 0.4/0.4/0.2) from ``dataset.options``."""
+    from fedrec.data.factworld import make_fact_world
+
+    return make_fact_world(
+        num_people=int(num_people),
+        forget_fraction=float(forget_fraction),
+        holdout_fraction=float(holdout_fraction),
+        idiosyncratic_fraction=float(idiosyncratic_fraction),
+        seed=int(seed),
+    )
+
+
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
@@ -155,6 +176,19 @@ DATASETS: dict[str, DatasetInfo] = {
             (),
             None,
             recsys.synthetic_recommendation,
+        ),
+        DatasetInfo(
+            "factworld",
+            "text",
+            "SYNTHETIC TOFU-like fact world: fictitious people x question-answer facts "
+            "(language-model unlearning; fedrec.data.factworld)",
+            "generated (no data licence)",
+            True,
+            (),
+            None,
+            (),
+            None,
+            _factworld,
         ),
     ]
 }

@@ -205,8 +205,120 @@ class Influence(UnlearningMethod):
         return job.train_rounds(out, job.serve_round + 1, job.serve_round + n) if n else out
 
 
+@dataclass(frozen=True)
+class LMUnlearnParams:
+    loss: str = key("ga", "Forget loss: ga, graddiff or npo.", choices=("ga", "graddiff", "npo"))
+    sampling: str = key(
+        "uniform",
+        "Forget mini-batches: uniform, or mrd (easy-first, P ∝ exp(-rank(MRD)/tau)).",
+        choices=("uniform", "mrd"),
+    )
+    curriculum: bool = key(
+        False,
+        "Server-side easy-first curriculum over clients by their mean log10 MRD: round t "
+        "of R admits the easiest ceil(t * n / R) forgetting clients.",
+    )
+    steps: int = key(
+        5, "Local unlearning steps per round.", check=lambda v: v >= 1, check_doc=">= 1"
+    )
+    lr: float = key(1e-3, "Local Adam learning rate.", check=lambda v: v > 0, check_doc="> 0")
+    batch_size: int = key(
+        16, "Forget (and retain) samples per step.", check=lambda v: v >= 1, check_doc=">= 1"
+    )
+    tau0: float = key(0.1, "Initial sampling temperature.", check=lambda v: v > 0, check_doc="> 0")
+    tau_end: float = key(
+        10.0,
+        "Final sampling temperature (annealed geometrically).",
+        check=lambda v: v > 0,
+        check_doc="> 0",
+    )
+    beta: float = key(0.1, "NPO's beta.", check=lambda v: v > 0, check_doc="> 0")
+    alpha: float = key(1.0, "GradDiff's retain weight.", check=lambda v: v >= 0, check_doc=">= 0")
+    mrd_k: int = key(16, "MRD perturbations K.", check=lambda v: v >= 1, check_doc=">= 1")
+    mrd_sigma: float = key(
+        1e-2,
+        "MRD noise scale (relative to each tensor's rms).",
+        check=lambda v: v > 0,
+        check_doc="> 0",
+    )
+    trace: bool = key(
+        False,
+        "Write the global weights after every unlearning round to "
+        "<run>/unlearning_trace/round-<t>.npz (for per-round oracle evaluation).",
+    )
+
+
+class LMUnlearn(UnlearningMethod):
+    """Federated LM unlearning (issue 12): the forgetting clients run local GA / GradDiff /
+    NPO steps on their forgotten facts for ``rounds`` rounds, the server averages their
+    models weighted by their fact counts. With ``sampling = mrd`` the clients draw
+    MRD-weighted batches (scores from ``query.lm_mrd`` with a broadcast seed, kept on the
+    client), with ``curriculum`` the server admits clients easy-first by their MRD summary.
+    The temperature anneals over all ``rounds * steps`` steps of the request."""
+
+    name = "lm-unlearn"
+    kinds = ("users",)
+    actions = ("lm_mrd", "lm_unlearn")
+    Params = LMUnlearnParams
+
+    def unlearn(self, job: Job) -> list[np.ndarray]:
+        import math
+
+        from fedrec.seeding import derive_seed
+
+        p = self.params
+        clients = sorted(job.forgetting.clients)
+        w = job.weights
+        if not clients:
+            return w
+        R = self.rounds(10)
+        seed = derive_seed(job.strategy.cfg.seed, "lm-unlearn", job.serve_round) % 2**62
+        order = clients
+        if p.sampling == "mrd" or p.curriculum:
+            replies = job.send(
+                "lm_mrd", clients, w, {"mrd-seed": seed, "mrd-k": p.mrd_k, "mrd-sigma": p.mrd_sigma}
+            )
+            mean = {r.client_id: float(r.metrics.get("mrd-mean", 0.0)) for r in replies}
+            order = sorted(clients, key=lambda c: (mean[c], c))  # easy (low MRD) first
+        trace_dir = None
+        if p.trace and job.strategy.stage_dir is not None:
+            from pathlib import Path
+
+            trace_dir = Path(job.strategy.stage_dir) / "unlearning_trace"
+            trace_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(trace_dir / "round-0.npz", *w)
+        for t in range(1, R + 1):
+            active = order[: math.ceil(t * len(order) / R)] if p.curriculum else order
+            cfg = {
+                "loss": p.loss,
+                "steps": p.steps,
+                "lr": p.lr,
+                "batch-size": p.batch_size,
+                "sampling": p.sampling,
+                "tau0": p.tau0,
+                "tau-end": p.tau_end,
+                "step-offset": (t - 1) * p.steps,
+                "total-steps": R * p.steps,
+                "beta": p.beta,
+                "alpha": p.alpha,
+                "seed": seed,
+            }
+            replies = [r for r in job.send("lm_unlearn", active, w, cfg) if r.weights is not None]
+            replies = [r for r in replies if r.num_examples > 0]
+            if replies:
+                from fedrec.strategies.fedavg import weighted_average
+
+                w = weighted_average(
+                    [r.weights for r in replies], [r.num_examples for r in replies]
+                )
+            job.rounds_used += 1
+            if trace_dir is not None:
+                np.savez(trace_dir / f"round-{t}.npz", *w)
+        return w
+
+
 BUILTINS: dict[str, type[UnlearningMethod]] = {
-    m.name: m for m in (Retrain, SISA, FedEraser, GradientAscent, Finetune, Influence)
+    m.name: m for m in (Retrain, SISA, FedEraser, GradientAscent, Finetune, Influence, LMUnlearn)
 }
 
 

@@ -54,7 +54,20 @@ __all__ = ["Forgetting", "Job", "Session", "keep_client_state", "never_seen_clie
 AGGREGATOR_STEPS = 50
 AGGREGATOR_LR = 1.0
 #: the utility metrics of the retained clients an audit entry keeps (plus every "*_gap")
-UTILITY_KEYS = ("ndcg@10", "hr@10", "recall@10", "mrr", "num_users", "accuracy", "loss")
+UTILITY_KEYS = (
+    "ndcg@10",
+    "hr@10",
+    "recall@10",
+    "mrr",
+    "num_users",
+    "accuracy",
+    "loss",
+    "train_em",
+    "train_nll",
+    "forgot_em",
+    "forgot_nll",
+    "test_nll",
+)
 
 
 def never_seen_clients(num_clients: int, share: float, seed: int) -> list[int]:
