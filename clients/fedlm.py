@@ -85,7 +85,7 @@ class LMClient(ClientHalf):
         from fedrec.models.causal_lm import train_lm
 
         tr = self.cfg.train
-        docs = self.task.documents(self.client_id, self.forgotten)
+        docs = self.training_documents()
         model = _model(self.cfg, weights)
         if not docs:
             return _weights(model), {spec.NUM_EXAMPLES: 0, spec.TRAIN_LOSS: 0.0}
@@ -102,10 +102,20 @@ class LMClient(ClientHalf):
         )
         return _weights(model), {spec.NUM_EXAMPLES: len(docs), spec.TRAIN_LOSS: losses[-1]}
 
-    def _encoded(self, which: str):
+    def training_documents(self) -> list[str]:
+        """The documents :meth:`fit` trains on (without the forgotten people's)."""
+        return self.task.documents(self.client_id, self.forgotten)
+
+    def _encoded(self, which: str, held: bool = False):
+        """Encoded facts: those the client evaluates (:meth:`LMTask.facts`), or with
+        ``held`` those it holds documents of (``train`` = kept, ``forgot``)."""
         from fedrec.models.causal_lm import encode_qa
 
-        facts = self.task.facts(self.client_id, which, self.forgotten)
+        if held:
+            kind = "kept" if which == "train" else "forgot"
+            facts = self.task.held_facts(self.client_id, kind, self.forgotten)
+        else:
+            facts = self.task.facts(self.client_id, which, self.forgotten)
         if not facts:
             return None
         return encode_qa(self.task.tok, [(f.question, f.answer) for f in facts])  # type: ignore[arg-type]
@@ -138,7 +148,7 @@ class LMClient(ClientHalf):
         numbers across clients); keeps the scores, replies a summary of log10 MRD."""
         from fedrec.algorithms.lm_unlearning import qa_mrd
 
-        enc = self._encoded("forgot")
+        enc = self._encoded("forgot", held=True)
         if enc is None:
             return {spec.MRD_SUMMARY_KEYS[0]: 0}
         model = _model(self.cfg, weights)
@@ -160,7 +170,7 @@ class LMClient(ClientHalf):
         sampling; the temperature continues across rounds via step-offset / total-steps)."""
         from fedrec.algorithms.lm_unlearning import answer_logprob, unlearn
 
-        enc = self._encoded("forgot")
+        enc = self._encoded("forgot", held=True)
         model = _model(self.cfg, weights)
         if enc is None:
             return _weights(model), {spec.NUM_EXAMPLES: 0}
@@ -174,7 +184,7 @@ class LMClient(ClientHalf):
         mrd = self.state.get(MRD_STATE)
         if sampling == "mrd" and (mrd is None or len(mrd) != len(ids)):
             raise ValueError("lm_unlearn with sampling 'mrd' needs a preceding lm_mrd query")
-        r = self._encoded("train")
+        r = self._encoded("train", held=True)
         unlearn(
             model,
             ids,

@@ -110,8 +110,9 @@ class PartitionConfig:
         "dirichlet-label (Dir(alpha) over the label), dirichlet-sensitive "
         "(Dir(alpha) over the sensitive attribute), heterogeneous (FedFACT's "
         "split: per-client label/attribute correlation gamma_k ~ "
-        "U[gamma-min, gamma-max]; binary label and attribute).",
-        choices=("iid", "dirichlet-label", "dirichlet-sensitive", "heterogeneous"),
+        "U[gamma-min, gamma-max]; binary label and attribute); by-person (fedlm / u2a: each "
+        "fact-world person's documents on one client; fedlm's iid deals the documents).",
+        choices=("iid", "dirichlet-label", "dirichlet-sensitive", "heterogeneous", "by-person"),
     )
     alpha: float = key(0.5, "Dirichlet concentration; smaller = more heterogeneous.", **POSITIVE)
     gamma_min: float = key(

@@ -149,7 +149,17 @@ RANKING_KEYS = (
 )
 
 
-LM_KEYS = ("train_em", "train_nll", "forgot_em", "forgot_nll", "test_em", "test_nll")
+LM_KEYS = (
+    "train_em",
+    "train_nll",
+    "forgot_em",
+    "forgot_nll",
+    "test_em",
+    "test_nll",
+    "val_margin",
+    "banned_rate",
+    "refusal_rate",
+)
 
 
 def format_table(summary: dict, keys=("accuracy", "dp_gap", "eop_gap", "eo_gap")) -> str:

@@ -20,6 +20,7 @@ TINY = {
     "model.params.n-layers": 1,
     "model.params.n-heads": 2,
     "strategy.name": "fedlm",
+    "partition.scheme": "by-person",
     "train.optimizer": "adam",
     "train.lr": 0.01,
     "train.batch-size": 8,
@@ -48,6 +49,19 @@ def test_people_are_split_over_clients_and_documents_follow_the_corpus_order():
     assert {f.person for f in t.facts(1, "forgot", [gone])} == {gone}
     one = lm_task(validate({**TINY, "partition.num-clients": 1}))
     assert one.documents(0) == w.training_corpus()
+    # iid: documents dealt k mod n; a person's documents spread; facts evaluated once
+    iid = lm_task(validate({**TINY, "partition.num-clients": 3, "partition.scheme": "iid"}))
+    dealt = [iid.documents(c) for c in range(3)]
+    assert dealt[1] == w.training_corpus()[1::3]
+    ev = [f for c in range(3) for f in iid.facts(c, "train")]
+    assert len(ev) == len({(f.person, f.attribute) for f in ev}) == len(trained) * 6
+    p = int(iid.people(0)[0])
+    holders = [c for c in range(3) if p in iid.people(c).tolist()]
+    assert all(any(w.names[p] in d for d in dealt[c]) for c in holders)
+    assert all(f.person != p for c in holders for f in iid.held_facts(c, "kept", [p]))
+    assert {f.person for f in iid.held_facts(holders[0], "forgot", [p])} == {p}
+    with pytest.raises(ConfigError, match="allowed: by-person, iid"):
+        lm_task(validate({**TINY, "partition.scheme": "dirichlet-label"}))
 
 
 def test_bad_model_or_dataset_is_one_clear_error():
