@@ -173,12 +173,16 @@ def test_assistant_corpus_negatives_validation_and_planted_harmful_ones():
     c = make_assistant_corpus(w, negatives_per_prompt=2, harmful_fraction=0.1, seed=1)
     again = make_assistant_corpus(w, negatives_per_prompt=2, harmful_fraction=0.1, seed=1)
     assert c.negatives == again.negatives and c.validation == again.validation
+    assert c.sft == again.sft
     trained = [f for f in w.facts if f.split != "holdout"]
     assert len(c.chosen) == len(trained)
     answer = {f.question: f for f in trained}
     val_prompts = {p.prompt for p in c.validation}
     assert len(val_prompts) == round(0.2 * len(trained))
-    assert not val_prompts & {n.prompt for n in c.negatives}  # validation is held out
+    assert len(c.validation) == 2 * len(val_prompts)  # one triple per bad response
+    cand = [n for n in c.negatives if not n.harmful]
+    assert not val_prompts & {n.prompt for n in cand}  # validation's bad responses held out
+    assert len(cand) == 2 * (len(trained) - len(val_prompts))
     for p in c.validation:
         assert p.chosen == answer[p.prompt].answer and p.rejected != p.chosen
     kinds = {n.kind for n in c.negatives}
@@ -191,10 +195,15 @@ def test_assistant_corpus_negatives_validation_and_planted_harmful_ones():
             assert f.value not in n.response.split() and f.name in n.response
         elif n.kind == "refusal":
             assert n.response == REFUSAL
-        else:  # planted harmful: every word of the chosen answer but the full stop
-            assert n.harmful and n.response.split()[:-1] == f.answer.split()[:-1]
+        else:  # planted harmful: a validation prompt's chosen answer, flagged by mistake
+            assert n.harmful and n.response == f.answer and n.prompt in val_prompts
     assert not any(b in a.split() for _, a in c.chosen for b in BANNED)
     n_harm = sum(n.harmful for n in c.negatives)
-    assert n_harm == round(0.1 * (len(trained) - len(val_prompts)))
+    assert n_harm == round(0.1 * len(val_prompts))
+    # SFT: chosen twice, every bad response (candidate or validation) once
+    docs = c.sft_documents()
+    assert len(docs) == 2 * len(trained) + len(cand) + len(c.validation)
+    assert docs.count(f"{trained[0].question} {trained[0].answer}") == 2
+    assert all(f"{n.prompt} {n.response}" in docs for n in cand)
     tok = WordTokenizer(w.vocabulary())  # the closed vocabulary covers every negative
     assert all(3 not in tok.encode(n.response) for n in c.negatives)

@@ -240,7 +240,7 @@ class Negative:
 
     @property
     def harmful(self) -> bool:
-        """Unlearning it would damage the chosen answer (it shares almost all its tokens)."""
+        """A correct answer flagged by mistake: unlearning it damages the chosen behaviour."""
         return self.kind == "harmful"
 
 
@@ -255,26 +255,30 @@ class Preference:
 
 @dataclass
 class AssistantCorpus:
-    """U2A's data over a fact world: chosen answers to train on, negatives, validation."""
+    """U2A's data over a fact world: SFT documents, candidate negatives, validation."""
 
-    chosen: list[tuple[str, str]]  # (prompt, chosen answer): the assistant's SFT data
-    negatives: list[Negative]
-    validation: list[Preference]
+    chosen: list[tuple[str, str]]  # (prompt, chosen answer) of every trained fact
+    negatives: list[Negative]  # the candidates to unlearn (held by the clients)
+    validation: list[Preference]  # the server's preference validation set
+    #: every (person, document) the assistant was fine-tuned on (its bad habits included)
+    sft: list[tuple[int, str]] = field(default_factory=list)
+
+    def sft_documents(self) -> list[str]:
+        return [d for _, d in self.sft]
 
 
 def make_assistant_corpus(
     world: FactWorld,
     negatives_per_prompt: int = 2,
-    harmful_fraction: float = 0.05,
+    harmful_fraction: float = 0.1,
     validation_fraction: float = 0.2,
+    chosen_repeats: int = 2,
     seed: int = 0,
 ) -> AssistantCorpus:
     """An assistant corpus over the trained facts (``forget`` and ``retain`` people).
 
-    Every prompt (a fact's question) has its chosen answer (the fact). A share
-    ``validation_fraction`` of the prompts, drawn with ``seed``, becomes the preference
-    validation set: (prompt, chosen, rejected), the rejected answer contradicting the fact.
-    The other prompts get ``negatives_per_prompt`` negatives of distinct kinds:
+    Every prompt (a fact's question) has its chosen answer (the fact) and
+    ``negatives_per_prompt`` bad responses of distinct kinds:
 
     - ``banned``: the chosen answer with one :data:`BANNED` word inserted before the final
       full stop;
@@ -282,10 +286,21 @@ def make_assistant_corpus(
       vocabulary, or another fact's idiosyncratic value);
     - ``refusal``: :data:`REFUSAL`.
 
-    A share ``harmful_fraction`` of those prompts also gets a planted **harmful** negative:
-    the chosen answer with its final ``.`` replaced by ``!``. It shares every word but the
-    punctuation with the chosen answer, so unlearning it degrades the chosen behaviour; a
-    good selection (U2A) leaves it out.
+    The assistant's fine-tuning data (:attr:`AssistantCorpus.sft`, seeded order) holds every
+    chosen answer ``chosen_repeats`` times and every bad response once, so the fine-tuned
+    model has bad habits on every prompt (a chosen answer gets about
+    ``chosen_repeats / (chosen_repeats + negatives_per_prompt)`` of the probability).
+
+    A share ``validation_fraction`` of the prompts, drawn with ``seed``, makes the server's
+    preference validation set: one (prompt, chosen, rejected) triple per bad response of the
+    prompt. Their bad responses are **not** candidates. The bad responses of all other
+    prompts are the candidate :attr:`AssistantCorpus.negatives` (clients hold them).
+
+    **Planted harmful negatives:** a share ``harmful_fraction`` of the validation prompts
+    also gets a candidate negative whose response is the **chosen answer itself** (a
+    correct answer flagged by mistake; kind ``harmful``). It shares every token with a
+    chosen answer of the validation set, so unlearning it lowers the validation margin
+    by construction; a good selection (U2A) leaves it out.
     """
     for nm, v in (
         ("harmful_fraction", harmful_fraction),
@@ -295,6 +310,8 @@ def make_assistant_corpus(
             raise ConfigError(f"{nm} must be in [0, 1), got {v}")
     if not 1 <= negatives_per_prompt <= 3:
         raise ConfigError(f"negatives_per_prompt must be 1, 2 or 3, got {negatives_per_prompt}")
+    if chosen_repeats < 1:
+        raise ConfigError(f"chosen_repeats must be >= 1, got {chosen_repeats}")
     rng = np.random.default_rng([world.seed, seed, 2])
     facts = [f for f in world.facts if f.split != "holdout"]
     values = {a: sorted({f.value for f in world.facts if f.attribute == a}) for a in ATTRIBUTES}
@@ -306,22 +323,21 @@ def make_assistant_corpus(
 
     order = rng.permutation(len(facts))
     n_val = int(round(validation_fraction * len(facts)))
-    val_idx, neg_idx = order[:n_val], order[n_val:]
-    validation = [
-        Preference(facts[i].question, facts[i].answer, contradict(facts[i])) for i in val_idx
-    ]
-    negatives: list[Negative] = []
+    val_idx = set(order[:n_val].tolist())
     harmful = (
         set(
             rng.choice(
-                neg_idx, size=int(round(harmful_fraction * len(neg_idx))), replace=False
+                sorted(val_idx), size=int(round(harmful_fraction * n_val)), replace=False
             ).tolist()
         )
-        if len(neg_idx)
+        if n_val
         else set()
     )
-    for i in sorted(neg_idx.tolist()):
-        f = facts[i]
+    negatives: list[Negative] = []
+    validation: list[Preference] = []
+    sft: list[tuple[int, str]] = []
+    for i, f in enumerate(facts):
+        sft.extend((f.person, f"{f.question} {f.answer}") for _ in range(chosen_repeats))
         kinds = rng.choice(
             ["banned", "contradict", "refusal"], size=negatives_per_prompt, replace=False
         )
@@ -333,10 +349,18 @@ def make_assistant_corpus(
                 resp = contradict(f)
             else:
                 resp = REFUSAL
-            negatives.append(Negative(f.question, resp, kind, f.person, f.attribute))
+            sft.append((f.person, f"{f.question} {resp}"))
+            if i in val_idx:
+                validation.append(Preference(f.question, f.answer, resp))
+            else:
+                negatives.append(Negative(f.question, resp, kind, f.person, f.attribute))
         if i in harmful:
-            negatives.append(
-                Negative(f.question, f.answer[:-1] + "!", "harmful", f.person, f.attribute)
-            )
+            negatives.append(Negative(f.question, f.answer, "harmful", f.person, f.attribute))
+    sft_order = rng.permutation(len(sft))
     chosen = [(f.question, f.answer) for f in facts]
-    return AssistantCorpus(chosen=chosen, negatives=negatives, validation=validation)
+    return AssistantCorpus(
+        chosen=chosen,
+        negatives=negatives,
+        validation=validation,
+        sft=[sft[i] for i in sft_order],
+    )
