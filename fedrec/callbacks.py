@@ -142,6 +142,16 @@ def load_checkpoint(path: str | Path) -> tuple[int, list[np.ndarray], dict]:
         return int(z["server_round"]), weights, state
 
 
+def load_weights(path: str | Path) -> list[np.ndarray]:
+    """The model weights of a :class:`Checkpoint` file or of a plain ``numpy.savez`` of the
+    arrays in order (``arr_0, arr_1, ...``: the unlearning and U2A traces)."""
+    with np.load(Path(path), allow_pickle=False) as z:
+        if "server_round" in z.files:
+            return load_checkpoint(path)[1]
+        n = sum(1 for k in z.files if k.startswith("arr_"))
+        return [z[f"arr_{i}"] for i in range(n)]
+
+
 class Progress(Callback):
     """A progress bar over rounds showing the latest global metrics."""
 

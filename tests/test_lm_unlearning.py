@@ -143,3 +143,11 @@ def test_steps_to_forget_counts_ga_steps_per_sample(trained):
         loss.backward()
         opt.step()
     assert bool(teacher_forced_match(mm, ids[i : i + 1], mask[i : i + 1])[0])
+
+
+def test_greedy_batch_equals_one_prompt_at_a_time(trained):
+    from fedrec.models.causal_lm import generate, greedy_batch
+
+    w, tok, m, pairs, ids, mask = trained
+    prompts = [tok.encode(q, bos=True) for q, _ in pairs[:12]]
+    assert greedy_batch(m, prompts, 10) == [generate(m, p, 10) for p in prompts]

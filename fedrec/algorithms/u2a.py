@@ -92,12 +92,13 @@ from torch import nn
 
 from fedrec.algorithms.lm_unlearning import LOSSES, answer_logprob, forget_losses
 from fedrec.data.factworld import BANNED, REFUSAL, Preference
-from fedrec.models.causal_lm import WordTokenizer, encode_qa, generate
+from fedrec.models.causal_lm import WordTokenizer, encode_qa, greedy_batch
 
 __all__ = [
     "alignment_scores",
     "banned_rate",
     "cg_solve",
+    "dpo_loss",
     "encode_preferences",
     "flatten",
     "generate_answers",
@@ -109,6 +110,7 @@ __all__ = [
     "objective_grad",
     "preconditioned_direction",
     "preference_margin",
+    "score_negatives",
     "unflatten",
     "win_rate",
 ]
@@ -480,8 +482,70 @@ def generate_answers(
     model.eval()
     try:
         return [
-            tok.decode(generate(model, tok.encode(p, bos=True), max_new))  # type: ignore[arg-type]
-            for p in prompts
+            tok.decode(g)
+            for g in greedy_batch(
+                model,  # type: ignore[arg-type]
+                [tok.encode(p, bos=True) for p in prompts],
+                max_new,
+            )
         ]
     finally:
         model.train(was)
+
+
+# ------------------------------------------------------------------ scoring and baselines
+def score_negatives(
+    model: nn.Module,
+    kind: str,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    grad_J: Params,
+    ref_lp: torch.Tensor | None = None,
+    beta: float = 0.1,
+    score: str = "dot",
+    curvature: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cg_iters: int = 10,
+    damping: float = 1e-2,
+) -> torch.Tensor:
+    """U2A's scores of candidate negatives ``(B,)`` float64: ``dot`` is the cheap
+    ``-<grad J, grad l_u(x_i)>``; ``cg`` the implicit-gradient ``-<(H + damping I)^{-1}
+    grad J, grad l_u(x_i)>`` with ``H`` the Hessian of the mean NLL of ``curvature``
+    (``(ids, mask)`` of the data the unlearning must keep: the retain term ``R`` of the
+    inner problem), solved by :func:`cg_solve` with ``cg_iters`` exact HVPs."""
+    if score not in ("dot", "cg"):
+        raise ValueError(f"unknown score {score!r}; allowed: dot, cg")
+    v = grad_J
+    if score == "cg":
+        from torch.func import functional_call
+
+        from fedrec.models.causal_lm import sequence_nll
+
+        if curvature is None or len(curvature[0]) == 0:
+            raise ValueError("score 'cg' needs curvature data (ids, mask) of the kept answers")
+        c_ids, c_mask = curvature
+
+        def curvature_fn(p: Params) -> torch.Tensor:
+            fn = lambda t: functional_call(model, p, (t,))  # noqa: E731
+            return sequence_nll(fn, c_ids, c_mask).mean()  # type: ignore[arg-type]
+
+        v = preconditioned_direction(model, grad_J, curvature_fn, iters=cg_iters, damping=damping)
+    return alignment_scores(v, negative_grads(model, kind, ids, mask, ref_lp, beta))
+
+
+def dpo_loss(
+    model: nn.Module,
+    c_ids: torch.Tensor,
+    c_mask: torch.Tensor,
+    r_ids: torch.Tensor,
+    r_mask: torch.Tensor,
+    ref_c: torch.Tensor,
+    ref_r: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """The DPO loss (Rafailov et al. 2023) on (chosen, rejected) pairs with mean per-token
+    log-probabilities (as ``J``): ``mean -log sigmoid(beta * ((lp_c - ref_c) - (lp_r -
+    ref_r)))``, ``ref_*`` the reference model's values. The DPO fine-tune baseline."""
+    lp_c = answer_logprob(model, c_ids, c_mask)
+    lp_r = answer_logprob(model, r_ids, r_mask)
+    z = beta * ((lp_c - ref_c) - (lp_r - ref_r))
+    return torch.nn.functional.softplus(-z).mean()

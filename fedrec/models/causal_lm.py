@@ -34,6 +34,7 @@ __all__ = [
     "train_lm",
     "WordTokenizer",
     "generate",
+    "greedy_batch",
     "per_sample_grads",
     "sequence_nll",
     "token_logprobs",
@@ -193,6 +194,32 @@ def generate(
         out.append(nxt)
         if stop is not None and nxt == stop:
             break
+    return out
+
+
+@torch.no_grad()
+def greedy_batch(
+    model: CausalLM, prompts: Sequence[Sequence[int]], max_new: int, stop: int = EOS
+) -> list[list[int]]:
+    """:func:`generate` (greedy) for many prompts at once: prompts of equal length are
+    decoded together (no padding enters the model), each stopping after ``stop``. Equals
+    ``[generate(model, p, max_new) for p in prompts]``."""
+    out: list[list[int]] = [[] for _ in prompts]
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    for _, idx in sorted(by_len.items()):
+        ids = torch.as_tensor([list(prompts[i]) for i in idx], dtype=torch.long)
+        done = torch.zeros(len(idx), dtype=torch.bool)
+        for _ in range(max_new):
+            nxt = model(ids[:, -model.context :])[:, -1].argmax(-1)
+            for j, i in enumerate(idx):
+                if not done[j]:
+                    out[i].append(int(nxt[j]))
+            done |= nxt == stop
+            if bool(done.all()):
+                break
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
     return out
 
 
