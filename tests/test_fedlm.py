@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -144,5 +146,9 @@ def test_lm_unlearning_request_is_served_by_the_forgetting_clients(tmp_path):
             return float(sequence_nll(m, ids, mask).mean())
 
     assert nll(traces[-1]) > nll(traces[0]) + 0.1
+    audit = [json.loads(x) for x in (tmp_path / "u" / "unlearning.jsonl").read_text().splitlines()]
+    m = audit[0]["metrics"]  # the oracle's LOSS attack and the clients' utility
+    assert audit[0]["rounds"] == 2 and 0 <= m["mia_auc"] <= 1 and "retain_train_em" in m
+    assert abs(m["forget_nll"] - nll(traces[-1])) < 1e-4
     line = summary["unlearning"][0] if "unlearning" in summary else None
     assert line is None or line["rounds"] == 2

@@ -29,6 +29,13 @@ by the unlearning session's verification step in a simulation. Its choices:
 
   A SISA ensemble is attacked through each user's own shard's item matrix.
 
+- **Language models** (``fedlm``; ``users`` requests name fact-world people): the LOSS
+  attack on the served model, scores = negated mean answer NLL: the forgotten people's
+  facts (members before unlearning) against the held-out people's facts (never trained).
+  ``mia_auc``, ``mia_tpr@1%fpr``, ``forget_em`` (greedy exact match on the forgotten facts)
+  and ``forget_nll``. The full LM report (truth ratio, forget quality, zlib / Min-K,
+  per-MRD quartile) is :mod:`fedrec.unlearning.lm_eval`, used by ``experiments/mrd``.
+
 Other strategies (FedSASRec) get no oracle metrics yet.
 """
 
@@ -46,11 +53,43 @@ FOLD_IN_EPOCHS = 10
 
 def completeness(strategy, weights, requests, session) -> dict[str, float]:
     name = getattr(strategy, "name", "")
+    if name in ("fedlm", "u2a"):
+        return _lm(strategy, weights, requests)
     if name in ("fedmf", "raid", "lego"):
         return _mf(strategy, weights, requests, session)
     if hasattr(strategy, "ud"):
         return {}
     return _classifier(strategy, weights, requests, session)
+
+
+def _lm(strategy, weights, requests) -> dict[str, float]:
+    import torch
+
+    from fedrec.lmtask import build_model, lm_task
+    from fedrec.models.causal_lm import encode_qa, sequence_nll, teacher_forced_match
+
+    t = lm_task(strategy.cfg)
+    people = {int(u) for r in requests if r.kind == "users" for u in r.ids}
+    forgot = [f for f in t.world.facts if f.person in people]  # type: ignore[attr-defined]
+    held = [f for f in t.world.facts if f.split == "holdout"]  # type: ignore[attr-defined]
+    if not forgot or not held:
+        return {}
+    model = build_model(strategy.cfg)
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights):
+            p.copy_(torch.as_tensor(np.asarray(w, dtype=np.float32)))
+        model.eval()
+        fi, fm = encode_qa(t.tok, [(f.question, f.answer) for f in forgot])  # type: ignore[arg-type]
+        hi, hm = encode_qa(t.tok, [(f.question, f.answer) for f in held])  # type: ignore[arg-type]
+        f_nll = sequence_nll(model, fi, fm).numpy()
+        h_nll = sequence_nll(model, hi, hm).numpy()
+        em = float(teacher_forced_match(model, fi, fm).float().mean())
+    return {
+        "mia_auc": mia_auc(-f_nll, -h_nll),
+        "mia_tpr@1%fpr": mia_tpr_at_fpr(-f_nll, -h_nll, 0.01),
+        "forget_em": em,
+        "forget_nll": float(f_nll.mean()),
+    }
 
 
 def _forgotten_clients(requests) -> list[int]:
