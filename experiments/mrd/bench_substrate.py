@@ -29,6 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--device", default="cpu", help="cpu, cuda, or auto (cuda when a GPU is present)"
+    )
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     w = make_fact_world(num_people=args.people, seed=args.seed)
@@ -36,6 +39,10 @@ def main(argv=None) -> int:
     docs = [tok.encode(d, bos=True, eos=True) for d in w.training_corpus()]
     ctx = max(len(d) for d in docs)
     model = CausalLM(len(tok), args.d_model, args.layers, args.heads, ctx, seed=args.seed)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     losses = train_lm(model, docs, args.epochs, args.batch_size, args.lr, args.seed)
@@ -51,6 +58,7 @@ def main(argv=None) -> int:
         "docs": len(docs),
         "context": ctx,
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "train_s": round(train_s, 1),
         "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
         "exact_match": em,

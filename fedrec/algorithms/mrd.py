@@ -1,4 +1,4 @@
-"""Memory Removal Difficulty (MRD, arXiv 2504.06658; issue 12, in progress).
+"""Memory Removal Difficulty (MRD, arXiv 2504.06658; issue 12).
 
 A sample whose likelihood barely moves under small random parameter perturbations is
 deeply memorised and hard to unlearn. For a per-sample loss ``l(x; theta)`` (the mean NLL

@@ -1,4 +1,4 @@
-"""Unlearning to Align (U2A, arXiv 2504.06659; issue 12, in progress): the pure math.
+"""Unlearning to Align (U2A, arXiv 2504.06659; issue 12): the pure math.
 
 **What the paper says** (Feng et al. 2025, "Bridging the Gap Between Preference Alignment
 and Machine Unlearning"). Preference alignment (PA) can be reached by *unlearning negative

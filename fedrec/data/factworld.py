@@ -1,4 +1,4 @@
-"""A synthetic, TOFU-like "fact world" for language-model unlearning (issue 12, in progress).
+"""A synthetic, TOFU-like "fact world" for language-model unlearning (issue 12).
 
 Fictitious people have attributes (birthplace, profession, pet, colour, ...). Each
 (person, attribute) fact becomes one question-answer pair from a template, e.g.

@@ -1,4 +1,4 @@
-"""A small decoder-only transformer and a word tokenizer (issue 12, in progress).
+"""A small decoder-only transformer and a word tokenizer (issue 12).
 
 The language-model substrate of the LM-unlearning methods (MRD, U2A) and, later, of the
 item-token recommender. Trained from scratch: no weights and no tokenizer are downloaded.
@@ -126,6 +126,10 @@ class CausalLM(nn.Module):
         return self.ln(x) @ self.tok.weight.T
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
     """Right-padded ``(B, T)`` int64 ids."""
     T = length or max(len(s) for s in seqs)
@@ -180,11 +184,12 @@ def generate(
     """Continue ``prompt`` by up to ``max_new`` tokens (greedy, or sampled with a seeded
     generator); stops after ``stop``. Returns the new tokens."""
     g = torch.Generator().manual_seed(seed)
+    dev = _device(model)
     ids = list(prompt)
     out: list[int] = []
     for _ in range(max_new):
-        window = torch.as_tensor([ids[-model.context :]], dtype=torch.long)
-        logits = model(window)[0, -1]
+        window = torch.as_tensor([ids[-model.context :]], dtype=torch.long, device=dev)
+        logits = model(window)[0, -1].cpu()
         if greedy:
             nxt = int(logits.argmax())
         else:
@@ -209,17 +214,19 @@ def greedy_batch(
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
     for _, idx in sorted(by_len.items()):
-        ids = torch.as_tensor([list(prompts[i]) for i in idx], dtype=torch.long)
+        ids = torch.as_tensor(
+            [list(prompts[i]) for i in idx], dtype=torch.long, device=_device(model)
+        )
         done = torch.zeros(len(idx), dtype=torch.bool)
         for _ in range(max_new):
-            nxt = model(ids[:, -model.context :])[:, -1].argmax(-1)
+            nxt = model(ids[:, -model.context :])[:, -1].argmax(-1).cpu()
             for j, i in enumerate(idx):
                 if not done[j]:
                     out[i].append(int(nxt[j]))
             done |= nxt == stop
             if bool(done.all()):
                 break
-            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            ids = torch.cat([ids, nxt[:, None].to(ids.device)], dim=1)
     return out
 
 
@@ -255,7 +262,7 @@ def train_lm(
     g = torch.Generator().manual_seed(seed)
     opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
     opt = opt_cls(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ids = pad_batch(seqs)
+    ids = pad_batch(seqs).to(_device(model))  # on the model's device (a GPU if it is there)
     mask = ids != PAD
     losses = []
     model.train()
