@@ -207,7 +207,13 @@ class Influence(UnlearningMethod):
 
 @dataclass(frozen=True)
 class LMUnlearnParams:
-    loss: str = key("ga", "Forget loss: ga, graddiff or npo.", choices=("ga", "graddiff", "npo"))
+    loss: str = key(
+        "graddiff",
+        "Forget loss: ga, graddiff (with the client's kept facts) or npo. GA and NPO (beta "
+        "0.1) collapse the model's utility long before the forgotten facts look retrained "
+        "(experiments/mrd/README.md); graddiff keeps more.",
+        choices=("ga", "graddiff", "npo"),
+    )
     sampling: str = key(
         "uniform",
         "Forget mini-batches: uniform, or mrd (easy-first, P ∝ exp(-rank(MRD)/tau)).",
@@ -219,7 +225,7 @@ class LMUnlearnParams:
         "of R admits the easiest ceil(t * n / R) forgetting clients.",
     )
     steps: int = key(
-        5, "Local unlearning steps per round.", check=lambda v: v >= 1, check_doc=">= 1"
+        2, "Local unlearning steps per round.", check=lambda v: v >= 1, check_doc=">= 1"
     )
     lr: float = key(1e-3, "Local Adam learning rate.", check=lambda v: v > 0, check_doc="> 0")
     batch_size: int = key(
