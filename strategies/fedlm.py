@@ -42,10 +42,10 @@ class FedLM(FedrecStrategy):
     """FedAvg / FedAdam on a causal LM (module docstring)."""
 
     name = "fedlm"
-    Params = FedLMParams
+    Params: ClassVar[type] = FedLMParams
     client_half = "fedrec.clients.fedlm:LMClient"
     progress_keys = ("train_em", "forgot_em", "test_nll")
-    unlearning_kinds = ("users", "client")
+    unlearning_kinds: ClassVar[tuple[str, ...]] = ("users", "client")
     server_state_attrs: ClassVar[tuple[str, ...]] = ("_adam",)
     _adam: AdamState | None = None
 
