@@ -70,6 +70,23 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         written.append(run_dir / "metrics.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
+    al = [r for r in rows if r["scope"] == "global" and "val_margin" in r]
+    if al:  # u2a: the alignment view
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        rounds = [r["round"] for r in al]
+        axes[0].plot(rounds, [r["val_margin"] for r in al], "o-", ms=3, label="val_margin (J)")
+        for key in ("banned_rate", "refusal_rate", "train_em"):
+            if key in al[-1]:
+                axes[1].plot(rounds, [r.get(key, float("nan")) for r in al], "o-", ms=3, label=key)
+        axes[0].set(xlabel="round", title="Validation preference margin")
+        axes[1].set(xlabel="round", title="Greedy answers: banned, refusals, facts")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(run_dir / "alignment.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
     glob = [r for r in rows if r["scope"] == "global" and "accuracy" in r]
     if glob:
         rounds = [r["round"] for r in glob]

@@ -96,3 +96,18 @@ def test_u2a_never_selects_the_planted_harmful_negatives(tmp_path):
     with pytest.raises(ConfigError, match="strategy.params.init"):
         s.initial_weights()
     assert np.isfinite(last["val_margin"])
+
+
+def test_alignment_plot_from_rounds(tmp_path):
+    from fedrec.report import format_table, plot_run
+
+    rows = [
+        {"round": r, "scope": "global", "train_em": 0.1 * r, "train_nll": 1.0 / r,
+         "val_margin": 0.2 * r, "banned_rate": 0.0, "refusal_rate": 0.5 / r}
+        for r in (1, 2, 3)
+    ]  # fmt: skip
+    (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    written = {p.name for p in plot_run(tmp_path)}
+    assert written == {"metrics.png", "alignment.png"}
+    table = format_table({"final": {"global": rows[-1], "local": {}}})
+    assert "val_margin" in table and "0.6000" in table and "train_em" in table
