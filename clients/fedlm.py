@@ -9,6 +9,7 @@ import torch
 
 from fedrec.clients.base import ClientHalf, Metrics, Weights
 from fedrec.config import RunConfig
+from fedrec.models import get_weights, set_weights
 from fedrec.seeding import derive_seed
 from fedrec.specs import fedlm as spec
 from fedrec.unlearning.client import FORGET_USERS
@@ -29,15 +30,8 @@ def _model(cfg: RunConfig, weights: Weights):
         _MODELS.clear()
         _MODELS[k] = build_model(cfg)
     m = _MODELS[k]
-    with torch.no_grad():
-        for prm, w in zip(m.parameters(), weights):
-            prm.copy_(torch.as_tensor(np.asarray(w, dtype=np.float32)))
-    m.eval()
-    return m
-
-
-def _weights(model) -> Weights:
-    return [p.detach().numpy().copy() for p in model.parameters()]
+    set_weights(m, [np.asarray(w, dtype=np.float32) for w in weights])
+    return m.eval()
 
 
 class LMClient(ClientHalf):
@@ -88,7 +82,7 @@ class LMClient(ClientHalf):
         docs = self.training_documents()
         model = _model(self.cfg, weights)
         if not docs:
-            return _weights(model), {spec.NUM_EXAMPLES: 0, spec.TRAIN_LOSS: 0.0}
+            return get_weights(model), {spec.NUM_EXAMPLES: 0, spec.TRAIN_LOSS: 0.0}
         seqs = [self.task.tok.encode(d, bos=True, eos=True) for d in docs]  # type: ignore[attr-defined]
         losses = train_lm(
             model,
@@ -100,7 +94,7 @@ class LMClient(ClientHalf):
             optimizer=tr.optimizer,
             weight_decay=tr.weight_decay,
         )
-        return _weights(model), {spec.NUM_EXAMPLES: len(docs), spec.TRAIN_LOSS: losses[-1]}
+        return get_weights(model), {spec.NUM_EXAMPLES: len(docs), spec.TRAIN_LOSS: losses[-1]}
 
     def training_documents(self) -> list[str]:
         """The documents :meth:`fit` trains on (without the forgotten people's)."""
@@ -173,7 +167,7 @@ class LMClient(ClientHalf):
         enc = self._encoded("forgot", held=True)
         model = _model(self.cfg, weights)
         if enc is None:
-            return _weights(model), {spec.NUM_EXAMPLES: 0}
+            return get_weights(model), {spec.NUM_EXAMPLES: 0}
         ids, mask = enc
         offset = int(config["step-offset"])
         if offset == 0 or REF_STATE not in self.state:  # NPO's reference: the model as served
@@ -206,4 +200,4 @@ class LMClient(ClientHalf):
             step_offset=offset,
             total_steps=int(config["total-steps"]),
         )
-        return _weights(model), {spec.NUM_EXAMPLES: len(ids)}
+        return get_weights(model), {spec.NUM_EXAMPLES: len(ids)}

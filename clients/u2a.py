@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from fedrec.clients.base import Metrics, Weights
-from fedrec.clients.fedlm import LMClient, _model, _weights
+from fedrec.clients.fedlm import LMClient, _model
 from fedrec.config import RunConfig
+from fedrec.models import get_weights
 from fedrec.seeding import derive_seed
 from fedrec.specs import u2a as spec
 
@@ -115,7 +116,7 @@ class U2AClient(LMClient):
         model = _model(self.cfg, weights)
         enc = self._negatives()
         if enc is None:
-            return _weights(model), {spec.NUM_EXAMPLES: 0}
+            return get_weights(model), {spec.NUM_EXAMPLES: 0}
         ids, mask = enc
         p = self.p
         seed = derive_seed(self.cfg.seed, "u2a", server_round, self.client_id) % 2**63
@@ -125,7 +126,7 @@ class U2AClient(LMClient):
         idx = np.asarray(config[spec.IDX], dtype=np.int64)
         w = np.asarray(config[spec.WEIGHTS], dtype=np.float64)
         if len(idx) == 0:
-            return _weights(model), {spec.NUM_EXAMPLES: 0}
+            return get_weights(model), {spec.NUM_EXAMPLES: 0}
         kept = self._kept()
         t = torch.as_tensor(idx)
         unlearn(
@@ -144,7 +145,7 @@ class U2AClient(LMClient):
             alpha=p.alpha,
             seed=seed,
         )
-        return _weights(model), {spec.NUM_EXAMPLES: len(idx)}
+        return get_weights(model), {spec.NUM_EXAMPLES: len(idx)}
 
     def _dpo(self, model, ids, mask, config, seed):
         """The DPO baseline: ``align-steps`` Adam steps on all the client's (chosen,
@@ -171,7 +172,7 @@ class U2AClient(LMClient):
             loss.backward()
             opt.step()
         model.eval()
-        return _weights(model), {spec.NUM_EXAMPLES: len(negs)}
+        return get_weights(model), {spec.NUM_EXAMPLES: len(negs)}
 
     def evaluate(self, server_round: int, weights: Weights, config: dict[str, Any]) -> Metrics:
         from fedrec.algorithms.u2a import banned_rate, generate_answers

@@ -37,7 +37,16 @@ from fedrec.errors import ConfigError
 from fedrec.seeding import derive_seed
 from fedrec.specs.fedlm import MODEL_NAME, CausalLMParams
 
-__all__ = ["LMTask", "U2ATask", "build_model", "deal", "lm_task", "model_params", "u2a_task"]
+__all__ = [
+    "LMTask",
+    "U2ATask",
+    "build_model",
+    "deal",
+    "lm_task",
+    "load_model",
+    "model_params",
+    "u2a_task",
+]
 
 SCHEMES = ("by-person", "iid")
 
@@ -51,6 +60,7 @@ class LMTask:
     test_people: tuple[np.ndarray, ...]  # per client
     doc_client: np.ndarray  # the client of every training document (corpus order)
     fact_client: dict  # (person, attribute) -> the client that evaluates the fact
+    docs: tuple  # the world's (person, document) training corpus, in its seeded order
 
     def people(self, client_id: int) -> np.ndarray:
         return self.train_people[client_id]
@@ -58,8 +68,9 @@ class LMTask:
     def documents(self, client_id: int, forgotten=()) -> list[str]:
         """The client's training documents without those of ``forgotten`` people."""
         gone = {int(u) for u in forgotten}
-        docs = self.world.training_documents()  # type: ignore[attr-defined]
-        return [t for (p, t), c in zip(docs, self.doc_client) if c == client_id and p not in gone]
+        return [
+            t for (p, t), c in zip(self.docs, self.doc_client) if c == client_id and p not in gone
+        ]
 
     def facts(self, client_id: int, which: str, forgotten=()) -> list:
         """Facts the client *evaluates*: ``train`` (kept trained facts), ``forgot`` (facts
@@ -141,7 +152,14 @@ def _task(name: str, options: str, num_clients: int, seed: int, scheme: str) -> 
     for (_, t), c in zip(docs, doc_client):
         fact_client.setdefault(key_of[t], int(c))
     return LMTask(
-        world, tok, ctx, groups, _split(held, num_clients, s + 1), doc_client, fact_client
+        world,
+        tok,
+        ctx,
+        groups,
+        _split(held, num_clients, s + 1),
+        doc_client,
+        fact_client,
+        tuple(docs),
     )
 
 
@@ -178,6 +196,15 @@ def build_model(cfg: RunConfig):
         t.context,
         seed=derive_seed(cfg.seed, "init") % 2**63,
     )
+
+
+def load_model(cfg: RunConfig, weights):
+    """:func:`build_model` holding ``weights`` (parameter order), in evaluation mode."""
+    from fedrec.models import set_weights
+
+    model = build_model(cfg)
+    set_weights(model, [np.asarray(w, dtype=np.float32) for w in weights])
+    return model.eval()
 
 
 # ------------------------------------------------------------------ U2A's assistant task

@@ -33,60 +33,40 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     plt = _plt()
     rows = read_rounds(run_dir / "rounds.jsonl")
     written = []
-    rec = [r for r in rows if r["scope"] == "global" and "ndcg@10" in r]
-    if rec:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        rounds = [r["round"] for r in rec]
-        for key in ("ndcg@10", "hr@10"):
-            axes[0].plot(rounds, [r[key] for r in rec], "o-", ms=3, label=key)
-        for key in ("exposure_pop@10", "gini@10", "coverage@10"):
-            if key in rec[0]:
-                axes[1].plot(rounds, [r[key] for r in rec], "o-", ms=3, label=key)
-        axes[0].set(xlabel="round", title="Ranking accuracy")
-        axes[1].set(xlabel="round", title="Item-side exposure")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(run_dir / "metrics.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    lm = [r for r in rows if r["scope"] == "global" and "train_em" in r]
-    if lm:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        rounds = [r["round"] for r in lm]
-        for key in ("train_em", "forgot_em", "test_em"):
-            if key in lm[-1]:
-                axes[0].plot(rounds, [r.get(key, float("nan")) for r in lm], "o-", ms=3, label=key)
-        for key in ("train_nll", "forgot_nll", "test_nll"):
-            if key in lm[-1]:
-                axes[1].plot(rounds, [r.get(key, float("nan")) for r in lm], "o-", ms=3, label=key)
-        axes[0].set(xlabel="round", title="Greedy exact match of the answers")
-        axes[1].set(xlabel="round", title="Answer NLL")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(run_dir / "metrics.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    al = [r for r in rows if r["scope"] == "global" and "val_margin" in r]
-    if al:  # u2a: the alignment view
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        rounds = [r["round"] for r in al]
-        axes[0].plot(rounds, [r["val_margin"] for r in al], "o-", ms=3, label="val_margin (J)")
-        for key in ("banned_rate", "refusal_rate", "train_em"):
-            if key in al[-1]:
-                axes[1].plot(rounds, [r.get(key, float("nan")) for r in al], "o-", ms=3, label=key)
-        axes[0].set(xlabel="round", title="Validation preference margin")
-        axes[1].set(xlabel="round", title="Greedy answers: banned, refusals, facts")
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(run_dir / "alignment.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+    glob_rows = [r for r in rows if r["scope"] == "global"]
+    views = (  # (rows that have the key, file, [(panel title, keys), (panel title, keys)])
+        (
+            "ndcg@10",
+            "metrics.png",
+            [
+                ("Ranking accuracy", ("ndcg@10", "hr@10")),
+                ("Item-side exposure", ("exposure_pop@10", "gini@10", "coverage@10")),
+            ],
+        ),
+        (
+            "train_em",
+            "metrics.png",
+            [
+                ("Greedy exact match of the answers", ("train_em", "forgot_em", "test_em")),
+                ("Answer NLL", ("train_nll", "forgot_nll", "test_nll")),
+            ],
+        ),
+        (  # u2a: the alignment view
+            "val_margin",
+            "alignment.png",
+            [
+                ("Validation preference margin", ("val_margin",)),
+                (
+                    "Greedy answers: banned, refusals, facts",
+                    ("banned_rate", "refusal_rate", "train_em"),
+                ),
+            ],
+        ),
+    )
+    for marker, name, panels in views:
+        sel = [r for r in glob_rows if marker in r]
+        if sel:
+            written.append(_round_panels(plt, sel, panels, run_dir / name))
     glob = [r for r in rows if r["scope"] == "global" and "accuracy" in r]
     if glob:
         rounds = [r["round"] for r in glob]
@@ -151,6 +131,24 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             fig.savefig(written[-1], dpi=110)
             plt.close(fig)
     return written
+
+
+def _round_panels(plt, rows: list[dict], panels, path: Path) -> Path:
+    """Side-by-side per-round curves: one panel per ``(title, keys)``; a key is drawn when
+    the last row has it (gaps as NaN)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(10, 3.8))
+    rounds = [r["round"] for r in rows]
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            if key in rows[-1]:
+                ax.plot(rounds, [r.get(key, float("nan")) for r in rows], "o-", ms=3, label=key)
+        ax.set(xlabel="round", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 RANKING_KEYS = (

@@ -75,9 +75,10 @@ class FedLM(FedrecStrategy):
 
     def initial_weights(self) -> list[np.ndarray]:
         from fedrec.lmtask import build_model
+        from fedrec.models import get_weights
 
         self._adam = None
-        return [p.detach().numpy().copy() for p in build_model(self.cfg).parameters()]
+        return get_weights(build_model(self.cfg))
 
     def aggregate(self, server_round: int, replies: list[ClientReply]):
         replies = [r for r in replies if r.weights is not None]

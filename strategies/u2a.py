@@ -101,25 +101,14 @@ class U2A(FedLM):
         self.num_neg = {c: int(self.hello[c][spec.NUM_NEGATIVES]) for c in self.client_ids}
         self._w_prev, self.selections = None, {}
 
-    def _model(self, weights):
-        import torch
-
-        from fedrec.lmtask import build_model
-
-        m = build_model(self.cfg)
-        with torch.no_grad():
-            for p, w in zip(m.parameters(), weights):
-                p.copy_(torch.as_tensor(np.asarray(w, dtype=np.float32)))
-        m.eval()
-        return m
-
     def margin(self, weights, grad: bool = False):
         """``J`` at ``weights`` (and its gradient as arrays in parameter order)."""
         import torch
 
         from fedrec.algorithms.u2a import objective_grad, preference_margin
+        from fedrec.lmtask import load_model
 
-        m = self._model(weights)
+        m = load_model(self.cfg, weights)
         if not grad:
             with torch.no_grad():
                 return float(preference_margin(m, *self.val)), None

@@ -183,14 +183,13 @@ def fed_config(args, seed, out):
 
 
 def load_trace(model_like, path):
+    """A copy of ``model_like`` holding the weights of a trace or checkpoint file."""
+    from fedrec.callbacks import load_weights
+    from fedrec.models import set_weights
+
     m = copy.deepcopy(model_like)
-    with np.load(path) as z:
-        arrs = [z[f"arr_{i}"] for i in range(len(z.files))]
-    with torch.no_grad():
-        for p, a in zip(m.parameters(), arrs):
-            p.copy_(torch.as_tensor(a))
-    m.eval()
-    return m
+    set_weights(m, load_weights(path))
+    return m.eval()
 
 
 def federated(args, world, tok, ev, seed, work: Path):

@@ -242,15 +242,13 @@ def fed_config(args, seed, **extra):
 
 
 def load(model_like, path):
+    """A copy of ``model_like`` holding the weights of a trace or checkpoint file."""
     from fedrec.callbacks import load_weights
+    from fedrec.models import set_weights
 
-    w = load_weights(path)
     m = copy.deepcopy(model_like)
-    with torch.no_grad():
-        for p, a in zip(m.parameters(), w):
-            p.copy_(torch.as_tensor(a))
-    m.eval()
-    return m
+    set_weights(m, load_weights(path))
+    return m.eval()
 
 
 def federated(args, s, seed, work: Path, like):

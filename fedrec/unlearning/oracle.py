@@ -65,7 +65,7 @@ def completeness(strategy, weights, requests, session) -> dict[str, float]:
 def _lm(strategy, weights, requests) -> dict[str, float]:
     import torch
 
-    from fedrec.lmtask import build_model, lm_task
+    from fedrec.lmtask import lm_task, load_model
     from fedrec.models.causal_lm import encode_qa, sequence_nll, teacher_forced_match
 
     t = lm_task(strategy.cfg)
@@ -74,11 +74,8 @@ def _lm(strategy, weights, requests) -> dict[str, float]:
     held = [f for f in t.world.facts if f.split == "holdout"]  # type: ignore[attr-defined]
     if not forgot or not held:
         return {}
-    model = build_model(strategy.cfg)
+    model = load_model(strategy.cfg, weights)
     with torch.no_grad():
-        for p, w in zip(model.parameters(), weights):
-            p.copy_(torch.as_tensor(np.asarray(w, dtype=np.float32)))
-        model.eval()
         fi, fm = encode_qa(t.tok, [(f.question, f.answer) for f in forgot])  # type: ignore[arg-type]
         hi, hm = encode_qa(t.tok, [(f.question, f.answer) for f in held])  # type: ignore[arg-type]
         f_nll = sequence_nll(model, fi, fm).numpy()
