@@ -47,6 +47,61 @@ Item-side fairness (popularity groups)
       ascending, as RecBole's ``GiniIndex``; 0 = equal exposure, -> 1 = concentrated.
     * ``coverage@K``: share of catalog items appearing in at least one user's top K.
 
+Item-group fairness (BiFair / UFO / IFairLRS)
+    Item groups are a boolean **membership** matrix ``M`` of shape ``(n_items, G)``: ``M[i, g]``
+    says item ``i`` belongs to group ``g``. An item may be in several groups (multi-genre) or in
+    none; popularity groups are one-hot (:func:`popularity_groups` + :func:`group_membership`).
+    An item in several groups counts **fully in each** of them (no splitting of its weight).
+
+    * :func:`popularity_groups`: items ordered by training interaction count **descending, ties by
+      lower item id**, that order split into ``n_groups`` contiguous chunks with ``np.array_split``
+      sizes (the first ``n_items % n_groups`` chunks one item larger); group 0 = most popular.
+    * Pair utilities (BiFair): every held-out ``(u, i)`` pair, ``i ∈ R(u)``, with ``pos`` the
+      1-based position of ``i`` in ``u``'s list: ``ndcg@K(u, i) = 1 / log2(pos + 1)`` if
+      ``pos <= K`` else 0 (IDCG = 1 per pair), ``hr@K(u, i) = 1[pos <= K]``.
+      :func:`group_utility_sums` returns, per group ``g``, ``ndcg_sum[g] = sum_{(u,i): M[i,g]}
+      ndcg@K(u, i)``, ``hr_sum[g]`` likewise and ``count[g] = #{(u, i) : M[i, g]}`` (summable
+      across clients); :func:`group_utility` the means ``ndcg_sum / count``, ``hr_sum / count``
+      (NaN where ``count = 0``). With one held-out item per user this is the mean per-user NDCG /
+      HR of the users whose test item is in ``g``. A relevant item missing from the list (e.g.
+      excluded) is a pair with utility 0.
+    * :func:`utility_disparity` over the valid groups ``V`` (finite utility and, if counts are
+      given, ``count >= min_count``), ``n = |V|``, ``m = mean_{g∈V} U_g``:
+      ``worst25_ratio = mean(q smallest U_g) / m`` with ``q = max(1, ceil(quantile * n))`` (the
+      bottom quartile is ``ceil(n / 4)`` groups, at least 1; 1 = perfectly even, -> 0 = the worst
+      groups get nothing); ``range_gap = max - min``; ``cv = std / m`` (population std, ddof=0);
+      ``min``, ``max``, ``mean``, ``n_groups = n``. ``worst25_ratio`` and ``cv`` are NaN when
+      ``m = 0``; every value except ``n_groups`` is NaN when ``n = 0``.
+    * Exposure (IFairLRS / UFO "GR"): :func:`group_exposure_counts` ``c[g] = #{(u, r) : r <= K,
+      topk[u, r] >= 0, M[topk[u, r], g]}`` (summable across clients); :func:`group_shares`
+      ``GR[g] = c[g] / sum_h c[h]``. For multi-label groups this normalises over **group labels**
+      (an item in two groups adds one label to each), so shares sum to 1 over groups.
+    * :func:`group_distribution` ("GP", the reference distribution, e.g. over all training
+      interactions): ``GP[g] = w[g] / sum_h w[h]`` with ``w[g] = sum_j weight_j M[item_j, g]``
+      (``weight_j = 1`` by default).
+    * :func:`distribution_unfairness` of ``GP`` vs ``GR`` (both first renormalised to sum 1),
+      ``d = GP - GR``: ``mgu = mean_g |d_g|`` (mean group unfairness), ``dgu = max_g d_g -
+      min_g d_g`` (disparity), ``tv = 0.5 * sum_g |d_g|`` (total variation) and ``kl =
+      KL(GP || GR) = sum_g p_g ln(p_g / q_g)`` in nats on the **eps-smoothed, renormalised**
+      ``p = (GP + eps) / sum(GP + eps)``, ``q = (GR + eps) / sum(GR + eps)`` (without smoothing
+      KL is infinite as soon as a group with ``GP > 0`` gets no exposure).
+    * :func:`group_mass` (UFO, next-item distributions): ``mass[n, g] = sum_{i : M[i, g]}
+      P[n, i]`` with ``P = softmax(logits)`` row-wise (computed stably; ``-inf`` = zero mass) or
+      the given probabilities. Rows sum to 1 over groups only for a one-hot membership covering
+      every item; for multi-label (or partial) membership normalise rows to shares like
+      :func:`group_shares` (``group_shares`` accepts a 2-D matrix and normalises each row;
+      ``group_mass(..., normalize=True)`` does the same).
+    * :func:`bias_covariance` (UFO's diagnostic: does fine-tuning move the groups along their
+      pretraining bias?): per-user group-share rows ``pre``, ``post`` ``(n_users, G)`` and an
+      ideal distribution ``ideal`` ``(G,)``; pretraining bias ``b = mean_u pre[u] - ideal``,
+      fine-tuning shift ``s = mean_u post[u] - mean_u pre[u]`` (vectors over groups);
+      ``cov = sum_g (b_g - mean b)(s_g - mean s) / (G - 1)`` (``np.cov`` ddof=1), ``corr`` =
+      Pearson's r of ``(b, s)`` (NaN if either is constant). The interval ``[lo, hi]`` is the
+      percentile bootstrap at ``level`` over ``n_boot`` resamplings of **users** with replacement
+      (the same rows of ``pre`` and ``post``; ``np.random.default_rng(seed)``), ``p_positive`` the
+      share of bootstrap covariances > 0. 1-D ``pre`` / ``post`` (already averaged) give the point
+      estimates only (``lo = hi = p_positive = NaN``, ``n_users = 1``).
+
 User-side fairness
     :func:`user_group_metrics`: per-group means of each per-user metric (users with the metric
     undefined are left out of their group's mean) and ``gap`` = max minus min over the groups that
@@ -63,18 +118,29 @@ import numpy as np
 from fedrec.errors import ConfigError
 
 __all__ = [
+    "bias_covariance",
     "catalog_coverage",
+    "distribution_unfairness",
     "exposure_counts",
     "exposure_metrics",
     "first_relevant_rank",
     "gini_index",
+    "group_distribution",
+    "group_exposure_counts",
+    "group_mass",
+    "group_membership",
+    "group_shares",
+    "group_utility",
+    "group_utility_sums",
     "hits_at",
     "mean_metrics",
     "per_user_metrics",
     "popular_items",
+    "popularity_groups",
     "ranking_metrics",
     "topk_items",
     "user_group_metrics",
+    "utility_disparity",
 ]
 
 _CHUNK = 1 << 22  # elements per temporary block in full-ranking computations
@@ -393,6 +459,405 @@ def exposure_metrics(
             pop = c[np.asarray(popular, dtype=bool)].sum()
             out[f"exposure_pop@{k}"] = float(pop / total) if total else float("nan")
             out[f"exposure_tail@{k}"] = float((total - pop) / total) if total else float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------- item-group fairness
+
+
+def _int_arg(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    """``value`` as an int in ``[lo, hi]`` or a ConfigError naming ``name``."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok and isinstance(value, (float, np.floating)) and float(value).is_integer():
+        ok, value = True, int(value)
+    if not ok or value < lo or (hi is not None and value > hi):
+        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+        raise ConfigError(f"{name} must be {allowed} (got {value!r})")
+    return int(value)
+
+
+def _membership(membership: Any) -> np.ndarray:
+    """Validated boolean ``(n_items, G)`` membership matrix."""
+    m = np.asarray(membership.toarray() if hasattr(membership, "toarray") else membership)
+    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
+        raise ConfigError(
+            f"membership must be a 2-D (n_items, G) boolean matrix with n_items, G >= 1 "
+            f"(got shape {m.shape})"
+        )
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise ConfigError("membership must hold only booleans or 0/1")
+        m = m.astype(bool)
+    return m
+
+
+def _topk_ids(topk: Any, k: int, n_items: int) -> np.ndarray:
+    """First ``k`` columns of a validated top-K id matrix (ids in [-1, n_items))."""
+    k = _check_k([k], "k")[0]
+    t = np.asarray(topk)
+    if t.ndim != 2 or t.shape[1] < k:
+        raise ConfigError(
+            f"topk must be a 2-D (n_users, K) id matrix with K >= k={k} (got {t.shape})"
+        )
+    t = t[:, :k].astype(np.int64)
+    if t.size and (t.min() < -1 or t.max() >= n_items):
+        raise ConfigError(
+            f"topk ids must be -1 (padding) or in [0, {n_items}) = membership rows "
+            f"(got {t.min()}..{t.max()})"
+        )
+    return t
+
+
+def _vector(x: Any, name: str, nonneg: bool = True) -> np.ndarray:
+    v = np.asarray(x, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ConfigError(f"{name} must be a non-empty 1-D array (got shape {v.shape})")
+    if not np.isfinite(v).all() or (nonneg and (v < 0).any()):
+        what = "finite and non-negative" if nonneg else "finite"
+        raise ConfigError(f"{name} must be {what}")
+    return v
+
+
+def popularity_groups(item_counts: Any, n_groups: int = 5) -> np.ndarray:
+    """Popularity quantile group of each item, ``int64 (n_items,)``; group 0 = most popular.
+
+    Items are ordered by ``item_counts`` descending, ties by lower item id, and that order is cut
+    into ``n_groups`` contiguous chunks of sizes ``np.array_split(order, n_groups)`` (the first
+    ``n_items % n_groups`` chunks have ``n_items // n_groups + 1`` items, the rest one fewer).
+    """
+    counts = np.asarray(item_counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size == 0 or not np.isfinite(counts).all():
+        raise ConfigError(
+            f"item_counts must be a non-empty finite 1-D array (got shape {counts.shape})"
+        )
+    n = counts.size
+    n_groups = _int_arg(n_groups, "n_groups", 1, n)
+    order = np.lexsort((np.arange(n), -counts))
+    sizes = np.full(n_groups, n // n_groups, dtype=np.int64)
+    sizes[: n % n_groups] += 1
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.repeat(np.arange(n_groups, dtype=np.int64), sizes)
+    return out
+
+
+def group_membership(groups: Any, n_groups: int | None = None) -> np.ndarray:
+    """One-hot boolean membership ``(n_items, n_groups)`` from integer labels ``groups``.
+
+    ``membership[i, g] = (groups[i] == g)``; a label ``< 0`` means "no group" (an all-False row).
+    ``n_groups`` defaults to ``max(groups) + 1`` and must exceed every label.
+    """
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.size == 0:
+        raise ConfigError(f"groups must be a non-empty 1-D array of labels (got shape {g.shape})")
+    if not np.issubdtype(g.dtype, np.integer):
+        if not (np.issubdtype(g.dtype, np.floating) and np.all(np.mod(g, 1) == 0)):
+            raise ConfigError("groups must hold integer labels (< 0 = no group)")
+        g = g.astype(np.int64)
+    top = int(g.max())
+    if n_groups is None:
+        if top < 0:
+            raise ConfigError("groups has no label >= 0; give n_groups explicitly")
+        n_groups = top + 1
+    n_groups = _int_arg(n_groups, "n_groups", max(1, top + 1))
+    return g[:, None] == np.arange(n_groups)[None, :]
+
+
+def group_utility_sums(
+    topk: Any, relevant: Any, membership: Any, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group sums of pair NDCG@k and HR@k and pair counts (summable across clients).
+
+    For every held-out pair ``(u, i)``, ``i ∈ R(u)``, at 1-based position ``pos`` in ``topk[u]``:
+    ``ndcg = 1 / log2(pos + 1)`` if ``pos <= k`` else 0, ``hr = 1[pos <= k]``. Returns
+    ``(ndcg_sum, hr_sum, count)``, each ``(G,)``: ``ndcg_sum[g] = sum_{(u,i): M[i,g]} ndcg``,
+    ``hr_sum`` likewise (float64), ``count[g] = #{(u, i) : M[i, g]}`` (int64); a pair counts in
+    every group of its item. ``topk``: ``(n_users, K)``, ``K >= k``, ``-1`` padded, each item at
+    most once per row; ``relevant``: as elsewhere in this module.
+    """
+    m = _membership(membership)
+    n_items = m.shape[0]
+    t = _topk_ids(topk, k, n_items)
+    srt = np.sort(t, axis=1)
+    if ((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any():
+        raise ConfigError("topk must not repeat an item within a user's list")
+    indptr, indices = _csr(relevant, t.shape[0], n_items)
+    hits = hits_at(t, _Csr(indptr, indices))
+    rows, cols = np.nonzero(hits)
+    items = t[rows, cols]
+    mf = m.astype(np.float64)
+    item_ndcg = np.bincount(items, weights=_discounts(t.shape[1])[cols], minlength=n_items)
+    item_hr = np.bincount(items, minlength=n_items).astype(np.float64)
+    item_count = np.bincount(indices, minlength=n_items).astype(np.int64)
+    return item_ndcg @ mf, item_hr @ mf, item_count @ m.astype(np.int64)
+
+
+def group_utility(topk: Any, relevant: Any, membership: Any, k: int) -> dict[str, np.ndarray]:
+    """Per-group mean pair utilities: ``"ndcg"``, ``"hr"`` (``(G,)``, NaN where ``count = 0``)
+    and ``"count"``; ``ndcg[g] = ndcg_sum[g] / count[g]`` from :func:`group_utility_sums`."""
+    ndcg_sum, hr_sum, count = group_utility_sums(topk, relevant, membership, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ndcg = np.where(count > 0, ndcg_sum / count, np.nan)
+        hr = np.where(count > 0, hr_sum / count, np.nan)
+    return {"ndcg": ndcg, "hr": hr, "count": count}
+
+
+def utility_disparity(
+    utility: Any, count: Any = None, min_count: float = 1, quantile: float = 0.25
+) -> dict[str, float]:
+    """Spread of per-group utilities over the valid groups (see the module docstring).
+
+    Valid groups ``V``: finite ``utility`` and, with ``count``, ``count >= min_count``; ``n =
+    |V|``, ``m`` the mean over ``V``. ``worst25_ratio = mean of the q = max(1, ceil(quantile * n))
+    smallest utilities / m`` (``quantile=0.25``: the bottom quartile, ``ceil(n / 4)`` groups);
+    ``range_gap = max - min``; ``cv = std / m`` (ddof=0); ``min``, ``max``, ``mean``;
+    ``n_groups = n``. ``worst25_ratio`` and ``cv`` are NaN if ``m = 0``; all but ``n_groups`` are
+    NaN if ``n = 0``.
+    """
+    u = np.asarray(utility, dtype=np.float64)
+    if u.ndim != 1:
+        raise ConfigError(f"utility must be a 1-D per-group array (got shape {u.shape})")
+    if not 0.0 < quantile <= 1.0:
+        raise ConfigError(f"quantile must be in (0, 1] (got {quantile})")
+    valid = np.isfinite(u)
+    if count is not None:
+        c = np.asarray(count, dtype=np.float64)
+        if c.shape != u.shape:
+            raise ConfigError(f"count must have the shape of utility {u.shape} (got {c.shape})")
+        if not min_count >= 0:
+            raise ConfigError(f"min_count must be >= 0 (got {min_count})")
+        valid &= c >= min_count
+    v = np.sort(u[valid])
+    n = int(v.size)
+    nan = float("nan")
+    if n == 0:
+        out = dict.fromkeys(("worst25_ratio", "range_gap", "cv", "min", "max", "mean"), nan)
+        out["n_groups"] = 0
+        return out
+    mean = float(v.mean())
+    q = max(1, int(np.ceil(round(quantile * n, 9))))  # round: 0.1 * 30 must give 3, not 4
+    return {
+        "worst25_ratio": float(v[:q].mean() / mean) if mean != 0 else nan,
+        "range_gap": float(v[-1] - v[0]),
+        "cv": float(v.std() / mean) if mean != 0 else nan,
+        "min": float(v[0]),
+        "max": float(v[-1]),
+        "mean": mean,
+        "n_groups": n,
+    }
+
+
+def group_exposure_counts(topk: Any, membership: Any, k: int) -> np.ndarray:
+    """Group exposure ``c[g] = #{(u, r) : r <= k, topk[u, r] >= 0, M[topk[u, r], g]}``.
+
+    float64 ``(G,)``; each filled slot of the first ``k`` columns adds 1 to every group of its
+    item (``-1`` padding is ignored). Summable across clients.
+    """
+    m = _membership(membership)
+    t = _topk_ids(topk, k, m.shape[0])
+    item_counts = np.bincount(t[t >= 0], minlength=m.shape[0]).astype(np.float64)
+    return item_counts @ m.astype(np.float64)
+
+
+def group_shares(counts: Any) -> np.ndarray:
+    """Normalise group counts to shares: ``counts / counts.sum()`` (sum to 1 over groups).
+
+    A 2-D ``(n, G)`` input is normalised row by row. Counts must be finite and non-negative with
+    a positive sum (per row).
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim not in (1, 2) or c.shape[-1] == 0:
+        raise ConfigError(
+            f"counts must be a non-empty 1-D (G,) or 2-D (n, G) array (got {c.shape})"
+        )
+    if not np.isfinite(c).all() or (c < 0).any():
+        raise ConfigError("counts must be finite and non-negative")
+    total = c.sum(axis=-1, keepdims=True)
+    if (total <= 0).any():
+        raise ConfigError("counts must have a positive sum (per row); shares are undefined")
+    return c / total
+
+
+def group_distribution(items: Any, membership: Any, weights: Any = None) -> np.ndarray:
+    """GP: the share of group labels among a multiset of item ids, ``(G,)`` summing to 1.
+
+    ``GP[g] = w[g] / sum_h w[h]``, ``w[g] = sum_j weights[j] * M[items[j], g]`` (``weights``
+    default 1), normalised as :func:`group_shares`.
+    """
+    m = _membership(membership)
+    it = np.asarray(items)
+    if it.ndim != 1 or (it.size and not np.issubdtype(it.dtype, np.integer)):
+        raise ConfigError(
+            f"items must be a 1-D array of integer item ids (got {it.dtype} {it.shape})"
+        )
+    it = it.astype(np.int64)
+    if it.size and (it.min() < 0 or it.max() >= m.shape[0]):
+        raise ConfigError(f"items must be in [0, {m.shape[0]}) = membership rows")
+    w = None
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != it.shape or not np.isfinite(w).all() or (w < 0).any():
+            raise ConfigError(
+                f"weights must be finite, non-negative and shaped like items {it.shape}"
+            )
+    per_item = np.bincount(it, weights=w, minlength=m.shape[0]).astype(np.float64)
+    per_group = per_item @ m.astype(np.float64)
+    if per_group.sum() <= 0:
+        raise ConfigError("items (with weights) must put positive weight on at least one group")
+    return per_group / per_group.sum()
+
+
+def distribution_unfairness(gp: Any, gr: Any, eps: float = 1e-6) -> dict[str, float]:
+    """Distance between a reference group distribution ``gp`` and an exposure one ``gr``.
+
+    Both are renormalised to sum 1; ``d = gp - gr``. ``mgu = mean_g |d_g|``, ``dgu = max_g d_g -
+    min_g d_g``, ``tv = 0.5 * sum_g |d_g|``, ``kl = sum_g p_g ln(p_g / q_g)`` (nats) with
+    ``p = (gp + eps) / sum(gp + eps)``, ``q = (gr + eps) / sum(gr + eps)`` (smoothing keeps KL
+    finite when a group gets no exposure; ``eps=0`` gives the unsmoothed, possibly inf, KL).
+    """
+    p = _vector(gp, "gp")
+    q = _vector(gr, "gr")
+    if p.shape != q.shape:
+        raise ConfigError(f"gp and gr must have the same length (got {p.size} and {q.size})")
+    if not eps >= 0:
+        raise ConfigError(f"eps must be >= 0 (got {eps})")
+    for name, v in (("gp", p), ("gr", q)):
+        if v.sum() <= 0:
+            raise ConfigError(f"{name} must have a positive sum")
+    p, q = p / p.sum(), q / q.sum()
+    d = p - q
+    ps, qs = (p + eps) / (p + eps).sum(), (q + eps) / (q + eps).sum()
+    with np.errstate(divide="ignore"):
+        terms = np.where(ps > 0, ps * (np.log(ps) - np.log(qs)), 0.0)
+    return {
+        "mgu": float(np.abs(d).mean()),
+        "dgu": float(d.max() - d.min()),
+        "tv": float(0.5 * np.abs(d).sum()),
+        "kl": float(terms.sum()),
+    }
+
+
+def group_mass(
+    logprobs_or_probs: Any, membership: Any, log: bool = True, *, normalize: bool = False
+) -> np.ndarray:
+    """Probability mass of next-item distributions on each item group, ``(n, G)``.
+
+    ``mass[r, g] = sum_{i : M[i, g]} P[r, i]`` with ``P = softmax(x)`` row-wise if ``log``
+    (``x - max`` first, so any logits / log-probabilities work; ``-inf`` = zero mass) else
+    ``P = x`` as given (finite, non-negative). Rows sum to 1 over groups only for a one-hot
+    membership covering every item; ``normalize=True`` divides each row by its sum (the shares of
+    :func:`group_shares`). A 1-D input is one distribution and gives ``(G,)``.
+    """
+    m = _membership(membership)
+    x = np.asarray(
+        logprobs_or_probs.detach().cpu().numpy()
+        if hasattr(logprobs_or_probs, "detach")
+        else logprobs_or_probs,
+        dtype=np.float64,
+    )
+    one = x.ndim == 1
+    x = x[None, :] if one else x
+    if x.ndim != 2 or x.shape[1] != m.shape[0]:
+        raise ConfigError(
+            f"logprobs_or_probs must be (n, n_items={m.shape[0]}) or (n_items,) "
+            f"(got shape {np.shape(logprobs_or_probs)})"
+        )
+    if log:
+        if np.isnan(x).any() or np.isposinf(x).any():
+            raise ConfigError("logprobs_or_probs (log=True) must not contain NaN or +inf")
+        mx = x.max(axis=1, keepdims=True)
+        if np.isneginf(mx).any():
+            raise ConfigError("logprobs_or_probs (log=True) has a row that is all -inf")
+        p = np.exp(x - mx)
+        p /= p.sum(axis=1, keepdims=True)
+    else:
+        if not np.isfinite(x).all() or (x < 0).any():
+            raise ConfigError("logprobs_or_probs (log=False) must be finite and non-negative")
+        p = x
+    mass = p @ m.astype(np.float64)
+    if normalize:
+        total = mass.sum(axis=1, keepdims=True)
+        if (total <= 0).any():
+            raise ConfigError(
+                "logprobs_or_probs has a row with no mass on any group; cannot normalize"
+            )
+        mass = mass / total
+    return mass[0] if one else mass
+
+
+def _centred_cov(b: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Sample covariance (ddof=1) over the last axis."""
+    bc = b - b.mean(axis=-1, keepdims=True)
+    sc = s - s.mean(axis=-1, keepdims=True)
+    return (bc * sc).sum(axis=-1) / (b.shape[-1] - 1)
+
+
+def bias_covariance(
+    pre: Any,
+    post: Any,
+    ideal: Any,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """UFO's diagnostic: covariance over groups of pretraining bias and fine-tuning shift.
+
+    ``b = mean_u pre[u] - ideal``, ``s = mean_u post[u] - mean_u pre[u]`` (``(G,)``);
+    ``cov = sum_g (b_g - mean b)(s_g - mean s) / (G - 1)``; ``corr`` = Pearson's r (NaN if ``b``
+    or ``s`` is constant). ``lo``, ``hi``: percentile bootstrap interval at ``level`` from
+    ``n_boot`` resamplings of users with replacement (same rows of ``pre`` and ``post``,
+    ``np.random.default_rng(seed)``); ``p_positive``: share of bootstrap covariances > 0;
+    ``n_users``, ``n_groups``. ``pre``, ``post``: ``(n_users, G)`` per-user group shares, or 1-D
+    ``(G,)`` means (then ``lo = hi = p_positive = NaN`` and ``n_users = 1``).
+    """
+    a = np.asarray(pre, dtype=np.float64)
+    z = np.asarray(post, dtype=np.float64)
+    if a.ndim not in (1, 2) or a.shape != z.shape:
+        raise ConfigError(
+            f"pre and post must both be (n_users, G) or both (G,) (got {a.shape} and {z.shape})"
+        )
+    if not (np.isfinite(a).all() and np.isfinite(z).all()):
+        raise ConfigError("pre and post must be finite")
+    g = a.shape[-1]
+    if g < 2 or a.size == 0:
+        raise ConfigError(f"pre and post need at least 2 groups and 1 user (got shape {a.shape})")
+    ideal_v = _vector(ideal, "ideal", nonneg=False)
+    if ideal_v.size != g:
+        raise ConfigError(f"ideal must have one entry per group ({g}), got {ideal_v.size}")
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"level must be in (0, 1) (got {level})")
+    n_boot = _int_arg(n_boot, "n_boot", 1)
+    a2, z2 = (a[None, :], z[None, :]) if a.ndim == 1 else (a, z)
+    n_users = a2.shape[0]
+    pre_m, post_m = a2.mean(axis=0), z2.mean(axis=0)
+    b, s = pre_m - ideal_v, post_m - pre_m
+    cov = float(_centred_cov(b, s))
+    sd = float(np.std(b, ddof=1) * np.std(s, ddof=1))
+    nan = float("nan")
+    out = {
+        "cov": cov,
+        "corr": cov / sd if sd > 0 else nan,
+        "lo": nan,
+        "hi": nan,
+        "p_positive": nan,
+        "n_users": n_users,
+        "n_groups": g,
+    }
+    if a.ndim == 1:
+        return out
+    rng = np.random.default_rng(seed)
+    block = max(1, _CHUNK // n_users)  # bootstrap replicates per block (bounded memory)
+    boot = np.empty(n_boot)
+    for start in range(0, n_boot, block):
+        nb = min(block, n_boot - start)
+        idx = rng.integers(0, n_users, size=(nb, n_users))
+        offs = (np.arange(nb, dtype=np.int64)[:, None] * n_users + idx).ravel()
+        w = np.bincount(offs, minlength=nb * n_users).reshape(nb, n_users) / n_users
+        bm_pre, bm_post = w @ a2, w @ z2
+        boot[start : start + nb] = _centred_cov(bm_pre - ideal_v, bm_post - bm_pre)
+    out["lo"], out["hi"] = (
+        float(x) for x in np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    )
+    out["p_positive"] = float((boot > 0).mean())
     return out
 
 
