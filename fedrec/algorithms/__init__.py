@@ -19,6 +19,23 @@ algorithm does not pull in the solvers of another):
   variational estimators and RAID's adversary share.
 - :mod:`fedrec.algorithms.fedmf`: federated MF-BPR (initialisation, the batched local
   step, row-sparse uploads, the sparse server step).
+- :mod:`fedrec.algorithms.mgda`: the MGDA min-norm point of several gradients
+  (Frank-Wolfe with away steps; cvxpy as the exact oracle).
+- :mod:`fedrec.algorithms.bifair`: BiFair's LLM-enhanced MF (projector, group-weighted
+  BPR, the one-step-unrolled hypergradient on the item representations, group balancing).
+- :mod:`fedrec.algorithms.ufo`: UFO's self-play pieces (geometric mixture, SPIN / DPO
+  losses, fair targets, opponent sampling) and the re-weighting / re-ranking baselines.
 """
 
-__all__ = ["estimators", "fair_baselines", "fedfact", "fedmf", "lego", "lp", "raid"]
+__all__ = [
+    "bifair",
+    "estimators",
+    "fair_baselines",
+    "fedfact",
+    "fedmf",
+    "lego",
+    "lp",
+    "mgda",
+    "raid",
+    "ufo",
+]
