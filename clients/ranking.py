@@ -145,3 +145,26 @@ def hello_replies(ud, users_per_client: int, states) -> dict:
             },
         )
     return out
+
+
+def rerank_scores(ud, users, owner, scores, groups, target, lam, split="test"):
+    """Scores whose order puts each client's exposure-re-ranked top-K first (then the
+    original order): the post-hoc re-ranking baseline toward the group shares ``target`` of the
+    item labels ``groups``, per client
+    (:func:`fedrec.algorithms.ufo.exposure_rerank`)."""
+    from fedrec.algorithms.ufo import exposure_rerank
+    from fedrec.specs.ranking import TOPK_LEN
+
+    s = np.array(scores, dtype=np.float32, copy=True)
+    hist = ud.history(split)
+    for j, u in enumerate(users):
+        s[j, hist[u]] = -np.inf
+    finite = s[np.isfinite(s)]
+    top = float(finite.max()) if finite.size else 0.0
+    for c in np.unique(owner):
+        rows = np.flatnonzero(owner == c)
+        rr = exposure_rerank(s[rows], groups, target, k=TOPK_LEN, lam=lam)
+        for j, items in zip(rows, rr):
+            items = items[items >= 0]
+            s[j, items] = top + (len(items) - np.arange(len(items), dtype=np.float32))
+    return s

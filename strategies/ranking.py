@@ -11,7 +11,7 @@ the users' top-K lists, user-side gaps by gender. Subclasses provide the model
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,7 +26,11 @@ class RankingStrategy(FedrecStrategy):
     """Base of per-user federated recommenders evaluated by full ranking."""
 
     progress_keys = ("ndcg@10", "hr@10", "coverage@10")
-    unlearning_kinds = ("interactions", "users", "items", "client")
+    unlearning_kinds: ClassVar[tuple[str, ...]] = ("interactions", "users", "items", "client")
+    #: item-group memberships of the evaluation report (:meth:`item_group_metrics`), set
+    #: by the subclasses that report it; the per-group detail of the last report
+    eval_groups: dict[str, np.ndarray]
+    last_detail: dict[str, Any]
 
     @classmethod
     def unlearning_universe(cls, cfg):
@@ -136,3 +140,20 @@ class RankingStrategy(FedrecStrategy):
                     }
                 )
         return FederatedMetrics(overall=overall, by_client={}, by_group=by_group, local={})
+
+    def item_group_metrics(self, replies: list[ClientReply], fm: FederatedMetrics) -> None:
+        """Add the item-group report (:func:`fedrec.recsys.item_groups.group_report`) of the
+        replies' top-K lists to ``fm.overall``; the per-group detail to ``last_detail``.
+        ``self.eval_groups`` (name -> membership) must be set by the subclass."""
+        from fedrec.recsys.item_groups import group_report
+
+        replies = [r for r in replies if spec.USERS in r.metrics]
+        users = np.concatenate([np.asarray(r.metrics[spec.USERS]) for r in replies])
+        top = np.concatenate(
+            [
+                np.asarray(r.metrics[spec.TOPK], dtype=np.int64).reshape(-1, spec.TOPK_LEN)
+                for r in replies
+            ]
+        )
+        flat, self.last_detail = group_report(self.ud, users, top, self.eval_groups, (10, 20))
+        fm.overall.update(flat)
