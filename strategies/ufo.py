@@ -28,8 +28,12 @@ Stages
    exposure counts of the served policy on their validation prompts into ``GR`` and
    compares it with the ideal ``GP`` (the groups' share of the SFT targets, summed from
    the clients' histograms, ``query.ufo_hist``). It broadcasts the fair target weights
-   ``(GP/GR)^power`` (:func:`fedrec.algorithms.ufo.fair_group_weights`) and the opponent
-   ``pi_t`` (the current model). When ``TV(GP, GR) < judge-tol`` the judger can no
+   multiplied by ``(GP/GR)^power`` (:func:`fedrec.algorithms.ufo.fair_group_weights`),
+   capped at ``MAX_FAIR_WEIGHT``, and the opponent ``pi_t`` (the current model). The
+   weights accumulate over iterations (our choice, like iterative proportional fitting):
+   recomputing them from scratch would, once a corrected model matches ``GP``, return
+   the targets to the unfair SFT distribution and undo the correction (measured: MGU@10
+   went 0.086 -> 0.020 -> 0.072 over two iterations with from-scratch weights). When ``TV(GP, GR) < judge-tol`` the judger can no
    longer tell them apart and the remaining rounds hold the model.
 
    ``corrector = "ufo"``: each client draws prompts from its users' sequences, fair
@@ -58,6 +62,8 @@ from fedrec.strategies.fedavg import weighted_average
 from fedrec.strategies.ranking import RankingStrategy
 
 __all__ = ["UFO", "UFOParams"]
+
+MAX_FAIR_WEIGHT = 10.0  # cap of the accumulated fair target weights
 
 
 class UFO(RankingStrategy):
@@ -256,8 +262,9 @@ class UFO(RankingStrategy):
         tv = float(0.5 * np.abs(self.gp - gr).sum())
         if tv < p.judge_tol:
             self.held = True
-        else:
-            self.fair_w = fair_group_weights(self.gp, gr, power=p.fair_power)
+        else:  # multiplicative: the fair targets keep the corrections of earlier iterations
+            step = fair_group_weights(self.gp, gr, power=p.fair_power)
+            self.fair_w = np.clip(self.fair_w * step, 0.0, MAX_FAIR_WEIGHT)
         info = {
             "round": rnd,
             "tv": tv,

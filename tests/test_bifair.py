@@ -202,3 +202,22 @@ def test_bad_settings_are_named(tmp_path):
         fedrec.run({**BASE, "strategy.params.groups": "genre"}, backend="local", out=tmp_path / "y")
     with pytest.raises(FedrecError, match="set it to 4"):
         fedrec.run({**BASE, "partition.num-clients": 3}, backend="local", out=tmp_path / "z")
+
+
+@pytest.mark.e2e
+def test_post_hoc_rerank_sweep_reproduces_the_run(tmp_path):
+    """experiments/rerank_eval.py re-evaluates a finished run through the client half:
+    lambda = 0 gives the run's own final metrics; a strong lambda moves exposure toward
+    the training shares."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from rerank_eval import rerank_sweep
+
+    s = fedrec.run({**BASE, "num-server-rounds": 2}, backend="local", out=tmp_path / "r")
+    r0, r1 = rerank_sweep(tmp_path / "r", [0.0, 50.0])
+    g = s["final"]["global"]
+    assert r0["ndcg@10"] == pytest.approx(g["ndcg@10"])
+    assert r0["pop_mgu@10"] == pytest.approx(g["pop_mgu@10"])
+    assert r1["pop_tv@10"] < r0["pop_tv@10"]

@@ -40,7 +40,8 @@ raise :class:`~fedrec.errors.DataError`.
 ``cache_dir()/item-repr/<dataset>-<kind>-<key16>.npy`` (``cache_dir()`` of
 :mod:`fedrec.data.sources`, i.e. ``$FEDREC_CACHE_DIR`` or ``~/.cache/fedrec``), with a sidecar
 ``<same name>.npy.sha256`` holding the hex sha256 of the ``.npy`` file's bytes. ``key16`` is the
-first 16 hex digits of a sha256 over the kind, dim (384 for ``minilm``), seed, dataset name,
+first 16 hex digits of a sha256 over the kind, dim (384 for ``minilm``), seed (0 for the
+encoders, which use none), dataset name,
 dataset options, the content the vectors are computed from (the item texts for ``minilm``,
 ``hashing`` and ``tfidf-svd``; the training interactions for ``svd-pop``), and for ``minilm`` the
 versions of the model package and of sentence-transformers. Both files are written atomically
@@ -547,7 +548,8 @@ def item_representations(
     if not cache:
         return compute()
     key_dim = MINILM_DIM if kind == "minilm" else dim
-    key = _cache_key(kind, key_dim, seed, str(dataset), str(options), content, extra)
+    key_seed = seed if kind in ("svd-pop", "tfidf-svd") else 0  # the encoders use no seed
+    key = _cache_key(kind, key_dim, key_seed, str(dataset), str(options), content, extra)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(dataset))
     path = cache_dir() / "item-repr" / f"{safe}-{kind}-{key}.npy"
     arr = _load_cached(path, ud.num_items)
