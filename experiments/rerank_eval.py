@@ -22,8 +22,7 @@ def rerank_sweep(run_dir: Path, lambdas, groups_key: str = "item-group") -> list
     from fedrec.config import validate
     from fedrec.plugins import load_strategy
     from fedrec.recsys.data import cfg_user_data
-    from fedrec.recsys.item_groups import group_report, ideal_shares, memberships
-    from fedrec.recsys.item_groups import training_groups
+    from fedrec.recsys.item_groups import group_report, ideal_shares, memberships, training_groups
     from fedrec.specs import ranking as rspec
     from fedrec.state import StateStore
 

@@ -33,8 +33,9 @@ Stages
    weights accumulate over iterations (our choice, like iterative proportional fitting):
    recomputing them from scratch would, once a corrected model matches ``GP``, return
    the targets to the unfair SFT distribution and undo the correction (measured: MGU@10
-   went 0.086 -> 0.020 -> 0.072 over two iterations with from-scratch weights). When ``TV(GP, GR) < judge-tol`` the judger can no
-   longer tell them apart and the remaining rounds hold the model.
+   went 0.086 -> 0.020 -> 0.072 over two iterations with from-scratch weights). When
+   ``TV(GP, GR) < judge-tol`` the judger can no longer tell them apart and the remaining
+   rounds hold the model.
 
    ``corrector = "ufo"``: each client draws prompts from its users' sequences, fair
    targets ``y+`` among the user's next ``horizon`` items weighted toward under-exposed

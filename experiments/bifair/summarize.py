@@ -81,7 +81,8 @@ def main() -> None:
             print(
                 f"| {mode} | {lam:g} | {_ms([r['ndcg@10'] for r in rs])} | "
                 f"{_ms([r['pop_worst25@10'] for r in rs])} | "
-                f"{_ms([r['genre_worst25@10'] for r in rs])} | {_ms([r['pop_mgu@10'] for r in rs])} |"
+                f"{_ms([r['genre_worst25@10'] for r in rs])} | "
+                f"{_ms([r['pop_mgu@10'] for r in rs])} |"
             )
     _plots(by, rr)
 
