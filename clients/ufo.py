@@ -222,6 +222,7 @@ class UFOClient(CohortClient):
             batch_size=t.batch_size,
             lr=p.corrector_lr,
             seed=seed,
+            nll_weight=1.0 if stage == spec.SPREC else 0.0,
         )
         return get_weights(model), {
             spec.NUM_EXAMPLES: len(prompts),

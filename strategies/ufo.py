@@ -41,8 +41,10 @@ Stages
    targets ``y+`` among the user's next ``horizon`` items weighted toward under-exposed
    groups, ``negatives`` opponent samples ``y-`` from ``pi_t^alpha pi_ref^(1-alpha)``,
    and minimises the SPIN loss relative to ``pi_t``. ``corrector = "sprec"`` (the
-   SPRec-style self-play DPO baseline): ``y+`` = the true next item, ``y-`` = ``pi_t``'s
-   top prediction. ``corrector = "none"``: fine-tuning only.
+   SPRec-style self-play baseline, arXiv 2412.09243): ``y+`` = the true next item,
+   ``y-`` = ``pi_t``'s top prediction, DPO against ``pi_t`` plus the NLL of ``y+`` (SPRec
+   alternates an SFT and a DPO step per iteration; we sum the two losses).
+   ``corrector = "none"``: fine-tuning only.
 
 The served policy is ``pi_theta^serve-alpha pi_ref^(1-serve-alpha)``; ``rerank-lambda``
 adds the post-hoc exposure-constrained re-ranking baseline at evaluation.

@@ -67,6 +67,13 @@ def test_pairwise_corrector_moves_mass_from_negatives_to_targets():
     idx = torch.arange(12)
     assert bool(((new - old)[idx, pos] > 0).all())
     assert bool(((new - old)[idx, 0] < 0).all())
+    # SPRec's SFT half: the NLL of y+ is added (one step from the same start differs only
+    # by it: the first-step loss is larger by about -mean log pi(y+))
+    kw = {"beta": 0.5, "epochs": 1, "batch_size": 12, "lr": 1e-9, "seed": 0}
+    m2 = L.build_model(8, 16, 1, 2, 6, seed=2)
+    plain, _ = L.train_pairwise(m2, old, prompts, pos, neg, **kw)
+    with_nll, _ = L.train_pairwise(m2, old, prompts, pos, neg, nll_weight=1.0, **kw)
+    assert with_nll - plain == pytest.approx(-float(old[idx, pos].mean()), rel=1e-4)
 
 
 def test_pretrain_corpus_plants_popularity_bias():

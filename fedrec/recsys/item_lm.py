@@ -154,6 +154,7 @@ def train_pairwise(
     batch_size: int,
     lr: float,
     seed: int,
+    nll_weight: float = 0.0,
 ) -> tuple[float, float]:
     """The self-play corrector (SPIN; DPO with the opponent as reference):
 
@@ -162,7 +163,8 @@ def train_pairwise(
         - (\\log\\pi_\\theta(y^-|x) - \\log\\pi_t(y^-|x))]\\big)
 
     averaged over the ``m`` negatives of each prompt and the prompts
-    (:func:`fedrec.algorithms.ufo.spin_loss`). ``old_logp`` = ``log pi_t`` over the items
+    (:func:`fedrec.algorithms.ufo.spin_loss`), plus ``nll_weight * -log pi_theta(y+|x)``
+    (the SFT half of SPRec's self-play; 0 for UFO). ``old_logp`` = ``log pi_t`` over the items
     ``(n, n_items)``, fixed; ``pos`` (n,), ``neg`` (n, m) item ids. Returns the mean loss
     and the judger margin ``beta * (Δpos - Δneg)`` of the last epoch."""
     from fedrec.algorithms.ufo import spin_loss
@@ -188,6 +190,8 @@ def train_pairwise(
             new_pos = lp.gather(1, pos_t[b, None]).squeeze(1)
             new_neg = lp.gather(1, neg_t[b])
             loss = spin_loss(new_pos, old_pos[b], new_neg, old_neg[b], beta=beta)
+            if nll_weight:
+                loss = loss - nll_weight * new_pos.mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

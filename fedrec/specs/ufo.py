@@ -51,7 +51,7 @@ class UFOParams:
     corrector: str = key(
         "ufo",
         "After SFT: ufo (self-play toward the proxy fair distribution with the geometric "
-        "mixture), sprec (self-play DPO: true next item vs the previous model's top "
+        "mixture), sprec (self-play SFT + DPO: true next item vs the previous model's top "
         "prediction), none (fine-tuning only).",
         choices=("ufo", "sprec", "none"),
     )
