@@ -27,10 +27,12 @@ COLS = [
 ORDER = [
     "plain",
     "reweight",
+    "reweight-genre",
     "no-z",
     "no-mgda",
     "no-inner",
     "bifair",
+    "bifair-genre",
     "plain-svdpop",
     "bifair-svdpop",
 ]
@@ -50,8 +52,9 @@ def main() -> None:
     rows = _rows("bifair.jsonl")
     by = defaultdict(list)
     for r in rows:
-        by[(r["mode"], r["variant"])].append(r)
-    for mode in ("fed", "central"):
+        tag = "" if r.get("dataset", "ml-100k") == "ml-100k" else f"{r['dataset']} "
+        by[(f"{tag}{r['mode']}", r["variant"])].append(r)
+    for mode in sorted({m for m, _ in by}):
         present = [v for v in ORDER if (mode, v) in by]
         if not present:
             continue
@@ -76,7 +79,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         grp = defaultdict(list)
         for r in rr:
-            grp[(r["mode"], r["lambda"])].append(r)
+            tag = "" if r.get("dataset", "ml-100k") == "ml-100k" else f"{r['dataset']} "
+            grp[(f"{tag}{r['mode']}", r["lambda"])].append(r)
         for (mode, lam), rs in sorted(grp.items()):
             print(
                 f"| {mode} | {lam:g} | {_ms([r['ndcg@10'] for r in rs])} | "
@@ -106,7 +110,7 @@ def _plots(by, rr) -> None:
             ax.annotate(v, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
         pts = defaultdict(list)
         for r in rr:
-            if r["mode"] == "fed":
+            if r["mode"] == "fed" and r.get("dataset", "ml-100k") == "ml-100k":
                 pts[r["lambda"]].append((r["ndcg@10"], r[key]))
         if pts:
             lam = sorted(pts)
