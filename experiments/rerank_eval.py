@@ -16,9 +16,13 @@ from pathlib import Path
 import numpy as np
 
 
-def rerank_sweep(run_dir: Path, lambdas, groups_key: str = "item-group") -> list[dict]:
-    """Per ``lambda``: ``{"lambda", "ndcg@10", "hr@10", <group report>}``."""
-    from fedrec.callbacks import load_weights
+def rerank_sweep(
+    run_dir: Path, lambdas, groups_key: str = "item-group", serve_alphas=None
+) -> list[dict]:
+    """Per ``lambda``: ``{"lambda", "ndcg@10", "hr@10", <group report>}``. With
+    ``serve_alphas`` (UFO runs) the sweep is over the served geometric mixture
+    ``pi_theta^a pi_ref^(1-a)`` instead (``pi_ref`` from the checkpoint's server state),
+    without re-ranking: ``{"serve_alpha", ...}``."""
     from fedrec.config import validate
     from fedrec.plugins import load_strategy
     from fedrec.recsys.data import cfg_user_data
@@ -36,7 +40,9 @@ def rerank_sweep(run_dir: Path, lambdas, groups_key: str = "item-group") -> list
     client = getattr(importlib.import_module(module), cls_name)
     p = client.params(cfg)
     ds, ud = cfg_user_data(cfg)
-    weights = load_weights(run_dir / "checkpoint.npz")
+    from fedrec.callbacks import load_checkpoint
+
+    _, weights, server_state = load_checkpoint(run_dir / "checkpoint.npz")
     item_group = training_groups(ds, ud, p.groups, p.num_groups)
     G = int(item_group.max()) + 1
     from fedrec.metrics.ranking import group_membership
@@ -55,12 +61,22 @@ def rerank_sweep(run_dir: Path, lambdas, groups_key: str = "item-group") -> list
             store.update({c: dict(s.load(c)) for c in s.clients()})
     eval_groups = memberships(ds, ud)
     out = []
-    for lam in lambdas:
+    settings = (
+        [("lambda", v) for v in lambdas]
+        if serve_alphas is None
+        else [("serve_alpha", a) for a in serve_alphas]
+    )
+    for name, value in settings:
+        lam = value if name == "lambda" else 0.0
         config = {rspec.POPULAR: np.zeros(0, np.int64)}
         if lam > 0:
             config.update(
                 {groups_key: item_group, "target-shares": target, "rerank-lambda": float(lam)}
             )
+        if name == "serve_alpha" and value < 1:
+            ref = server_state["reference"]
+            config.update({"serve-alpha": float(value)})
+            config.update({f"ref.{k}": np.asarray(a) for k, a in enumerate(ref)})
         states = store.cohort(clients)
         reply = client.handle_cohort(cfg, "evaluate", 0, weights, config, states)
         per = reply.as_dict() if hasattr(reply, "as_dict") else reply
@@ -74,7 +90,7 @@ def rerank_sweep(run_dir: Path, lambdas, groups_key: str = "item-group") -> list
         ok = ndcg >= 0
         out.append(
             {
-                "lambda": float(lam),
+                name: float(value),
                 "ndcg@10": float(ndcg[ok].mean()),
                 "hr@10": float(hr[ok].mean()),
                 **flat_m,

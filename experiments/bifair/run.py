@@ -48,7 +48,7 @@ DATASETS = {  # lastfm has no item texts: its representation is the svd-pop cont
         "strategy.params.representation": "svd-pop",
     },
 }
-LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ VARIANTS = {
     "sprec": {"corrector": "sprec"},  # self-play DPO
     "ufo": {},
 }
-LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 DATASETS = {"ml-100k": {}, "lastfm": {"dataset.name": "lastfm"}}
 
 

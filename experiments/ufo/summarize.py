@@ -7,12 +7,15 @@ runs in ``results/``:
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)  # served mixture pi_theta^a pi_ref^(1-a); 0 = SFT
 RES = HERE / "results"
 COLS = [
     ("ndcg@10", "NDCG@10"),
@@ -67,7 +70,9 @@ def main() -> None:
                     f"- seed {r['seed']}: cov(pre-training bias, SFT shift) = {c['cov']:.2e} "
                     f"[{c['lo']:.2e}, {c['hi']:.2e}] (95 % user bootstrap), corr {c['corr']:.2f}"
                 )
+    serve = _serve_sweep(rows)
     rr = _rows("rerank.jsonl")
+    _equal_ndcg(by, serve, rr)
     if rr:
         print("\n### post-hoc re-ranking of the SFT model (mean over seeds)\n")
         print("| dataset | mode | lambda | NDCG@10 | MGU@10 | DGU@10 |")
@@ -81,6 +86,79 @@ def main() -> None:
                 f"{_ms([r['pop_mgu@10'] for r in rs])} | {_ms([r['pop_dgu@10'] for r in rs])} |"
             )
     _plots(by, rr)
+
+
+def _serve_sweep(rows) -> list[dict]:
+    """The served geometric mixture of every finished ``ufo`` run, evaluated post hoc
+    (cached in ``results/serve.jsonl``)."""
+    from rerank_eval import rerank_sweep
+
+    done = {(r["dataset"], r["mode"], r["seed"]) for r in _rows("serve.jsonl")}
+    for r in rows:
+        key = (r["dataset"], r["mode"], r["seed"])
+        if r["variant"] != "ufo" or key in done:
+            continue
+        run = RES / f"{r['dataset']}-ufo-{r['mode']}-s{r['seed']}"
+        for x in rerank_sweep(run, None, serve_alphas=ALPHAS):
+            with (RES / "serve.jsonl").open("a") as fh:
+                fh.write(json.dumps({"dataset": key[0], "mode": key[1], "seed": key[2], **x}))
+                fh.write("\n")
+        done.add(key)
+    return _rows("serve.jsonl")
+
+
+def _at(curve: list[tuple[float, float]], x0: float) -> float:
+    """MGU interpolated at NDCG ``x0`` along a curve of (NDCG, MGU) points (the best
+    MGU among the segments that reach ``x0``; NaN if none does)."""
+    best = np.nan
+    pts = sorted(curve)
+    for (xa, ya), (xb, yb) in zip(pts, pts[1:]):
+        if xa <= x0 <= xb and xb > xa:
+            y = ya + (yb - ya) * (x0 - xa) / (xb - xa)
+            best = y if np.isnan(best) else min(best, y)
+    for x, y in pts:
+        if x >= x0:
+            best = y if np.isnan(best) else min(best, y)
+    return best
+
+
+def _equal_ndcg(by, serve, rr) -> None:
+    """MGU@10 each method reaches at a given share of its seed's SFT NDCG@10."""
+    if not serve:
+        return
+    print("\n### at equal NDCG@10: MGU@10 reachable (mean over seeds; – = not reached)\n")
+    print(
+        "| dataset | mode | NDCG@10 ≥ | UFO (served mixture, a swept) "
+        "| SFT + re-ranking (λ swept) | SPRec | SFT re-weighting |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for ds, mode in sorted({(r["dataset"], r["mode"]) for r in serve}):
+        seeds = sorted({r["seed"] for r in serve if (r["dataset"], r["mode"]) == (ds, mode)})
+        sft = {r["seed"]: r["ndcg@10"] for r in by.get((ds, mode, "sft"), [])}
+        for share in (1.0, 0.95, 0.9):
+            cols = []
+            for src in (serve, rr):
+                vals = []
+                for s_ in seeds:
+                    if s_ not in sft:
+                        continue
+                    curve = [
+                        (r["ndcg@10"], r["pop_mgu@10"])
+                        for r in src
+                        if (r["dataset"], r["mode"], r["seed"]) == (ds, mode, s_)
+                    ]
+                    vals.append(_at(curve, share * sft[s_]))
+                v = np.asarray(vals, dtype=float)
+                cols.append("–" if not len(v) or np.isnan(v).any() else f"{v.mean():.4f}")
+            for variant in ("sprec", "reweight"):
+                pts = [
+                    r["pop_mgu@10"]
+                    for r in by.get((ds, mode, variant), [])
+                    if r["seed"] in sft and r["ndcg@10"] >= share * sft[r["seed"]]
+                ]
+                n = len(by.get((ds, mode, variant), []))
+                cols.append(f"{np.mean(pts):.4f}" if n and len(pts) == n else "–")
+            print(f"| {ds} | {mode} | {share:.0%} of SFT | " + " | ".join(cols) + " |")
 
 
 def _plots(by, rr) -> None:
