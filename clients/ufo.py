@@ -242,9 +242,16 @@ class UFOClient(CohortClient):
             s = np.asarray(ud.train_seq[u], dtype=np.int64)
             if len(s) < 2:
                 continue
-            for t in rng.integers(1, len(s), size=p.prompts_per_user):
+            if stage == spec.UFO and p.fair_targets == "next":
+                # the SFT targets resampled toward the fair group distribution
+                w = fair_w[groups[s[1:]]]
+                prob = w / w.sum() if w.sum() > 0 else None
+                cuts = 1 + rng.choice(len(s) - 1, size=p.prompts_per_user, p=prob)
+            else:
+                cuts = rng.integers(1, len(s), size=p.prompts_per_user)
+            for t in cuts:
                 prompts.append(item_lm.prompt(s[:t], p.context))
-                if stage == spec.UFO:
+                if stage == spec.UFO and p.fair_targets == "horizon":
                     cand = s[t : t + p.horizon]
                     y = int(algo.sample_fair_targets(cand, groups[cand], fair_w, 1, rng)[0])
                 else:

@@ -145,6 +145,7 @@ def test_ufo_runs_its_stages_deterministically(tmp_path):
     {"strategy.params.corrector": "none", "strategy.params.sft-weighting": "inverse"},
     {"strategy.params.corrector": "none", "strategy.params.rerank-lambda": 5.0},
     {"strategy.params.serve-alpha": 0.5, "strategy.params.judge-tol": 0.99},
+    {"strategy.params.fair-targets": "next"},
 ])  # fmt: skip
 def test_baselines_run(tmp_path, variant):
     s = fedrec.run({**BASE, **variant}, backend="local", out=tmp_path / "v")

@@ -27,6 +27,7 @@ VARIANTS = {
     "reweight": {"corrector": "none", "sft-weighting": "inverse"},  # IFairLRS-style
     "sprec": {"corrector": "sprec"},  # self-play DPO
     "ufo": {},
+    "ufo-next": {"fair-targets": "next"},  # ablation: fair targets = resampled next items
 }
 LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 DATASETS = {"ml-100k": {}, "lastfm": {"dataset.name": "lastfm"}}

@@ -27,7 +27,7 @@ COLS = [
     ("genre_mgu@10", "genre MGU@10"),
     ("coverage@10", "coverage@10"),
 ]
-ORDER = ["sft", "reweight", "sprec", "ufo"]
+ORDER = ["sft", "reweight", "sprec", "ufo", "ufo-next"]
 
 
 def _rows(name: str) -> list[dict]:

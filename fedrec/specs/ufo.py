@@ -74,6 +74,14 @@ class UFOParams:
     beta: float = key(0.1, "SPIN / DPO temperature.", **POSITIVE)
     prompts_per_user: int = key(8, "Self-play prompts per user per round.", check=lambda v: v >= 1)
     negatives: int = key(4, "Opponent samples per prompt (distributional).", check=lambda v: v >= 1)
+    fair_targets: str = key(
+        "horizon",
+        "Fair targets y+: horizon (drawn among the user's next `horizon` items, weighted "
+        "toward under-exposed groups) or next (the true next item, with the prompts "
+        "resampled toward under-exposed groups: the SFT targets reweighted to the fair "
+        "distribution).",
+        choices=("horizon", "next"),
+    )
     horizon: int = key(
         10,
         "Fair targets are drawn from the user's next `horizon` items after the prompt.",
