@@ -219,7 +219,7 @@ class UFOClient(CohortClient):
             neg,
             beta=p.beta,
             epochs=t.local_epochs,
-            batch_size=t.batch_size,
+            batch_size=p.corrector_batch or t.batch_size,
             lr=p.corrector_lr,
             seed=seed,
             nll_weight=1.0 if stage == spec.SPREC else 0.0,

@@ -28,6 +28,8 @@ VARIANTS = {
     "sprec": {"corrector": "sprec"},  # self-play DPO
     "ufo": {},
     "ufo-next": {"fair-targets": "next"},  # ablation: fair targets = resampled next items
+    # centralized with the federation's optimizer steps per round (batch 64 x 28 silos)
+    "ufo-steps": {"corrector-batch": 64 * 28},
 }
 LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 DATASETS = {"ml-100k": {}, "lastfm": {"dataset.name": "lastfm"}}

@@ -27,7 +27,7 @@ COLS = [
     ("genre_mgu@10", "genre MGU@10"),
     ("coverage@10", "coverage@10"),
 ]
-ORDER = ["sft", "reweight", "sprec", "ufo", "ufo-next"]
+ORDER = ["sft", "reweight", "sprec", "ufo", "ufo-next", "ufo-steps"]
 
 
 def _rows(name: str) -> list[dict]:

@@ -105,6 +105,13 @@ class UFOParams:
         0.0, "Post-hoc exposure re-ranking at evaluation (the baseline; 0 = off).", **NON_NEGATIVE
     )
     corrector_lr: float = key(1e-3, "Adam step size of the corrector.", **POSITIVE)
+    corrector_batch: int = key(
+        0,
+        "Mini-batch of the self-play stage (0 = train.batch-size). A centralized run can "
+        "match a federation's optimizer steps per round with batch-size x silos.",
+        check=lambda v: v >= 0,
+        check_doc=">= 0",
+    )
 
 
 # stages (train config STAGE)
