@@ -96,10 +96,11 @@ def main() -> None:
                 row["wall_s"] = time.perf_counter() - t0
                 with (args.out / "bifair.jsonl").open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
+                shown = ("ndcg@10", "pop_worst25@10", "genre_worst25@10", "pop_mgu@10")
                 print(
-                    f"{name}: ndcg@10 {g['ndcg@10']:.4f} pop_worst25@10 "
-                    f"{g['pop_worst25@10']:.3f} genre_worst25@10 {g['genre_worst25@10']:.3f} "
-                    f"({row['wall_s']:.0f} s)",
+                    f"{name}: "
+                    + " ".join(f"{k} {g[k]:.4f}" for k in shown if k in g)
+                    + f" ({row['wall_s']:.0f} s)",
                     flush=True,
                 )
                 if variant == "plain":

@@ -85,7 +85,7 @@ def main() -> None:
                 f"| {ds} | {mode} | {lam:g} | {_ms([r['ndcg@10'] for r in rs])} | "
                 f"{_ms([r['pop_mgu@10'] for r in rs])} | {_ms([r['pop_dgu@10'] for r in rs])} |"
             )
-    _plots(by, rr)
+    _plots(by, rr, serve)
 
 
 def _serve_sweep(rows) -> list[dict]:
@@ -161,7 +161,7 @@ def _equal_ndcg(by, serve, rr) -> None:
             print(f"| {ds} | {mode} | {share:.0%} of SFT | " + " | ".join(cols) + " |")
 
 
-def _plots(by, rr) -> None:
+def _plots(by, rr, serve) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,10 +177,11 @@ def _plots(by, rr) -> None:
             vals = np.array([[p[key] for p in r["per_round"]] for r in rs])
             ax.plot(rounds, vals.mean(0), marker=".", label=v)
             ax.fill_between(rounds, vals.min(0), vals.max(0), alpha=0.2)
-    sft = by.get(("ml-100k", "fed", "ufo"))
+    cfg = RES / "ml-100k-ufo-fed-s0" / "config.json"
+    sft_rounds = json.loads(cfg.read_text())["strategy.params.sft-rounds"] if cfg.exists() else 0
     for ax, key in zip(axes, ("MGU@10", "NDCG@10")):
-        if sft:
-            ax.axvline(int(sft[0]["per_round"][0]["round"]) - 1 + 10, color="grey", ls=":")
+        if sft_rounds:
+            ax.axvline(sft_rounds, color="grey", ls=":")
         ax.set_xlabel("round (SFT, then self-play iterations)")
         ax.set_ylabel(key)
         ax.legend(fontsize=8)
@@ -202,6 +203,14 @@ def _plots(by, rr) -> None:
     if pts:
         xy = np.array([np.mean(pts[k], axis=0) for k in sorted(pts)])
         ax.plot(xy[:, 0], xy[:, 1], "k--", marker=".", label="SFT + re-ranking (λ sweep)")
+    mix = defaultdict(list)
+    for r in serve:
+        if r["dataset"] == "ml-100k" and r["mode"] == "fed":
+            mix[r["serve_alpha"]].append((r["ndcg@10"], r["pop_mgu@10"]))
+    if mix:
+        xy = np.array([np.mean(mix[k], axis=0) for k in sorted(mix)])
+        ax.plot(xy[:, 0], xy[:, 1], "r:", marker=".", label="UFO, served mixture (a sweep)")
+    if pts or mix:
         ax.legend(fontsize=8)
     ax.set_xlabel("NDCG@10")
     ax.set_ylabel("MGU@10 (popularity quintiles; lower is fairer)")
