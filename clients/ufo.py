@@ -44,9 +44,8 @@ class UFOClient(CohortClient):
 
     @classmethod
     def _task(cls, cfg, p):
-        return item_lm.item_lm_task(
-            cfg.dataset.name, cfg.dataset.options, p.public_fraction, cfg.seed
-        )
+        d = cfg.dataset
+        return item_lm.item_lm_task(d.name, d.options, p.public_fraction, cfg.seed, d.split)
 
     @classmethod
     def owned_users(cls, cfg, client_id):

@@ -99,6 +99,13 @@ class DatasetConfig:
         "datasets; e.g. synthetic-rec: num_users=10000,num_items=2000). "
         "Unknown options are rejected with the allowed ones.",
     )
+    split: str = key(
+        "time",
+        "Leave-one-out order of recommendation datasets: time (timestamps, ties by item "
+        "id), order (row order), random (a fixed-seed shuffle per user: for untimed data "
+        "such as lastfm).",
+        choices=("time", "order", "random"),
+    )
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class BiFair(RankingStrategy):
             kind=p.representation,
             dim=p.repr_dim,
             seed=self.cfg.seed,
+            split=self.cfg.dataset.split,
         ).astype(np.float32)
         self.z0 = Z0
         phi = algo.init_projector(

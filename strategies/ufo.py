@@ -92,7 +92,8 @@ class UFO(RankingStrategy):
     def _task(cls, cfg, p):
         from fedrec.recsys.item_lm import item_lm_task
 
-        return item_lm_task(cfg.dataset.name, cfg.dataset.options, p.public_fraction, cfg.seed)
+        d = cfg.dataset
+        return item_lm_task(d.name, d.options, p.public_fraction, cfg.seed, d.split)
 
     @classmethod
     def preflight(cls, cfg) -> None:

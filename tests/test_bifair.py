@@ -221,3 +221,25 @@ def test_post_hoc_rerank_sweep_reproduces_the_run(tmp_path):
     assert r0["ndcg@10"] == pytest.approx(g["ndcg@10"])
     assert r0["pop_mgu@10"] == pytest.approx(g["pop_mgu@10"])
     assert r1["pop_tv@10"] < r0["pop_tv@10"]
+
+
+@pytest.mark.e2e
+def test_random_split_reaches_every_part(tmp_path):
+    """``dataset.split = random`` (untimed data): the strategy, the clients and the
+    svd-pop representation all read the same split."""
+    from fedrec.recsys.data import user_data
+    from fedrec.recsys.item_repr import item_representations
+
+    cfg = {**BASE, "dataset.split": "random", "num-server-rounds": 1}
+    s = fedrec.run(cfg, backend="local", out=tmp_path / "r")
+    assert s["final"]["global"]["num_users"] == 120
+    _, ud_r = user_data("synthetic-rec", BASE["dataset.options"], "random")
+    _, ud_t = user_data("synthetic-rec", BASE["dataset.options"], "time")
+    assert not np.array_equal(ud_r.test.indices, ud_t.test.indices)
+    z = {
+        sp: item_representations(
+            "synthetic-rec", BASE["dataset.options"], "svd-pop", 16, 0, cache=False, split=sp
+        )
+        for sp in ("random", "time")
+    }
+    assert not np.allclose(z["random"], z["time"])

@@ -90,7 +90,7 @@ def test_leave_one_out_by_hand():
         ud.test[0].tolist() == [5] and ud.valid[0].tolist() == [3] and ud.train[0].tolist() == [2]
     )
     assert leave_one_out(dup, dedupe=False).test[0].tolist() == [2]
-    with pytest.raises(ConfigError, match="by must be one of: time, order"):
+    with pytest.raises(ConfigError, match="by must be one of: time, order, random"):
         leave_one_out(ds, by="rating")
 
 
@@ -105,6 +105,24 @@ def test_leave_one_out_properties(synth):
         assert np.all(np.diff(ud.train[u]) > 0)
         assert sorted(ud.train_seq[u]) == ud.train[u].tolist()
     assert ud.item_counts().sum() == 60 * 10
+
+
+def test_random_leave_one_out(synth):
+    """``by="random"``: a seeded shuffle per user (for untimed data): the same seed gives
+    the same split, another seed another one; each user's items are split completely."""
+    a, b = leave_one_out(synth, by="random", seed=1), leave_one_out(synth, by="random", seed=1)
+    c = leave_one_out(synth, by="random", seed=2)
+    np.testing.assert_array_equal(a.test.indices, b.test.indices)
+    assert not np.array_equal(a.test.indices, c.test.indices)
+    t = leave_one_out(synth)
+    assert not np.array_equal(a.test.indices, t.test.indices)
+    for u in range(synth.num_users):
+        parts = [set(a.train[u]), set(a.valid[u]), set(a.test[u])]
+        assert sum(map(len, parts)) == len(set.union(*parts)) == 12
+        assert set.union(*parts) == set(synth.item[synth.user == u].tolist())
+    # the test items are spread like the interactions, not the highest ids of each user
+    top = [int(np.max(synth.item[synth.user == u])) for u in range(synth.num_users)]
+    assert np.mean([a.test[u][0] == top[u] for u in range(synth.num_users)]) < 0.3
 
 
 def test_ratio_split(synth):

@@ -44,6 +44,7 @@ DATASETS = {  # lastfm has no item texts: its representation is the svd-pop cont
     "ml-100k": {},
     "lastfm": {
         "dataset.name": "lastfm",
+        "dataset.split": "random",  # no timestamps: a seeded random leave-one-out
         "partition.num-clients": 40,
         "strategy.params.representation": "svd-pop",
     },

@@ -32,7 +32,7 @@ VARIANTS = {
     "ufo-steps": {"corrector-batch": 64 * 28},
 }
 LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-DATASETS = {"ml-100k": {}, "lastfm": {"dataset.name": "lastfm"}}
+DATASETS = {"ml-100k": {}, "lastfm": {"dataset.name": "lastfm", "dataset.split": "random"}}
 
 
 def main() -> None:
@@ -61,7 +61,11 @@ def main() -> None:
     for mode in args.modes:
         for seed in args.seeds:
             task = item_lm_task(
-                base["dataset.name"], "", float(base["strategy.params.public-fraction"]), seed
+                base["dataset.name"],
+                "",
+                float(base["strategy.params.public-fraction"]),
+                seed,
+                base.get("dataset.split", "time"),
             )
             n_fed = len(task.fed)
             part = (

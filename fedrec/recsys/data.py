@@ -41,12 +41,14 @@ def parse_options(options: str) -> dict:
 
 def cfg_user_data(cfg: RunConfig):
     """:func:`user_data` for a run config (dataset name and ``dataset.options``)."""
-    return user_data(cfg.dataset.name, cfg.dataset.options)
+    return user_data(cfg.dataset.name, cfg.dataset.options, cfg.dataset.split)
 
 
 @functools.lru_cache(maxsize=4)
-def user_data(dataset: str, options: str = ""):
-    """(RecDataset, leave-one-out UserData), cached per process."""
+def user_data(dataset: str, options: str = "", split: str = "time"):
+    """(RecDataset, leave-one-out UserData), cached per process. ``split``: the order of
+    :func:`~fedrec.recsys.splits.leave_one_out` (``random`` uses the fixed seed 0, so
+    every run sees the same split)."""
     from fedrec.data import RecDataset, load_dataset
     from fedrec.errors import ConfigError
     from fedrec.recsys.splits import leave_one_out
@@ -57,7 +59,7 @@ def user_data(dataset: str, options: str = ""):
             f"config key 'dataset.name': '{dataset}' is not a recommendation "
             "dataset; fedmf needs one (ml-100k, lastfm, synthetic-rec)"
         )
-    return ds, leave_one_out(ds)
+    return ds, leave_one_out(ds, by=split, seed=0)
 
 
 def client_users(client_id: int, users_per_client: int, num_users: int) -> np.ndarray:

@@ -254,7 +254,9 @@ class ItemLMTask:
 
 
 @functools.lru_cache(maxsize=4)
-def item_lm_task(dataset: str, options: str, public_fraction: float, seed: int) -> ItemLMTask:
+def item_lm_task(
+    dataset: str, options: str, public_fraction: float, seed: int, split: str = "time"
+) -> ItemLMTask:
     """The task, cached per process; the public users are a seeded draw."""
     from fedrec.recsys.data import user_data
 
@@ -262,7 +264,7 @@ def item_lm_task(dataset: str, options: str, public_fraction: float, seed: int) 
         raise ConfigError(
             f"config key 'strategy.params.public-fraction': {public_fraction} must be in [0, 1)"
         )
-    ds, ud = user_data(dataset, options)
+    ds, ud = user_data(dataset, options, split)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(ud.num_users)
     k = int(round(public_fraction * ud.num_users))

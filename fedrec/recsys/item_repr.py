@@ -484,8 +484,10 @@ def item_representations(
     dim: int = 64,
     seed: int = 0,
     cache: bool = True,
+    split: str = "time",
 ) -> np.ndarray:
-    """Fixed item vectors of a recommendation dataset, cached on disk.
+    """Fixed item vectors of a recommendation dataset, cached on disk (``split``: the
+    leave-one-out order whose training interactions ``svd-pop`` uses).
 
     Parameters
     ----------
@@ -523,7 +525,7 @@ def item_representations(
         )
     dim = _check_positive("dim", dim)
     seed = int(seed)
-    ds, ud = user_data(dataset, options)
+    ds, ud = user_data(dataset, options, split)
     texts: list[str] = []
     extra = ""
     if kind == "svd-pop":

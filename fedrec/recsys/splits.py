@@ -12,7 +12,10 @@ Choices (all deliberate, all tested):
 
 * **Interaction order** (``by="time"``): by ``timestamp``, ties (ML-100K has many identical
   timestamps per user) broken by **item id** ascending. ``by="order"`` uses the row order of the
-  dataset instead (for data without timestamps, e.g. LastFM).
+  dataset instead. ``by="random"`` orders each user's interactions by a seeded random
+  permutation (``numpy.random.default_rng(seed)`` over all rows): the usual random
+  leave-one-out for data without timestamps, e.g. LastFM, whose row order (sorted by
+  artist id) would otherwise make the held-out item the user's highest artist id.
 * **Repeated (user, item) pairs** are collapsed to their first occurrence in that order before
   splitting (``dedupe=True``, the default), so a test item is never also a training item, and
   masking training items at evaluation can never hide a test item. ML-100K, LastFM and
@@ -58,7 +61,7 @@ __all__ = [
     "sample_negatives_rows",
 ]
 
-SPLIT_ORDERS = ("time", "order")
+SPLIT_ORDERS = ("time", "order", "random")
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ def _concat(a: Ragged, b: Ragged) -> Ragged:
     return Ragged.from_rows(rows[order], np.concatenate([a.indices, b.indices])[order], len(a))
 
 
-def _ordered(ds: RecDataset, by: str, dedupe: bool) -> tuple[np.ndarray, np.ndarray]:
+def _ordered(ds: RecDataset, by: str, dedupe: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(user, item) of all interactions sorted by user, then time (ties: item id)."""
     if by not in SPLIT_ORDERS:
         raise ConfigError(f"by must be one of: {', '.join(SPLIT_ORDERS)} (got {by!r})")
@@ -199,6 +202,8 @@ def _ordered(ds: RecDataset, by: str, dedupe: bool) -> tuple[np.ndarray, np.ndar
     item = np.asarray(ds.item, dtype=np.int64)
     if by == "time":
         order = np.lexsort((item, np.asarray(ds.timestamp), user))
+    elif by == "random":
+        order = np.lexsort((np.random.default_rng(seed).permutation(user.size), user))
     else:
         order = np.argsort(user, kind="stable")
     user, item = user[order], item[order]
@@ -225,12 +230,15 @@ def _assemble(ds: RecDataset, user: np.ndarray, item: np.ndarray, side: np.ndarr
     return UserData(n_users, n_items, train, parts["seq"], parts["valid"], parts["test"])
 
 
-def leave_one_out(ds: RecDataset, by: str = "time", *, dedupe: bool = True) -> UserData:
+def leave_one_out(
+    ds: RecDataset, by: str = "time", *, dedupe: bool = True, seed: int = 0
+) -> UserData:
     """Last interaction -> test, second last -> valid, the rest -> train.
 
-    Users with fewer than 3 interactions: all train.
+    Users with fewer than 3 interactions: all train. ``seed``: the shuffle of
+    ``by="random"``.
     """
-    user, item = _ordered(ds, by, dedupe)
+    user, item = _ordered(ds, by, dedupe, seed)
     counts = np.bincount(user, minlength=ds.num_users)
     end = np.cumsum(counts)  # one past each user's last row
     side = np.zeros(user.size, dtype=np.int64)
