@@ -44,7 +44,9 @@ def _rows(name: str) -> list[dict]:
 
 
 def _ms(vals) -> str:
-    v = np.asarray(vals, dtype=float)
+    v = np.asarray([x for x in vals if x is not None], dtype=float)
+    if not len(v):
+        return "–"
     return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v.mean():.4f}"
 
 
@@ -63,14 +65,18 @@ def main() -> None:
         print("|---" * (len(COLS) + 1) + "|")
         for v in present:
             print(
-                f"| {v} | " + " | ".join(_ms([r[k] for r in by[(mode, v)]]) for k, _ in COLS) + " |"
+                f"| {v} | "
+                + " | ".join(_ms([r.get(k) for r in by[(mode, v)]]) for k, _ in COLS)
+                + " |"
             )
         if (mode, "plain") in by and (mode, "bifair") in by:
             print()
             for k in ("pop_worst25@10", "genre_worst25@10", "ndcg@10"):
+                if k not in by[(mode, "plain")][0]:
+                    continue
                 a = np.mean([r[k] for r in by[(mode, "plain")]])
                 b = np.mean([r[k] for r in by[(mode, "bifair")]])
-                rel = (b / a - 1) * 100 if a else float("inf")
+                rel = (b / a - 1) * 100 if a else (float("inf") if b else 0.0)
                 print(f"- {mode}: bifair vs plain {k}: {a:.4f} -> {b:.4f} ({rel:+.1f} %)")
     rr = _rows("rerank.jsonl")
     if rr:
@@ -85,7 +91,7 @@ def main() -> None:
             print(
                 f"| {mode} | {lam:g} | {_ms([r['ndcg@10'] for r in rs])} | "
                 f"{_ms([r['pop_worst25@10'] for r in rs])} | "
-                f"{_ms([r['genre_worst25@10'] for r in rs])} | "
+                f"{_ms([r.get('genre_worst25@10') for r in rs])} | "
                 f"{_ms([r['pop_mgu@10'] for r in rs])} |"
             )
     _plots(by, rr)
