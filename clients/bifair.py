@@ -32,7 +32,7 @@ from fedrec.clients.ranking import (
     cohort_users,
     hello_replies,
     ranking_replies,
-    rerank_scores,
+    rerank,
 )
 from fedrec.recsys.data import cfg_user_data
 from fedrec.seeding import derive_seed
@@ -140,10 +140,5 @@ class BiFairClient(CohortClient):
     @classmethod
     def _evaluate(cls, ud, Z, phi, config, users, owner, states, split="test"):
         P = np.concatenate([np.asarray(states[c][cls.P], dtype=np.float32) for c in states])
-        scores = algo.scores(P, phi, Z)
-        lam = float(config.get(spec.RERANK, 0.0))
-        if lam > 0:
-            groups = np.asarray(config[spec.ITEM_GROUP], dtype=np.int64)
-            target = np.asarray(config[spec.TARGET], dtype=np.float64)
-            scores = rerank_scores(ud, users, owner, scores, groups, target, lam, split)
+        scores = rerank(ud, users, owner, algo.scores(P, phi, Z), config, split)
         return ranking_replies(ud, users, owner, scores, config, split)

@@ -147,14 +147,19 @@ def hello_replies(ud, users_per_client: int, states) -> dict:
     return out
 
 
-def rerank_scores(ud, users, owner, scores, groups, target, lam, split="test"):
-    """Scores whose order puts each client's exposure-re-ranked top-K first (then the
-    original order): the post-hoc re-ranking baseline toward the group shares ``target`` of the
-    item labels ``groups``, per client
-    (:func:`fedrec.algorithms.ufo.exposure_rerank`)."""
+def rerank(ud, users, owner, scores, config, split="test"):
+    """``scores`` as they are, or, when the evaluate config asks for the post-hoc
+    re-ranking baseline (:func:`fedrec.specs.ranking.pack_rerank`), scores whose order
+    puts each client's exposure-re-ranked top-K first (then the original order): greedy
+    re-ranking toward the group shares ``TARGET`` of the item labels ``ITEM_GROUP``, per
+    client (:func:`fedrec.algorithms.ufo.exposure_rerank`)."""
     from fedrec.algorithms.ufo import exposure_rerank
-    from fedrec.specs.ranking import TOPK_LEN
 
+    lam = float(config.get(spec.RERANK, 0.0))
+    if lam <= 0:
+        return scores
+    groups = np.asarray(config[spec.ITEM_GROUP], dtype=np.int64)
+    target = np.asarray(config[spec.TARGET], dtype=np.float64)
     s = np.array(scores, dtype=np.float32, copy=True)
     hist = ud.history(split)
     for j, u in enumerate(users):
@@ -163,7 +168,7 @@ def rerank_scores(ud, users, owner, scores, groups, target, lam, split="test"):
     top = float(finite.max()) if finite.size else 0.0
     for c in np.unique(owner):
         rows = np.flatnonzero(owner == c)
-        rr = exposure_rerank(s[rows], groups, target, k=TOPK_LEN, lam=lam)
+        rr = exposure_rerank(s[rows], groups, target, k=spec.TOPK_LEN, lam=lam)
         for j, items in zip(rows, rr):
             items = items[items >= 0]
             s[j, items] = top + (len(items) - np.arange(len(items), dtype=np.float32))

@@ -29,7 +29,7 @@ import torch
 
 from fedrec import protocol
 from fedrec.algorithms import ufo as algo
-from fedrec.clients.ranking import CohortClient, ranking_replies, rerank_scores
+from fedrec.clients.ranking import CohortClient, ranking_replies, rerank
 from fedrec.models import get_weights, set_weights
 from fedrec.recsys import item_lm
 from fedrec.seeding import derive_seed
@@ -132,12 +132,7 @@ class UFOClient(CohortClient):
     def _evaluate(cls, p, task, weights, config, users, owner, split="test"):
         ud = task.ud
         scores = cls._served_logp(p, task, weights, config, cls._prompts(p, task, users, split))
-        scores = scores.numpy()
-        lam = float(config.get(spec.RERANK, 0.0))
-        if lam > 0:
-            groups = np.asarray(config[spec.ITEM_GROUP], dtype=np.int64)
-            target = np.asarray(config[spec.TARGET], dtype=np.float64)
-            scores = rerank_scores(ud, users, owner, scores, groups, target, lam, split)
+        scores = rerank(ud, users, owner, scores.numpy(), config, split)
         return ranking_replies(ud, users, owner, scores, config, split)
 
     @classmethod
@@ -204,12 +199,9 @@ class UFOClient(CohortClient):
             )
             n = int(sum(len(s) - 1 for s in seqs))
             return get_weights(model), {spec.NUM_EXAMPLES: n, spec.TRAIN_LOSS: loss}
-        prompts, pos, neg = cls._self_play_data(p, task, config, stage, us, seed)
+        prompts, pos, neg, old = cls._self_play_data(p, task, config, stage, us, seed)
         if not prompts:
             return get_weights(model), {spec.NUM_EXAMPLES: 0, spec.TRAIN_LOSS: 0.0}
-        opp = cls._model(p, task, spec.unpack_model("opp", config))
-        with torch.no_grad():
-            old = item_lm.next_item_logprobs(opp, prompts)
         loss, margin = item_lm.train_pairwise(
             model,
             old,
@@ -231,7 +223,8 @@ class UFOClient(CohortClient):
 
     @classmethod
     def _self_play_data(cls, p, task, config, stage, us, seed):
-        """Prompts, targets ``y+`` (n,) and opponent samples ``y-`` (n, m)."""
+        """Prompts, targets ``y+`` (n,), opponent samples ``y-`` (n, m) and the opponent's
+        next-item log-probs ``log pi_t`` (n, n_items) of the prompts."""
         ud = task.ud
         rng = np.random.default_rng(seed)
         groups = np.asarray(config[spec.ITEM_GROUP], dtype=np.int64)
@@ -258,7 +251,7 @@ class UFOClient(CohortClient):
                 pos.append(y)
                 seen.append(np.unique(np.append(s[max(0, t - p.context + 1) : t], y)))
         if not prompts:
-            return [], np.zeros(0, np.int64), np.zeros((0, 1), np.int64)
+            return [], np.zeros(0, np.int64), np.zeros((0, 1), np.int64), None
         opp = cls._model(p, task, spec.unpack_model("opp", config))
         with torch.no_grad():
             lp = item_lm.next_item_logprobs(opp, prompts)
@@ -274,4 +267,4 @@ class UFOClient(CohortClient):
                 for j, ex in enumerate(seen):
                     masked[j, torch.as_tensor(ex)] = -torch.inf
                 neg = masked.argmax(-1, keepdim=True).numpy()
-        return prompts, np.asarray(pos, dtype=np.int64), np.asarray(neg, dtype=np.int64)
+        return prompts, np.asarray(pos, dtype=np.int64), np.asarray(neg, dtype=np.int64), lp

@@ -1,6 +1,6 @@
 """Post-hoc re-ranking of a finished run, through the client half's own evaluate path.
 
-The re-ranking baseline (:func:`fedrec.clients.ranking.rerank_scores`) needs no
+The re-ranking baseline (:func:`fedrec.clients.ranking.rerank`) needs no
 retraining: this loads a run folder's final checkpoint and the clients' private state
 (``client_state/``, written by the simulation), sends each node's clients the
 ``evaluate`` message with ``rerank-lambda`` set, exactly as the strategy would, and
@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 
 
-def rerank_sweep(
-    run_dir: Path, lambdas, groups_key: str = "item-group", serve_alphas=None
-) -> list[dict]:
+def rerank_sweep(run_dir: Path, lambdas, serve_alphas=None) -> list[dict]:
     """Per ``lambda``: ``{"lambda", "ndcg@10", "hr@10", <group report>}``. With
     ``serve_alphas`` (UFO runs) the sweep is over the served geometric mixture
     ``pi_theta^a pi_ref^(1-a)`` instead (``pi_ref`` from the checkpoint's server state),
@@ -70,9 +68,7 @@ def rerank_sweep(
         lam = value if name == "lambda" else 0.0
         config = {rspec.POPULAR: np.zeros(0, np.int64)}
         if lam > 0:
-            config.update(
-                {groups_key: item_group, "target-shares": target, "rerank-lambda": float(lam)}
-            )
+            config.update(rspec.pack_rerank(item_group, target, lam))
         if name == "serve_alpha" and value < 1:
             ref = server_state["reference"]
             config.update({"serve-alpha": float(value)})

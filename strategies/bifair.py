@@ -49,6 +49,7 @@ from fedrec.errors import ConfigError
 from fedrec.messages import RowSparse
 from fedrec.protocol import ClientReply
 from fedrec.specs import bifair as spec
+from fedrec.specs import ranking as ranking_spec
 from fedrec.specs.bifair import BiFairParams
 from fedrec.strategies.fedavg import weighted_average
 from fedrec.strategies.ranking import RankingStrategy
@@ -129,11 +130,7 @@ class BiFair(RankingStrategy):
         cfg = dict(super().evaluate_config(server_round))
         if self.params.rerank_lambda > 0:
             cfg.update(
-                {
-                    spec.ITEM_GROUP: self.item_group,
-                    spec.TARGET: self.pi,
-                    spec.RERANK: float(self.params.rerank_lambda),
-                }
+                ranking_spec.pack_rerank(self.item_group, self.pi, self.params.rerank_lambda)
             )
         return cfg
 
@@ -205,12 +202,6 @@ class BiFair(RankingStrategy):
     def on_round_end(self, server_round: int, record) -> None:
         record.extra.update(self._extra.pop(server_round, {}))
         super().on_round_end(server_round, record)
-
-    def evaluation_metrics(self, replies):
-        fm = super().evaluation_metrics(replies)
-        if fm is not None:
-            self.item_group_metrics(replies, fm)
-        return fm
 
     def write_outputs(self, out_dir) -> None:
         super().write_outputs(out_dir)

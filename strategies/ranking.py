@@ -27,9 +27,10 @@ class RankingStrategy(FedrecStrategy):
 
     progress_keys = ("ndcg@10", "hr@10", "coverage@10")
     unlearning_kinds: ClassVar[tuple[str, ...]] = ("interactions", "users", "items", "client")
-    #: item-group memberships of the evaluation report (:meth:`item_group_metrics`), set
-    #: by the subclasses that report it; the per-group detail of the last report
-    eval_groups: dict[str, np.ndarray]
+    #: item-group memberships (name -> (n_items, G) bool) of the item-group report
+    #: (:func:`fedrec.recsys.item_groups.group_report`) that :meth:`evaluation_metrics` adds
+    #: when a subclass sets them; ``last_detail`` holds the last report's per-group values
+    eval_groups: dict[str, np.ndarray] | None = None
     last_detail: dict[str, Any]
 
     @classmethod
@@ -139,21 +140,9 @@ class RankingStrategy(FedrecStrategy):
                         },
                     }
                 )
+        if self.eval_groups:
+            from fedrec.recsys.item_groups import group_report
+
+            flat, self.last_detail = group_report(self.ud, users, top, self.eval_groups, (10, 20))
+            overall.update(flat)
         return FederatedMetrics(overall=overall, by_client={}, by_group=by_group, local={})
-
-    def item_group_metrics(self, replies: list[ClientReply], fm: FederatedMetrics) -> None:
-        """Add the item-group report (:func:`fedrec.recsys.item_groups.group_report`) of the
-        replies' top-K lists to ``fm.overall``; the per-group detail to ``last_detail``.
-        ``self.eval_groups`` (name -> membership) must be set by the subclass."""
-        from fedrec.recsys.item_groups import group_report
-
-        replies = [r for r in replies if spec.USERS in r.metrics]
-        users = np.concatenate([np.asarray(r.metrics[spec.USERS]) for r in replies])
-        top = np.concatenate(
-            [
-                np.asarray(r.metrics[spec.TOPK], dtype=np.int64).reshape(-1, spec.TOPK_LEN)
-                for r in replies
-            ]
-        )
-        flat, self.last_detail = group_report(self.ud, users, top, self.eval_groups, (10, 20))
-        fm.overall.update(flat)

@@ -59,6 +59,7 @@ import numpy as np
 
 from fedrec.errors import ConfigError
 from fedrec.protocol import ClientReply
+from fedrec.specs import ranking as ranking_spec
 from fedrec.specs import ufo as spec
 from fedrec.specs.ufo import UFOParams
 from fedrec.strategies.fedavg import weighted_average
@@ -117,6 +118,7 @@ class UFO(RankingStrategy):
 
     def setup(self, grid) -> None:
         super().setup(grid)
+        from fedrec.algorithms.ufo import inverse_frequency_from_counts
         from fedrec.recsys.item_groups import memberships, training_groups
 
         p = self.params
@@ -139,16 +141,7 @@ class UFO(RankingStrategy):
         hist = sum(np.asarray(r.arrays()[0], dtype=np.float64) for r in replies)
         self.gp = np.asarray(hist, dtype=np.float64) / max(float(np.sum(hist)), 1.0)
         # the inverse-frequency SFT weights of the re-weighting baseline (from the histogram)
-        self.sft_weight = self._inverse_weights(hist)
-
-    def _inverse_weights(self, hist) -> np.ndarray:
-        hist = np.asarray(hist, dtype=np.float64)
-        present = hist > 0
-        w_g = np.zeros_like(hist)
-        w_g[present] = hist[present].mean() / hist[present]
-        w = w_g[self.item_group]
-        mean = float((w_g * hist).sum() / hist.sum())  # mean weight over the SFT targets
-        return w / mean
+        self.sft_weight = inverse_frequency_from_counts(self.item_group, hist)
 
     def owned_users(self, client_id: int) -> np.ndarray:
         return self.task.client_users(client_id, self.params.users_per_client)
@@ -216,11 +209,7 @@ class UFO(RankingStrategy):
         cfg.update(self._serve_config(server_round))
         if self.params.rerank_lambda > 0:
             cfg.update(
-                {
-                    spec.ITEM_GROUP: self.item_group,
-                    spec.TARGET: self.gp,
-                    spec.RERANK: float(self.params.rerank_lambda),
-                }
+                ranking_spec.pack_rerank(self.item_group, self.gp, self.params.rerank_lambda)
             )
         return cfg
 
@@ -293,12 +282,6 @@ class UFO(RankingStrategy):
         res["bias"] = (pre.mean(0) - self.gp).round(5).tolist()
         res["shift"] = (post.mean(0) - pre.mean(0)).round(5).tolist()
         self.covariance = res
-
-    def evaluation_metrics(self, replies):
-        fm = super().evaluation_metrics(replies)
-        if fm is not None:
-            self.item_group_metrics(replies, fm)
-        return fm
 
     def write_outputs(self, out_dir) -> None:
         super().write_outputs(out_dir)

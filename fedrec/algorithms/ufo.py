@@ -68,6 +68,7 @@ __all__ = [
     "exposure_rerank",
     "fair_group_weights",
     "geometric_mixture",
+    "inverse_frequency_from_counts",
     "inverse_frequency_weights",
     "judger_margin",
     "sample_fair_targets",
@@ -631,10 +632,20 @@ def inverse_frequency_weights(
         raise ConfigError("train_items is empty: no training interaction to count")
     if ti.min() < 0 or ti.max() >= ig.shape[0]:
         raise ConfigError(f"train_items must hold item ids in [0, {ig.shape[0]})")
+    return inverse_frequency_from_counts(ig, np.bincount(ig[ti], minlength=G), power)
+
+
+def inverse_frequency_from_counts(item_groups: Any, counts: Any, power: float = 1.0) -> np.ndarray:
+    r""":func:`inverse_frequency_weights` from the groups' interaction counts
+    :math:`f_g` alone (``counts`` (G,), e.g. summed from clients' histograms): the
+    normalisation :math:`|\mathcal{D}| / \sum_{(u,j)} \tilde w(j)` equals
+    :math:`\sum_g f_g / \sum_g f_g \tilde w_g`."""
+    f = _array("counts", counts, 1, np.float64)
+    ig = _labels("item_groups", item_groups, f.shape[0])
+    if not np.isfinite(f).all() or (f < 0).any() or f.sum() <= 0:
+        raise ConfigError("counts must be finite, non-negative and have a positive sum")
     pw = _number("power", power, 0.0)
-    f = np.bincount(ig[ti], minlength=G).astype(np.float64)
     seen = f > 0
-    per_group = np.zeros(G)
+    per_group = np.zeros(f.shape[0])
     per_group[seen] = (f[seen].mean() / f[seen]) ** pw
-    w = per_group[ig]
-    return w * (ti.size / w[ti].sum())
+    return per_group[ig] * (f.sum() / (f * per_group).sum())

@@ -167,7 +167,7 @@ def train_pairwise(
     (the SFT half of SPRec's self-play; 0 for UFO). ``old_logp`` = ``log pi_t`` over the items
     ``(n, n_items)``, fixed; ``pos`` (n,), ``neg`` (n, m) item ids. Returns the mean loss
     and the judger margin ``beta * (Δpos - Δneg)`` of the last epoch."""
-    from fedrec.algorithms.ufo import spin_loss
+    from fedrec.algorithms.ufo import judger_margin, spin_loss
     from fedrec.optim import TorchAdam
 
     n = len(prompts)
@@ -195,10 +195,9 @@ def train_pairwise(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                m = beta * ((new_pos - old_pos[b])[:, None] - (new_neg - old_neg[b])).mean()
+            m = judger_margin(new_pos, old_pos[b], new_neg, old_neg[b], beta=beta)
             tot += float(loss.detach()) * len(b)
-            mar += float(m) * len(b)
+            mar += m * len(b)
         loss_v, margin_v = tot / n, mar / n
     model.eval()
     return loss_v, margin_v

@@ -18,6 +18,7 @@ import numpy as np
 
 from fedrec.config import FRACTION, NON_NEGATIVE, POSITIVE, key
 from fedrec.messages import RowSparse
+from fedrec.specs import ranking
 from fedrec.specs.fedmf import NUM_EXAMPLES, TRAIN_LOSS
 
 __all__ = [
@@ -116,12 +117,10 @@ P = "P"
 # query action: the outer step
 OUTER = "bifair_outer"
 # config keys (server -> client)
-ITEM_GROUP = "item-group"  # (n_items,) int64 group label of every item
+ITEM_GROUP = ranking.ITEM_GROUP  # (n_items,) int64 group label of every item
 MULT = "group-mult"  # (G,) float64 multipliers a_g = w_g / pi_g
 ALPHA = "unroll-lr"
 OUTER_BATCH = "outer-batch"
-TARGET = "target-shares"  # (G,) ideal group shares for the re-ranking baseline
-RERANK = "rerank-lambda"
 # metric keys (client -> server)
 VAL_LOSS = "val-loss"
 

@@ -21,6 +21,10 @@ NUM_TEST = "num-test"  # users with a test item
 
 # config keys (server -> client)
 POPULAR = "popular"
+# optional evaluate config: the post-hoc exposure re-ranking baseline (:func:`pack_rerank`)
+ITEM_GROUP = "item-group"  # (n_items,) int64 group label of every item
+TARGET = "target-shares"  # (G,) the group shares the re-ranked lists move toward
+RERANK = "rerank-lambda"  # its strength; absent or 0 = no re-ranking
 # metric keys (client -> server)
 USERS = "users"
 TOPK = "topk"
@@ -38,3 +42,12 @@ def unpack_per_user(values: np.ndarray) -> np.ndarray:
     """Inverse of :func:`pack_per_user` (every valid value is >= 0)."""
     v = np.asarray(values, dtype=np.float64)
     return np.where(v < 0, np.nan, v)
+
+
+def pack_rerank(item_group: np.ndarray, target: np.ndarray, lam: float) -> dict:
+    """Evaluate config of the re-ranking baseline (:func:`fedrec.clients.ranking.rerank`)."""
+    return {
+        ITEM_GROUP: np.asarray(item_group, dtype=np.int64),
+        TARGET: np.asarray(target, dtype=np.float64),
+        RERANK: float(lam),
+    }

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedrec.config import NON_NEGATIVE, POSITIVE, key
+from fedrec.specs import ranking
 
 __all__ = ["UFOParams", "pack_model", "unpack_model"]
 
@@ -117,12 +118,10 @@ class UFOParams:
 # stages (train config STAGE)
 SFT, UFO, SPREC, HOLD = "sft", "ufo", "sprec", "hold"
 STAGE = "stage"
-ITEM_GROUP = "item-group"
+ITEM_GROUP = ranking.ITEM_GROUP  # (n_items,) int64 group label of every item
 ITEM_WEIGHT = "item-weight"  # (n_items,) SFT loss weights (re-weighting baseline)
 FAIR_W = "fair-w"  # (G,) fair target weights of the judger
 SERVE = "serve-alpha"
-TARGET = "target-shares"
-RERANK = "rerank-lambda"
 # queries
 JUDGE = "ufo_judge"  # top-K group exposure on validation prompts -> counts (G,)
 MASS = "ufo_mass"  # per-user group mass of the pre-trained and the fine-tuned model
