@@ -1,4 +1,4 @@
-"""Recommendation models (pure torch): MF-BPR as functions on explicit tensors, and SASRec.
+"""Recommendation models (pure torch): MF-BPR on explicit tensors, SASRec and GRU4Rec.
 
 No Flower import; numpy only for index bookkeeping. Item ids are 0-based everywhere in the public
 API (SASRec shifts them internally, see below).
@@ -64,6 +64,35 @@ non-padded position, binary cross-entropy of the next item (label 1) and one sam
 * **Federated use**: SASRec has no user parameters. All weights (item and positional embeddings,
   attention, FFN, LayerNorms) are item-side and shared by every client; a user's sequence is its
   private data, used only locally to compute gradients.
+
+GRU4Rec (Hidasi et al. 2016)
+----------------------------
+The recurrent baseline in the session-parallel next-item form used by SASRec's comparison (as
+RecBole's GRU4Rec, with the output embedding shared): a user's sequence is one session, a batch
+holds many sessions side by side and every position predicts the next item. :class:`GRU4Rec`
+has :class:`SASRec`'s interface (tokens, :func:`to_tokens`, ``forward``, ``dropout_noise``, the
+losses, ``score_all``, :func:`sasrec_user_step`). Exact form: input
+``x_t = Dropout(E[s_t])`` (the shared item embedding, no scaling, no positions), then per layer
+(hidden size ``d``, ``h_0 = 0``, ``m_t = 1`` iff ``s_t`` is not padding)::
+
+    r = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+    z = sigmoid(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+    n = tanh(W_in x_t + b_in + r * (W_hn h_{t-1} + b_hn))
+    h_t = m_t * ((1 - z) * n + z * h_{t-1}) + (1 - m_t) * h_{t-1}
+    x_t <- Dropout(h_t)          (the next layer's input, or the projection's)
+
+i.e. ``torch.nn.GRU``'s equations and gate layout (tested against it), with padded positions
+carrying the state over, so left padding leaves ``h`` at 0 and real positions do not depend on
+how much padding precedes. Output ``o_t = W_o x_t + b_o`` on the last layer's ``x_t`` (``d x d``
+linear, 0 at padded positions): GRU states lie in ``(-1, 1)^d``, the projection maps them into
+item-embedding space; ``r(t, i) = o_t . E_i``. Loss: SASRec's BCE with one sampled negative per
+position (not the original TOP1/BPR losses with in-batch negatives). Init inside ``fork_rng``
+after seeding: xavier-normal for the embedding, the projection and each ``d x d`` gate block,
+zero biases. No user parameters: in federated use every weight is item-side and shared.
+The GRU is an explicit loop over positions, not ``nn.GRU``: under ``torch.func.vmap`` (torch 2.13)
+an ``nn.GRU`` forward raises "Batching rule not implemented for aten::gru.input" (it only works
+when wrapped in ``grad``, where it is decomposed), its inter-layer dropout draws from the global
+RNG (no per-user masks) and it cannot skip padding without data-dependent packing.
 """
 
 from __future__ import annotations
@@ -82,6 +111,7 @@ from fedrec.errors import ConfigError
 
 __all__ = [
     "CohortUpdate",
+    "GRU4Rec",
     "MFParams",
     "SASRec",
     "SASRecCohortUpdate",
@@ -505,7 +535,64 @@ class _Block(nn.Module):
         return y + lin2(F.relu(lin1(y)) * n_f1) * n_f2
 
 
-class SASRec(nn.Module):
+class _NextItemModel(nn.Module):
+    """Shared next-item head of :class:`SASRec` and :class:`GRU4Rec`.
+
+    A subclass defines ``num_items``, ``d``, ``max_len``, ``item_emb`` (row 0 = padding) and
+    ``forward(seqs, noise=None) -> (B, L, d)``; scores are ``h . E[token]`` (shared embedding).
+    """
+
+    PAD = 0
+    num_items: int
+    d: int
+    max_len: int
+    item_emb: nn.Embedding
+
+    def item_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``h . E[token]`` for matching hidden states ``(..., d)`` and tokens ``(...)``."""
+        return (hidden * self.item_emb(tokens)).sum(-1)
+
+    def bce_loss(
+        self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, noise: dict | None = None
+    ) -> torch.Tensor:
+        """Mean over non-padded targets of BCE(next item, 1) + BCE(one sampled negative, 0).
+
+        ``seqs``, ``pos``, ``neg``: token tensors ``(B, L)``; position ``t`` of ``pos`` is the item
+        that follows ``seqs[:, t]`` (0 where there is no target) and ``neg`` one sampled negative
+        token.
+        """
+        h = self(seqs, noise)
+        m = pos != self.PAD
+        if not bool(m.any()):
+            return h.sum() * 0.0
+        lp, ln = self.item_logits(h, pos)[m], self.item_logits(h, neg)[m]
+        return F.binary_cross_entropy_with_logits(
+            lp, torch.ones_like(lp)
+        ) + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
+
+    def masked_bce(
+        self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, noise: dict | None = None
+    ) -> torch.Tensor:
+        """:meth:`bce_loss` without data-dependent indexing (usable under ``torch.func.vmap``).
+
+        Same value: the mean over non-padded targets, as a masked sum divided by the count.
+        """
+        h = self(seqs, noise)
+        m = (pos != self.PAD).to(h.dtype)
+        lp, ln = self.item_logits(h, pos), self.item_logits(h, neg)
+        per = F.softplus(-lp) + F.softplus(ln)
+        return (per * m).sum() / m.sum().clamp_min(1.0)
+
+    def score_all(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B, num_items)`` (0-based item ids) of the next item.
+
+        The next item is the one after each sequence's last position.
+        """
+        h = self(seqs)[:, -1, :]
+        return h @ self.item_emb.weight[1:].T
+
+
+class SASRec(_NextItemModel):
     """Self-attentive sequential recommender (see the module docstring for every choice)."""
 
     PAD = 0
@@ -578,10 +665,6 @@ class SASRec(nn.Module):
             x = blk(x, mask, None if noise is None else noise["blocks"][b]) * keep.unsqueeze(-1)
         return self.final_ln(x)
 
-    def item_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``h . E[token]`` for matching hidden states ``(..., d)`` and tokens ``(...)``."""
-        return (hidden * self.item_emb(tokens)).sum(-1)
-
     def dropout_noise(self, seeds: Sequence[int], L: int | None = None) -> dict:
         """Dropout multipliers for ``len(seeds)`` rows of length ``L``.
 
@@ -615,44 +698,124 @@ class SASRec(nn.Module):
         blocks = [tuple(parts[1 + 4 * b : 5 + 4 * b]) for b in range(len(self.blocks))]
         return {"emb": parts[0], "blocks": blocks}
 
-    def bce_loss(
-        self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, noise: dict | None = None
-    ) -> torch.Tensor:
-        """Mean over non-padded targets of BCE(next item, 1) + BCE(one sampled negative, 0).
 
-        ``seqs``, ``pos``, ``neg``: token tensors ``(B, L)``; position ``t`` of ``pos`` is the item
-        that follows ``seqs[:, t]`` (0 where there is no target) and ``neg`` one sampled negative
-        token.
+# =========================================================================== GRU4Rec
+
+
+class _GRULayer(nn.Module):
+    """One GRU layer with ``torch.nn.GRU``'s equations and gate layout (r, z, n).
+
+    ``ih``/``hh`` hold ``weight_ih_l{k}``/``bias_ih_l{k}`` and ``weight_hh_l{k}``/``bias_hh_l{k}``
+    of an ``nn.GRU`` (each ``(3d, d)``, rows ``[r; z; n]``). Written as a Python loop over
+    positions so that it runs under ``torch.func.vmap`` with per-user weights.
+    """
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(d, 3 * d), nn.Linear(d, 3 * d)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Outputs ``(B, L, d)`` of inputs ``x`` ``(B, L, d)``; ``keep`` ``(B, L, 1)`` is 1 at real
+        positions, 0 at padding (where the hidden state is carried over unchanged)."""
+        B, L, d = x.shape
+        gi = self.ih(x)  # input-side gates of every position at once
+        h = x.new_zeros(B, d)
+        out = []
+        for t in range(L):
+            i_r, i_z, i_n = gi[:, t].chunk(3, dim=-1)
+            h_r, h_z, h_n = self.hh(h).chunk(3, dim=-1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            m = keep[:, t]
+            h = m * (n + z * (h - n)) + (1.0 - m) * h
+            out.append(h)
+        return torch.stack(out, dim=1)
+
+
+class GRU4Rec(_NextItemModel):
+    """GRU sequential recommender with SASRec's interface (see the module docstring)."""
+
+    def __init__(
+        self,
+        num_items: int,
+        d: int = 64,
+        max_len: int = 50,
+        num_layers: int = 1,
+        dropout: float = 0.2,
+        seed: int = 0,
+    ):
+        super().__init__()
+        for name, v in (
+            ("num_items", num_items),
+            ("d", d),
+            ("max_len", max_len),
+            ("num_layers", num_layers),
+        ):
+            if int(v) != v or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1 (got {v})")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1) (got {dropout})")
+        self.num_items, self.d, self.max_len = int(num_items), int(d), int(max_len)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=self.PAD)
+            self.emb_dropout = nn.Dropout(dropout)
+            self.layers = nn.ModuleList(_GRULayer(d) for _ in range(num_layers))
+            self.drops = nn.ModuleList(nn.Dropout(dropout) for _ in range(num_layers))
+            self.proj = nn.Linear(d, d)
+            for name, prm in self.named_parameters():
+                if name.endswith("bias"):
+                    nn.init.zeros_(prm)
+                elif name.startswith("layers."):  # each (d, d) gate matrix on its own
+                    for g in prm.detach().split(d, dim=0):
+                        nn.init.xavier_normal_(g)
+                else:
+                    nn.init.xavier_normal_(prm)
+            with torch.no_grad():
+                self.item_emb.weight[self.PAD].zero_()
+
+    def forward(self, seqs: torch.Tensor, noise: dict | None = None) -> torch.Tensor:
+        """Outputs ``(B, L, d)`` (in item-embedding space) of token batches ``(B, L)``.
+
+        ``L <= max_len``, 0 = padding; padded positions give 0. ``noise``: explicit dropout
+        multipliers from :meth:`dropout_noise`, used instead of the ``nn.Dropout`` modules.
         """
-        h = self(seqs, noise)
-        m = pos != self.PAD
-        if not bool(m.any()):
-            return h.sum() * 0.0
-        lp, ln = self.item_logits(h, pos)[m], self.item_logits(h, neg)[m]
-        return F.binary_cross_entropy_with_logits(
-            lp, torch.ones_like(lp)
-        ) + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
+        if seqs.dim() != 2 or seqs.shape[1] > self.max_len:
+            raise ConfigError(
+                f"seqs must be (B, L) with L <= max_len={self.max_len} (got {tuple(seqs.shape)})"
+            )
+        keep = (seqs != self.PAD).unsqueeze(-1)
+        x = self.item_emb(seqs)
+        x = self.emb_dropout(x) if noise is None else x * noise["emb"]
+        m = keep.to(x.dtype)
+        for k, layer in enumerate(self.layers):
+            x = layer(x, m)
+            x = self.drops[k](x) if noise is None else x * noise["blocks"][k][0]
+        return self.proj(x) * m
 
-    def masked_bce(
-        self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, noise: dict | None = None
-    ) -> torch.Tensor:
-        """:meth:`bce_loss` without data-dependent indexing (usable under ``torch.func.vmap``).
+    def dropout_noise(self, seeds: Sequence[int], L: int | None = None) -> dict:
+        """Dropout multipliers for ``len(seeds)`` rows of length ``L``.
 
-        Same value: the mean over non-padded targets, as a masked sum divided by the count.
+        Row ``r`` comes from ``Generator(seeds[r])`` exactly as in :meth:`SASRec.dropout_noise`.
+        Layout: ``{"emb": (B, L, d), "blocks": [(layer output (B, L, d),), ...]}`` (one 1-tuple
+        per GRU layer); entries ``(U >= p) / (1 - p)``. A row depends only on its own seed.
         """
-        h = self(seqs, noise)
-        m = (pos != self.PAD).to(h.dtype)
-        lp, ln = self.item_logits(h, pos), self.item_logits(h, neg)
-        per = F.softplus(-lp) + F.softplus(ln)
-        return (per * m).sum() / m.sum().clamp_min(1.0)
-
-    def score_all(self, seqs: torch.Tensor) -> torch.Tensor:
-        """Scores ``(B, num_items)`` (0-based item ids) of the next item.
-
-        The next item is the one after each sequence's last position.
-        """
-        h = self(seqs)[:, -1, :]
-        return h @ self.item_emb.weight[1:].T
+        L = self.max_len if L is None else int(L)
+        p, d, n = float(self.emb_dropout.p), self.d, len(self.layers)
+        total = (1 + n) * L * d
+        u = (
+            torch.stack(
+                [
+                    torch.rand(total, generator=torch.Generator().manual_seed(int(s) % 2**63))
+                    for s in seeds
+                ]
+            )
+            if len(seeds)
+            else torch.zeros(0, total)
+        )
+        m = ((u >= p).to(torch.float32) / (1.0 - p)).reshape(-1, 1 + n, L, d)
+        return {"emb": m[:, 0], "blocks": [(m[:, 1 + k],) for k in range(n)]}
 
 
 # =========================================================================== federated SASRec
@@ -679,7 +842,7 @@ class SASRecCohortUpdate:
 
 
 def sasrec_user_step(
-    model: SASRec,
+    model: SASRec | GRU4Rec,
     seqs: Sequence,
     neg_lists: Sequence,
     lr: float,
@@ -698,7 +861,7 @@ def sasrec_user_step(
     (:meth:`SASRec.masked_bce`). Users are vectorised with ``torch.func.vmap`` over per-user
     weight copies in chunks of ``chunk``; dropout masks are explicit per-user draws
     (:meth:`SASRec.dropout_noise`), so a user's result does not depend on its cohort (tested).
-    ``model`` is not modified.
+    ``model`` is not modified; a :class:`GRU4Rec` works the same way.
     """
     from torch.func import functional_call, vmap
 

@@ -1,4 +1,4 @@
-"""Centralised reference trainers (MF-BPR, SASRec) and full-ranking evaluation.
+"""Centralised reference trainers (MF-BPR, SASRec, GRU4Rec) and full-ranking evaluation.
 
 These are the non-federated baselines the federated versions are compared with, built on the same
 pure pieces (:mod:`fedrec.models.recsys`, :mod:`fedrec.recsys.splits`,
@@ -30,6 +30,10 @@ SASRec (:func:`train_sasrec`)
     1 head, dropout 0.2, lr 1e-3, batch 128) with 200 epochs, which on ML-100K leave-one-out gives
     test NDCG@10 ~ 0.07 and HR@10 ~ 0.15 (about 0.05 / 0.11 after 60 epochs).
 
+GRU4Rec (:func:`train_gru4rec`)
+    The SASRec loop above unchanged (same examples, negatives, BCE loss, Adam), on a
+    :class:`~fedrec.models.recsys.GRU4Rec`; :func:`sasrec_score_fn` scores either model.
+
 Evaluation (:func:`evaluate_full_ranking`)
     Full ranking over the whole catalog for every user with at least one target item in the split.
     With ``exclude_train=True`` the user's history is masked: training items for ``split="valid"``;
@@ -44,13 +48,22 @@ Evaluation (:func:`evaluate_full_ranking`)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedrec.errors import ConfigError
 from fedrec.metrics import ranking as rk
-from fedrec.models.recsys import MFParams, SASRec, bpr_loss, init_mf, mf_scores, to_tokens
+from fedrec.models.recsys import (
+    GRU4Rec,
+    MFParams,
+    SASRec,
+    bpr_loss,
+    init_mf,
+    mf_scores,
+    to_tokens,
+)
 from fedrec.recsys.splits import Ragged, UserData, sample_negatives_rows
 from fedrec.seeding import derive_seed
 
@@ -59,6 +72,7 @@ __all__ = [
     "evaluate_full_ranking",
     "mf_score_fn",
     "sasrec_score_fn",
+    "train_gru4rec",
     "train_mf_bpr",
     "train_sasrec",
 ]
@@ -212,22 +226,76 @@ def train_sasrec(
     afterwards, so a callback may evaluate it).
     """
     n_items = _num_items(train, num_items)
+    _check_seq_args(epochs, lr, batch_size, l2_emb)
+    model = SASRec(
+        n_items, d, max_len, num_blocks, num_heads, dropout, seed=derive_seed(seed, "sasrec-init")
+    )
+    _train_next_item(
+        model, train, n_items, epochs, lr, batch_size, l2_emb, seed, "sasrec", callback
+    )
+    return model
+
+
+def train_gru4rec(
+    train: UserData,
+    num_items: int | None = None,
+    *,
+    d: int = 64,
+    max_len: int = 50,
+    num_layers: int = 1,
+    dropout: float = 0.2,
+    epochs: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    l2_emb: float = 0.0,
+    seed: int = 0,
+    callback: Callable[[int, float, GRU4Rec], None] | None = None,
+) -> GRU4Rec:
+    """Centralised GRU4Rec, trained exactly like :func:`train_sasrec` (same examples, negatives,
+    loss and optimiser; seeds derived with ``"gru4rec-..."`` instead of ``"sasrec-..."``).
+
+    Returns the trained model in eval mode; score it with :func:`sasrec_score_fn`.
+    """
+    n_items = _num_items(train, num_items)
+    _check_seq_args(epochs, lr, batch_size, l2_emb)
+    model = GRU4Rec(
+        n_items, d, max_len, num_layers, dropout, seed=derive_seed(seed, "gru4rec-init")
+    )
+    _train_next_item(
+        model, train, n_items, epochs, lr, batch_size, l2_emb, seed, "gru4rec", callback
+    )
+    return model
+
+
+def _check_seq_args(epochs: int, lr: float, batch_size: int, l2_emb: float) -> None:
     _positive("epochs", epochs, integer=True, allow_zero=True)
     _positive("lr", lr)
     _positive("batch_size", batch_size, integer=True)
     _positive("l2_emb", l2_emb, allow_zero=True)
-    model = SASRec(
-        n_items, d, max_len, num_blocks, num_heads, dropout, seed=derive_seed(seed, "sasrec-init")
-    )
-    users, inputs, targets = _sasrec_examples(train, max_len)
+
+
+def _train_next_item(
+    model: SASRec | GRU4Rec,
+    train: UserData,
+    n_items: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    l2_emb: float,
+    seed: int,
+    tag: str,
+    callback: Callable[[int, float, Any], None] | None,
+) -> None:
+    """The shared SASRec/GRU4Rec loop (module docstring); seeds ``derive_seed(seed, tag-...)``."""
+    users, inputs, targets = _sasrec_examples(train, model.max_len)
     mask = targets > 0
     t_rows = np.nonzero(mask.numpy())[0]
     opt = _optimizer("adam", model.parameters(), lr, betas=(0.9, 0.98))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "sasrec-dropout"))
+        torch.manual_seed(derive_seed(seed, f"{tag}-dropout"))
         model.train()
         for epoch in range(int(epochs)):
-            rng = np.random.default_rng(derive_seed(seed, "sasrec-epoch", epoch))
+            rng = np.random.default_rng(derive_seed(seed, f"{tag}-epoch", epoch))
             neg = torch.zeros_like(targets)
             neg[mask] = torch.from_numpy(
                 sample_negatives_rows(n_items, train.train, users[t_rows], rng) + 1
@@ -252,10 +320,9 @@ def train_sasrec(
                 callback(epoch, total / max(count, 1), model)
                 model.train()
     model.eval()
-    return model
 
 
-def sasrec_score_fn(model: SASRec, user_data: UserData, split: str = "test") -> ScoreFn:
+def sasrec_score_fn(model: SASRec | GRU4Rec, user_data: UserData, split: str = "test") -> ScoreFn:
     """Score function in eval mode.
 
     ``users -> model.score_all(last max_len items of user_data.sequences(split))``.

@@ -1,0 +1,43 @@
+"""Federated GRU4Rec (``fedgru4rec``): :mod:`fedrec.strategies.fedsasrec` with a GRU.
+
+The model is :class:`fedrec.models.recsys.GRU4Rec` (Hidasi et al. 2016 in the next-item form
+with shared item embeddings, SASRec's BCE loss with one sampled negative per position); it has
+no user parameters either, so the protocol, the sparse item-row upload, the FedAdam/FedAvg
+server step and the evaluation are ``fedsasrec``'s unchanged. It is the second sequential
+victim of the profile-pollution experiments (``experiments/creat``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedrec.specs.fedgru4rec import FedGRU4RecParams
+from fedrec.strategies.fedsasrec import FedSASRec
+
+__all__ = ["FedGRU4Rec", "FedGRU4RecParams"]
+
+
+class FedGRU4Rec(FedSASRec):
+    """Federated GRU4Rec with sparse item-row uploads and a FedAdam/FedAvg server step."""
+
+    name = "fedgru4rec"
+    Params = FedGRU4RecParams
+    client_half = "fedrec.clients.fedgru4rec:GRU4RecClient"
+
+    def initial_weights(self) -> list[np.ndarray]:
+        from fedrec.models.recsys import GRU4Rec
+        from fedrec.seeding import derive_seed
+        from fedrec.specs import ranking as ranking_spec
+
+        p = self.params
+        num_items = int(self.hello[self.client_ids[0]][ranking_spec.NUM_ITEMS])
+        m = GRU4Rec(
+            num_items,
+            p.dim,
+            p.max_len,
+            p.num_layers,
+            p.dropout,
+            seed=derive_seed(self.cfg.seed, "gru4rec-init") % 2**63,
+        )
+        self._adam = None
+        return [prm.detach().numpy().copy() for prm in m.parameters()]
