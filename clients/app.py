@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any, cast
@@ -30,6 +31,8 @@ from fedrec.plugins import import_object, load_strategy
 from fedrec.state import StateStore
 
 from .base import ClientHalf, Weights
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=16)
@@ -122,7 +125,51 @@ def handle(message: Message, context: Context) -> Message:
         if loaded is not None:
             store = loaded
             _save_store(context, store)
-    states = store.cohort(clients)
+    adversarial: dict[int, Any] = {}
+    if cfg.attack.kind != "none" and mtype != protocol.STATE_ACTION:
+        # an attack run: the adversarial role of the configured clients (fedrec.clients.attacks)
+        from fedrec.clients.attacks import route
+
+        results, adversarial, committed = route(
+            cfg, half_cls, mtype, rnd, weights, config, store, clients
+        )
+        if committed:
+            _save_store(context, store)
+    else:
+        states = store.cohort(clients)
+        results = run_half(cfg, half_cls, mtype, rnd, weights, config, states, clients)
+        if states.commit():
+            _save_store(context, store)
+    if isinstance(results, protocol.ReplyColumns):
+        got = [int(c) for c in results.clients]
+    else:
+        got = list(results)
+    missing = sorted(set(clients) - set(got) - set(adversarial))
+    if missing and cfg.attack.kind == "none":
+        raise FedrecError(f"{half_cls.__name__} returned no reply for clients {missing[:10]}")
+    if isinstance(results, protocol.ReplyColumns):
+        columns = results.to_arrays()
+    else:
+        columns = protocol.pack_replies(
+            {c: (_np_arrays(results[c][0]), results[c][1]) for c in clients if c in results}
+        )
+    # each adversarial client's reply travels in its own record, as it would from its own
+    # SuperNode: whatever it holds cannot spoil the replies of the clients beside it
+    for c, (arrays, metrics) in sorted(adversarial.items()):
+        try:
+            reply[f"{protocol.REPLIES}.{c}"] = _array_record(
+                protocol.pack_replies({c: (_np_arrays(arrays), metrics)})
+            )
+        except Exception as exc:  # noqa: BLE001 - an unpackable reply is the client's loss
+            log.warning("client %s: reply not sent (%s)", c, exc)
+    reply[protocol.REPLIES] = _array_record(columns)
+    return Message(reply, reply_to=message)
+
+
+def run_half(cfg, half_cls, mtype, rnd, weights, config, states, clients):
+    """The replies of ``half_cls`` (the honest client half) for ``clients``: the framework's
+    unlearning actions, else the half's batched :meth:`handle_cohort`, else its per-client
+    methods. The caller commits ``states``."""
     results = None
     if mtype in (protocol.STATE_ACTION, protocol.UNLEARN_POLL):
         results = _unlearning_action(cfg, half_cls, mtype, rnd, config, states)
@@ -144,23 +191,7 @@ def handle(message: Message, context: Context) -> Message:
             else:
                 raise FedrecError(f"unsupported message type '{mtype}'")
             states.save(c, half.state)
-    if isinstance(results, protocol.ReplyColumns):
-        got = [int(c) for c in results.clients]
-    else:
-        got = list(results)
-    missing = sorted(set(clients) - set(got))
-    if missing:
-        raise FedrecError(f"{half_cls.__name__} returned no reply for clients {missing[:10]}")
-    if isinstance(results, protocol.ReplyColumns):
-        columns = results.to_arrays()
-    else:
-        columns = protocol.pack_replies(
-            {c: (_np_arrays(results[c][0]), results[c][1]) for c in clients}
-        )
-    reply[protocol.REPLIES] = _array_record(columns)
-    if states.commit():
-        _save_store(context, store)
-    return Message(reply, reply_to=message)
+    return results
 
 
 def _state_file(context: Context, config: dict[str, Any], pid: int, nparts: int) -> str:

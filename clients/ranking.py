@@ -41,6 +41,8 @@ def ranking_replies(ud, users, owner, scores, config, split: str = "test") -> pr
     popular = np.zeros(ud.num_items, dtype=bool)
     popular[np.asarray(config.get(spec.POPULAR, []), dtype=np.int64)] = True
     pu = per_user_metrics(top, rel, spec.K_LIST, ranks=ranks, popular=popular)
+    if spec.TARGET_ITEMS in config:  # an attack run: the target items' exposure
+        pu.update(target_replies(ud, users, scores, config))
     # users are grouped by client (clients sorted): one column per field, no per-client work
     cids, start = np.unique(owner, return_index=True)
     indptr = np.append(start, len(owner)).astype(np.int64)
@@ -51,6 +53,32 @@ def ranking_replies(ud, users, owner, scores, config, split: str = "test") -> pr
     metrics[spec.TOPK] = (np.asarray(top).reshape(-1), indptr * top.shape[1])
     metrics[spec.NUM_EXAMPLES] = np.diff(indptr)
     return protocol.ReplyColumns(cids.astype(np.int64), None, metrics)
+
+
+def target_replies(ud, users, scores, config) -> dict:
+    """Per-user target-item metrics (:func:`fedrec.metrics.ranking.target_item_metrics`) for
+    ``scores`` with the seen items already at ``-inf``. Each user's 100 sampled negatives are
+    unseen non-target items drawn without replacement with probability proportional to their
+    training popularity (the popularity sampler of the evaluation template CREAT inherits from
+    Yue et al.; uniform negatives are mostly unpopular items that any trained model ranks
+    below a medium-popularity target), from ``derive_seed(target-seed, "tgt-neg", user)``."""
+    from fedrec.metrics.ranking import target_item_metrics
+    from fedrec.seeding import derive_seed
+
+    targets = np.asarray(config[spec.TARGET_ITEMS], dtype=np.int64).reshape(-1)
+    seed = int(config.get(spec.TARGET_SEED, 0))
+    m = spec.TARGET_NEGATIVES
+    negs = np.zeros((len(users), m), dtype=np.int64)
+    pop = ud.item_counts().astype(np.float64)
+    for j, u in enumerate(users):
+        pool = np.flatnonzero(np.isfinite(scores[j]) & (pop > 0))
+        pool = pool[~np.isin(pool, targets)]
+        rng = np.random.default_rng(derive_seed(seed, "tgt-neg", int(u)))
+        w = pop[pool] / pop[pool].sum()
+        k = min(m, pool.size)
+        negs[j, :k] = rng.choice(pool, size=k, replace=False, p=w)
+        negs[j, k:] = negs[j, :1]  # (only with fewer than m candidates: repeat one)
+    return target_item_metrics(scores, targets, negs, k=10)
 
 
 class CohortClient(ClientHalf):

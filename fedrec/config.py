@@ -211,6 +211,12 @@ class RuntimeConfig:
         "replies of one message phase before giving up.",
         **POSITIVE,
     )
+    max_reply_mb: float = key(
+        256.0,
+        "Largest reply the server accepts, in MiB per client it carries; a larger one is "
+        "rejected with a logged reason and the round goes on without it.",
+        **POSITIVE,
+    )
 
 
 @dataclass(frozen=True)
@@ -291,6 +297,92 @@ class UnlearningConfig:
     )
 
 
+@dataclass(frozen=True)
+class AttackConfig:
+    kind: str = key(
+        "none",
+        "Threat model of the run: none; profile pollution by malicious clients (random, "
+        "popular, substitution, creat); gradient poisoning of the item rows (gradient, "
+        "FedRecAttack-style); malformed (a client that sends broken replies); or a dotted path "
+        "'module:Class' of an adversarial client half (fedrec.attacks.roles).",
+    )
+    fraction: float = key(
+        0.01,
+        "Share of the clients that are malicious (seeded choice; at least one when > 0).",
+        check=lambda v: 0.0 <= v < 1.0,
+        check_doc="in [0, 1)",
+    )
+    client_ids: str = key("", "Explicit malicious client ids ('3,17'); overrides attack.fraction.")
+    target: str = key(
+        "medium",
+        "Target item(s): head, medium or tail (a seeded pick from that popularity third of "
+        "the training items), or 0-based item ids ('12,40').",
+    )
+    budget: int = key(5, "K: most positions a polluted profile changes.", **POSITIVE)
+    start_round: int = key(
+        1, "First round in which the malicious clients attack (honest before).", **POSITIVE
+    )
+    refresh: int = key(
+        0,
+        "Re-optimise the pollution against the latest global model every this many rounds "
+        "(0 = once, at attack.start-round).",
+        **NON_NEGATIVE,
+    )
+    inference_victims: float = key(
+        0.0,
+        "Share of the benign users whose evaluation input sequence the attacker also "
+        "pollutes at inference (0 = none).",
+        check=lambda v: 0.0 <= v <= 1.0,
+        check_doc="in [0, 1]",
+    )
+    boost: float = key(
+        1.0,
+        "gradient: norm of the crafted target-row update, in units of the client's median "
+        "honest row-update norm.",
+        **POSITIVE,
+    )
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    method: str = key(
+        "none",
+        "Server-side defense wrapped around the strategy's aggregation: none, krum, "
+        "multikrum, bulyan, median, trimmed-mean (row-wise for sparse item-row uploads: only "
+        "the clients that touched a row vote), norm-clip, anomaly (drop flagged clients).",
+        choices=(
+            "none",
+            "krum",
+            "multikrum",
+            "bulyan",
+            "median",
+            "trimmed-mean",
+            "norm-clip",
+            "anomaly",
+        ),
+    )
+    beta: float = key(
+        0.1,
+        "Assumed malicious share f/n (Krum, Bulyan) and the share cut from each end "
+        "(trimmed-mean).",
+        check=lambda v: 0.0 <= v < 0.5,
+        check_doc="in [0, 0.5)",
+    )
+    keep_fraction: float = key(
+        0.5, "multikrum: share of a row's voters kept and averaged.", **FRACTION
+    )
+    clip_norm: float = key(
+        0.0,
+        "norm-clip: clip each client's update to this L2 norm; 0 = adaptive (the "
+        "defense.clip-quantile of the round's update norms).",
+        **NON_NEGATIVE,
+    )
+    clip_quantile: float = key(0.5, "norm-clip: quantile of the adaptive norm.", **FRACTION)
+    threshold: float = key(
+        3.5, "anomaly: a client whose anomaly score exceeds this is dropped.", **POSITIVE
+    )
+
+
 SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig,
     "partition": PartitionConfig,
@@ -300,9 +392,11 @@ SECTIONS: dict[str, type] = {
     "runtime": RuntimeConfig,
     "output": OutputConfig,
     "unlearning": UnlearningConfig,
+    "attack": AttackConfig,
+    "defense": DefenseConfig,
 }
 # Free-form namespaces validated later by the selected plugin / model.
-OPEN_PREFIXES = ("strategy.params.", "model.params.", "unlearning.params.")
+OPEN_PREFIXES = ("strategy.params.", "model.params.", "unlearning.params.", "attack.params.")
 
 
 @dataclass(frozen=True)
@@ -321,9 +415,12 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
     strategy_params: Mapping[str, Scalar] = field(default_factory=dict)
     model_params: Mapping[str, Scalar] = field(default_factory=dict)
     unlearning_params: Mapping[str, Scalar] = field(default_factory=dict)
+    attack_params: Mapping[str, Scalar] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
     def to_flat(self) -> dict[str, Scalar]:
@@ -340,6 +437,8 @@ class RunConfig:
                 out.update({f"model.params.{k}": v for k, v in value.items()})
             elif f.name == "unlearning_params":
                 out.update({f"unlearning.params.{k}": v for k, v in value.items()})
+            elif f.name == "attack_params":
+                out.update({f"attack.params.{k}": v for k, v in value.items()})
             else:
                 out[_kebab(f.name)] = value
         return out
@@ -452,7 +551,12 @@ def all_keys() -> dict[str, dict[str, Any]]:
         if f.name in SECTIONS:
             for sf in fields(SECTIONS[f.name]):
                 out[f"{f.name}.{_kebab(sf.name)}"] = _describe(sf)
-        elif f.name not in ("strategy_params", "model_params", "unlearning_params"):
+        elif f.name not in (
+            "strategy_params",
+            "model_params",
+            "unlearning_params",
+            "attack_params",
+        ):
             out[_kebab(f.name)] = _describe(f)
     return out
 
@@ -524,7 +628,7 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
         _kebab(f.name): f
         for f in fields(RunConfig)
         if f.name not in SECTIONS
-        and f.name not in ("strategy_params", "model_params", "unlearning_params")
+        and f.name not in ("strategy_params", "model_params", "unlearning_params", "attack_params")
     }
     known = list(all_keys())
     section_values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
@@ -532,6 +636,7 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
     strategy_params: dict[str, Scalar] = {}
     model_params: dict[str, Scalar] = {}
     unlearning_params: dict[str, Scalar] = {}
+    attack_params: dict[str, Scalar] = {}
     for k in sorted(flat):
         v = flat[k]
         if k.startswith("strategy.params."):
@@ -540,6 +645,8 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
             model_params[k[len("model.params.") :]] = v
         elif k.startswith("unlearning.params."):
             unlearning_params[k[len("unlearning.params.") :]] = v
+        elif k.startswith("attack.params."):
+            attack_params[k[len("attack.params.") :]] = v
         elif k in top:
             value = coerce(k, v, top[k].type)
             _check(k, value, top[k].metadata)
@@ -558,6 +665,7 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
         strategy_params=strategy_params,
         model_params=model_params,
         unlearning_params=unlearning_params,
+        attack_params=attack_params,
     )
 
 

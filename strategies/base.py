@@ -121,6 +121,20 @@ class FedrecStrategy(Strategy):
         self.unlearning: Any = None  # the run's fedrec.unlearning.session.Session, if any
         self.serving_config: dict[str, Any] = {}  # extra evaluate settings (a SISA ensemble)
         self.stage_dir: Any = None  # the run folder being written (set by the ServerApp)
+        #: the malicious clients of an attack run (simulation ground truth: evaluation covers
+        #: the benign clients only; the defenses never read it)
+        from fedrec.attacks.threat import attacker_ids
+
+        a = cfg.attack
+        self.attackers = set(
+            attacker_ids(a.kind, a.fraction, a.client_ids, cfg.partition.num_clients, cfg.seed)
+            .astype(int)
+            .tolist()
+        )
+        #: the server-side defense wrapped around :meth:`aggregate` (``defense.method``)
+        from fedrec.strategies.defense import make_defense
+
+        self.defense = make_defense(cfg)
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -287,13 +301,29 @@ class FedrecStrategy(Strategy):
             if msg.has_error():
                 failures.append(f"node {node}: {msg.error.reason}")
                 continue
-            rec = msg.content.array_records.get(protocol.REPLIES)
-            if rec is None:
+            records = msg.content.array_records
+            names = sorted(
+                k for k in records if k == protocol.REPLIES or k.startswith(protocol.REPLIES + ".")
+            )
+            if not names:
                 failures.append(f"node {node}: reply without '{protocol.REPLIES}' record")
                 continue
-            cols = {k: rec[k].numpy() for k in rec}
-            for c, weights, metrics in protocol.unpack_replies(cols):
-                out.append(ClientReply(c, node, metrics, weights))
+            for name in names:  # "replies" and one "replies.<client>" per separate client
+                try:
+                    rec = records[name]
+                    cols = {k: rec[k].numpy() for k in rec}
+                    size = sum(int(v.nbytes) for v in cols.values())
+                    n = max(1, len(cols.get(protocol.CLIENTS_COL, ())))
+                    limit = self.cfg.runtime.max_reply_mb * 2**20
+                    if size > limit * n:
+                        raise ValueError(
+                            f"{size / 2**20:.1f} MiB for {n} client(s) exceeds "
+                            f"runtime.max-reply-mb = {self.cfg.runtime.max_reply_mb:g} per client"
+                        )
+                    for c, weights, metrics in protocol.unpack_replies(cols):
+                        out.append(ClientReply(c, node, metrics, weights))
+                except Exception as exc:  # noqa: BLE001 - a malformed reply must not stop a round
+                    failures.append(f"node {node}: record '{name}' rejected ({exc})")
         out.sort(key=lambda r: r.client_id)
         return out, failures
 
@@ -430,10 +460,11 @@ class FedrecStrategy(Strategy):
         return self._sampled
 
     def evaluate_clients(self, server_round: int) -> list[int]:
+        ids = [c for c in self.client_ids if c not in self.attackers]
         if self.cfg.output.save_predictions and server_round == self.total_rounds():
-            return self.client_ids  # the audit file covers every client
+            return ids  # the audit file covers every client
         return sample_clients(
-            self.client_ids,
+            ids,
             self.cfg.strategy.fraction_evaluate,
             self.cfg.seed,
             server_round,
@@ -545,6 +576,8 @@ class FedrecStrategy(Strategy):
             grid, self.train_message_type(server_round), clients, server_round, weights, cfg
         )
         failures = list(self._last_failures)
+        replies, rejected = self.screen_replies(server_round, replies, weights)
+        failures += rejected
         if transform is not None:
             replies = transform(replies)
         elif self.records_history():
@@ -552,7 +585,12 @@ class FedrecStrategy(Strategy):
             self.update_history[server_round] = {
                 r.client_id: self.client_update(r, weights) for r in replies if r.weights
             }
-        new, metrics = self.aggregate(server_round, replies)
+        if self.defense is not None and transform is None:
+            new, metrics = self.defense.aggregate(self, server_round, replies, weights)
+        else:
+            new, metrics = self.aggregate(server_round, replies)
+        if rejected:
+            metrics = {**metrics, "rejected-replies": len(rejected)}
         out = list(new) if new is not None else list(weights)
         out = list(self.after_aggregate(server_round, out, grid))
         return out, metrics, replies, failures
@@ -576,6 +614,91 @@ class FedrecStrategy(Strategy):
             require=False,
         )
         return self.evaluation_metrics(replies), replies, list(self._last_failures)
+
+    # ------------------------------------------------------------------ reply checks
+    def check_reply(self, reply: ClientReply, weights: list[np.ndarray]) -> str | None:
+        """Why a train reply cannot be aggregated, or None. The generic checks: numeric,
+        finite arrays and a non-negative integer example count. Strategies with a known upload
+        layout add theirs (shapes, ids in range); no reply may crash the aggregation."""
+        for i, a in enumerate(reply.weights or []):
+            a = np.asarray(a)
+            if a.dtype.kind not in "biuf":
+                return f"array {i} has dtype {a.dtype}, not a number"
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                return f"array {i} holds NaN or infinite values"
+        n = reply.metrics.get(clf.NUM_EXAMPLES, 0)
+        if isinstance(n, bool) or not isinstance(n, (int, float, np.integer, np.floating)):
+            return f"'{clf.NUM_EXAMPLES}' is {n!r}, not a count"
+        if not np.isfinite(n) or n < 0 or float(n) != int(n):
+            return f"'{clf.NUM_EXAMPLES}' = {n!r} is not a non-negative integer"
+        return None
+
+    def screen_replies(
+        self, server_round: int, replies: list[ClientReply], weights: list[np.ndarray]
+    ) -> tuple[list[ClientReply], list[str]]:
+        """``replies`` without the ones :meth:`check_reply` rejects (each logged with its
+        reason), and the reasons."""
+        kept, rejected = [], []
+        for r in replies:
+            try:
+                why = self.check_reply(r, weights)
+            except Exception as exc:  # noqa: BLE001 - a check that trips on a reply rejects it
+                why = f"unreadable ({exc})"
+            if why is None:
+                kept.append(r)
+            else:
+                rejected.append(f"client {r.client_id}: reply rejected: {why}")
+                log.warning(
+                    "train round %s: client %s: reply rejected: %s", server_round, r.client_id, why
+                )
+        return kept, rejected
+
+    # ------------------------------------------------------------------ defense hooks
+    def update_view(self, replies: list[ClientReply], weights: list[np.ndarray]):
+        """The replies' updates as :class:`fedrec.algorithms.robust.RowUpdates` (what the
+        defenses of :mod:`fedrec.strategies.defense` aggregate). Default: full-model replies,
+        every array flattened into the dense part (no item rows)."""
+        from fedrec.algorithms.robust import RowUpdates
+
+        flat = [
+            np.concatenate(
+                [
+                    (np.asarray(w, np.float64) - np.asarray(g, np.float64)).ravel()
+                    for w, g in zip(r.arrays(), weights)
+                ]
+            )
+            for r in replies
+        ]
+        return RowUpdates.from_lists(
+            ids=[np.zeros(0, np.int64)] * len(replies),
+            rows=[np.zeros((0, 1))] * len(replies),
+            dense=np.stack(flat) if flat else np.zeros((0, 0)),
+            weights=np.asarray([r.num_examples for r in replies], dtype=np.float64),
+            num_rows=0,
+            d=1,
+        )
+
+    def replies_from_update(
+        self,
+        row_delta: np.ndarray,
+        dense_delta: np.ndarray,
+        replies: list[ClientReply],
+        weights: list[np.ndarray],
+    ) -> list[ClientReply]:
+        """One synthetic reply that makes :meth:`aggregate` apply the defended update (the
+        inverse of :meth:`update_view`; default: the full model ``w + delta``)."""
+        out, at = [], 0
+        for g in weights:
+            g = np.asarray(g)
+            out.append(
+                (g.astype(np.float64) + dense_delta[at : at + g.size].reshape(g.shape)).astype(
+                    g.dtype
+                )
+            )
+            at += g.size
+        n = sum(r.num_examples for r in replies)
+        metrics = {clf.NUM_EXAMPLES: int(n)}
+        return [ClientReply(-1, 0, metrics, out)]
 
     # ------------------------------------------------------------------ unlearning hooks
     def records_history(self) -> bool:

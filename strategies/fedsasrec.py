@@ -83,6 +83,60 @@ class FedSASRec(RankingStrategy):
         self._adam = None
         return [prm.detach().numpy().copy() for prm in m.parameters()]
 
+    def check_reply(self, reply: ClientReply, weights: list[np.ndarray]) -> str | None:
+        why = super().check_reply(reply, weights)
+        if why is not None or reply.weights is None:
+            return why
+        arrays = reply.weights
+        if len(arrays) != 3:
+            return f"{len(arrays)} arrays, expected 3 (item ids, item-row sums, dense sums)"
+        ids, rows, dense = (np.asarray(a) for a in arrays)
+        R, d = np.asarray(weights[0]).shape[0] - 1, np.asarray(weights[0]).shape[1]
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            return "item ids are not a 1-D integer array"
+        if ids.size and (ids.min() < 0 or ids.max() >= R):
+            return f"item ids outside [0, {R})"
+        if ids.size > 1 and not (np.diff(ids) > 0).all():
+            return "item ids are not sorted and unique"
+        if rows.shape != (ids.size, d):
+            return f"item rows of shape {rows.shape}, expected {(ids.size, d)}"
+        size = spec.dense_layout(list(weights)).size
+        if dense.shape != (size,):
+            return f"dense part of shape {dense.shape}, expected {(size,)}"
+        return None
+
+    def update_view(self, replies: list[ClientReply], weights: list[np.ndarray]):
+        """Per client: touched item rows and their mean update (``item_sum / n``), the mean
+        dense update (``dense / n``), ``n``."""
+        from fedrec.algorithms.robust import RowUpdates
+
+        ids, rows, dense, n = [], [], [], []
+        for r in replies:
+            i, s, v = spec.unpack_train(r.arrays())
+            k = max(r.num_examples, 1)
+            ids.append(np.asarray(i, np.int64))
+            rows.append(np.asarray(s, np.float64) / k)
+            dense.append(np.asarray(v, np.float64) / k)
+            n.append(float(r.num_examples))
+        W0 = np.asarray(weights[0])
+        return RowUpdates.from_lists(
+            ids=ids,
+            rows=rows,
+            dense=np.stack(dense),
+            weights=np.asarray(n),
+            num_rows=W0.shape[0] - 1,
+            d=W0.shape[1],
+        )
+
+    def replies_from_update(self, row_delta, dense_delta, replies, weights):
+        """One reply whose sums make :meth:`aggregate`'s FedAvg delta the defended one."""
+        n = sum(r.num_examples for r in replies)
+        loss = sum(float(r.metrics[spec.TRAIN_LOSS]) * r.num_examples for r in replies)
+        ids = np.flatnonzero(np.abs(row_delta).sum(1) > 0)
+        arrays = spec.pack_train(ids, row_delta[ids] * n, np.asarray(dense_delta) * n)
+        metrics = {spec.NUM_EXAMPLES: int(n), spec.TRAIN_LOSS: loss / max(n, 1)}
+        return [ClientReply(-1, 0, metrics, arrays)]
+
     def aggregate(self, server_round: int, replies: list[ClientReply]):
         W = [w.astype(np.float64) for w in self._current_all]
         replies = [r for r in replies if r.weights is not None]

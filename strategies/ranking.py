@@ -32,6 +32,7 @@ class RankingStrategy(FedrecStrategy):
     #: when a subclass sets them; ``last_detail`` holds the last report's per-group values
     eval_groups: dict[str, np.ndarray] | None = None
     last_detail: dict[str, Any]
+    threat: Any = None  # an attack run's resolved threat model (fedrec.attacks.threat)
 
     @classmethod
     def unlearning_universe(cls, cfg):
@@ -69,6 +70,17 @@ class RankingStrategy(FedrecStrategy):
 
         self.ds, self.ud = cfg_user_data(self.cfg)
         self.popular = np.flatnonzero(popular_items(self.ud.item_counts(), 0.2))
+        self.threat = None
+        if self.cfg.attack.kind != "none":  # an attack run: its targets' exposure is measured
+            from fedrec.attacks.threat import resolve
+
+            self.threat = resolve(
+                self.cfg.attack,
+                self.cfg.seed,
+                self.cfg.partition.num_clients,
+                self.ud,
+                self.params.users_per_client,
+            )
 
     def owned_users(self, client_id: int) -> np.ndarray:
         from fedrec.recsys.data import client_users
@@ -76,7 +88,11 @@ class RankingStrategy(FedrecStrategy):
         return client_users(client_id, self.params.users_per_client, self.ud.num_users)
 
     def evaluate_config(self, server_round: int) -> dict[str, Any]:
-        return {spec.POPULAR: self.popular.astype(np.int64)}
+        cfg: dict[str, Any] = {spec.POPULAR: self.popular.astype(np.int64)}
+        if self.threat is not None and self.threat.targets.size:
+            cfg[spec.TARGET_ITEMS] = self.threat.targets.astype(np.int64)
+            cfg[spec.TARGET_SEED] = int(self.cfg.seed)
+        return cfg
 
     @property
     def _current_all(self) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ PACKAGES = {"fedrec": "fedrec", "strategies": "fedrec.strategies", "clients": "f
 FLOWER_FACING = {
     "strategies/base.py": "FedrecStrategy subclasses Flower's Message-API Strategy",
     "clients/app.py": "the ClientApp: client halves <-> Flower Messages",
+    "strategies/defense.py": "Flower's robust aggregation rules (full-model uploads)",
     "fedrec/flower/server_app.py": "the ServerApp",
     "fedrec/runtime/local.py": "the in-process Grid (local runtime)",
     "fedrec/runtime/ray.py": "flwr.simulation.run_simulation (ray runtime)",

@@ -106,6 +106,8 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
         strategy.start(grid)
         summary = build_summary(cfg, strategy, time.perf_counter() - t0)
         strategy.write_outputs(stage)
+        if strategy.defense is not None:
+            strategy.defense.write(stage)
         if strategy.unlearning is not None:
             strategy.unlearning.write_outputs(stage)
             summary["unlearning"] = _clean(strategy.unlearning.served)

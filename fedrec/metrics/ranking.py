@@ -932,3 +932,49 @@ def ranking_metrics(
     if user_groups is not None:
         out.update(user_group_metrics(pu, user_groups))
     return out
+
+
+def target_item_metrics(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    negatives: np.ndarray | None = None,
+    k: int = 10,
+) -> dict[str, np.ndarray]:
+    """Per-user exposure of target items (profile-pollution attacks; CREAT's Table 1).
+
+    ``scores`` (U, I): each user's item scores with the items the user has seen set to
+    ``-inf``; a target the user has seen is not rankable for that user (its values are NaN).
+    ``negatives`` (U, m) optional sampled negative items per user (unseen, not a target): the
+    sampled protocol of the paper (rank among ``m`` = 100 negatives). Per user, averaged over its
+    rankable targets:
+
+    * ``tgt_exposure@k``: the target is in the user's full top-``k`` (rank = 1 + the number of
+      unseen items scored strictly higher);
+    * ``tgt_ndcg@k``: ``1 / log2(rank + 1)`` for rank <= k (full ranking);
+    * with ``negatives``: ``tgt_hr@k_s`` / ``tgt_ndcg@k_s`` / ``tgt_mrr_s`` of the rank among
+      the target and its negatives.
+    """
+    S = np.asarray(scores, dtype=np.float64)
+    T = np.asarray(targets, dtype=np.int64).reshape(-1)
+    U = S.shape[0]
+    out: dict[str, list] = {f"tgt_exposure@{k}": [], f"tgt_ndcg@{k}": []}
+    if negatives is not None:
+        out.update({f"tgt_hr@{k}_s": [], f"tgt_ndcg@{k}_s": [], "tgt_mrr_s": []})
+    for u in range(U):
+        vals: dict[str, list[float]] = {name: [] for name in out}
+        for t in T:
+            st = S[u, t]
+            if not np.isfinite(st):
+                continue
+            r = 1 + int((S[u] > st).sum())
+            vals[f"tgt_exposure@{k}"].append(float(r <= k))
+            vals[f"tgt_ndcg@{k}"].append(1.0 / np.log2(r + 1) if r <= k else 0.0)
+            if negatives is not None:
+                neg = np.asarray(negatives[u], dtype=np.int64)
+                rs = 1 + int((S[u, neg] > st).sum())
+                vals[f"tgt_hr@{k}_s"].append(float(rs <= k))
+                vals[f"tgt_ndcg@{k}_s"].append(1.0 / np.log2(rs + 1) if rs <= k else 0.0)
+                vals["tgt_mrr_s"].append(1.0 / rs)
+        for name in out:
+            out[name].append(float(np.mean(vals[name])) if vals[name] else np.nan)
+    return {name: np.asarray(v, dtype=np.float64) for name, v in out.items()}

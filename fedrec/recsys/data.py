@@ -8,7 +8,10 @@ process; :func:`client_users` says which users logical client ``c`` owns (users
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -39,9 +42,27 @@ def parse_options(options: str) -> dict:
     return out
 
 
+_OVERLAY: contextvars.ContextVar = contextvars.ContextVar("fedrec_user_data", default=None)
+
+
 def cfg_user_data(cfg: RunConfig):
-    """:func:`user_data` for a run config (dataset name and ``dataset.options``)."""
-    return user_data(cfg.dataset.name, cfg.dataset.options, cfg.dataset.split)
+    """:func:`user_data` for a run config (dataset name and ``dataset.options``); inside
+    :func:`overlay`, its UserData instead of the split's."""
+    ds, ud = user_data(cfg.dataset.name, cfg.dataset.options, cfg.dataset.split)
+    view = _OVERLAY.get()
+    return ds, (ud if view is None else view)
+
+
+@contextlib.contextmanager
+def overlay(ud) -> Iterator[None]:
+    """Within the block, :func:`cfg_user_data` returns ``ud`` (the attack runs' polluted
+    profiles: an honest client half reads its data through :func:`cfg_user_data` and runs
+    unchanged on what an attacker wrote; see :mod:`fedrec.clients.attacks`)."""
+    token = _OVERLAY.set(ud)
+    try:
+        yield
+    finally:
+        _OVERLAY.reset(token)
 
 
 @functools.lru_cache(maxsize=4)

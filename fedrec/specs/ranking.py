@@ -25,6 +25,10 @@ POPULAR = "popular"
 ITEM_GROUP = "item-group"  # (n_items,) int64 group label of every item
 TARGET = "target-shares"  # (G,) the group shares the re-ranked lists move toward
 RERANK = "rerank-lambda"  # its strength; absent or 0 = no re-ranking
+# optional evaluate config of attack runs: the target items whose exposure is measured
+TARGET_ITEMS = "target-items"  # (T,) int64 0-based item ids
+TARGET_SEED = "target-seed"  # int: seeds each user's sampled negatives (derive_seed(seed, u))
+TARGET_NEGATIVES = 100  # sampled negatives per user (the paper's protocol)
 # metric keys (client -> server)
 USERS = "users"
 TOPK = "topk"
