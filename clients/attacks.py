@@ -258,7 +258,8 @@ class Pollution(Adversary):
         return int(self.cfg.attack.budget)
 
     def window(self) -> int:
-        return int(getattr(self.honest.params(self.cfg), "max_len", 50))
+        params = getattr(self.honest, "params", None)
+        return int(getattr(params(self.cfg), "max_len", 50)) if params else 50
 
 
 class RandomPollution(Pollution):

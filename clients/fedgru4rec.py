@@ -13,7 +13,7 @@ class GRU4RecClient(SASRecClient):
     """Local SGD of each user on its own sequence (``sasrec_user_step`` on a GRU4Rec); what
     leaves a client is what ``fedsasrec`` uploads."""
 
-    Params = spec.FedGRU4RecParams
+    Params: type = spec.FedGRU4RecParams
     _models: dict = {}
 
     @classmethod

@@ -30,7 +30,7 @@ class SASRecClient(CohortClient):
     ``evaluate``: per-user ranking metrics and top-K lists, as for ``fedmf``.
     """
 
-    Params = spec.FedSASRecParams
+    Params: type = spec.FedSASRecParams
     _models: dict = {}
 
     @classmethod

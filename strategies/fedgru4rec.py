@@ -9,6 +9,8 @@ victim of the profile-pollution experiments (``experiments/creat``).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from fedrec.specs.fedgru4rec import FedGRU4RecParams
@@ -21,7 +23,7 @@ class FedGRU4Rec(FedSASRec):
     """Federated GRU4Rec with sparse item-row uploads and a FedAdam/FedAvg server step."""
 
     name = "fedgru4rec"
-    Params = FedGRU4RecParams
+    Params: ClassVar[type] = FedGRU4RecParams
     client_half = "fedrec.clients.fedgru4rec:GRU4RecClient"
 
     def initial_weights(self) -> list[np.ndarray]:

@@ -51,7 +51,7 @@ class FedSASRec(RankingStrategy):
     """Federated SASRec with sparse item-row uploads and a FedAdam/FedAvg server step."""
 
     name = "fedsasrec"
-    Params = FedSASRecParams
+    Params: ClassVar[type] = FedSASRecParams
     client_half = "fedrec.clients.fedsasrec:SASRecClient"
     history_updates = False  # its replies pack sparse item sums and weighted dense deltas
     server_state_attrs: ClassVar[tuple[str, ...]] = (
