@@ -164,3 +164,37 @@ def test_attack_config_errors_name_the_key():
         validate({"attack.fraction": 1.5})
     with pytest.raises(ConfigError, match="attack.budget"):
         validate({"attack.budget": 0})
+
+
+@pytest.mark.e2e
+def test_creat_run_with_a_defense_pollutes_within_budget_and_logs_the_defense(tmp_path):
+    out = tmp_path / "creat"
+    s = fedrec.run(
+        {
+            **SMALL,
+            "attack.kind": "creat",
+            "attack.client-ids": "5",
+            "attack.budget": 2,
+            "attack.params.stage1-epochs": 1,
+            "attack.params.stage2-epochs": 1,
+            "attack.params.G": 4,
+            "defense.method": "median",
+        },
+        backend="local",
+        out=out,
+    )
+    assert s["failures"] == 0 and "tgt_hr@10_s" in s["final"]["global"]
+    recs = [json.loads(x) for x in (out / "defense.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in recs] == [1, 2] and all(r["method"] == "median" for r in recs)
+    from fedrec.state import StateStore
+
+    polluted = 0
+    for f in sorted((out / "client_state").glob("*.npz")):
+        with np.load(f) as z:
+            store = StateStore.from_arrays({k: z[k] for k in z.files})
+        for c in store.clients():
+            st = store.load(c)
+            if "adv-len" in st:
+                assert c == 5 and int(st["adv-len"].sum()) == st["adv-seq"].size
+                polluted += 1
+    assert polluted == 1
