@@ -35,7 +35,11 @@ ATTACKS = {
     "creat": {"attack.kind": "creat"},
 }
 DEFENSES = ("none", "median", "trimmed-mean", "krum", "multikrum", "bulyan", "norm-clip", "anomaly")
-MODELS = {"sasrec": "fedsasrec_ml100k.toml", "gru4rec": "fedgru4rec_ml100k.toml"}
+MODELS = {
+    "sasrec": "fedsasrec_ml100k.toml",
+    "gru4rec": "fedgru4rec_ml100k.toml",
+    "sasrec-lastfm": "fedsasrec_lastfm.toml",
+}
 
 
 def overrides(model: str, attack: str, defense: str, seed: int, extra: dict) -> dict:

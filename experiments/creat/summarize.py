@@ -2,9 +2,9 @@
 
 Per run: the final round's target-item metrics over the benign users (HR@10 / NDCG@10 / MRR of
 the target among 100 popularity-sampled negatives, as CREAT's Table 1; exposure@10 and NDCG@10
-in the full ranking), the clean NDCG@10, and the stealth of the run's pollution rule (:func:`stealth`:
-a detector's cross-validated AUC and the co-OT distance on 200 probe profiles, clean vs
-polluted). With defenses: the clean NDCG@10 cost of each defense (pure runs), the residual
+in the full ranking), the clean NDCG@10, and the stealth of the run's pollution rule
+(:func:`stealth`: a detector's cross-validated AUC and the co-OT distance on 200 probe profiles,
+clean vs polluted). With defenses: the clean NDCG@10 cost of each defense (pure runs), the residual
 attack effect, and the detection AUC of the defense's per-client scores (malicious vs benign).
 
     python experiments/creat/summarize.py            # writes README tables to stdout + pngs
@@ -25,6 +25,13 @@ TARGET_KEYS = ("tgt_hr@10_s", "tgt_ndcg@10_s", "tgt_mrr_s", "tgt_exposure@10")
 PAPER = {
     "NARM": (0.0174, 0.1069, 0.1428),
     "BERT4Rec": (0.0128, 0.1065, 0.1492),
+}
+
+
+LABELS = {
+    "sasrec": "FedSASRec, ML-100K",
+    "gru4rec": "FedGRU4Rec, ML-100K",
+    "sasrec-lastfm": "FedSASRec, lastfm-2k",
 }
 
 
@@ -264,7 +271,7 @@ def paper_gains(models_runs) -> list[str]:
         best = max(baselines, key=lambda a: baselines[a])
         ratio = mean["creat"] / mean["pure"] if mean["pure"] > 0 else float("inf")
         lines.append(
-            f"| ours, ML-100K, Fed{'SASRec' if model == 'sasrec' else 'GRU4Rec'} | {ratio:.1f}×"
+            f"| ours, {LABELS.get(model, model)} | {ratio:.1f}×"
             f" | {100 * (mean['creat'] / baselines[best] - 1):+.0f} % | {best} |"
         )
     return lines
@@ -284,7 +291,7 @@ def plot(models_runs) -> None:
         ax.bar(names, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], color="C0")
         for i, v in enumerate(vals):
             ax.scatter([i] * len(v), v, color="k", s=8, zorder=3)
-        ax.set_title(f"Fed{model.upper() if model == 'sasrec' else 'GRU4Rec'}: target HR@10")
+        ax.set_title(f"{LABELS.get(model, model)}: target HR@10")
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(HERE / "attacks.png", dpi=120)
@@ -319,7 +326,9 @@ def plot_defenses(model: str, runs) -> None:
 
 
 def main() -> None:
-    all_runs = {m: load(m) for m in ("sasrec", "gru4rec") if (RESULTS / m).exists()}
+    all_runs = {
+        m: load(m) for m in ("sasrec", "gru4rec", "sasrec-lastfm") if (RESULTS / m).exists()
+    }
     for model, runs in all_runs.items():
         print("\n".join(table_attacks(model, runs)))
         print()
