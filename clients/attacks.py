@@ -32,7 +32,6 @@ the benign users is polluted with the same attack before their (honest) client h
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -62,22 +61,18 @@ def _users_per_client(cfg, half_cls) -> int:
     return int(getattr(params(cfg), "users_per_client", 1))
 
 
-@functools.lru_cache(maxsize=8)
-def _threat(cfg_json: str, half_cls: type) -> Threat:
-    import json
-
-    from fedrec.config import validate
-
-    cfg = validate(json.loads(cfg_json))
-    _, ud = _clean_data(cfg)
-    return resolve(
-        cfg.attack, cfg.seed, cfg.partition.num_clients, ud, _users_per_client(cfg, half_cls)
-    )
+_THREATS: dict[tuple[str, type], Threat] = {}
 
 
 def threat_for(cfg, half_cls) -> Threat:
-    """The run's resolved threat model (cached per config)."""
-    return _threat(cfg.to_json(), half_cls)
+    """The run's resolved threat model (cached per config and client half)."""
+    key = (cfg.to_json(), half_cls)
+    if key not in _THREATS:
+        _, ud = _clean_data(cfg)
+        upc = _users_per_client(cfg, half_cls)
+        _THREATS.clear()
+        _THREATS[key] = resolve(cfg.attack, cfg.seed, cfg.partition.num_clients, ud, upc)
+    return _THREATS[key]
 
 
 def adversary_class(kind: str) -> type[Adversary]:
@@ -141,9 +136,7 @@ class Adversary:
 
     def __init__(self, cfg, honest: type, threat: Threat):
         self.cfg, self.honest, self.threat = cfg, honest, threat
-        self.params = (
-            dict(cfg.attack_params) if cfg.attack_params is not None else {}
-        )  # attack.params.*
+        self.params = dict(cfg.attack_params)  # attack.params.*
 
     def run_honest(self, mtype, rnd, weights, config, states, clients):
         from fedrec.clients.app import run_half

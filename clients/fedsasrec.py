@@ -31,18 +31,15 @@ class SASRecClient(CohortClient):
     """
 
     Params: type = spec.FedSASRecParams
-    _models: dict = {}
+    build_model = staticmethod(spec.build_model)  # the model of Params (the spec's)
+    _models: dict = {}  # one model per process, its weights overwritten per message
 
     @classmethod
     def model(cls, cfg, p, num_items, weights):
-        from fedrec.models.recsys import SASRec
-
-        key = (num_items, p.dim, p.max_len, p.num_blocks, p.num_heads, p.dropout)
+        key = (num_items, p)
         if key not in cls._models:
             cls._models.clear()
-            cls._models[key] = SASRec(
-                num_items, p.dim, p.max_len, p.num_blocks, p.num_heads, p.dropout, seed=0
-            )
+            cls._models[key] = cls.build_model(p, num_items)
         m = cls._models[key]
         with torch.no_grad():
             for prm, w in zip(m.parameters(), weights):

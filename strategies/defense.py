@@ -76,15 +76,14 @@ class Defense:
             C = d.clip_norm or robust.adaptive_clip_norm(norms, d.clip_quantile)
             ups, factors = robust.clip_updates(ups, C)
             res = robust.rowwise_mean(ups)
-            rec.update(norm=[float(x) for x in norms], clip=float(C))
+            rec.update(clip=float(C), factor=[float(x) for x in factors])
             rec["score"] = [float(x) for x in norms]
         elif ups.num_rows == 0:
             res = self._flower_dense(ups, d)
-            rec["score"] = [float(x) for x in res.info.get("score", [])]
         else:
             res = self._rowwise(ups, d)
-            rec["score"] = [float(x) for x in res.info.get("score", [])]
-            rec["kept-share"] = [float(x) for x in res.info.get("selected_share", [])]
+            if "selected_share" in res.info:  # the Krum family
+                rec["kept-share"] = [float(x) for x in res.info["selected_share"]]
         self.records.append(rec)
         row_delta, dense = robust.fedavg_scale(res)
         synthetic = strategy.replies_from_update(row_delta, dense, replies, weights)

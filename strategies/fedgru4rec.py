@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
-
+from fedrec.specs import fedgru4rec as gru_spec
 from fedrec.specs.fedgru4rec import FedGRU4RecParams
 from fedrec.strategies.fedsasrec import FedSASRec
 
@@ -25,21 +24,5 @@ class FedGRU4Rec(FedSASRec):
     name = "fedgru4rec"
     Params: ClassVar[type] = FedGRU4RecParams
     client_half = "fedrec.clients.fedgru4rec:GRU4RecClient"
-
-    def initial_weights(self) -> list[np.ndarray]:
-        from fedrec.models.recsys import GRU4Rec
-        from fedrec.seeding import derive_seed
-        from fedrec.specs import ranking as ranking_spec
-
-        p = self.params
-        num_items = int(self.hello[self.client_ids[0]][ranking_spec.NUM_ITEMS])
-        m = GRU4Rec(
-            num_items,
-            p.dim,
-            p.max_len,
-            p.num_layers,
-            p.dropout,
-            seed=derive_seed(self.cfg.seed, "gru4rec-init") % 2**63,
-        )
-        self._adam = None
-        return [prm.detach().numpy().copy() for prm in m.parameters()]
+    build_model = staticmethod(gru_spec.build_model)
+    init_tag = "gru4rec-init"

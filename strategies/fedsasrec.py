@@ -59,27 +59,16 @@ class FedSASRec(RankingStrategy):
     )  # FedAdam moments and step (None with sgd)
     _adam: AdamState | None = None
 
+    #: the model of ``Params`` (the spec's) and the seed tag of the initial weights
+    build_model = staticmethod(spec.build_model)
+    init_tag = "sasrec-init"
+
     def initial_weights(self) -> list[np.ndarray]:
-        from fedrec.models.recsys import SASRec
         from fedrec.seeding import derive_seed
 
-        p = self.params
         num_items = int(self.hello[self.client_ids[0]][ranking_spec.NUM_ITEMS])
-        if p.dim % p.num_heads:
-            from fedrec.errors import ConfigError
-
-            raise ConfigError(
-                f"config key 'strategy.params.num-heads': {p.num_heads} does not divide dim={p.dim}"
-            )
-        m = SASRec(
-            num_items,
-            p.dim,
-            p.max_len,
-            p.num_blocks,
-            p.num_heads,
-            p.dropout,
-            seed=derive_seed(self.cfg.seed, "sasrec-init") % 2**63,
-        )
+        seed = derive_seed(self.cfg.seed, self.init_tag) % 2**63
+        m = self.build_model(self.params, num_items, seed)
         self._adam = None
         return [prm.detach().numpy().copy() for prm in m.parameters()]
 

@@ -132,23 +132,13 @@ POLLUTION = ("random", "popular", "substitution", "creat")
 
 
 def _final_model(cfg, run_dir, num_items):
+    """The run's strategy model (its spec's ``build_model``) with the checkpoint's weights."""
     import torch
 
-    from fedrec.models.recsys import GRU4Rec, SASRec
+    from fedrec.plugins import load_strategy
 
-    p = cfg.strategy_params
-    d, L = int(p.get("dim", 64)), int(p.get("max-len", 50))
-    if cfg.strategy.name == "fedgru4rec":
-        m = GRU4Rec(num_items, d, L, int(p.get("num-layers", 1)), float(p.get("dropout", 0.2)))
-    else:
-        m = SASRec(
-            num_items,
-            d,
-            L,
-            int(p.get("num-blocks", 2)),
-            int(p.get("num-heads", 1)),
-            float(p.get("dropout", 0.2)),
-        )
+    cls = load_strategy(cfg.strategy.name)
+    m = cls.build_model(cls.parse_params(cfg), num_items)
     with np.load(Path(run_dir) / "checkpoint.npz") as z:
         ws = [z[f"w{i}"] for i in range(len(list(m.parameters())))]
     with torch.no_grad():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fedrec.config import key
 from fedrec.specs.fedsasrec import NUM_EXAMPLES, TRAIN_LOSS, dense_layout, pack_train, unpack_train
@@ -12,6 +13,7 @@ __all__ = [
     "NUM_EXAMPLES",
     "TRAIN_LOSS",
     "FedGRU4RecParams",
+    "build_model",
     "dense_layout",
     "pack_train",
     "unpack_train",
@@ -40,3 +42,10 @@ class FedGRU4RecParams:
         choices=("adam", "sgd"),
     )
     server_lr: float = key(0.01, "Server learning rate.", check=lambda v: v > 0, check_doc="> 0")
+
+
+def build_model(p: Any, num_items: int, seed: int = 0):
+    """The :class:`~fedrec.models.recsys.GRU4Rec` that ``p`` describes."""
+    from fedrec.models.recsys import GRU4Rec
+
+    return GRU4Rec(num_items, p.dim, p.max_len, p.num_layers, p.dropout, seed=seed)

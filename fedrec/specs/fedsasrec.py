@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,19 @@ class FedSASRecParams:
         choices=("adam", "sgd"),
     )
     server_lr: float = key(0.01, "Server learning rate.", check=lambda v: v > 0, check_doc="> 0")
+
+
+def build_model(p: Any, num_items: int, seed: int = 0):
+    """The :class:`~fedrec.models.recsys.SASRec` that ``p`` describes (the server seeds its
+    initial model; clients load the global weights into theirs)."""
+    from fedrec.errors import ConfigError
+    from fedrec.models.recsys import SASRec
+
+    if p.dim % p.num_heads:
+        raise ConfigError(
+            f"config key 'strategy.params.num-heads': {p.num_heads} does not divide dim={p.dim}"
+        )
+    return SASRec(num_items, p.dim, p.max_len, p.num_blocks, p.num_heads, p.dropout, seed=seed)
 
 
 # metric keys of the train reply
