@@ -174,6 +174,12 @@ class StrategyConfig:
         **FRACTION,
     )
     fraction_evaluate: float = key(1.0, "Share of clients sampled for evaluation.", **FRACTION)
+    min_replies: int = key(
+        1,
+        "Fewest training replies a round aggregates; with fewer (crashed, dropped or timed-out "
+        "clients) the round keeps the previous global model and records it as skipped.",
+        **POSITIVE,
+    )
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,13 @@ class RuntimeConfig:
         "rejected with a logged reason and the round goes on without it.",
         **POSITIVE,
     )
+    state_dir: str = key(
+        "",
+        "Node-local folder where simulated nodes persist their clients' private state after "
+        "every round (for `fedrec run --resume`); empty = <out>.incomplete/client_state. "
+        "In deployment each SuperNode uses its own node-config 'state-dir'. The state never "
+        "travels to the server.",
+    )
 
 
 @dataclass(frozen=True)
@@ -233,6 +246,12 @@ class OutputConfig:
         "(<dir>/client_state/node-K-of-N.npz) so that `fedrec unlearn` can continue the run.",
     )
     client_metrics: bool = key(True, "Write per-client rows to rounds.jsonl.")
+    callbacks: str = key(
+        "",
+        "Extra tracking callbacks, comma-separated: tensorboard, mlflow, wandb (offline), a "
+        "name registered in the entry-point group `fedrec.callbacks`, or `pkg.mod:Class`. "
+        "rounds.jsonl stays the source of truth.",
+    )
     save_predictions: bool = key(
         False,
         "Audit: write predictions.csv (client, label, "
@@ -383,6 +402,98 @@ class DefenseConfig:
     )
 
 
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Simulated faults (simulation runtimes), drawn per (run seed, round, client/node)."""
+
+    crash: float = key(
+        0.0,
+        "Probability that a sampled client crashes in a training round: it neither trains "
+        "nor replies (its private state is unchanged).",
+        check=lambda v: 0.0 <= v < 1.0,
+        check_doc="in [0, 1)",
+    )
+    drop: float = key(
+        0.0,
+        "Probability that a client's training reply is lost on the way (it trained and kept "
+        "its new state; the server never sees the update).",
+        check=lambda v: 0.0 <= v < 1.0,
+        check_doc="in [0, 1)",
+    )
+    straggler: float = key(
+        0.0,
+        "Probability that a sampled client is a straggler, delayed by an exponential time "
+        "of mean faults.straggler-delay seconds.",
+        check=lambda v: 0.0 <= v < 1.0,
+        check_doc="in [0, 1)",
+    )
+    straggler_delay: float = key(
+        30.0, "Mean delay of a straggler, in (simulated) seconds.", **POSITIVE
+    )
+    deadline: float = key(
+        60.0,
+        "Round deadline in (simulated) seconds: a straggler whose delay exceeds it is timed "
+        "out and its reply discarded.",
+        **POSITIVE,
+    )
+    node_failure: float = key(
+        0.0,
+        "Probability that a whole node fails in a training round: none of the clients it "
+        "hosts replies.",
+        check=lambda v: 0.0 <= v < 1.0,
+        check_doc="in [0, 1)",
+    )
+    sleep: bool = key(
+        False,
+        "Really sleep for a straggler's delay (capped at the deadline) instead of simulating "
+        "it: to watch time-outs in wall-clock time.",
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy with a stated epsilon (see fedrec.privacy)."""
+
+    mechanism: str = key(
+        "none",
+        "none; central (client-level DP: the server clips each client's update and adds "
+        "Gaussian noise to the aggregate, row-wise for item-row uploads); local (each client "
+        "clips and noises its own upload before it leaves: local DP); dpsgd (sample-level "
+        "DP-SGD in each client's local training, through Opacus).",
+        choices=("none", "central", "local", "dpsgd"),
+    )
+    noise_multiplier: float = key(
+        1.0,
+        "Noise standard deviation in units of the clip norm (central: of the summed clipped "
+        "updates; local: of each client's upload; dpsgd: of each batch's summed gradients).",
+        **NON_NEGATIVE,
+    )
+    clip_norm: float = key(
+        1.0,
+        "L2 clip norm of a client's update (central, local) or of a sample's gradient "
+        "(dpsgd); central: 0 = adaptive clipping (Andrew et al. 2021).",
+        **NON_NEGATIVE,
+    )
+    target_quantile: float = key(
+        0.5, "Adaptive clipping: quantile of the update norms the clip norm tracks.", **FRACTION
+    )
+    clip_lr: float = key(
+        0.2, "Adaptive clipping: geometric learning rate of the clip norm.", **POSITIVE
+    )
+    initial_clip_norm: float = key(
+        0.1, "Adaptive clipping: the first round's clip norm.", **POSITIVE
+    )
+    delta: float = key(
+        1e-5, "The delta of the reported (epsilon, delta) guarantee.", **OPEN_FRACTION
+    )
+    accountant: str = key(
+        "rdp",
+        "Privacy accountant (dp-accounting): rdp (Renyi DP) or pld (privacy loss "
+        "distributions, tighter).",
+        choices=("rdp", "pld"),
+    )
+
+
 SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig,
     "partition": PartitionConfig,
@@ -394,6 +505,8 @@ SECTIONS: dict[str, type] = {
     "unlearning": UnlearningConfig,
     "attack": AttackConfig,
     "defense": DefenseConfig,
+    "faults": FaultsConfig,
+    "privacy": PrivacyConfig,
 }
 # Free-form namespaces validated later by the selected plugin / model.
 OPEN_PREFIXES = ("strategy.params.", "model.params.", "unlearning.params.", "attack.params.")
@@ -417,6 +530,8 @@ class RunConfig:
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     strategy_params: Mapping[str, Scalar] = field(default_factory=dict)
     model_params: Mapping[str, Scalar] = field(default_factory=dict)
     unlearning_params: Mapping[str, Scalar] = field(default_factory=dict)

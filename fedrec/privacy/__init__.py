@@ -1,0 +1,1 @@
+"""Differential privacy: mechanisms and the accountant (pure, no flwr)."""
