@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -24,7 +25,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedrec import protocol
+from fedrec import faults, protocol
 from fedrec.config import RunConfig, validate
 from fedrec.errors import FedrecError
 from fedrec.plugins import import_object, load_strategy
@@ -119,6 +120,16 @@ def handle(message: Message, context: Context) -> Message:
             )
         }
     )
+    fault_plan = None
+    if mtype == "train" and faults.active(cfg.faults):
+        # simulated faults (fedrec.faults): the same seeded plan the server accounts with
+        fault_plan = faults.plan(cfg.faults, cfg.seed, rnd, clients, nparts)
+        if faults.node_failed(fault_plan, clients):
+            raise FedrecError(f"simulated node failure (faults.node-failure) in round {rnd}")
+        clients = [c for c in clients if c not in fault_plan.untrained()]
+        if not clients:  # every client of this message crashed
+            reply[protocol.REPLIES] = _array_record(protocol.pack_replies({}))
+            return Message(reply, reply_to=message)
     store = _load_store(context)
     if mtype == protocol.STATE_ACTION:  # node-level: save / load the whole store
         loaded = _state_action(context, store, config, pid, nparts)
@@ -147,6 +158,9 @@ def handle(message: Message, context: Context) -> Message:
     missing = sorted(set(clients) - set(got) - set(adversarial))
     if missing and cfg.attack.kind == "none":
         raise FedrecError(f"{half_cls.__name__} returned no reply for clients {missing[:10]}")
+    if fault_plan is not None:
+        results, adversarial = _apply_faults(cfg, fault_plan, results, adversarial)
+        clients = [c for c in clients if c not in fault_plan.silent()]
     if isinstance(results, protocol.ReplyColumns):
         columns = results.to_arrays()
     else:
@@ -164,6 +178,20 @@ def handle(message: Message, context: Context) -> Message:
             log.warning("client %s: reply not sent (%s)", c, exc)
     reply[protocol.REPLIES] = _array_record(columns)
     return Message(reply, reply_to=message)
+
+
+def _apply_faults(cfg, fault_plan, results, adversarial):
+    """The replies that survive ``fault_plan``: lost (``drop``) and timed-out replies are
+    removed after training (the clients kept their new state); with ``faults.sleep`` the
+    node waits for its slowest straggler within the deadline."""
+    lost = fault_plan.silent()
+    if cfg.faults.sleep:
+        if fault_plan.delays:  # the node waits for its slowest straggler, or the deadline
+            time.sleep(min(max(fault_plan.delays.values()), cfg.faults.deadline))
+    adversarial = {c: v for c, v in adversarial.items() if c not in lost}
+    if isinstance(results, protocol.ReplyColumns):
+        results = results.as_dict()
+    return {c: v for c, v in results.items() if c not in lost}, adversarial
 
 
 def run_half(cfg, half_cls, mtype, rnd, weights, config, states, clients):

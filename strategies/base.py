@@ -41,7 +41,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fedrec import protocol
+from fedrec import faults, protocol
 from fedrec.callbacks import Callback
 from fedrec.config import RunConfig, validate_dataclass
 from fedrec.errors import FedrecError
@@ -121,6 +121,8 @@ class FedrecStrategy(Strategy):
         self.unlearning: Any = None  # the run's fedrec.unlearning.session.Session, if any
         self.serving_config: dict[str, Any] = {}  # extra evaluate settings (a SISA ensemble)
         self.stage_dir: Any = None  # the run folder being written (set by the ServerApp)
+        #: the current round's reply accounting (replies, fault_rate, faults_*; rounds.jsonl)
+        self.fault_stats: dict[str, Any] = {}
         #: the malicious clients of an attack run (simulation ground truth: evaluation covers
         #: the benign clients only; the defenses never read it)
         from fedrec.attacks.threat import attacker_ids
@@ -337,10 +339,12 @@ class FedrecStrategy(Strategy):
         config: dict[str, Any] | None = None,
         *,
         require: bool = True,
+        planned: Iterable[int] = (),
     ) -> list[ClientReply]:
         """Send one phase (``train``, ``evaluate`` or ``query.<action>``) and collect
         the per-client replies, sorted by client id. Missing or failed clients are
-        logged; if none answers and ``require``, raise :class:`FedrecError`."""
+        logged (except the ``planned`` ones: simulated faults); if none answers and
+        ``require``, raise :class:`FedrecError`."""
         if message_type.startswith("query."):
             protocol.check_action(message_type.split(".", 1)[1])
         clients = sorted(clients)
@@ -349,8 +353,10 @@ class FedrecStrategy(Strategy):
         raw = list(grid.send_and_receive(msgs, timeout=self.cfg.runtime.timeout))
         self.traffic["up"] += sum(payload_bytes(m) for m in raw if not m.has_error())
         replies, failures = self.unpack(raw)
-        got = {r.client_id for r in replies}
-        missing = [c for c in clients if c not in got]
+        got, expected_silent = {r.client_id for r in replies}, set(planned)
+        missing = [c for c in clients if c not in got and c not in expected_silent]
+        if expected_silent:
+            failures = [f for f in failures if "simulated node failure" not in f]
         if missing and not failures:
             failures.append(
                 f"no reply within {self.cfg.runtime.timeout:g}s from clients "
@@ -572,12 +578,40 @@ class FedrecStrategy(Strategy):
         phase is not recorded."""
         self.current_weights = weights
         cfg = {**(extra_config or {}), **self.train_config(server_round)}
+        mtype = self.train_message_type(server_round)
+        fault_plan = (
+            faults.plan(
+                self.cfg.faults, self.cfg.seed, server_round, clients, self.expected_nodes()
+            )
+            if mtype == "train" and faults.active(self.cfg.faults)
+            else None
+        )
         replies = self.communicate(
-            grid, self.train_message_type(server_round), clients, server_round, weights, cfg
+            grid,
+            mtype,
+            clients,
+            server_round,
+            weights,
+            cfg,
+            require=fault_plan is None,
+            planned=fault_plan.silent() if fault_plan is not None else (),
         )
         failures = list(self._last_failures)
         replies, rejected = self.screen_replies(server_round, replies, weights)
         failures += rejected
+        self.fault_stats = self._fault_stats(clients, replies, fault_plan)
+        if len(replies) < self.cfg.strategy.min_replies:
+            log.warning(
+                "train round %s: %d of %d replies, fewer than strategy.min-replies = %d: the "
+                "round keeps the previous global model",
+                server_round,
+                len(replies),
+                len(clients),
+                self.cfg.strategy.min_replies,
+            )
+            self.fault_stats["skipped"] = 1
+            metrics = {"rejected-replies": len(rejected)} if rejected else {}
+            return list(weights), metrics, replies, failures
         if transform is not None:
             replies = transform(replies)
         elif self.records_history():
@@ -594,6 +628,22 @@ class FedrecStrategy(Strategy):
         out = list(new) if new is not None else list(weights)
         out = list(self.after_aggregate(server_round, out, grid))
         return out, metrics, replies, failures
+
+    def _fault_stats(
+        self, clients: list[int], replies: list[ClientReply], fault_plan: Any
+    ) -> dict[str, Any]:
+        """The round's reply accounting for rounds.jsonl: ``replies`` aggregated of
+        ``sampled``, ``fault_rate`` (the share of sampled clients whose update was not
+        aggregated, for any reason) and, with simulated faults, the count of each kind."""
+        n = len(clients)
+        stats: dict[str, Any] = {
+            "replies": len(replies),
+            "fault_rate": (n - len(replies)) / n if n else 0.0,
+            "skipped": 0,
+        }
+        if fault_plan is not None:
+            stats.update({f"faults_{k}": v for k, v in fault_plan.counts().items()})
+        return stats
 
     def evaluate_phase(
         self,
@@ -821,6 +871,7 @@ class FedrecStrategy(Strategy):
             self.on_round_start(rnd)
             if callbacks:
                 self._call("on_round_start", rnd)
+            self.fault_stats = {}
             weights, train_metrics, train_replies, failures = self.train_phase(
                 grid, rnd, weights, self.sample_train(rnd), extra_config
             )
@@ -854,6 +905,7 @@ class FedrecStrategy(Strategy):
                 sampled=list(self._sampled),
                 failures=failures + eval_failures,
                 wall_s=0.0,
+                extra=dict(self.fault_stats),
             )
             self.after_evaluate(rnd, record, grid)
             if self.unlearning is not None and callbacks:
