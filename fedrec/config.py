@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import numbers
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -237,7 +239,10 @@ class OutputConfig:
     dir: str = key("", "Output directory; empty = runs/<strategy>-<dataset>-<time>.")
     plots: bool = key(True, "Write PNG plots of the per-round metrics.")
     checkpoint: bool = key(
-        True, "Save the global model after every round (checkpoint.npz, overwritten)."
+        True,
+        "After every round save the global model and the strategy's server state "
+        "(checkpoint.npz, overwritten), and have every node save its clients' private state "
+        "to its own disk (runtime.state-dir), so that an interrupted run can be resumed.",
     )
     progress: bool = key(True, "Show a progress bar per round.")
     keep_client_state: bool = key(
@@ -246,6 +251,12 @@ class OutputConfig:
         "(<dir>/client_state/node-K-of-N.npz) so that `fedrec unlearn` can continue the run.",
     )
     client_metrics: bool = key(True, "Write per-client rows to rounds.jsonl.")
+    resume: bool = key(
+        False,
+        "Continue the unfinished run in output.dir (<dir>.incomplete) from its last "
+        "checkpoint: the global model, the strategy's server state, the round counter and "
+        "the clients' state saved with it (set by `fedrec run --resume DIR`).",
+    )
     callbacks: str = key(
         "",
         "Extra tracking callbacks, comma-separated: tensorboard, mlflow, wandb (offline), a "
@@ -588,52 +599,81 @@ def _type_name(t: Any) -> str:
     )
 
 
+# Flower's run_config carries integers as 64-bit signed values.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened for one-line error messages."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return f"<{type(value).__name__} with too many digits>"
+    return text if len(text) <= limit else text[: limit - 4] + "..." + text[-1]
+
+
 def coerce(key_name: str, value: Any, typ: Any) -> Any:
-    """Coerce a raw value (from TOML, a CLI override or Flower) to ``typ``."""
+    """Coerce a raw value (from TOML, a CLI override or Flower) to ``typ``.
+
+    Integers must fit in 64 bits (Flower's run_config) and numbers must be finite."""
     if isinstance(typ, str):  # postponed annotations
         typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ)
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
     elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+        out: int | None = None
+        if number and isinstance(value, numbers.Integral):
+            out = int(value)
+        elif number and math.isfinite(value) and float(value).is_integer():
+            out = int(value)
+        elif isinstance(value, str):
             try:
-                return int(value)
+                out = int(value)
             except ValueError:
                 pass
+        if out is not None:
+            if not INT_MIN <= out <= INT_MAX:
+                raise ConfigError(
+                    f"config key '{key_name}': {_show(value)} is out of range "
+                    f"(integers must be in [{INT_MIN}, {INT_MAX}])"
+                )
+            return out
     elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        out_f: float | None = None
+        try:
+            if number:
+                out_f = float(value)
+            elif isinstance(value, str):
+                out_f = float(value)
+        except (ValueError, OverflowError):
+            out_f = math.inf if number else None
+        if out_f is not None:
+            if not math.isfinite(out_f):
+                raise ConfigError(f"config key '{key_name}': {_show(value)} is not a finite number")
+            return out_f
     elif typ is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if number:
             return str(value)
-    raise ConfigError(f"config key '{key_name}': {value!r} is not {_type_name(typ)}")
+    raise ConfigError(f"config key '{key_name}': {_show(value)} is not {_type_name(typ)}")
 
 
 def _check(key_name: str, value: Any, meta: Mapping[str, Any]) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(
-            f"config key '{key_name}': {value!r} is not allowed; "
+            f"config key '{key_name}': {_show(value)} is not allowed; "
             f"allowed values: {', '.join(map(str, choices))}"
         )
     check = meta.get("check")
     if check is not None and not check(value):
         raise ConfigError(
-            f"config key '{key_name}': {value!r} must be {meta.get('check_doc') or 'valid'}"
+            f"config key '{key_name}': {_show(value)} must be {meta.get('check_doc') or 'valid'}"
         )
 
 
@@ -703,12 +743,22 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read an experiment TOML file into a flat dict (not yet validated)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file '{path}' is a directory; give an experiment TOML file")
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:
-        with p.open("rb") as fh:
-            tree = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+        text = p.read_bytes().decode("utf-8-sig")  # (a UTF-8 byte-order mark is dropped)
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file '{path}' is not UTF-8 text (byte {exc.start}); "
+            "TOML files must be UTF-8 encoded"
+        ) from None
+    try:
+        tree = tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or an integer with too many digits
         raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
     flat = flatten(tree)
     for k, v in flat.items():
@@ -723,17 +773,17 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Scalar]:
     """Parse one ``key=value`` override; the value uses TOML syntax, else a string."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key=value")
+        raise ConfigError(f"override {text!r} must look like key=value")
     k, raw = text.split("=", 1)
     k, raw = k.strip(), raw.strip()
     if not k:
-        raise ConfigError(f"override '{text}' has an empty key")
+        raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or an integer with too many digits
         value = raw
     if isinstance(value, (list, dict)):
-        raise ConfigError(f"override '{text}': values must be numbers, booleans or strings")
+        raise ConfigError(f"override {text!r}: values must be numbers, booleans or strings")
     return k, value
 
 
@@ -752,6 +802,9 @@ def validate(flat: Mapping[str, Any]) -> RunConfig:
     model_params: dict[str, Scalar] = {}
     unlearning_params: dict[str, Scalar] = {}
     attack_params: dict[str, Scalar] = {}
+    bad_keys = [k for k in flat if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"config key {bad_keys[0]!r} is not a string; keys are dotted names")
     for k in sorted(flat):
         v = flat[k]
         if k.startswith("strategy.params."):

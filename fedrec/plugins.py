@@ -55,6 +55,10 @@ def import_object(path: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise PluginError(f"cannot import module '{module_name}' for '{path}': {exc}") from None
+    except Exception as exc:  # a broken module (SyntaxError, an error at import time)
+        raise PluginError(
+            f"module '{module_name}' for '{path}' failed to import: {type(exc).__name__}: {exc}"
+        ) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

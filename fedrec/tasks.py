@@ -52,8 +52,13 @@ class ClientData:
 
 
 def load_task_dataset(cfg: RunConfig) -> TabularDataset:
+    from fedrec.recsys.data import parse_options
+
     ds = load_dataset(
-        cfg.dataset.name, sensitive=cfg.dataset.sensitive or None, target=cfg.dataset.target or None
+        cfg.dataset.name,
+        sensitive=cfg.dataset.sensitive or None,
+        target=cfg.dataset.target or None,
+        **parse_options(cfg.dataset.options),  # (the tabular loaders take none: rejected)
     )
     if not isinstance(ds, TabularDataset):
         raise ConfigError(

@@ -57,13 +57,23 @@ def _check_k(n: int, num_partitions: int) -> None:
     if int(num_partitions) < 1:
         raise DataError(f"num_partitions must be >= 1, got {num_partitions}")
     if int(num_partitions) > int(n):
-        raise DataError(f"cannot split {n} rows into num_partitions={num_partitions} partitions")
+        raise DataError(
+            f"cannot split {n} rows into num_partitions={num_partitions} partitions; "
+            f"allowed: 1..{n}"
+        )
+
+
+def _rng(seed: int) -> np.random.Generator:
+    """``default_rng(seed)``; a seed that is not a non-negative integer is a DataError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"partition seed must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(seed)
 
 
 def iid_partition(n: int, num_partitions: int, seed: int) -> list[np.ndarray]:
     """Uniformly random, nearly equal-sized partitions of ``range(n)``."""
     _check_k(n, num_partitions)
-    perm = np.random.default_rng(seed).permutation(int(n)).astype(np.int64)
+    perm = _rng(seed).permutation(int(n)).astype(np.int64)
     return [np.sort(p) for p in np.array_split(perm, int(num_partitions))]
 
 
@@ -89,12 +99,12 @@ def dirichlet_partition(
         )
     n = values.shape[0]
     _check_k(n, num_partitions)
-    if not alpha > 0:
-        raise DataError(f"dirichlet partition: alpha must be > 0, got {alpha}")
+    if not 0 < alpha < float("inf"):
+        raise DataError(f"dirichlet partition: alpha must be a finite number > 0, got {alpha}")
     if max_attempts < 1:
         raise DataError(f"dirichlet partition: max_attempts must be >= 1, got {max_attempts}")
     k = int(num_partitions)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     classes = np.unique(values)
     by_class = [np.flatnonzero(values == c) for c in classes]
     for _ in range(max_attempts):
@@ -149,7 +159,7 @@ def heterogeneous_partition(
             f"{gamma_min}, {gamma_max}"
         )
     _check_k(len(labels), num_partitions)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     gamma = rng.uniform(gamma_min, gamma_max, size=num_partitions)
     parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
     for i in (0, 1):
@@ -257,7 +267,7 @@ def train_test_split_indices(
     n_test = int(round(test_fraction * m))
     if test_fraction > 0 and m >= 2:
         n_test = min(max(n_test, 1), m - 1)
-    perm = np.random.default_rng(seed).permutation(idx)
+    perm = _rng(seed).permutation(idx)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 

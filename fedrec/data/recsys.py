@@ -57,6 +57,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import sources
+from .tabular import parse_guard
 
 __all__ = [
     "RecDataset",
@@ -124,6 +125,7 @@ def _split_lines(text: str, sep: str, nfields: int, fname: str, dataset: str) ->
     return rows
 
 
+@parse_guard("ml-100k", "u.data/u.user/u.item")
 def parse_ml100k(
     u_data: bytes, u_user: bytes, u_item: bytes, *, name: str = "ml-100k"
 ) -> RecDataset:
@@ -163,11 +165,13 @@ def parse_ml100k(
     )
     genres = genres.reshape(len(items), len(ML100K_GENRES))
 
+    if raw_uid.size == 0 or raw_iid.size == 0:
+        raise DataError(f"dataset '{name}': u.user or u.item lists no users or items")
     u_idx = np.searchsorted(raw_uid, inter[:, 0])
     i_idx = np.searchsorted(raw_iid, inter[:, 1])
     u_ok = (u_idx < raw_uid.size) & (raw_uid[np.minimum(u_idx, raw_uid.size - 1)] == inter[:, 0])
     i_ok = (i_idx < raw_iid.size) & (raw_iid[np.minimum(i_idx, raw_iid.size - 1)] == inter[:, 1])
-    if raw_uid.size == 0 or raw_iid.size == 0 or not (u_ok.all() and i_ok.all()):
+    if not (u_ok.all() and i_ok.all()):
         raise DataError(
             f"dataset '{name}': u.data references users or items missing from u.user/u.item"
         )
@@ -205,6 +209,7 @@ def load_ml100k() -> RecDataset:
 # --------------------------------------------------------------------------- lastfm
 
 
+@parse_guard("lastfm", "user_artists.dat")
 def parse_lastfm(user_artists: bytes, *, implicit: bool = True, name: str = "lastfm") -> RecDataset:
     """Parse hetrec2011 ``user_artists.dat`` (``userID  artistID  weight``)."""
     lines = user_artists.decode("utf-8").splitlines()

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError, FedrecError
 from . import recsys, tabular
 
 __all__ = [
@@ -263,6 +263,7 @@ def load_dataset(
             f"dataset '{info.name}': unknown option(s) {', '.join(bad)}; "
             f"allowed: {', '.join(accepted) or 'none'}"
         )
+    kwargs = {k: _option(info.name, k, v, params[k].default) for k, v in kwargs.items()}
     key = tuple(sorted(kwargs.items()))
     try:
         hash(key)
@@ -270,7 +271,30 @@ def load_dataset(
         raise DataError(
             f"dataset '{info.name}': options must be hashable scalars, got {kwargs}"
         ) from None
-    return _load_cached(info.name, sensitive, target, key)
+    try:
+        return _load_cached(info.name, sensitive, target, key)
+    except (ValueError, TypeError, MemoryError) as exc:  # a generator rejecting an option
+        if isinstance(exc, FedrecError) or not key:
+            raise
+        raise DataError(
+            f"dataset '{info.name}': cannot build it with options "
+            f"{', '.join(f'{k}={v}' for k, v in key)} ({exc})"
+        ) from None
+
+
+def _option(dataset: str, name: str, value: Any, default: Any) -> Any:
+    """An option value converted to the type of the loader parameter's default (an int,
+    a finite float in 64 bits, true/false); other parameters take the value as given."""
+    from fedrec.config import coerce
+
+    typ = type(default)
+    if typ not in (bool, int, float):
+        return value
+    try:
+        return coerce(name, value, typ)
+    except ConfigError as exc:  # "config key 'name': 'abc' is not an integer"
+        detail = str(exc).removeprefix("config key ")
+        raise DataError(f"dataset '{dataset}': option {detail}") from None
 
 
 def clear_cache() -> None:

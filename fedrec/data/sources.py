@@ -53,6 +53,7 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,10 @@ def _maybe_spec(name: str) -> SourceSpec | None:
 
 
 def _read_raw(path: Path) -> bytes:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path} ({exc.strerror or exc})") from None
     if path.suffix == ".xz":
         try:
             data = lzma.decompress(data)
@@ -346,9 +350,26 @@ def _fetch_url(url: str, dest: Path, desc: str) -> None:
                 bar.update(len(chunk))
 
 
+def _make_dir(directory: Path) -> None:
+    """Create a cache folder, or fail with one line naming it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create the data cache folder {directory} ({exc.strerror or exc}); set "
+            "FEDREC_CACHE_DIR to a writable folder"
+        ) from None
+
+
 def _tmp_in(directory: Path, suffix: str = ".part") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fedrec-", suffix=suffix)
+    _make_dir(directory)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fedrec-", suffix=suffix)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write to the data cache folder {directory} ({exc.strerror or exc}); set "
+            "FEDREC_CACHE_DIR to a writable folder"
+        ) from None
     os.close(fd)
     return Path(tmp)
 
@@ -435,7 +456,7 @@ def _download(name: str, spec: SourceSpec, fname: str) -> None:
                     if f not in members:
                         raise DataError(f"dataset '{name}': {spec.zip_url} has no member {f}")
                     blobs[f] = zf.read(members[f])
-        except zipfile.BadZipFile as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             raise DataError(
                 f"dataset '{name}': {spec.zip_url} is not a valid zip ({exc})"
             ) from None
@@ -462,6 +483,44 @@ def import_dataset(name: str, path: str | os.PathLike[str]) -> Path:
         raise DataError(f"cannot import dataset '{name}': {src} does not exist")
     found: dict[str, bytes] = {}
     origin: dict[str, str] = {}
+    try:
+        _read_import(name, spec, src, found, origin)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DataError(f"cannot import dataset '{name}': {src} is a damaged zip ({exc})") from None
+    except OSError as exc:
+        raise DataError(
+            f"cannot import dataset '{name}': cannot read {exc.filename or src} "
+            f"({exc.strerror or exc})"
+        ) from None
+    target_dir = cache_dir() / spec.dirname
+    if src.is_file() and not zipfile.is_zipfile(src):
+        required_missing: list[str] = []  # single-file import: import just that file
+    else:
+        required_missing = [f for f in spec.required if f not in found]
+    if required_missing:
+        raise DataError(
+            f"cannot import dataset '{name}' from {src}: missing {', '.join(required_missing)}"
+        )
+    accepted: dict[str, bytes] = {}
+    for fname, data in found.items():
+        try:
+            _verify_data(name, fname, data, spec.files[fname], origin[fname])
+        except ChecksumError as exc:
+            if fname in spec.required:
+                raise
+            warnings.warn(f"skipping {fname}: {exc}", stacklevel=2)
+            continue
+        accepted[fname] = data
+    _make_dir(target_dir)
+    for fname, data in accepted.items():
+        _write_atomic(target_dir / fname, data)
+    return target_dir
+
+
+def _read_import(
+    name: str, spec: SourceSpec, src: Path, found: dict[str, bytes], origin: dict[str, str]
+) -> None:
+    """Read the known files at ``src`` (a zip, one raw file or a directory) into ``found``."""
     if src.is_file() and zipfile.is_zipfile(src):
         with zipfile.ZipFile(src) as zf:
             members = _zip_members(zf)
@@ -484,29 +543,6 @@ def import_dataset(name: str, path: str | os.PathLike[str]) -> Path:
                     found[fname] = cand.read_bytes()
                     origin[fname] = str(cand)
                     break
-    target_dir = cache_dir() / spec.dirname
-    if src.is_file() and not zipfile.is_zipfile(src):
-        required_missing: list[str] = []  # single-file import: import just that file
-    else:
-        required_missing = [f for f in spec.required if f not in found]
-    if required_missing:
-        raise DataError(
-            f"cannot import dataset '{name}' from {src}: missing {', '.join(required_missing)}"
-        )
-    accepted: dict[str, bytes] = {}
-    for fname, data in found.items():
-        try:
-            _verify_data(name, fname, data, spec.files[fname], origin[fname])
-        except ChecksumError as exc:
-            if fname in spec.required:
-                raise
-            warnings.warn(f"skipping {fname}: {exc}", stacklevel=2)
-            continue
-        accepted[fname] = data
-    target_dir.mkdir(parents=True, exist_ok=True)
-    for fname, data in accepted.items():
-        _write_atomic(target_dir / fname, data)
-    return target_dir
 
 
 def _clear_memo() -> None:

@@ -69,15 +69,19 @@ Per dataset:
 from __future__ import annotations
 
 import csv
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..errors import DataError
+from ..errors import DataError, FedrecError
 from . import sources
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = [
     "TabularDataset",
@@ -189,6 +193,30 @@ def _bad_row(dataset: str, fname: str, lineno: int, detail: str) -> DataError:
     return DataError(f"dataset '{dataset}': cannot parse {fname} line {lineno} ({detail})")
 
 
+def parse_guard(dataset: str, files: str) -> Callable[[_F], _F]:
+    """Decorate a ``parse_*`` function: malformed raw bytes (a wrong encoding, a non-number
+    in a numeric column, too few fields) raise a one-line :class:`DataError` naming the
+    dataset and its ``files`` instead of a ValueError / IndexError from deep inside."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def parse(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except FedrecError:
+                raise
+            except (ValueError, IndexError, KeyError, csv.Error) as exc:
+                detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+                raise DataError(
+                    f"dataset '{dataset}': cannot parse {files} ({detail}); the raw file is "
+                    "corrupted or not the registered version"
+                ) from None
+
+        return parse  # type: ignore[return-value]
+
+    return wrap
+
+
 # --------------------------------------------------------------------------- adult
 
 ADULT_COLUMNS = [
@@ -219,6 +247,7 @@ def _adult_rows(data: bytes, fname: str) -> list[list[str]]:
     return rows
 
 
+@parse_guard("adult", "adult.data/adult.test")
 def parse_adult(
     data: bytes, test: bytes, *, sensitive: str | None = None, target: str | None = None
 ) -> TabularDataset:
@@ -268,6 +297,7 @@ _COMPAS_NEEDED = [
 ]  # fmt: skip
 
 
+@parse_guard("compas", "compas-scores-two-years.csv")
 def parse_compas(
     data: bytes, *, sensitive: str | None = None, target: str | None = None
 ) -> TabularDataset:
@@ -350,6 +380,7 @@ GERMAN_SENSITIVE = ("sex", "age")
 _GERMAN_SEX = {"A91": 0, "A93": 0, "A94": 0, "A92": 1, "A95": 1}
 
 
+@parse_guard("german", "german.data")
 def parse_german(
     data: bytes, *, sensitive: str | None = None, target: str | None = None
 ) -> TabularDataset:
@@ -398,6 +429,7 @@ BANK_DROP = {"duration", "y"}
 BANK_SENSITIVE = ("age",)
 
 
+@parse_guard("bank", "bank-full.csv")
 def parse_bank(
     data: bytes, *, sensitive: str | None = None, target: str | None = None
 ) -> TabularDataset:
@@ -459,6 +491,7 @@ _DRUG_WHITE = -0.31685
 _DRUG_AGE_18_24 = -0.95197
 
 
+@parse_guard("drug-consumption", "drug_consumption.data")
 def parse_drug_consumption(
     data: bytes, *, sensitive: str | None = None, target: str | None = None
 ) -> TabularDataset:

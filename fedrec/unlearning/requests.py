@@ -194,8 +194,13 @@ def load_requests(
         if not path.is_file():
             raise ConfigError(f"request file '{path}' does not exist")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+            data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"request file '{path}' is not UTF-8 text (byte {exc.start}); TOML files must "
+                "be UTF-8 encoded"
+            ) from None
+        except ValueError as exc:  # TOMLDecodeError, or an integer with too many digits
             raise ConfigError(f"request file '{path}' is not valid TOML: {exc}") from None
     raw = data.get("request")
     if not isinstance(raw, list) or not raw:
