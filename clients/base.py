@@ -42,6 +42,9 @@ class ClientHalf:
     #: the unlearning query actions the half serves (``fedrec.unlearning`` methods check
     #: theirs against this before a run starts)
     unlearning_actions: tuple[str, ...] = ()
+    #: the client-side ``privacy.mechanism`` values the half implements ("local", "dpsgd");
+    #: a subclass declares its own (it is not inherited: its uploads may differ)
+    privacy_mechanisms: tuple[str, ...] = ()
 
     def __init__(self, cfg: RunConfig, client_id: int, state: dict[str, np.ndarray]):
         self.cfg = cfg

@@ -46,10 +46,17 @@ def loss_sum(proba: np.ndarray, y: np.ndarray, eps: float = 1e-12) -> float:
     return float(-np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0)).sum())
 
 
+#: reply metric with the client's cumulative ε (fedrec.strategies.privacy.CLIENT_EPSILON)
+DP_EPSILON = "dp-epsilon"
+DP_STEPS_STATE, DP_EPS_STATE = "dp-steps", "dp-epsilon"
+
+
 class ClassifierClient(ClientHalf):
     """Local SGD on the client's train split; confusion counts on its test split."""
 
     unlearning_actions = ("unlearn_ascent", "sisa_evidence")
+    #: local DP on the model update; sample-level DP-SGD (fedrec.strategies.privacy)
+    privacy_mechanisms = ("local", "dpsgd")
 
     def __init__(self, cfg: RunConfig, client_id: int, state: dict[str, np.ndarray]):
         super().__init__(cfg, client_id, state)
@@ -86,6 +93,8 @@ class ClassifierClient(ClientHalf):
         (seeded by run seed, round and client); FedProx if ``proximal-mu`` is sent."""
         t, d = self.cfg.train, self.data
         mu = float(config.get(spec.PROXIMAL_MU, 0.0))
+        if self.cfg.privacy.mechanism == "dpsgd":
+            return self._dp_sgd(model, server_round, config, mu, sample_weight, soft_targets)
         return train_classifier(
             model,
             d.X_train,
@@ -111,7 +120,74 @@ class ClassifierClient(ClientHalf):
         """:meth:`fit` with per-row weights of the training rows (None: unweighted)."""
         model = self.model(weights)
         res = self.train_model(model, server_round, config, sample_weight=sample_weight)
-        return get_weights(model), {spec.NUM_EXAMPLES: res.num_examples, spec.TRAIN_LOSS: res.loss}
+        metrics = {spec.NUM_EXAMPLES: res.num_examples, spec.TRAIN_LOSS: res.loss}
+        new = get_weights(model)
+        if self.cfg.privacy.mechanism == "local":
+            new = self._local_dp(server_round, weights, new)
+        if self.cfg.privacy.mechanism in ("local", "dpsgd"):
+            metrics[DP_EPSILON] = float(self.state[DP_EPS_STATE])
+        return new, metrics
+
+    def _dp_sgd(self, model, server_round, config, mu, sample_weight, soft_targets):
+        """Sample-level DP-SGD (Opacus) of this round's local training; the client composes
+        its own ε over every DP-SGD step it has taken (kept in its private state)."""
+        from fedrec.errors import ConfigError
+        from fedrec.privacy.accountant import epsilon
+        from fedrec.privacy.dpsgd import dp_sgd_train
+
+        if mu or sample_weight is not None or soft_targets is not None:
+            raise ConfigError(
+                "privacy.mechanism = 'dpsgd' trains plain local SGD; this strategy's clients "
+                "need proximal terms, sample weights or soft targets"
+            )
+        t, d, p = self.cfg.train, self.data, self.cfg.privacy
+        res = dp_sgd_train(
+            model,
+            d.X_train,
+            d.y_train,
+            epochs=int(config.get("local-epochs", t.local_epochs)),
+            batch_size=t.batch_size,
+            lr=float(config.get(spec.LR, t.lr)),
+            optimizer=t.optimizer,
+            weight_decay=t.weight_decay,
+            seed=derive_seed(self.cfg.seed, "train", server_round, self.client_id),
+            noise_multiplier=p.noise_multiplier,
+            max_grad_norm=p.clip_norm,
+            delta=p.delta,
+        )
+        steps = int(self.state.get(DP_STEPS_STATE, 0)) + res.steps
+        self.state[DP_STEPS_STATE] = np.asarray(steps, dtype=np.int64)
+        eps = epsilon(p.noise_multiplier, res.sample_rate, steps, p.delta, p.accountant)
+        self.state[DP_EPS_STATE] = np.asarray(eps, dtype=np.float64)
+        return res
+
+    def _local_dp(self, server_round: int, old: Weights, new: Weights) -> Weights:
+        """Local DP: the whole update ``new - old`` clipped to ``privacy.clip-norm`` and
+        noised (std ``z C``) before it leaves; ε composed over the rounds this client took
+        part in (replace-one neighbours, no amplification: it knows it took part)."""
+        from fedrec.privacy.accountant import gaussian_ldp_epsilon
+        from fedrec.privacy.mechanisms import local_gaussian
+        from fedrec.seeding import rng
+
+        p = self.cfg.privacy
+        flat = np.concatenate(
+            [
+                (np.asarray(w, np.float64) - np.asarray(g, np.float64)).ravel()
+                for w, g in zip(new, old)
+            ]
+        )
+        g = rng(self.cfg.seed, "ldp", server_round, self.client_id)
+        noised = local_gaussian(flat[None, :], p.clip_norm, p.noise_multiplier, g)[0]
+        out, at = [], 0
+        for g0 in old:
+            g0 = np.asarray(g0)
+            out.append((g0 + noised[at : at + g0.size].reshape(g0.shape)).astype(g0.dtype))
+            at += g0.size
+        rounds = int(self.state.get(DP_STEPS_STATE, 0)) + 1
+        self.state[DP_STEPS_STATE] = np.asarray(rounds, dtype=np.int64)
+        eps = gaussian_ldp_epsilon(p.noise_multiplier, rounds, p.delta, p.accountant)
+        self.state[DP_EPS_STATE] = np.asarray(eps, dtype=np.float64)
+        return out
 
     def fit(
         self, server_round: int, weights: Weights, config: dict[str, Any]

@@ -42,7 +42,7 @@ from fedrec.clients.ranking import (
 )
 from fedrec.messages import RowSparse
 from fedrec.recsys.data import cfg_user_data
-from fedrec.seeding import derive_seed
+from fedrec.seeding import derive_seed, rng
 from fedrec.specs import fedmf as spec
 
 
@@ -52,6 +52,8 @@ class MFClient(CohortClient):
     Params = spec.FedMFParams
     P = spec.P
     unlearning_actions = (spec.UNLEARN_ASCENT, spec.UNLEARN_INFLUENCE, "sisa_evidence")
+    #: local DP of the item-matrix upload (:meth:`_local_dp`)
+    privacy_mechanisms = ("local",)
     #: epochs of local BPR that fit a user's embedding to another shard's item matrix when
     #: a SISA ensemble is served by averaging (the user's data stays on the client)
     FOLD_IN_EPOCHS = 5
@@ -244,17 +246,44 @@ class MFClient(CohortClient):
             lo, hi = int(bounds[i]), int(bounds[i + 1])
             losses = res.losses[lo:hi]
             loss = float(np.nanmean(losses)) if np.isfinite(losses).any() else 0.0
+            metrics = {spec.NUM_EXAMPLES: int(res.num_pos[lo:hi].sum()), spec.TRAIN_LOSS: loss}
+            if cfg.privacy.mechanism == "local":
+                upload, metrics["dp-epsilon"] = cls._local_dp(cfg, rnd, c, upload, Q, states[c])
             if p.aggregation == "dense":
                 full = np.zeros_like(Q)
                 full[upload.ids] = upload.rows / np.maximum(upload.counts, 1)[:, None]
                 arrays = [Q + full]
             else:
                 arrays = spec.pack_train(upload)
-            out[c] = (
-                arrays,
-                {spec.NUM_EXAMPLES: int(res.num_pos[lo:hi].sum()), spec.TRAIN_LOSS: loss},
-            )
+            out[c] = (arrays, metrics)
         return out
+
+    @staticmethod
+    def _local_dp(cfg, rnd, c, upload, Q, state):
+        """Local DP of client ``c``'s item-matrix upload. A sparse upload's ids are the items
+        its users interacted with, so the private upload covers *every* item row: the
+        client's delta matrix ``D`` (``D[ids] = `` its summed row deltas, 0 elsewhere) is
+        clipped to ``privacy.clip-norm`` as one vector and noised (std ``z C``) on every
+        entry, and sent with count 1 per row (the server then averages each row over all
+        clients of the round: no per-row count can leak the ids either). ε: the client's
+        rounds composed (:func:`fedrec.privacy.accountant.gaussian_ldp_epsilon`)."""
+        from fedrec.privacy.accountant import gaussian_ldp_epsilon
+        from fedrec.privacy.mechanisms import local_gaussian
+
+        pc = cfg.privacy
+        D = np.zeros(Q.shape, dtype=np.float64)
+        D[upload.ids] = upload.rows
+        g = rng(cfg.seed, "ldp", rnd, c)
+        noised = local_gaussian(D.reshape(1, -1), pc.clip_norm, pc.noise_multiplier, g)
+        rounds = int(state.get("dp-steps", 0)) + 1
+        state["dp-steps"] = np.asarray(rounds, dtype=np.int64)
+        eps = gaussian_ldp_epsilon(pc.noise_multiplier, rounds, pc.delta, pc.accountant)
+        private = RowSparse(
+            np.arange(Q.shape[0], dtype=np.int64),
+            noised.reshape(Q.shape).astype(np.float32),
+            np.ones(Q.shape[0], dtype=np.int64),
+        )
+        return private, float(eps)
 
     @classmethod
     def _shard_views(cls, cfg, p, ud, rnd, weights, config, users, owner, P):

@@ -12,6 +12,7 @@ Messages: :mod:`fedrec.specs.fedavg`; client half (and what leaves a client):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -50,6 +51,9 @@ def weighted_metrics(
 
 class FedAvg(FedrecStrategy):
     """Federated averaging of the full model."""
+
+    #: central DP (privacy.mechanism = "central") wraps this aggregation (a mean of updates)
+    privacy_central: ClassVar[bool] = True
 
     name = "fedavg"
     client_half = "fedrec.clients.classification:ClassifierClient"

@@ -50,6 +50,9 @@ ADAM_BETAS = (0.9, 0.98)  # SASRec's reference trainer
 class FedSASRec(RankingStrategy):
     """Federated SASRec with sparse item-row uploads and a FedAdam/FedAvg server step."""
 
+    #: central DP (privacy.mechanism = "central") wraps this aggregation (a mean of updates)
+    privacy_central: ClassVar[bool] = True
+
     name = "fedsasrec"
     Params: ClassVar[type] = FedSASRecParams
     client_half = "fedrec.clients.fedsasrec:SASRecClient"
