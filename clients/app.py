@@ -226,21 +226,38 @@ def _state_file(context: Context, config: dict[str, Any], pid: int, nparts: int)
     folder = str(context.node_config.get("state-dir", config.get("dir", "")))
     if not folder:
         raise FedrecError("fedrec_state: no folder (config 'dir' or node-config 'state-dir')")
-    return os.path.join(folder, f"node-{pid}-of-{nparts}.npz")
+    rnd = config.get("round")
+    suffix = "" if rnd is None else f".r{int(rnd)}"
+    return os.path.join(folder, f"node-{pid}-of-{nparts}{suffix}.npz")
+
+
+def _prune_round_files(path: str, pid: int, nparts: int, keep_from: int) -> None:
+    """Remove this node's per-round state files of rounds before ``keep_from``."""
+    folder, prefix = os.path.dirname(path), f"node-{pid}-of-{nparts}.r"
+    for name in os.listdir(folder):
+        if name.startswith(prefix) and name.endswith(".npz"):
+            r = name[len(prefix) : -len(".npz")]
+            if r.isdigit() and int(r) < keep_from:
+                os.remove(os.path.join(folder, name))
 
 
 def _state_action(
     context: Context, store: StateStore, config: dict[str, Any], pid: int, nparts: int
 ) -> StateStore | None:
     """``save`` the node's client state to its own disk, or ``load`` it back (a run that
-    `fedrec unlearn` continues: the loaded store is returned, else None); other ops act
-    per client in :func:`_unlearning_action`."""
+    `fedrec unlearn` or `fedrec run --resume` continues: the loaded store is returned, else
+    None); other ops act per client in :func:`_unlearning_action`. With a ``round`` in the
+    config the file is that round's (``node-K-of-N.rR.npz``, written after every round of a
+    checkpointed run); ``keep-from`` then removes the node's files of earlier rounds. A file
+    is written under a temporary name and renamed, so a kill leaves the previous one intact."""
     op = str(config.get("op", ""))
     if op == "save":
         path = _state_file(context, config, pid, nparts)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez(path + ".tmp.npz", allow_pickle=False, **store.to_arrays())
         os.replace(path + ".tmp.npz", path)
+        if "keep-from" in config:
+            _prune_round_files(path, pid, nparts, int(config["keep-from"]))
     elif op == "load":
         path = _state_file(context, config, pid, nparts)
         if not os.path.exists(path):

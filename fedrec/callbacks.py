@@ -13,6 +13,7 @@ aggregated train metrics and ``local_*`` max/mean over clients),
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -78,12 +79,20 @@ def round_rows(record: Any, client_rows: bool = True) -> list[dict[str, Any]]:
 
 
 class JsonlReporter(Callback):
-    """Appends one line per round and scope to ``path`` (flushed every round)."""
+    """Appends one line per round and scope to ``path`` (flushed every round). With
+    ``resume_after = R`` (a resumed run) the rows of rounds up to ``R`` are kept and later
+    ones (written after the checkpoint the run resumes from) dropped."""
 
-    def __init__(self, path: str | Path, client_rows: bool = True):
+    def __init__(self, path: str | Path, client_rows: bool = True, resume_after: int = 0):
         self.path = Path(path)
         self.client_rows = client_rows
-        self.path.write_text("")
+        kept = ""
+        if resume_after and self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)
+            kept = "".join(
+                x for x in lines if x.endswith("\n") and json.loads(x)["round"] <= resume_after
+            )
+        self.path.write_text(kept)
 
     def on_round_end(self, strategy, record) -> None:
         with self.path.open("a") as fh:
@@ -114,14 +123,24 @@ class Checkpoint(Callback):
 
         weights = strategy.result.arrays.to_numpy_ndarrays()
         skeleton, arrays = pack_state(strategy.server_state())
+        # the round history a resumed run's summary needs: wall time and failures of every
+        # round, and the whole last record (its metrics are the run's final ones)
+        rounds = [
+            {"round": r.server_round, "wall_s": r.wall_s, "failures": list(r.failures)}
+            for r in strategy.history
+        ]
+        last_skeleton, last_arrays = pack_state(record)
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(
             tmp,
             allow_pickle=True,  # numpy's default, spelled out so mypy does not match **arrays to it
             server_round=np.int64(record.server_round),
             **{"server-state": np.asarray(skeleton)},
+            **{"history": np.asarray(json.dumps(rounds))},
+            **{"last-record": np.asarray(last_skeleton)},
             **{f"w{i}": w for i, w in enumerate(weights)},
             **{f"s.{k}": v for k, v in arrays.items()},
+            **{f"h.{k}": v for k, v in last_arrays.items()},
         )
         tmp.replace(self.path)
 
@@ -140,6 +159,35 @@ def load_checkpoint(path: str | Path) -> tuple[int, list[np.ndarray], dict]:
                 str(z["server-state"]), {k[2:]: z[k] for k in z.files if k.startswith("s.")}
             )
         return int(z["server_round"]), weights, state
+
+
+def load_history(path: str | Path) -> list[Any]:
+    """The round records of a :class:`Checkpoint` file: the last one whole, the earlier
+    ones with their round, wall time and failures (what a run's summary reads)."""
+    from fedrec.checkpoint import unpack_state
+
+    with np.load(Path(path), allow_pickle=False) as z:
+        if "last-record" not in z.files:
+            raise ValueError(f"checkpoint '{path}' has no round history (an older fedrec)")
+        last = unpack_state(
+            str(z["last-record"]), {k[2:]: z[k] for k in z.files if k.startswith("h.")}
+        )
+        rounds = json.loads(str(z["history"]))
+    out = [
+        dataclasses.replace(
+            last,
+            server_round=r["round"],
+            train={},
+            train_by_client={},
+            evaluation=None,
+            sampled=[],
+            failures=r["failures"],
+            wall_s=r["wall_s"],
+            extra={},
+        )
+        for r in rounds[:-1]
+    ]
+    return [*out, last]
 
 
 def load_weights(path: str | Path) -> list[np.ndarray]:

@@ -2,9 +2,11 @@
 
 ``fedrec run [CONFIG] [--backend ray|local|deployment] [-c key=value ...] [--out DIR]``
 runs an experiment (default: FedAvg on the shipped Adult data) and prints the final
-table; ``fedrec list`` shows strategies, datasets, models, metrics (``--keys``: every
+table (``fedrec run --resume DIR`` continues an interrupted run from its last
+checkpoint); ``fedrec list`` shows strategies, datasets, models, metrics (``--keys``: every
 config key with its default and documentation); ``fedrec data import NAME PATH``
-verifies and caches a local copy of a dataset; ``fedrec data verify NAME`` checks it.
+verifies and caches a local copy of a dataset; ``fedrec data verify NAME`` checks it;
+``fedrec report RUN_DIR [RUN_DIR ...] [--out FILE.html]`` writes an HTML report.
 User errors print one line and exit with status 2.
 """
 
@@ -22,7 +24,12 @@ def _cmd_run(args) -> int:
 
     overrides = args.override + (["output.save-predictions=true"] if args.save_predictions else [])
     summary = run(
-        args.config, backend=args.backend, out=args.out, overrides=overrides, quiet=args.quiet
+        args.config,
+        backend=args.backend,
+        out=args.out,
+        overrides=overrides,
+        quiet=args.quiet,
+        resume=args.resume,
     )
     print()
     print(
@@ -110,6 +117,13 @@ def _cmd_unlearn(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from fedrec.report_html import write_report
+
+    print(write_report(args.run_dirs, args.out))
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.keys:
         from fedrec.config import all_keys
@@ -178,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output directory (default runs/<strategy>-<dataset>-<time>)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the interrupted run DIR (its DIR.incomplete folder) from its last "
+        "checkpoint; -c may change only runtime.* keys",
+    )
+    r.add_argument(
         "--save-predictions",
         action="store_true",
         help="write predictions.csv (per-client test rows; an audit option)",
@@ -216,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     un.add_argument("--quiet", action="store_true")
     un.set_defaults(func=_cmd_unlearn)
+    rep = sub.add_parser("report", help="one self-contained HTML page for one or several runs")
+    rep.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s): the --out of fedrec run"
+    )
+    rep.add_argument(
+        "--out",
+        metavar="FILE.html",
+        help="output file (default RUN_DIR/report.html for one run, ./fedrec-report.html "
+        "for several)",
+    )
+    rep.set_defaults(func=_cmd_report)
     ls = sub.add_parser("list", help="registered strategies, datasets, models, metrics")
     ls.add_argument("--keys", action="store_true", help="list every config key instead")
     ls.set_defaults(func=_cmd_list)
@@ -235,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FedrecError as exc:
-        print(f"fedrec: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())  # always one line
+        print(f"fedrec: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedrec: interrupted", file=sys.stderr)

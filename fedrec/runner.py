@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedrec.config import RunConfig, load_config, validate
+from fedrec.config import RunConfig, load_config, parse_override, validate
 from fedrec.errors import ConfigError
 
 QUIET_ENV = {
@@ -45,10 +45,35 @@ def preflight(cfg: RunConfig) -> RunConfig:
 
     cls = load_strategy(cfg.strategy.name)
     cls.parse_params(cfg)
+    preflight_attack(cfg)
     cfg = preflight_unlearning(cfg, cls)  # (attribute requests become LEGO's attributes)
     cls.parse_params(cfg)
     cls.preflight(cfg)
+    from fedrec.strategies.privacy import check_privacy
+
+    check_privacy(cfg, cls)  # privacy.*: the extra installed, the strategy supports it
+    from fedrec.tracking import check_callbacks  # output.callbacks: names, packages
+
+    check_callbacks(cfg)
     return cfg
+
+
+def preflight_attack(cfg: RunConfig) -> None:
+    """``attack.kind``: a built-in role or an ``Adversary`` class (resolved here, not first
+    in the clients), on a recommendation dataset (what the adversarial halves read)."""
+    kind = cfg.attack.kind
+    if kind == "none":
+        return
+    from fedrec.clients.attacks import adversary_class
+    from fedrec.data import get_dataset_info, list_datasets
+
+    adversary_class(kind)
+    if get_dataset_info(cfg.dataset.name).kind != "recsys":
+        allowed = ", ".join(d.name for d in list_datasets() if d.kind == "recsys")
+        raise ConfigError(
+            f"config key 'attack.kind': attack '{kind}' needs a recommendation dataset "
+            f"({allowed}); dataset.name is '{cfg.dataset.name}'"
+        )
 
 
 def preflight_unlearning(cfg: RunConfig, cls) -> RunConfig:
@@ -65,7 +90,13 @@ def preflight_unlearning(cfg: RunConfig, cls) -> RunConfig:
         return cfg
     actions = set(getattr(import_object(cls.client_half), "unlearning_actions", ()))
     text = u.requests.strip()
-    source: Any = json.loads(text) if text.startswith("{") else text
+    try:
+        source: Any = json.loads(text) if text.startswith("{") else text
+    except ValueError as exc:
+        raise ConfigError(
+            f"config key 'unlearning.requests': not valid JSON ({exc}); give a request TOML "
+            "path or its JSON"
+        ) from None
     requests = load_requests(source, cls.unlearning_universe(cfg)) if text else []
     attrs = [a for r in requests if r.kind == "attribute" for a in r.ids]
     if attrs and cls.name != "lego":
@@ -117,21 +148,121 @@ def preflight_unlearning(cfg: RunConfig, cls) -> RunConfig:
     return cfg.replace(**extra)
 
 
+def check_out_dir(path: str | Path) -> None:
+    """Fail before anything runs unless ``path`` can become the run folder: it is absent or
+    an empty directory, and the directory that will hold it (and the staging folder
+    ``<path>.incomplete`` next to it) exists or can be created, and is writable. Raises
+    :class:`ConfigError` naming the path and why."""
+    out = Path(path)
+    hint = "choose another --out"
+    try:
+        if "\0" in str(out):
+            raise ConfigError(f"output directory {str(out)!r} contains a NUL byte; {hint}")
+        if out.name in ("", ".", ".."):
+            raise ConfigError(
+                f"output directory '{out}' must name a new folder (e.g. runs/my-run); {hint}"
+            )
+        if out.is_symlink():  # (the finished run replaces the folder; a link would break)
+            raise ConfigError(f"output directory '{out}' is a symbolic link; {hint}")
+        if os.path.lexists(out):
+            if not out.is_dir():
+                raise ConfigError(f"output directory '{out}' exists and is not a directory; {hint}")
+            if any(out.iterdir()):
+                raise ConfigError(f"output directory '{out}' exists and is not empty; {hint}")
+        stage = out.with_name(out.name + ".incomplete")
+        if os.path.lexists(stage) and not stage.is_dir():
+            raise ConfigError(
+                f"output directory '{out}': its staging path '{stage}' exists and is not a "
+                f"directory; remove it or {hint}"
+            )
+        holder = out.absolute().parent
+        while not os.path.lexists(holder):  # the nearest ancestor that exists
+            holder = holder.parent
+        if not holder.is_dir():
+            raise ConfigError(
+                f"output directory '{out}' cannot be created: '{holder}' is not a directory; {hint}"
+            )
+        if not os.access(holder, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"output directory '{out}' cannot be created: '{holder}' is not writable; {hint}"
+            )
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:  # an unreadable folder, a NUL byte in the path, ...
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"output directory '{out}' cannot be used ({reason}); {hint}") from None
+
+
+RESUMABLE_PREFIXES = ("runtime.", "output.progress", "output.plots")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The config of the interrupted run in ``run_dir`` (its ``<dir>.incomplete`` folder),
+    set to resume there. Only ``runtime.*`` keys (the backend, the number of CPUs...) and
+    ``output.progress`` / ``output.plots`` may be overridden: the rest is the run's own."""
+    p = Path(run_dir)
+    final = p.with_name(p.name.removesuffix(".incomplete"))
+    stage = final.with_name(final.name + ".incomplete")
+    if (final / "summary.json").is_file():
+        raise ConfigError(f"run '{final}' is finished (it has a summary.json): nothing to resume")
+    if not stage.is_dir():
+        raise ConfigError(f"no unfinished run at '{final}' (no folder '{stage}')")
+    if not (stage / "config.json").is_file() or not (stage / "checkpoint.npz").is_file():
+        raise ConfigError(
+            f"run '{final}' stopped before its first checkpoint (no config.json / "
+            "checkpoint.npz): start it again instead"
+        )
+    try:
+        flat = json.loads((stage / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"'{stage / 'config.json'}' is unreadable: {exc}") from None
+    for k, v in (parse_override(t) for t in overrides or []):
+        if not k.startswith(RESUMABLE_PREFIXES):
+            raise ConfigError(
+                f"--resume continues the run with its own config; only runtime.*, "
+                f"output.progress and output.plots may change, not '{k}'"
+            )
+        flat[k] = v
+    flat.update({"output.resume": True, "output.dir": str(final)})
+    cfg = validate(flat)
+    u = cfg.unlearning
+    if (
+        u.requests
+        or u.shards >= 2
+        or u.never_seen > 0
+        or u.record_history
+        or u.resume_from
+        or (u.method == "federaser")
+    ):
+        raise ConfigError("a run with an [unlearning] job cannot be resumed yet; start it again")
+    if not cfg.output.checkpoint:
+        raise ConfigError(f"run '{final}' was not checkpointed (output.checkpoint = false)")
+    return cfg
+
+
 def run(
     config: RunConfig | str | Path | Mapping[str, Any] | None = None,
     backend: str | None = None,
     out: str | Path | None = None,
     overrides: list[str] | None = None,
     quiet: bool = False,
+    resume: str | Path | None = None,
 ) -> dict:
     """Run one experiment and return its ``summary.json`` as a dict.
 
     ``config`` is a :class:`RunConfig`, a TOML path, a flat dict or None (defaults);
     ``overrides`` are ``key=value`` strings; ``backend`` overrides ``runtime.backend``.
+    ``resume`` (a run folder, instead of ``config``) continues an interrupted run from its
+    last checkpoint (:func:`resume_config`).
     """
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    cfg = as_config(config, overrides)
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("give either a config or --resume DIR, not both")
+        cfg = resume_config(resume, overrides)
+    else:
+        cfg = as_config(config, overrides)
     extra: dict[str, Any] = {}
     if backend is not None:
         extra["runtime.backend"] = backend
@@ -142,10 +273,7 @@ def run(
     from fedrec.flower.server_app import default_out_dir
 
     out_dir = Path(out or cfg.output.dir or default_out_dir(cfg))
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(
-            f"output directory '{out_dir}' exists and is not empty; choose another --out"
-        )
+    check_out_dir(out_dir)
     cfg = preflight(cfg)
     cfg = cfg.replace(**{"output.dir": str(out_dir)})
     if cfg.runtime.backend == "local":
@@ -199,7 +327,12 @@ def unlearn(
             f"run '{src}' did not keep its clients' state (output.keep-client-state = false); "
             "run it again with it on"
         )
-    flat = json.loads((src / "config.json").read_text())
+    try:
+        flat = json.loads((src / "config.json").read_bytes())
+    except (OSError, ValueError) as exc:  # (a UnicodeDecodeError is a ValueError)
+        raise ConfigError(f"run '{src}' has an unreadable config.json ({exc})") from None
+    if not isinstance(flat, dict):
+        raise ConfigError(f"run '{src}' has a config.json that is not a JSON object")
     from fedrec.unlearning.requests import load_requests
 
     # form errors name the request before anything else; ids are checked in preflight

@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -121,8 +122,8 @@ class FedrecStrategy(Strategy):
         self.unlearning: Any = None  # the run's fedrec.unlearning.session.Session, if any
         self.serving_config: dict[str, Any] = {}  # extra evaluate settings (a SISA ensemble)
         self.stage_dir: Any = None  # the run folder being written (set by the ServerApp)
-        #: the current round's reply accounting (replies, fault_rate, faults_*; rounds.jsonl)
-        self.fault_stats: dict[str, Any] = {}
+        #: the current round's accounting for rounds.jsonl (replies, fault_rate, faults_*, epsilon)
+        self.round_stats: dict[str, Any] = {}
         #: the malicious clients of an attack run (simulation ground truth: evaluation covers
         #: the benign clients only; the defenses never read it)
         from fedrec.attacks.threat import attacker_ids
@@ -137,6 +138,10 @@ class FedrecStrategy(Strategy):
         from fedrec.strategies.defense import make_defense
 
         self.defense = make_defense(cfg)
+        #: differential privacy (``privacy.*``): the central mechanism and the accountant
+        from fedrec.strategies.privacy import make_privacy
+
+        self.privacy = make_privacy(cfg)
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -158,11 +163,20 @@ class FedrecStrategy(Strategy):
     server_state_attrs: ClassVar[tuple[str, ...]] = ()
 
     def server_state(self) -> dict[str, Any]:
-        """The declared server state (:attr:`server_state_attrs`) by attribute name."""
-        return {a: getattr(self, a, None) for a in self.server_state_attrs}
+        """The declared server state (:attr:`server_state_attrs`) by attribute name (and the
+        privacy accountant's, under ``~privacy``)."""
+        state = {a: getattr(self, a, None) for a in self.server_state_attrs}
+        privacy = getattr(self, "privacy", None)
+        if privacy is not None:
+            state["~privacy"] = privacy.to_state()
+        return state
 
     def load_server_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`server_state` returned (e.g. from a checkpoint)."""
+        state = dict(state)
+        saved, privacy = state.pop("~privacy", None), getattr(self, "privacy", None)
+        if saved is not None and privacy is not None:
+            privacy.load_state(saved)
         unknown = sorted(set(state) - set(self.server_state_attrs))
         if unknown:
             raise FedrecError(
@@ -599,7 +613,7 @@ class FedrecStrategy(Strategy):
         failures = list(self._last_failures)
         replies, rejected = self.screen_replies(server_round, replies, weights)
         failures += rejected
-        self.fault_stats = self._fault_stats(clients, replies, fault_plan)
+        self.round_stats = self._round_stats(clients, replies, fault_plan)
         if len(replies) < self.cfg.strategy.min_replies:
             log.warning(
                 "train round %s: %d of %d replies, fewer than strategy.min-replies = %d: the "
@@ -609,9 +623,9 @@ class FedrecStrategy(Strategy):
                 len(clients),
                 self.cfg.strategy.min_replies,
             )
-            self.fault_stats["skipped"] = 1
-            metrics = {"rejected-replies": len(rejected)} if rejected else {}
-            return list(weights), metrics, replies, failures
+            self.round_stats["skipped"] = 1
+            skip: dict[str, Any] = {"rejected-replies": len(rejected)} if rejected else {}
+            return list(weights), skip, replies, failures
         if transform is not None:
             replies = transform(replies)
         elif self.records_history():
@@ -619,17 +633,25 @@ class FedrecStrategy(Strategy):
             self.update_history[server_round] = {
                 r.client_id: self.client_update(r, weights) for r in replies if r.weights
             }
-        if self.defense is not None and transform is None:
+        if self.privacy is not None and self.privacy.mechanism == "central" and transform is None:
+            new, metrics = self.privacy.aggregate(
+                self, server_round, replies, weights, len(clients)
+            )
+        elif self.defense is not None and transform is None:
             new, metrics = self.defense.aggregate(self, server_round, replies, weights)
         else:
             new, metrics = self.aggregate(server_round, replies)
+        if self.privacy is not None and transform is None:
+            self.round_stats["epsilon"] = self.privacy.account(
+                len(clients), len(self.client_ids), replies
+            )
         if rejected:
             metrics = {**metrics, "rejected-replies": len(rejected)}
         out = list(new) if new is not None else list(weights)
         out = list(self.after_aggregate(server_round, out, grid))
         return out, metrics, replies, failures
 
-    def _fault_stats(
+    def _round_stats(
         self, clients: list[int], replies: list[ClientReply], fault_plan: Any
     ) -> dict[str, Any]:
         """The round's reply accounting for rounds.jsonl: ``replies`` aggregated of
@@ -871,7 +893,7 @@ class FedrecStrategy(Strategy):
             self.on_round_start(rnd)
             if callbacks:
                 self._call("on_round_start", rnd)
-            self.fault_stats = {}
+            self.round_stats = {}
             weights, train_metrics, train_replies, failures = self.train_phase(
                 grid, rnd, weights, self.sample_train(rnd), extra_config
             )
@@ -905,7 +927,7 @@ class FedrecStrategy(Strategy):
                 sampled=list(self._sampled),
                 failures=failures + eval_failures,
                 wall_s=0.0,
-                extra=dict(self.fault_stats),
+                extra=dict(self.round_stats),
             )
             self.after_evaluate(rnd, record, grid)
             if self.unlearning is not None and callbacks:
@@ -915,8 +937,76 @@ class FedrecStrategy(Strategy):
             self.on_round_end(rnd, record)
             if callbacks:
                 self.history.append(record)
+                self.persist_client_state(grid, rnd)
                 self._call("on_round_end", record)
         return weights
+
+    # ------------------------------------------------------------------ resume
+    def client_state_dir(self) -> Path | None:
+        """Where the simulated nodes keep their clients' state between rounds (for
+        ``fedrec run --resume``): ``runtime.state-dir/<run name>``, else
+        ``<run folder>/client_state``; None when the run is not checkpointed."""
+        if not self.cfg.output.checkpoint or self.stage_dir is None:
+            return None
+        stage = Path(self.stage_dir)
+        if self.cfg.runtime.state_dir:
+            return Path(self.cfg.runtime.state_dir) / stage.name.removesuffix(".incomplete")
+        return stage / "client_state"
+
+    def persist_client_state(self, grid: Grid, server_round: int) -> None:
+        """Every node saves its clients' state of ``server_round`` to its own disk, before
+        the checkpoint of that round is written (so a checkpoint always has its clients'
+        state), and drops its files of the rounds before the previous one."""
+        folder = self.client_state_dir()
+        if folder is None or self.unlearning is not None:
+            return
+        self.communicate(
+            grid,
+            protocol.STATE_ACTION,
+            sorted(self.node_of),
+            server_round,
+            None,
+            {
+                "op": "save",
+                "dir": str(folder),
+                "round": server_round,
+                "keep-from": server_round - 1,
+            },
+        )
+
+    def drop_round_state(self) -> None:
+        """Remove the per-round client-state files of a finished run (simulation: the
+        nodes' folders are on this machine)."""
+        folder = self.client_state_dir()
+        if folder is None or not folder.is_dir():
+            return
+        for f in folder.glob("node-*-of-*.r*.npz"):
+            f.unlink()
+        if self.cfg.runtime.state_dir and not any(folder.iterdir()):
+            folder.rmdir()
+
+    def restore(self, grid: Grid) -> tuple[list[np.ndarray], int]:
+        """Resume from the run folder's checkpoint: the global weights, the declared server
+        state, the round history and every node's client state of the checkpoint's round.
+        Returns ``(weights, last completed round)``."""
+        from fedrec.callbacks import load_checkpoint, load_history
+
+        path = Path(self.stage_dir) / "checkpoint.npz"
+        rnd, weights, state = load_checkpoint(path)
+        self.load_server_state(state)
+        self.history = load_history(path)
+        folder = self.client_state_dir()
+        self.communicate(
+            grid,
+            protocol.STATE_ACTION,
+            sorted(self.node_of),
+            rnd,
+            None,
+            {"op": "load", "dir": str(folder), "round": rnd},
+        )
+        self.result.arrays = ArrayRecord(weights)
+        log.info("resumed after round %d from %s", rnd, path)
+        return weights, rnd
 
     def start(
         self,
@@ -950,10 +1040,13 @@ class FedrecStrategy(Strategy):
         if self.unlearning is not None:
             weights = self.unlearning.train(grid, weights, num_rounds)
         else:
+            done = 0
+            if self.cfg.output.resume:
+                weights, done = self.restore(grid)
             weights = self.run_rounds(
                 grid,
                 weights,
-                1,
+                done + 1,
                 num_rounds,
                 extra_config=dict(train_config or {}),
                 evaluate_config=evaluate_config,
@@ -964,5 +1057,6 @@ class FedrecStrategy(Strategy):
             from fedrec.unlearning.session import keep_client_state
 
             keep_client_state(self, grid)
+        self.drop_round_state()
         self._call("on_run_end", self.history)
         return self.result

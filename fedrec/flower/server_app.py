@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedrec.callbacks import Checkpoint, JsonlReporter, PartitionReportWriter, Progress, _clean
 from fedrec.config import RunConfig, validate
 from fedrec.plugins import load_strategy
+from fedrec.tracking import build_callbacks
 
 
 def default_out_dir(cfg: RunConfig) -> str:
@@ -87,19 +88,27 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
     params = strategy_cls.parse_params(cfg)
     final = Path(out_dir or cfg.output.dir or default_out_dir(cfg))
     stage = final.with_name(final.name + ".incomplete")
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    resume_after = 0
+    if cfg.output.resume:  # `fedrec run --resume`: continue in the kept folder
+        from fedrec.callbacks import load_checkpoint
+
+        resume_after = load_checkpoint(stage / "checkpoint.npz")[0]
+    else:
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir(parents=True)
     try:
-        (stage / "config.json").write_text(cfg.to_json() + "\n")
+        if not cfg.output.resume:
+            (stage / "config.json").write_text(cfg.to_json() + "\n")
         callbacks = [
             PartitionReportWriter(stage / "partition.json"),
-            JsonlReporter(stage / "rounds.jsonl", cfg.output.client_metrics),
+            JsonlReporter(stage / "rounds.jsonl", cfg.output.client_metrics, resume_after),
         ]
         if cfg.output.checkpoint:
             callbacks.append(Checkpoint(stage / "checkpoint.npz"))
         if cfg.output.progress:
             callbacks.append(Progress(strategy_cls.progress_keys))
+        callbacks.extend(build_callbacks(cfg, stage))
         strategy = strategy_cls(cfg, params, callbacks=callbacks)
         strategy.stage_dir = stage
         t0 = time.perf_counter()
@@ -108,6 +117,8 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
         strategy.write_outputs(stage)
         if strategy.defense is not None:
             strategy.defense.write(stage)
+        if strategy.privacy is not None:
+            summary["privacy"] = _clean(strategy.privacy.summary())
         if strategy.unlearning is not None:
             strategy.unlearning.write_outputs(stage)
             summary["unlearning"] = _clean(strategy.unlearning.served)
@@ -118,8 +129,20 @@ def execute(grid: Grid, cfg: RunConfig, out_dir: str | None = None) -> dict:
             from fedrec.report import plot_run
 
             plot_run(stage)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+    except BaseException as exc:
+        # a run with a checkpoint can be resumed: keep it when interrupted (Ctrl-C) or when
+        # it is itself a resumed run; anything else leaves nothing that looks finished
+        resumable = (stage / "checkpoint.npz").exists() and (
+            isinstance(exc, KeyboardInterrupt) or cfg.output.resume
+        )
+        if resumable:
+            print(
+                f"fedrec: the unfinished run is kept in {stage}; continue it with "
+                f"`fedrec run --resume {final}`",
+                file=sys.stderr,
+            )
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
         raise
     if final.exists():
         shutil.rmtree(final)
