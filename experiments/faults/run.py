@@ -34,7 +34,8 @@ def one_run(name: str, crash: float, seed: int, out: Path, extra: list[str]) -> 
     import fedrec
 
     toml, metric, base = SETTINGS[name]
-    run_dir = out / f"{name}-crash{int(round(crash * 100))}-s{seed}"
+    tag = "".join(f"-{x.replace('=', '_')}" for x in extra)  # extra overrides: own folders
+    run_dir = out / f"{name}-crash{int(round(crash * 100))}-s{seed}{tag}"
     if not (run_dir / "summary.json").exists():
         fedrec.run(
             toml,
@@ -79,7 +80,9 @@ def table(results: list[dict]) -> str:
             cs = [r for r in rs if r["crash"] == crash]
             vals = np.array([r["value"] for r in cs])
             rel = np.array([r["value"] / ref[r["seed"]] - 1 for r in cs if r["seed"] in ref])
-            worst = rel[np.argmax(np.abs(rel))] if len(rel) else float("nan")
+            if not len(rel):
+                rel = np.array([float("nan")])
+            worst = rel[np.argmax(np.abs(rel))] if np.isfinite(rel).all() else float("nan")
             lines.append(
                 f"| {name} ({cs[0]['metric']}) | {crash:.0%} | {vals.mean():.4f} ± "
                 f"{vals.std():.4f} | {rel.mean():+.2%}, {worst:+.2%} | "
