@@ -14,7 +14,8 @@ What leaves a client:
 - ``fedfact-in``, in a train round: the trained copy of the shared model theta, its
   example count, the client's contributions sum_a <D^g_u, C^{a,k}(h_k)> to the global
   constraint values (U_g numbers; the server subtracts xi_g once), the ensemble weight
-  w_k and the L1 norm of mu_k.
+  w_k, the L1 norm of mu_k, the mean training loss and ``dl-mix-max`` (the largest
+  |local constraint value| of its deployed mixture, a logged diagnostic).
 
 The local dual mu_k and (fedfact-in) the private model phi_k never leave the client.
 grad_lambda and the constraint contributions reveal group-conditional prediction rates

@@ -1,4 +1,9 @@
-"""Client half of ``fedgru4rec``: :class:`fedrec.clients.fedsasrec.SASRecClient` with a GRU4Rec."""
+"""Client half of ``fedgru4rec``: :class:`fedrec.clients.fedsasrec.SASRecClient` with a GRU4Rec.
+
+What leaves a client: exactly what leaves a ``fedsasrec`` client (:mod:`fedrec.clients.fedsasrec`):
+touched item-row ids and delta sums, the flat dense-delta sum, example count and loss in
+``train``; per-user ranking metrics and top-K lists in ``evaluate``.
+"""
 
 from __future__ import annotations
 

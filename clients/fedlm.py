@@ -1,4 +1,12 @@
-"""Client half of ``fedlm`` (:mod:`fedrec.strategies.fedlm`); see :class:`LMClient`."""
+"""Client half of ``fedlm`` (:mod:`fedrec.strategies.fedlm`); see :class:`LMClient`.
+
+What leaves a client: in the handshake its numbers of training documents, trained facts and
+held-out facts, the vocabulary size and context length; in ``train`` the full model weights,
+the document count and the mean loss; in ``evaluate`` per split sums of answer NLL, exact
+matches and counts (never a text); in the unlearning actions a five-number MRD summary
+(``query.lm_mrd``) or the weights after local unlearning and the forgotten-fact count
+(``query.lm_unlearn``).
+"""
 
 from __future__ import annotations
 

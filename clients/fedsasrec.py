@@ -1,4 +1,12 @@
-"""Client half of ``fedsasrec`` (federated SASRec); see :class:`SASRecClient`."""
+"""Client half of ``fedsasrec`` (federated SASRec); see :class:`SASRecClient`.
+
+What leaves a client: in the handshake its numbers of users, training interactions, items
+and users with a test item; in ``train`` the ids of the item-embedding rows its users touched
+(their input, target and sampled negative items: the items of their recent interactions,
+mixed with negatives), the example-weighted sums of those rows' deltas and of the flat
+non-embedding deltas, the example count and the mean loss; in ``evaluate`` per-user ranking
+metrics, user ids and top-K lists (measurements of the simulation). Sequences never leave.
+"""
 
 from __future__ import annotations
 

@@ -81,7 +81,13 @@ class RAIDClient(MFClient):
             or int(np.asarray(ds.user_attrs[p.attribute]).max()) + 1
         )
         if message_type == f"query.{spec.VALIDATE}":
-            return cls._evaluate(p, ud, weights, config, users, owner, P, split="valid")
+            # only what the back-off reads leaves the client: the per-user validation NDCG@10
+            # (the full ranking reply would carry each user's top-20 list and rank, i.e. the
+            # private validation item)
+            res = cls._evaluate(p, ud, weights, config, users, owner, P, split="valid")
+            if isinstance(res, protocol.ReplyColumns):
+                res = res.as_dict()
+            return {c: (None, {spec.VAL_NDCG: m[spec.VAL_NDCG]}) for c, (_, m) in res.items()}
         if message_type == f"query.{spec.STATS}":
             return cls._stats(p, server_round, P, owner, groups, G, states)
         if message_type == f"query.{spec.ADV}":

@@ -1,4 +1,11 @@
-"""Client half of ``u2a`` (:mod:`fedrec.strategies.u2a`); see :class:`U2AClient`."""
+"""Client half of ``u2a`` (:mod:`fedrec.strategies.u2a`); see :class:`U2AClient`.
+
+What leaves a client: ``fedlm``'s handshake plus its number of candidate negatives, the model
+weights with the example count (and in fine-tuning rounds the mean loss) in ``train``, one
+score per candidate negative in ``query.u2a_score`` (not the negatives, not their gradients),
+and in ``evaluate`` ``fedlm``'s per-split sums plus the counts of greedy answers with a banned
+word and of refusals.
+"""
 
 from __future__ import annotations
 

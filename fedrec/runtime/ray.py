@@ -6,12 +6,19 @@ Every simulated SuperNode gets ``partition-id``/``num-partitions`` from Flower.
 Ray is bound to 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and
 ``_node_ip_address``) and uses ``runtime.ray-num-cpus`` CPUs (0 = all); each
 ClientApp reserves ``runtime.client-num-cpus``/``client-num-gpus``.
+
+With ``runtime.ray-address`` set, the simulation joins that running Ray cluster
+instead (``ray.init(address=...)``; no ``num_cpus``/``_node_ip_address``): this
+process must run on one of its nodes, the ClientApps run on all of them with the
+cluster's resources and the environment each node's ``ray start`` was given
+(``FEDREC_DATA_DIR``...), and leaving only disconnects (the cluster keeps running).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from pathlib import Path
 
@@ -35,14 +42,20 @@ def run_ray(cfg, out_dir: str) -> None:
 
     num_nodes = cfg.runtime.num_nodes or cfg.partition.num_clients
     rt = cfg.runtime
-    backend_config = {
-        "client_resources": {"num_cpus": rt.client_num_cpus, "num_gpus": rt.client_num_gpus},
-        "init_args": {
+    if rt.ray_address:
+        _check_reachable(rt.ray_address)
+        # joining: Ray refuses num_cpus when connecting, and finds this node's raylet itself
+        init_args: dict = {"address": rt.ray_address, "log_to_driver": True}
+    else:
+        init_args = {
             "num_cpus": rt.ray_num_cpus or os.cpu_count() or 1,
             "include_dashboard": False,
             "_node_ip_address": "127.0.0.1",
             "log_to_driver": True,
-        },
+        }
+    backend_config = {
+        "client_resources": {"num_cpus": rt.client_num_cpus, "num_gpus": rt.client_num_gpus},
+        "init_args": init_args,
     }
     errors: list[BaseException] = []
     flwr_log = logging.getLogger("flwr")
@@ -58,6 +71,10 @@ def run_ray(cfg, out_dir: str) -> None:
                 backend_config=backend_config,
                 verbose_logging=False,
             )
+    except Exception as e:
+        if rt.ray_address and _cannot_join(e):
+            raise FedrecError(_join_error(rt.ray_address, _root(e))) from e
+        raise
     finally:
         flwr_log.removeFilter(hide)
     if errors:
@@ -69,3 +86,40 @@ def run_ray(cfg, out_dir: str) -> None:
             "the ray simulation ended without a result; see the log above "
             "(a ClientApp or ServerApp exception is printed there)"
         )
+
+
+def _join_error(address: str, why: object) -> str:
+    port = address.rpartition(":")[2] if ":" in address else "6379"
+    return (
+        f"runtime.ray-address: cannot join the Ray cluster at {address} ({why}); start one "
+        f"on this machine with `ray start --head --node-ip-address 127.0.0.1 --port {port}`, "
+        "or leave runtime.ray-address empty for a private Ray instance"
+    )
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (one line) when nothing listens at ``host:port`` (Ray would retry ~60 s)."""
+    if address == "auto":
+        return  # Ray resolves it (RAY_ADDRESS / the latest `ray start` on this machine)
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as e:
+        raise FedrecError(_join_error(address, e.strerror or type(e).__name__)) from None
+
+
+def _root(e: BaseException) -> BaseException:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def _cannot_join(e: BaseException) -> bool:
+    """Whether ``e`` (Flower wraps it twice) is Ray failing to connect to the cluster."""
+    root = _root(e)
+    msg = str(root)
+    return isinstance(root, ConnectionError) or (
+        isinstance(root, RuntimeError)
+        and ("No node info found" in msg or "Failed to connect" in msg)
+    )
