@@ -83,10 +83,16 @@ def handle(message: Message, context: Context) -> Message:
         os.environ["FEDREC_DATA_DIR"] = str(context.node_config["data-dir"])
     head = message.content.config_records[protocol.FEDREC]
     cfg = _config(str(head[protocol.RUN_CONFIG]))
-    half_cls = _half_class(str(head[protocol.STRATEGY]))
+    mtype = message.metadata.message_type
+    # a state action of an honest run needs no client half (a process that only saves or
+    # loads its clients' state does not import the strategy's model code: torch)
+    half_cls: Any = (
+        None
+        if mtype == protocol.STATE_ACTION and cfg.attack.kind == "none"
+        else _half_class(str(head[protocol.STRATEGY]))
+    )
     pid, nparts = node_partition(context)
     hosted = protocol.hosted_clients(pid, nparts, cfg.partition.num_clients)
-    mtype = message.metadata.message_type
     rnd = int(cast(int, head[protocol.ROUND]))
     if mtype == protocol.HELLO:
         clients = hosted
@@ -157,7 +163,8 @@ def handle(message: Message, context: Context) -> Message:
         got = list(results)
     missing = sorted(set(clients) - set(got) - set(adversarial))
     if missing and cfg.attack.kind == "none":
-        raise FedrecError(f"{half_cls.__name__} returned no reply for clients {missing[:10]}")
+        who = half_cls.__name__ if half_cls is not None else mtype
+        raise FedrecError(f"{who} returned no reply for clients {missing[:10]}")
     if fault_plan is not None:
         results, adversarial = _apply_faults(cfg, fault_plan, results, adversarial)
         clients = [c for c in clients if c not in fault_plan.silent()]

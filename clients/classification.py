@@ -31,12 +31,20 @@ from fedrec.training import predict_proba, train_classifier
 __all__ = ["ClassifierClient", "initial_model", "loss_sum"]  # initial_model: re-export
 
 _DATA: dict[tuple[str, int], ClientData] = {}
+_DATA_RUNS = 4  #: the configs (runs) whose client data one process keeps
 
 
 def _cached_data(cfg: RunConfig, client_id: int) -> ClientData:
-    """Client data cached per process: simulation actors serve many clients."""
+    """Client data cached per process, keyed by the run's whole config and the client:
+    simulation actors and long-lived deployment ClientApps serve many clients, and the
+    latter many runs (the data of the oldest of more than ``_DATA_RUNS`` configs is
+    dropped)."""
     k = (cfg.to_json(), client_id)
     if k not in _DATA:
+        runs = list(dict.fromkeys(run for run, _ in _DATA))
+        if k[0] not in runs and len(runs) >= _DATA_RUNS:
+            for old in [key for key in _DATA if key[0] == runs[0]]:
+                del _DATA[old]
         _DATA[k] = load_client_data(cfg, client_id)
     return _DATA[k]
 

@@ -65,6 +65,14 @@ def _open_fraction(v: Any) -> bool:
     return 0.0 < v < 1.0
 
 
+def _ray_address(v: Any) -> bool:
+    if v in ("", "auto"):
+        return True
+    host, sep, port = str(v).rpartition(":")
+    bad = "/" in host or any(c.isspace() for c in host)
+    return bool(sep and host and not bad and port.isdigit() and 0 < int(port) < 65536)
+
+
 class _Check(TypedDict):
     """A reusable ``check`` / ``check_doc`` pair for :func:`key` (``**POSITIVE``)."""
 
@@ -204,6 +212,16 @@ class RuntimeConfig:
         0.0, "GPUs (fraction allowed) per simulated ClientApp.", **NON_NEGATIVE
     )
     ray_num_cpus: int = key(0, "CPUs given to Ray; 0 = all of this machine's.", **NON_NEGATIVE)
+    ray_address: str = key(
+        "",
+        "ray: empty = start a private Ray instance on 127.0.0.1 (as before); otherwise the "
+        "address of a running Ray cluster's head (e.g. 127.0.0.1:6379, or 'auto'), which the "
+        "simulation joins instead of starting one: runtime.ray-num-cpus is then ignored and "
+        "the cluster's resources are used. This process must run on one of the cluster's "
+        "nodes, and every node needs fedrec installed and its data (FEDREC_DATA_DIR).",
+        check=_ray_address,
+        check_doc="empty, 'auto' or host:port",
+    )
     superlink: str = key(
         "127.0.0.1:9093",
         "deployment: address of the SuperLink's Control API that `flwr run` submits the run to.",
@@ -212,6 +230,11 @@ class RuntimeConfig:
         True,
         "deployment: connect to the SuperLink without TLS (local "
         "testing only; use a Flower connection with certificates otherwise).",
+    )
+    root_certificates: str = key(
+        "",
+        "deployment: path of the PEM CA certificate that signed the SuperLink's TLS "
+        "certificate; set, `flwr run` connects over TLS (runtime.insecure is then ignored).",
     )
     timeout: float = key(
         600.0,

@@ -25,6 +25,7 @@ FLOWER_FACING = {
     "fedrec/flower/server_app.py": "the ServerApp",
     "fedrec/runtime/local.py": "the in-process Grid (local runtime)",
     "fedrec/runtime/ray.py": "flwr.simulation.run_simulation (ray runtime)",
+    "fedrec/runtime/deployment.py": "the long-lived ClientApp executor (Flower's Runtime API)",
 }
 # Packages whose modules import flwr transitively through an allowed module.
 TRANSITIVE = ("fedrec.strategies",)
