@@ -65,6 +65,10 @@ def _open_fraction(v: Any) -> bool:
     return 0.0 < v < 1.0
 
 
+def _probability(v: Any) -> bool:
+    return 0.0 <= v < 1.0
+
+
 def _ray_address(v: Any) -> bool:
     if v in ("", "auto"):
         return True
@@ -84,6 +88,7 @@ POSITIVE = _Check(check=_positive, check_doc="> 0")
 NON_NEGATIVE = _Check(check=_non_negative, check_doc=">= 0")
 FRACTION = _Check(check=_fraction, check_doc="in (0, 1]")
 OPEN_FRACTION = _Check(check=_open_fraction, check_doc="in (0, 1)")
+PROBABILITY = _Check(check=_probability, check_doc="in [0, 1)")
 
 
 # --------------------------------------------------------------------------- sections
@@ -362,8 +367,7 @@ class AttackConfig:
     fraction: float = key(
         0.01,
         "Share of the clients that are malicious (seeded choice; at least one when > 0).",
-        check=lambda v: 0.0 <= v < 1.0,
-        check_doc="in [0, 1)",
+        **PROBABILITY,
     )
     client_ids: str = key("", "Explicit malicious client ids ('3,17'); overrides attack.fraction.")
     target: str = key(
@@ -444,22 +448,19 @@ class FaultsConfig:
         0.0,
         "Probability that a sampled client crashes in a training round: it neither trains "
         "nor replies (its private state is unchanged).",
-        check=lambda v: 0.0 <= v < 1.0,
-        check_doc="in [0, 1)",
+        **PROBABILITY,
     )
     drop: float = key(
         0.0,
         "Probability that a client's training reply is lost on the way (it trained and kept "
         "its new state; the server never sees the update).",
-        check=lambda v: 0.0 <= v < 1.0,
-        check_doc="in [0, 1)",
+        **PROBABILITY,
     )
     straggler: float = key(
         0.0,
         "Probability that a sampled client is a straggler, delayed by an exponential time "
         "of mean faults.straggler-delay seconds.",
-        check=lambda v: 0.0 <= v < 1.0,
-        check_doc="in [0, 1)",
+        **PROBABILITY,
     )
     straggler_delay: float = key(
         30.0, "Mean delay of a straggler, in (simulated) seconds.", **POSITIVE
@@ -474,8 +475,7 @@ class FaultsConfig:
         0.0,
         "Probability that a whole node fails in a training round: none of the clients it "
         "hosts replies.",
-        check=lambda v: 0.0 <= v < 1.0,
-        check_doc="in [0, 1)",
+        **PROBABILITY,
     )
     sleep: bool = key(
         False,
