@@ -131,7 +131,7 @@ def handle(message: Message, context: Context) -> Message:
         # simulated faults (fedrec.faults): the same seeded plan the server accounts with
         fault_plan = faults.plan(cfg.faults, cfg.seed, rnd, clients, nparts)
         if faults.node_failed(fault_plan, clients):
-            raise FedrecError(f"simulated node failure (faults.node-failure) in round {rnd}")
+            raise FedrecError(f"{faults.NODE_FAILURE} in round {rnd}")
         clients = [c for c in clients if c not in fault_plan.untrained()]
         if not clients:  # every client of this message crashed
             reply[protocol.REPLIES] = _array_record(protocol.pack_replies({}))

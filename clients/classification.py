@@ -21,6 +21,7 @@ import numpy as np
 
 from fedrec.clients.base import ClientHalf, Metrics, Weights
 from fedrec.config import RunConfig
+from fedrec.messages import FlatLayout
 from fedrec.metrics import confusion_counts
 from fedrec.models import get_weights, set_weights
 from fedrec.seeding import derive_seed
@@ -99,24 +100,35 @@ class ClassifierClient(ClientHalf):
     ):
         """Local training of ``model`` on the train split with the run's settings
         (seeded by run seed, round and client); FedProx if ``proximal-mu`` is sent."""
-        t, d = self.cfg.train, self.data
+        d = self.data
         mu = float(config.get(spec.PROXIMAL_MU, 0.0))
+        common = self._local_settings(server_round, config, seed_offset)
         if self.cfg.privacy.mechanism == "dpsgd":
-            return self._dp_sgd(model, server_round, config, mu, sample_weight, soft_targets)
+            return self._dp_sgd(model, common, mu, sample_weight, soft_targets)
         return train_classifier(
             model,
             d.X_train,
             d.y_train,
-            epochs=int(config.get("local-epochs", t.local_epochs)),
-            batch_size=t.batch_size,
-            lr=float(config.get(spec.LR, t.lr)),
-            optimizer=t.optimizer,
-            weight_decay=t.weight_decay,
-            seed=derive_seed(self.cfg.seed, "train", server_round, self.client_id) + seed_offset,
+            **common,
             proximal_mu=mu,
             sample_weight=sample_weight,
             soft_targets=soft_targets,
         )
+
+    def _local_settings(
+        self, server_round: int, config: dict[str, Any], seed_offset: int = 0
+    ) -> dict[str, Any]:
+        """This round's local-training settings (the run's, or the server's per-round
+        ``local-epochs`` / ``lr``), seeded by run seed, round and client."""
+        t = self.cfg.train
+        return {
+            "epochs": int(config.get("local-epochs", t.local_epochs)),
+            "batch_size": t.batch_size,
+            "lr": float(config.get(spec.LR, t.lr)),
+            "optimizer": t.optimizer,
+            "weight_decay": t.weight_decay,
+            "seed": derive_seed(self.cfg.seed, "train", server_round, self.client_id) + seed_offset,
+        }
 
     def fit_weighted(
         self,
@@ -136,7 +148,7 @@ class ClassifierClient(ClientHalf):
             metrics[DP_EPSILON] = float(self.state[DP_EPS_STATE])
         return new, metrics
 
-    def _dp_sgd(self, model, server_round, config, mu, sample_weight, soft_targets):
+    def _dp_sgd(self, model, common, mu, sample_weight, soft_targets):
         """Sample-level DP-SGD (Opacus) of this round's local training; the client composes
         its own ε over every DP-SGD step it has taken (kept in its private state)."""
         from fedrec.errors import ConfigError
@@ -148,17 +160,12 @@ class ClassifierClient(ClientHalf):
                 "privacy.mechanism = 'dpsgd' trains plain local SGD; this strategy's clients "
                 "need proximal terms, sample weights or soft targets"
             )
-        t, d, p = self.cfg.train, self.data, self.cfg.privacy
+        d, p = self.data, self.cfg.privacy
         res = dp_sgd_train(
             model,
             d.X_train,
             d.y_train,
-            epochs=int(config.get("local-epochs", t.local_epochs)),
-            batch_size=t.batch_size,
-            lr=float(config.get(spec.LR, t.lr)),
-            optimizer=t.optimizer,
-            weight_decay=t.weight_decay,
-            seed=derive_seed(self.cfg.seed, "train", server_round, self.client_id),
+            **common,
             noise_multiplier=p.noise_multiplier,
             max_grad_norm=p.clip_norm,
             delta=p.delta,
@@ -177,20 +184,14 @@ class ClassifierClient(ClientHalf):
         from fedrec.privacy.mechanisms import local_gaussian
         from fedrec.seeding import rng
 
-        p = self.cfg.privacy
-        flat = np.concatenate(
-            [
-                (np.asarray(w, np.float64) - np.asarray(g, np.float64)).ravel()
-                for w, g in zip(new, old)
-            ]
-        )
+        p, lay = self.cfg.privacy, FlatLayout.of(old)
+        flat = lay.pack(new, np.float64) - lay.pack(old, np.float64)
         g = rng(self.cfg.seed, "ldp", server_round, self.client_id)
         noised = local_gaussian(flat[None, :], p.clip_norm, p.noise_multiplier, g)[0]
-        out, at = [], 0
-        for g0 in old:
-            g0 = np.asarray(g0)
-            out.append((g0 + noised[at : at + g0.size].reshape(g0.shape)).astype(g0.dtype))
-            at += g0.size
+        out = [
+            (np.asarray(w0) + dw).astype(np.asarray(w0).dtype)
+            for w0, dw in zip(old, lay.unpack(noised))
+        ]
         rounds = int(self.state.get(DP_STEPS_STATE, 0)) + 1
         self.state[DP_STEPS_STATE] = np.asarray(rounds, dtype=np.int64)
         eps = gaussian_ldp_epsilon(p.noise_multiplier, rounds, p.delta, p.accountant)

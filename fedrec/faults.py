@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from fedrec.seeding import rng
 
 KINDS = ("node", "crash", "timeout", "drop")
+#: the error a failed node answers with (the server does not count it as a failure)
+NODE_FAILURE = "simulated node failure (faults.node-failure)"
 
 
 @dataclass(frozen=True)
@@ -100,4 +102,4 @@ def node_failed(fault_plan: FaultPlan, clients: Iterable[int]) -> bool:
     return bool(cs) and all(fault_plan.kinds.get(c) == "node" for c in cs)
 
 
-__all__ = ["KINDS", "FaultPlan", "active", "node_failed", "plan"]
+__all__ = ["KINDS", "NODE_FAILURE", "FaultPlan", "active", "node_failed", "plan"]

@@ -29,16 +29,20 @@ GROUP = "fedrec.strategies"
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-def _entry_points() -> dict[str, Any]:
+def registered(group: str, what: str, error: type[Exception] = PluginError) -> dict[str, Any]:
+    """The entry points of ``group`` by name; a name registered twice with different
+    targets raises ``error`` (``what`` names the kind of plugin in the message)."""
     found: dict[str, Any] = {}
-    for ep in entry_points(group=GROUP):
+    for ep in entry_points(group=group):
         other = found.get(ep.name)
         if other is not None and other.value != ep.value:
-            raise PluginError(
-                f"strategy name '{ep.name}' is registered twice: {other.value} and {ep.value}"
-            )
+            raise error(f"{what} '{ep.name}' is registered twice: {other.value} and {ep.value}")
         found[ep.name] = ep
     return found
+
+
+def _entry_points() -> dict[str, Any]:
+    return registered(GROUP, "strategy name")
 
 
 def strategy_names() -> list[str]:

@@ -193,6 +193,17 @@ def check_out_dir(path: str | Path) -> None:
         raise ConfigError(f"output directory '{out}' cannot be used ({reason}); {hint}") from None
 
 
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The flat config a run wrote to ``run_dir/config.json`` (one-line errors)."""
+    try:
+        flat = json.loads((run_dir / "config.json").read_bytes())
+    except (OSError, ValueError) as exc:  # (a UnicodeDecodeError is a ValueError)
+        raise ConfigError(f"run '{run_dir}' has an unreadable config.json ({exc})") from None
+    if not isinstance(flat, dict):
+        raise ConfigError(f"run '{run_dir}' has a config.json that is not a JSON object")
+    return flat
+
+
 RESUMABLE_PREFIXES = ("runtime.", "output.progress", "output.plots")
 
 
@@ -212,10 +223,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Ru
             f"run '{final}' stopped before its first checkpoint (no config.json / "
             "checkpoint.npz): start it again instead"
         )
-    try:
-        flat = json.loads((stage / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"'{stage / 'config.json'}' is unreadable: {exc}") from None
+    flat = read_run_config(stage)
     for k, v in (parse_override(t) for t in overrides or []):
         if not k.startswith(RESUMABLE_PREFIXES):
             raise ConfigError(
@@ -327,12 +335,7 @@ def unlearn(
             f"run '{src}' did not keep its clients' state (output.keep-client-state = false); "
             "run it again with it on"
         )
-    try:
-        flat = json.loads((src / "config.json").read_bytes())
-    except (OSError, ValueError) as exc:  # (a UnicodeDecodeError is a ValueError)
-        raise ConfigError(f"run '{src}' has an unreadable config.json ({exc})") from None
-    if not isinstance(flat, dict):
-        raise ConfigError(f"run '{src}' has a config.json that is not a JSON object")
+    flat = read_run_config(src)
     from fedrec.unlearning.requests import load_requests
 
     # form errors name the request before anything else; ids are checked in preflight

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -237,16 +236,9 @@ def callback_names(cfg: Any) -> list[str]:
 
 
 def _entry_points() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for ep in entry_points(group=GROUP):
-        other = found.get(ep.name)
-        if other is not None and other.value != ep.value:
-            raise ConfigError(
-                f"output.callbacks name '{ep.name}' is registered twice: {other.value} and "
-                f"{ep.value}"
-            )
-        found[ep.name] = ep
-    return found
+    from fedrec.plugins import registered
+
+    return registered(GROUP, "output.callbacks name", ConfigError)
 
 
 def available_callbacks() -> list[str]:

@@ -370,7 +370,7 @@ class FedrecStrategy(Strategy):
         got, expected_silent = {r.client_id for r in replies}, set(planned)
         missing = [c for c in clients if c not in got and c not in expected_silent]
         if expected_silent:
-            failures = [f for f in failures if "simulated node failure" not in f]
+            failures = [f for f in failures if faults.NODE_FAILURE not in f]
         if missing and not failures:
             failures.append(
                 f"no reply within {self.cfg.runtime.timeout:g}s from clients "
@@ -960,18 +960,26 @@ class FedrecStrategy(Strategy):
         folder = self.client_state_dir()
         if folder is None or self.unlearning is not None:
             return
+        self.node_state(
+            grid,
+            server_round,
+            "save",
+            folder,
+            round=server_round,
+            **{"keep-from": server_round - 1},
+        )
+
+    def node_state(self, grid: Grid, server_round: int, op: str, folder: Any, **extra: Any) -> None:
+        """Every node saves (``op = "save"``) its clients' whole state to a file of its own
+        in ``folder``, or loads it back (``"load"``); ``extra``: ``round`` (the per-round
+        files of a checkpointed run), ``keep-from`` (a save drops older round files)."""
         self.communicate(
             grid,
             protocol.STATE_ACTION,
             sorted(self.node_of),
             server_round,
             None,
-            {
-                "op": "save",
-                "dir": str(folder),
-                "round": server_round,
-                "keep-from": server_round - 1,
-            },
+            {"op": op, "dir": str(folder), **extra},
         )
 
     def drop_round_state(self) -> None:
@@ -995,15 +1003,7 @@ class FedrecStrategy(Strategy):
         rnd, weights, state = load_checkpoint(path)
         self.load_server_state(state)
         self.history = load_history(path)
-        folder = self.client_state_dir()
-        self.communicate(
-            grid,
-            protocol.STATE_ACTION,
-            sorted(self.node_of),
-            rnd,
-            None,
-            {"op": "load", "dir": str(folder), "round": rnd},
-        )
+        self.node_state(grid, rnd, "load", self.client_state_dir(), round=rnd)
         self.result.arrays = ArrayRecord(weights)
         log.info("resumed after round %d from %s", rnd, path)
         return weights, rnd

@@ -555,14 +555,7 @@ class Session:
                 for t in sorted(cols)
             }
             s.update_history = hist
-        s.communicate(
-            grid,
-            protocol.STATE_ACTION,
-            sorted(s.node_of),
-            rnd,
-            None,
-            {"op": "load", "dir": str(run / "client_state")},
-        )
+        s.node_state(grid, rnd, "load", run / "client_state")
         if (run / "sisa.npz").exists():
             from fedrec.checkpoint import unpack_state
 
@@ -586,14 +579,7 @@ def keep_client_state(strategy, grid) -> None:
     stage = getattr(strategy, "stage_dir", None)
     if stage is None:
         return
-    strategy.communicate(
-        grid,
-        protocol.STATE_ACTION,
-        sorted(strategy.node_of),
-        len(strategy.history),
-        None,
-        {"op": "save", "dir": str(Path(stage) / "client_state")},
-    )
+    strategy.node_state(grid, len(strategy.history), "save", Path(stage) / "client_state")
 
 
 def check_universe_kinds(strategy_cls, method: UnlearningMethod, requests) -> None:
