@@ -1,4 +1,5 @@
-"""Attribute-inference suite: planted signal, sklearn agreement, determinism, errors.
+"""Attribute-inference suite: planted signal, sklearn agreement, flip-aware attacker on
+in-sample-equalised (anti-aligned) data, determinism, errors.
 
 Small synthetic data and small MLPs so the whole file runs in a few seconds.
 """
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
+from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from fedrec.attacks import (
@@ -28,6 +30,7 @@ from fedrec.attacks import (
 )
 from fedrec.data.recsys import AGE_BUCKETS, age_bucket, synthetic_recommendation
 from fedrec.errors import ConfigError
+from fedrec.seeding import derive_seed
 
 FAST = dict(folds=3, repeats=1, mlp_hidden=(8,), max_iter=100)
 
@@ -228,9 +231,18 @@ def test_attack_many_and_results_table():
     assert results[2].num_classes == 4 and results[2].classes == [0, 1, 2, 3]
     table = results_table(results)
     lines = table.splitlines()
-    assert len(lines) == 6 and lines[0].startswith("| attribute | attacker |")
-    assert "TPR@1%FPR" in lines[0] and lines[2].startswith("| gender | logreg | 2 | 120 | ")
-    assert lines[2].count("±") == 4
+    assert len(lines) == 6
+    assert lines[0] == (
+        "| attribute | attacker | K | n | AUC | sym. AUC | bal. acc | accuracy (majority) "
+        "| macro-F1 | TPR@1%FPR |"
+    )
+    assert lines[1].count("|") == lines[0].count("|") == lines[2].count("|") == 11
+    assert lines[2].startswith("| gender | logreg | 2 | 120 | ")
+    assert lines[2].count("±") == 5
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    res = results[0]
+    assert cells[5] == f"{res.auc_sym:.3f}"
+    assert cells[7] == f"{res.accuracy:.3f} ± {res.accuracy_std:.3f} ({res.majority_rate:.3f})"
     assert "per_fold" not in results[0].to_dict()
     assert "train_index" not in results[0].to_dict(include_folds=True)["per_fold"][0]
 
@@ -280,13 +292,157 @@ def test_server_sees_touched_items_and_infers_the_planted_attribute():
     assert res.auc > 0.75
 
 
+# ----------------------------------------------------------------------------- flip-aware
+
+
+def anti_aligned(n: int, d: int, probs, seed: int = 0):
+    """Planted class shifts, then every class's full-sample mean subtracted (exact
+    in-sample equalisation, as RAID / LEGO constraints do): held-out folds anti-aligned."""
+    X, y = planted(n, d, 2.0, probs, seed=seed)
+    for k in np.unique(y):
+        X[y == k] -= X[y == k].mean(axis=0)
+    return X, y
+
+
+FLIP = dict(folds=5, repeats=1, mlp_hidden=(8,), max_iter=100)
+
+
+def test_symmetric_auc_is_of_the_mean_auc():
+    X, y = anti_aligned(200, 6, [0.5, 0.5], seed=1)
+    low = attack(X, y, attacker="logreg", **FLIP)
+    assert low.auc < 0.5 and low.auc_sym == max(low.auc, 1 - low.auc) == 1 - low.auc
+    X, y = planted(200, 6, 2.0, [0.5, 0.5], seed=1)
+    high = attack(X, y, attacker="logreg", **FLIP)
+    assert high.auc > 0.5 and high.auc_sym == max(high.auc, 1 - high.auc) == high.auc
+    assert high.to_dict()["auc_sym"] == high.auc_sym
+    # not the mean of per-fold symmetric values (that one is >= and biased upward)
+    per_fold_sym = np.mean([max(r["auc"], 1 - r["auc"]) for r in low.per_fold])
+    assert per_fold_sym >= low.auc_sym
+
+
+def test_accuracy_and_majority_rate_by_hand():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(150, int), np.ones(50, int)]
+    X = np.c_[10.0 * y + rng.normal(size=200) * 0.1, rng.normal(size=(200, 2))]
+    res = attack(X, y, attacker="logreg", folds=5, repeats=2)
+    assert res.accuracy == res.balanced_accuracy == 1.0 and res.accuracy_std == 0.0
+    majority = []
+    for row in res.per_fold:
+        yt = y[row["test_index"]]
+        share = max(np.sum(yt == 0), np.sum(yt == 1)) / yt.size
+        assert row["majority_rate"] == share == 0.75  # stratified: 30 + 10 in every fold
+        assert row["accuracy"] == 1.0
+        majority.append(share)
+    assert res.majority_rate == pytest.approx(np.mean(majority), abs=1e-15)
+    # Without signal, a balanced attacker's accuracy sits below the majority rate.
+    X0, y0 = planted(400, 6, 0.0, [0.8, 0.2], seed=13)
+    null = attack(X0, y0, attacker="logreg", folds=4, repeats=1)
+    row = null.per_fold[0]
+    model = make_attacker("logreg", seed=row["model_seed"])
+    model.fit(X0[row["train_index"]], y0[row["train_index"]])
+    pred = model.predict(X0[row["test_index"]])
+    assert row["accuracy"] == pytest.approx(np.mean(pred == y0[row["test_index"]]), abs=1e-15)
+    assert null.accuracy < null.majority_rate - 0.15
+    assert null.majority_rate == pytest.approx(np.mean(y0 == 0), abs=0.01)
+
+
+def test_flip_aware_finds_the_inverted_attribute_of_in_sample_equalised_data():
+    X, y = anti_aligned(300, 6, [0.5, 0.5])
+    plain = {a: attack(X, y, attacker=a, **FLIP) for a in ("mlp", "logreg")}
+    fa = attack(X, y, attacker="flip-aware", **FLIP)
+    assert plain["logreg"].auc < 0.45 and plain["logreg"].auc_sym > 0.55
+    assert fa.auc > 0.55
+    signs = [row["sign"] for row in fa.per_fold]
+    assert signs.count(-1) > len(signs) / 2
+    for i, row in enumerate(fa.per_fold):
+        # same outer split and balancing as the plain attackers
+        ref = plain[row["chosen"]].per_fold[i]
+        assert np.array_equal(row["train_index"], ref["train_index"])
+        assert np.array_equal(row["test_index"], ref["test_index"])
+        assert row["model_seed"] == ref["model_seed"]
+        assert set(row["inner_auc"]) == {"mlp", "logreg"}
+        best = max(abs(v - 0.5) for v in row["inner_auc"].values())
+        assert abs(row["inner_auc"][row["chosen"]] - 0.5) == best
+        assert row["sign"] == (1 if row["inner_auc"][row["chosen"]] >= 0.5 else -1)
+        # the refit chosen model is the plain attacker; sign -1 reverses its scores
+        if row["sign"] == 1:
+            assert row["auc"] == ref["auc"] and row["accuracy"] == ref["accuracy"]
+        else:
+            assert row["auc"] == pytest.approx(1 - ref["auc"], abs=1e-12)
+            assert row["balanced_accuracy"] == pytest.approx(
+                1 - ref["balanced_accuracy"], abs=1e-12
+            )
+    # the inner AUC of logreg, recomputed from the (balanced) training rows alone
+    row = fa.per_fold[2]
+    train = row["train_index"]
+    skf = StratifiedKFold(3, shuffle=True, random_state=derive_seed(0, "aia-inner", 0, 2) % 2**32)
+    oof = np.zeros(train.size)
+    for i, (a, b) in enumerate(skf.split(np.zeros((train.size, 1)), y[train])):
+        model = make_attacker("logreg", seed=derive_seed(0, "aia-inner-model", 0, 2, i) % 2**32)
+        model.fit(X[train[a]], y[train[a]])
+        oof[b] = model.predict_proba(X[train[b]])[:, 1]
+    assert row["inner_auc"]["logreg"] == pytest.approx(roc_auc_score(y[train], oof), abs=1e-12)
+    assert fa.settings["inner_folds"] == 3
+    assert fa.to_dict(include_folds=True)["per_fold"][0]["chosen"] in ("mlp", "logreg")
+
+
+def test_flip_aware_multiclass_anti_aligned():
+    X, y = anti_aligned(300, 6, [1 / 3] * 3)
+    plain = attack(X, y, attacker="logreg", **FLIP)
+    fa = attack(X, y, attacker="flip-aware", **FLIP)
+    assert fa.num_classes == 3
+    assert plain.auc < 0.45 and fa.auc > 0.55
+    assert [row["sign"] for row in fa.per_fold].count(-1) >= 4
+    for row in fa.per_fold:
+        if row["sign"] == -1 and row["chosen"] == "logreg":
+            ref = plain.per_fold[[r["fold"] for r in plain.per_fold].index(row["fold"])]
+            assert row["auc"] == pytest.approx(1 - ref["auc"], abs=1e-12)
+
+
+def test_flip_aware_on_noise_is_chance_and_on_signal_keeps_its_sign():
+    X0, y0 = planted(400, 6, 0.0, [0.5, 0.5], seed=14)
+    null = attack(X0, y0, attacker="flip-aware", **FLIP)
+    assert abs(null.auc - 0.5) < 0.1
+    X, y = planted(300, 6, 2.0, [0.5, 0.5], seed=15)
+    lr = attack(X, y, attacker="logreg", **FLIP)
+    fa = attack(X, y, attacker="flip-aware", **FLIP)
+    assert lr.auc > 0.8 and fa.auc >= lr.auc - 0.05
+    assert all(row["sign"] == 1 for row in fa.per_fold)
+    assert all(min(row["inner_auc"].values()) > 0.5 for row in fa.per_fold)
+
+
+def test_flip_aware_is_deterministic_and_not_a_single_model():
+    X, y = anti_aligned(200, 4, [0.6, 0.4], seed=16)
+    kw = dict(FLIP, folds=3, seed=7)
+    a = attack(X, y, attacker="flip-aware", **kw)
+    b = attack(X, y, attacker="flip-aware", **kw)
+    assert a.to_dict(include_folds=True) == b.to_dict(include_folds=True)
+    assert _fingerprint(a) == _fingerprint(b)
+    c = attack(X, y, attacker="flip-aware", **dict(kw, inner_folds=4))
+    assert c.settings["inner_folds"] == 4
+    assert [r["inner_auc"] for r in c.per_fold] != [r["inner_auc"] for r in a.per_fold]
+    with pytest.raises(ConfigError, match="'flip-aware' is a protocol") as info:
+        make_attacker("flip-aware")
+    assert "\n" not in str(info.value)
+
+
+def test_attack_many_defaults_to_all_attackers():
+    X, g = planted(120, 4, 2.0, [0.5, 0.5], seed=17)
+    results = attack_many(X, {"gender": g}, **dict(FAST, max_iter=30))
+    assert [r.attacker for r in results] == list(ATTACKERS) == ["mlp", "logreg", "flip-aware"]
+    assert results[0].per_fold[0]["test_index"].tolist() == (
+        results[2].per_fold[0]["test_index"].tolist()
+    )
+    assert "chosen" in results[2].per_fold[0] and "chosen" not in results[0].per_fold[0]
+
+
 # ----------------------------------------------------------------------------- errors
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(attacker="svm"), "attacker must be one of mlp, logreg; got 'svm'"),
+        (dict(attacker="svm"), "attacker must be one of mlp, logreg, flip-aware; got 'svm'"),
         (dict(labels=np.zeros(60, dtype=int)), "at least 2 classes"),
         (dict(labels=np.arange(59) % 2), "same number of rows, got 60 and 59"),
         (dict(labels=(np.arange(60) % 2).astype(float)), "integer class codes"),
@@ -302,6 +458,17 @@ def test_server_sees_touched_items_and_infers_the_planted_attribute():
         (dict(known_fraction=0.01), "known_fraction=0.01 leaves no known"),
         (dict(mlp_hidden=()), "mlp_hidden must be a non-empty tuple"),
         (dict(max_iter=0), "max_iter must be an integer >= 1"),
+        (dict(inner_folds=1), "inner_folds must be an integer >= 2"),
+        (dict(inner_folds=2.0), "inner_folds must be an integer >= 2"),
+        (
+            dict(attacker="flip-aware", inner_folds=50),
+            "inner_folds=50 needs at least 50 users of every class in every training part",
+        ),
+        (
+            dict(attacker="flip-aware", folds=2, labels=np.r_[np.zeros(56, int), np.ones(4, int)]),
+            "inner_folds=3 needs at least 3 users of every class in every training part, "
+            "but one has only 2",
+        ),
         (dict(embeddings=np.full((60, 3), np.nan)), "embeddings must be finite"),
         (dict(embeddings=np.zeros(60)), r"embeddings must be a 2-D \(n, d\) array"),
     ],

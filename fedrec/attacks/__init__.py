@@ -2,7 +2,9 @@
 
 :mod:`.attribute_inference` is the attribute-inference suite (MLP and logistic-regression
 attackers on user embeddings or on per-user upload features), following the RAID / LEGO
-attacker protocol. See its module docstring for the threat models and the protocol.
+attacker protocol, plus a flip-aware attacker and the symmetric AUC for defences whose
+in-sample equalisation inverts the attribute on held-out users. See its module docstring
+for the threat models and the protocol.
 """
 
 from __future__ import annotations

@@ -66,6 +66,8 @@ regression as a cheap lower bound) is trained on class-balanced samples, with
   ``(64,)`` and ``300`` to be cheaper on CPU; pass ``mlp_hidden=(100,),
   max_iter=500`` for the lineage setting. ``"logreg"``: ``StandardScaler`` then
   L2 ``LogisticRegression(C=1, max_iter=max_iter)`` (multinomial for ``K > 2``).
+  ``"flip-aware"``: a protocol over those two models that may reverse its scores;
+  see "Symmetric AUC and the flip-aware attacker" below.
   The scaler is fitted on the training part only (it sits inside the pipeline).
   Convergence warnings are silenced; ``per_fold[i]["converged"]`` records them.
   Fitting runs with single-threaded BLAS (``threadpoolctl``): the matrices are small,
@@ -73,13 +75,79 @@ regression as a cheap lower bound) is trained on class-balanced samples, with
 * **Metrics per test part.** ``roc_auc_score`` (binary: the score of the larger
   class code; multi-class: macro one-vs-rest), ``balanced_accuracy_score``,
   ``f1_score(average="macro")`` of the arg-max prediction, and TPR at 1% FPR
-  (:func:`tpr_at_fpr`; macro over one-vs-rest for ``K > 2``). The reported std is
-  the population std (``ddof=0``) over the ``folds × repeats`` (or ``repeats``)
-  evaluations.
+  (:func:`tpr_at_fpr`; macro over one-vs-rest for ``K > 2``). Also the plain
+  ``accuracy`` of the arg-max prediction and the ``majority_rate`` of the test part
+  (the share of its most frequent class: the accuracy of always guessing that
+  class). A class-balanced attacker predicts the classes in roughly equal shares, so
+  on an imbalanced test part its accuracy can sit *below* the majority rate even
+  when it has signal (a 90/10 attribute: 0.9 for "always the majority", while an
+  attacker with balanced accuracy 0.7 has accuracy about 0.7). Accuracy against
+  the majority rate is reported because readers expect it; the prevalence-free
+  comparison is balanced accuracy against ``1/K``. The reported std is the
+  population std (``ddof=0``) over the ``folds × repeats`` (or ``repeats``)
+  evaluations; ``majority_rate`` is the mean over the evaluations.
 * **Seeds.** Everything derives from ``seed`` via :func:`fedrec.seeding.derive_seed`:
   the split of repeat ``r`` from ``(seed, "aia-split", r)`` (the same for every
-  attacker, so MLP and logistic regression see the same folds), the balancing draw
-  and the model initialisation from ``(seed, ..., r, fold)``. No global RNG.
+  attacker, so all three attackers see the same folds), the balancing draw and the
+  model initialisation from ``(seed, ..., r, fold)``; the flip-aware attacker's
+  inner split from ``(seed, "aia-inner", r, fold)`` and the models of inner fold
+  ``i`` from ``(seed, "aia-inner-model", r, fold, i)``. No global RNG.
+
+Symmetric AUC and the flip-aware attacker
+-----------------------------------------
+Defences that equalise group statistics *in sample* (RAID's and LEGO's
+constraints match the attribute groups' embedding distributions over the very
+users being audited) leave an artefact that makes a plain attacker look better
+than chance in the wrong direction. Suppose the group means are matched exactly
+over all ``n`` users: for every class ``k``, the sum of ``x_u - m`` over its users is
+zero (``m`` the common mean). Split the users into a training and a test part
+(stratified, so class ``k`` has ``n_k * n_train / n`` users in the training part and
+``n_k * n_test / n`` in the test part, up to rounding). The training part's sum for
+class ``k`` is minus the test part's, so its class mean deviates from ``m`` by exactly
+``-(n_test / n_train)`` times the test part's deviation, and the training part's
+group-mean difference is ``-(n_test / n_train)`` times the test part's. (Rounding of
+the class counts and class balancing of the training part perturb this slightly.)
+The test part's group means differ by sampling noise, and the training part carries
+the same difference, reversed: a fitted attacker points the wrong way and is
+*anti-informative* on held-out users. With 5 folds a plain attacker on such
+embeddings can score AUC well below 0.5 (about 0.34 for logistic regression on a
+synthetic 943 × 64 set with a planted, then exactly equalised, binary attribute;
+lower has been seen), which is not privacy: an attacker who flips its decisions
+scores one minus that.
+
+This leakage is real for an adversary who knows the defence (or simply notices the
+inversion on the users whose attribute it knows), so the suite reports two
+honest figures:
+
+* ``auc_sym`` (symmetric AUC) ``= max(auc, 1 - auc)`` of the *mean* AUC over the
+  evaluations: the AUC of an attacker that knows which way to read the scores.
+  It is computed from the mean, not averaged per fold: ``max(a, 1 - a)`` is at
+  least 0.5 on every fold, so under no signal the per-fold values average to
+  ``0.5 + E|a - 0.5|`` (fold-to-fold noise alone, ~0.8 fold std), whereas the
+  symmetric value of the mean is biased only by the much smaller noise of the
+  mean. It still never goes below 0.5 and is read against a chance level
+  slightly above 0.5; it is an optimistic bound (the orientation is picked after
+  seeing the test scores), which is why tables print it next to the signed AUC.
+* ``attacker="flip-aware"``: an attacker that learns the orientation from its own
+  training users. Per outer evaluation (the same outer splits and class balancing
+  as ``"mlp"`` and ``"logreg"``) it runs ``StratifiedKFold(inner_folds,
+  shuffle=True)`` on the (balanced) training part only; for each candidate model
+  (``"mlp"``, ``"logreg"``, built exactly as above) it collects the out-of-fold
+  probabilities over the inner folds and computes one inner AUC from them (the
+  same AUC definition as the outer metrics). It chooses the candidate with the
+  largest ``|inner AUC - 0.5|`` (ties: ``"mlp"``) and the sign ``s = +1`` if that
+  inner AUC is ``>= 0.5``, else ``-1``; refits the chosen model on the whole
+  training part (with the seed the plain attacker of that name uses, so with
+  ``s = +1`` its outer scores are exactly those of the plain attacker) and scores
+  the test part with ``s * proba``: with ``s = -1`` the binary AUC becomes exactly
+  ``1 - AUC``, the macro one-vs-rest AUC (a mean of per-class binary AUCs) too, and
+  the predicted class is the arg-min of the probabilities. Both signs come from
+  the same inner fits, so the cost is ``2 * inner_folds + 1`` fits per evaluation
+  (7 with the default ``inner_folds=3``, against 1 for a plain attacker).
+  ``per_fold`` records ``chosen``, ``sign`` and ``inner_auc`` (per candidate).
+  The reported AUC is a held-out figure: it exceeds 0.5 only when the inversion
+  is systematic, i.e. predictable from the training users alone. This is the
+  yardstick to report for in-sample-equalising defences.
 """
 
 from __future__ import annotations
@@ -87,11 +155,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    roc_auc_score,
+    roc_curve,
+)
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -115,13 +190,16 @@ __all__ = [
     "upload_features",
 ]
 
-#: Attacker names accepted by :func:`attack`.
-ATTACKERS = ("mlp", "logreg")
+#: Attacker names accepted by :func:`attack` (``"flip-aware"`` is a protocol over the
+#: other two, see the module doc; :func:`make_attacker` builds only the models).
+ATTACKERS = ("mlp", "logreg", "flip-aware")
 #: Feature kinds accepted by :func:`upload_features`.
 UPLOAD_FEATURE_KINDS = ("touched", "delta-mean", "delta-sum")
 
 _MLP_LEARNING_RATE = 0.01  # lineage value (Attribute-wise-Unlearning attack.py)
-_METRICS = ("auc", "balanced_accuracy", "macro_f1", "tpr_at_1pct_fpr")
+_METRICS = ("auc", "balanced_accuracy", "accuracy", "macro_f1", "tpr_at_1pct_fpr")
+#: The models the flip-aware attacker chooses between, in tie-breaking order.
+_FLIP_CANDIDATES = ("mlp", "logreg")
 
 
 def _sk_seed(*parts: int | str) -> int:
@@ -137,12 +215,24 @@ class AttackResult:
     """Scores of one attacker on one attribute: mean and std over the evaluations.
 
     ``per_fold`` holds one dict per evaluation with ``repeat``, ``fold`` (``0`` when
-    ``known_fraction < 1``), ``n_train``, ``n_test``, the four metrics, ``converged``,
-    ``model_seed`` and the row indices ``train_index`` (after class balancing, i.e.
-    the rows the model was fitted on) and ``test_index``, so any evaluation can be
-    recomputed with :func:`make_attacker`. ``classes`` are the original label values;
-    code ``k`` of the attacker is ``classes[k]`` (for binary attributes the AUC scores
-    ``classes[1]`` as the positive class). ``settings`` records the protocol arguments.
+    ``known_fraction < 1``), ``n_train``, ``n_test``, the metrics (``auc``,
+    ``balanced_accuracy``, ``accuracy``, ``majority_rate``, ``macro_f1``,
+    ``tpr_at_1pct_fpr``), ``converged``, ``model_seed`` and the row indices
+    ``train_index`` (after class balancing, i.e. the rows the model was fitted on)
+    and ``test_index``, so any evaluation can be recomputed with
+    :func:`make_attacker`. The flip-aware attacker adds ``chosen`` (the model name),
+    ``sign`` (``+1`` or ``-1``) and ``inner_auc`` (``{model name: inner AUC}``); its
+    ``model_seed`` is that of the refit chosen model and ``converged`` covers the
+    inner fits too. ``classes`` are the original label values; code ``k`` of the
+    attacker is ``classes[k]`` (for binary attributes the AUC scores ``classes[1]``
+    as the positive class). ``settings`` records the protocol arguments.
+
+    ``auc_sym`` is ``max(auc, 1 - auc)`` of the mean AUC (not a mean of per-fold
+    symmetric values, which is biased upward under no signal; see the module doc).
+    ``accuracy`` is the plain accuracy of the arg-max prediction, to be read against
+    ``majority_rate``, the mean share of the most frequent class in the test parts;
+    a class-balanced attacker can sit below it even with signal, so balanced
+    accuracy against ``1 / num_classes`` is the prevalence-free comparison.
     """
 
     attribute: str
@@ -151,8 +241,12 @@ class AttackResult:
     n: int
     auc: float
     auc_std: float
+    auc_sym: float
     balanced_accuracy: float
     balanced_accuracy_std: float
+    accuracy: float
+    accuracy_std: float
+    majority_rate: float
     macro_f1: float
     macro_f1_std: float
     tpr_at_1pct_fpr: float
@@ -224,18 +318,35 @@ def tpr_at_fpr(y_true, scores, max_fpr: float = 0.01, *, interpolate: bool = Tru
     return float(tpr[i] + (tpr[j] - tpr[i]) * (max_fpr - fpr[i]) / (fpr[j] - fpr[i]))
 
 
-def _fold_metrics(y_test: np.ndarray, proba: np.ndarray, num_classes: int) -> dict[str, float]:
-    pred = np.argmax(proba, axis=1)
+def _auc(y: np.ndarray, proba: np.ndarray, num_classes: int) -> float:
+    """ROC AUC of class probabilities: binary = score of class 1, else macro one-vs-rest."""
+    if num_classes == 2:
+        return float(roc_auc_score(y, proba[:, 1]))
+    labels = np.arange(num_classes)
+    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels))
+
+
+def _fold_metrics(
+    y_test: np.ndarray, proba: np.ndarray, num_classes: int, sign: int = 1
+) -> dict[str, float]:
+    """Metrics of the scores ``sign * proba`` (``sign=-1``: the flip-aware reversal)."""
+    scores = proba if sign > 0 else -proba
+    pred = np.argmax(scores, axis=1)  # sign -1: the arg-min of proba
     labels = np.arange(num_classes)
     if num_classes == 2:
-        auc = roc_auc_score(y_test, proba[:, 1])
-        tpr = tpr_at_fpr(y_test, proba[:, 1], 0.01)
+        auc = roc_auc_score(y_test, scores[:, 1])
+        tpr = tpr_at_fpr(y_test, scores[:, 1], 0.01)
     else:
-        auc = roc_auc_score(y_test, proba, multi_class="ovr", average="macro", labels=labels)
-        tpr = float(np.mean([tpr_at_fpr(y_test == k, proba[:, k], 0.01) for k in labels]))
+        if sign > 0:
+            auc = _auc(y_test, proba, num_classes)
+        else:  # sklearn's multi-class AUC wants probabilities; macro OvR = mean of binary AUCs
+            auc = np.mean([roc_auc_score(y_test == k, scores[:, k]) for k in labels])
+        tpr = float(np.mean([tpr_at_fpr(y_test == k, scores[:, k], 0.01) for k in labels]))
     return {
         "auc": float(auc),
         "balanced_accuracy": float(balanced_accuracy_score(y_test, pred)),
+        "accuracy": float(accuracy_score(y_test, pred)),
+        "majority_rate": float(np.bincount(y_test, minlength=num_classes).max() / y_test.size),
         "macro_f1": float(f1_score(y_test, pred, labels=labels, average="macro", zero_division=0)),
         "tpr_at_1pct_fpr": tpr,
     }
@@ -313,9 +424,17 @@ def make_attacker(
 ) -> Pipeline:
     """The unfitted attacker pipeline: ``StandardScaler`` then the classifier.
 
+    ``attacker`` is ``"mlp"`` or ``"logreg"``; ``"flip-aware"`` is a protocol over
+    those two (run it with :func:`attack`), not one model, and raises ConfigError.
     ``seed`` is the classifier's ``random_state`` (an int in ``[0, 2**32)``).
     """
     _check_attacker(attacker)
+    if attacker not in _FLIP_CANDIDATES:
+        raise ConfigError(
+            f"make_attacker: attacker={attacker!r} is a protocol (nested cross-validated choice "
+            f"of {' or '.join(_FLIP_CANDIDATES)} and a sign), not one model; run it with "
+            f"attack(), or build one of {', '.join(_FLIP_CANDIDATES)}"
+        )
     if attacker == "mlp":
         clf = MLPClassifier(
             hidden_layer_sizes=_check_hidden(mlp_hidden),
@@ -355,6 +474,47 @@ def _splits(y: np.ndarray, folds: int, repeats: int, seed: int, known_fraction: 
                 yield r, f, train, test
 
 
+def _fit_predict(
+    model: Pipeline, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """Fit with single-threaded BLAS and predict probabilities; also whether it converged."""
+    with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X_train, y_train)
+        proba = model.predict_proba(X_test)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    for w in caught:  # re-emit anything that is not a convergence warning
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return proba, converged
+
+
+def _flip_aware_choice(
+    X: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    num_classes: int,
+    *,
+    inner_folds: int,
+    split_seed: int,
+    model_seeds: Sequence[int],
+    model_kw: dict[str, Any],
+) -> tuple[str, int, dict[str, float], bool]:
+    """Nested CV on the training rows: the chosen model, its sign, inner AUCs, converged."""
+    skf = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=split_seed)
+    oof = {c: np.zeros((train.size, num_classes)) for c in _FLIP_CANDIDATES}
+    converged = True
+    for i, (inner_train, inner_test) in enumerate(skf.split(np.zeros((train.size, 1)), y[train])):
+        fit_rows, score_rows = train[inner_train], train[inner_test]
+        for c in _FLIP_CANDIDATES:
+            model = make_attacker(c, seed=model_seeds[i], **model_kw)
+            oof[c][inner_test], ok = _fit_predict(model, X[fit_rows], y[fit_rows], X[score_rows])
+            converged = converged and ok
+    inner_auc = {c: _auc(y[train], oof[c], num_classes) for c in _FLIP_CANDIDATES}
+    chosen = max(_FLIP_CANDIDATES, key=lambda c: abs(inner_auc[c] - 0.5))  # ties: first
+    return chosen, (1 if inner_auc[chosen] >= 0.5 else -1), inner_auc, converged
+
+
 def attack(
     embeddings,
     labels,
@@ -369,16 +529,20 @@ def attack(
     max_iter: int = 300,
     mlp_alpha: float = 1.0,
     attribute: str = "attribute",
+    inner_folds: int = 3,
 ) -> AttackResult:
     """Attribute-inference attack of one attacker on one attribute (see the module doc).
 
     ``embeddings`` is the ``(n, d)`` feature matrix (released user embeddings, or
     :func:`upload_features`), ``labels`` the ``(n,)`` integer attribute codes (any
     integers; they are re-coded ``0..K-1`` in sorted order). Drop users with an
-    unknown attribute before calling. Returns an :class:`AttackResult`.
+    unknown attribute before calling. ``inner_folds`` is the number of inner folds of
+    the flip-aware attacker (unused by the others); every class needs at least that
+    many users in every (balanced) training part. Returns an :class:`AttackResult`.
     """
     _check_attacker(attacker)
     folds = _check_int("folds", folds, 2)
+    inner_folds = _check_int("inner_folds", inner_folds, 2)
     repeats = _check_int("repeats", repeats, 1)
     seed = _check_int("seed", seed, 0)
     max_iter = _check_int("max_iter", max_iter, 1)
@@ -417,34 +581,58 @@ def attack(
                 "use a value in (0, 1] that keeps every class on both sides"
             )
 
-    rows = []
-    for r, f, train, test in _splits(y, folds, repeats, seed, known_fraction):
+    splits = list(_splits(y, folds, repeats, seed, known_fraction))
+    for _, _, train, test in splits:
         if known_fraction < 1.0 and (np.unique(y[train]).size < K or np.unique(y[test]).size < K):
             raise ConfigError(
                 f"known_fraction={known_fraction} leaves some class without known or "
                 "unknown users; use a value in (0, 1] that keeps every class on both sides"
             )
+    if attacker == "flip-aware":
+        # Balancing keeps the smallest class whole, so this is the balanced part's count.
+        fewest = min(int(np.bincount(y[train], minlength=K).min()) for _, _, train, _ in splits)
+        if fewest < inner_folds:
+            raise ConfigError(
+                f"inner_folds={inner_folds} needs at least {inner_folds} users of every class "
+                f"in every training part, but one has only {fewest}; lower inner_folds, "
+                "raise folds or known_fraction, or drop that class"
+            )
+
+    model_kw: dict[str, Any] = {"mlp_hidden": hidden, "mlp_alpha": mlp_alpha, "max_iter": max_iter}
+    rows = []
+    for r, f, train, test in splits:
         if balance:
             train = _balanced(
                 train, y, K, np.random.default_rng(derive_seed(seed, "aia-balance", r, f))
             )
         model_seed = _sk_seed(seed, "aia-model", r, f)
-        model = make_attacker(
-            attacker, seed=model_seed, mlp_hidden=hidden, mlp_alpha=mlp_alpha, max_iter=max_iter
-        )
-        with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(X[train], y[train])
-            proba = model.predict_proba(X[test])
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        for w in caught:  # re-emit anything that is not a convergence warning
-            if not issubclass(w.category, ConvergenceWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        extra: dict = {}
+        sign = 1
+        if attacker == "flip-aware":
+            chosen, sign, inner_auc, inner_converged = _flip_aware_choice(
+                X,
+                y,
+                train,
+                K,
+                inner_folds=inner_folds,
+                split_seed=_sk_seed(seed, "aia-inner", r, f),
+                model_seeds=[
+                    _sk_seed(seed, "aia-inner-model", r, f, i) for i in range(inner_folds)
+                ],
+                model_kw=model_kw,
+            )
+            model = make_attacker(chosen, seed=model_seed, **model_kw)
+            extra = {"chosen": chosen, "sign": sign, "inner_auc": inner_auc}
+        else:
+            inner_converged = True
+            model = make_attacker(attacker, seed=model_seed, **model_kw)
+        proba, converged = _fit_predict(model, X[train], y[train], X[test])
         row = {"repeat": r, "fold": f, "n_train": int(train.size), "n_test": int(test.size)}
-        row.update(_fold_metrics(y[test], proba, K))
+        row.update(_fold_metrics(y[test], proba, K, sign))
+        row.update(extra)
         row.update(
             {
-                "converged": converged,
+                "converged": converged and inner_converged,
                 "model_seed": model_seed,
                 "train_index": train,
                 "test_index": test,
@@ -457,6 +645,8 @@ def attack(
         vals = np.array([row[m] for row in rows])
         summary[m] = float(vals.mean())
         summary[m + "_std"] = float(vals.std())
+    summary["auc_sym"] = max(summary["auc"], 1.0 - summary["auc"])
+    summary["majority_rate"] = float(np.mean([row["majority_rate"] for row in rows]))
     return AttackResult(
         attribute=str(attribute),
         attacker=attacker,
@@ -475,6 +665,7 @@ def attack(
             "mlp_hidden": list(hidden),
             "mlp_alpha": float(mlp_alpha),
             "max_iter": max_iter,
+            "inner_folds": inner_folds,
         },
     )
 
@@ -486,6 +677,12 @@ def attack_many(
 
     ``attributes`` maps a name to its ``(n,)`` label array; ``kw`` goes to
     :func:`attack` (same ``seed`` → the same folds for every attacker on an attribute).
+    ``attackers`` is any subset of :data:`ATTACKERS`, by default all three. Cost per
+    evaluation: one fit each for ``"mlp"`` and ``"logreg"``, ``2 * inner_folds + 1``
+    for ``"flip-aware"`` (``inner_folds + 1`` MLP fits among them), so the default
+    costs about ``inner_folds + 2`` times ``("mlp",)`` alone (5x with
+    ``inner_folds=3``; MLP fits dominate). Pass ``attackers=("mlp", "logreg")`` for
+    the cheaper plain pair.
     """
     if not isinstance(attributes, Mapping) or not attributes:
         raise ConfigError("attributes must be a non-empty dict {name: labels}")
@@ -512,22 +709,27 @@ def attack_many(
 def results_table(results: Sequence[AttackResult], *, digits: int = 3) -> str:
     """Markdown table of mean ± std per attribute and attacker.
 
-    Columns: attribute | attacker | K | n | AUC | bal. acc | macro-F1 | TPR@1%FPR.
-    Chance is AUC 0.5, balanced accuracy 1/K, TPR@1%FPR 0.01.
+    Columns: attribute | attacker | K | n | AUC | sym. AUC | bal. acc | accuracy
+    (majority) | macro-F1 | TPR@1%FPR. "sym. AUC" is :attr:`AttackResult.auc_sym`
+    (no std: it is a function of the mean); the accuracy cell is ``mean ± std
+    (majority rate)``, e.g. ``0.612 ± 0.030 (0.710)``. Chance is AUC 0.5, balanced
+    accuracy 1/K, TPR@1%FPR 0.01; accuracy is read against the majority rate.
     """
 
     def cell(mean: float, std: float) -> str:
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     lines = [
-        "| attribute | attacker | K | n | AUC | bal. acc | macro-F1 | TPR@1%FPR |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| attribute | attacker | K | n | AUC | sym. AUC | bal. acc | accuracy (majority) "
+        "| macro-F1 | TPR@1%FPR |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in results:
         lines.append(
             f"| {res.attribute} | {res.attacker} | {res.num_classes} | {res.n} | "
-            f"{cell(res.auc, res.auc_std)} | "
+            f"{cell(res.auc, res.auc_std)} | {res.auc_sym:.{digits}f} | "
             f"{cell(res.balanced_accuracy, res.balanced_accuracy_std)} | "
+            f"{cell(res.accuracy, res.accuracy_std)} ({res.majority_rate:.{digits}f}) | "
             f"{cell(res.macro_f1, res.macro_f1_std)} | "
             f"{cell(res.tpr_at_1pct_fpr, res.tpr_at_1pct_fpr_std)} |"
         )
