@@ -25,6 +25,8 @@ What leaves a client (beyond FedMF's messages)
   number and loss sum.
 - ``query.raid_validate``: per-user validation-split NDCG@10 (the performance
   constraint; the validation item of each user, never the test item).
+- ``query.raid_transport`` (``release-transport``): the number of its users; the client
+  replaces its users' embeddings by their targets.
 
 Never sent: user embeddings, interactions, attribute values one by one (except as said
 for one-user clients, and the opt-in ``release-embeddings`` audit).
@@ -90,6 +92,11 @@ class RAIDClient(MFClient):
             return {c: (None, {spec.VAL_NDCG: m[spec.VAL_NDCG]}) for c, (_, m) in res.items()}
         if message_type == f"query.{spec.STATS}":
             return cls._stats(p, server_round, P, owner, groups, G, states)
+        if message_type == f"query.{spec.TRANSPORT}":
+            T = cls._targets(p, config, owner, P, groups, states)
+            _, start = np.unique(owner, return_index=True)
+            states.set_column(cls.P, T.astype(np.float32), np.append(start, len(owner)))
+            return {c: (None, {spec.NUM_EXAMPLES: int((owner == c).sum())}) for c in states}
         if message_type == f"query.{spec.ADV}":
             return cls._adversary_sums(cfg, p, weights, users, owner, P, groups, G, states)
         if message_type == "train":
@@ -180,9 +187,22 @@ class RAIDClient(MFClient):
             else:
                 X = spec.unpack_support(config, d)
                 T = np.zeros((int(m.sum()), d))
-                for c in stale:  # OT plans are per client: its users against X*
+                G = int(config[spec.NUM_GROUPS])
+                for c in stale:
                     k = own == c
-                    T[k] = raid.ot_targets(P[m][k].astype(np.float64), groups[m][k], X)
+                    e, gk = P[m][k].astype(np.float64), groups[m][k]
+                    D = spec.unpack_atom_displacements(config, c, d)
+                    if D is None:  # client-plans: its users against X*
+                        T[k] = raid.ot_targets(e, gk, X)
+                        continue
+                    # atoms: the quantisation of the centroid round again (same rows,
+                    # same seed), every user moved with its atom's displacement
+                    seed = int(config[spec.STATS_ROUND]) * 7919 + c
+                    meas, atom = raid.quantize_groups(
+                        e, gk, G, p.quantize_k, seed=seed, return_labels=True
+                    )
+                    start = np.cumsum([0] + [len(w) for _, w in meas])[:-1]
+                    T[k] = e + D[start[gk] + atom]
             T = T.astype(np.float32)
             if len(stale) == len(cids):  # the whole cohort: one column
                 _, indptr = np.unique(own, return_index=True)

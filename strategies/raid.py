@@ -33,6 +33,14 @@ Modes
   ``T_a(x) = A_a x + b_a``, broadcast to everyone as arrays; each client maps its own
   users, ``t_u = T_{a_u}(e_u)``. fedrec does not ship secure aggregation: this
   simulation sums the clients' sums in the clear.
+
+  ``target-moments`` (default ``resampled``): each group is mapped onto the moments of
+  a fresh ``n_a``-sample of the barycenter (:func:`fedrec.algorithms.raid.
+  resampled_moments`, one draw per run seeded by ``(seed, "raid-resample")``), not onto
+  the barycenter itself: exact equality of the groups' sample moments over all users
+  makes held-out users' attributes readable by an attacker that flips its decisions
+  (the maths module's docstring, "Resampled targets"). ``barycenter`` keeps the former
+  behaviour.
 * ``free-support`` (cross-silo, several users per client): the server pools the
   clients' per-group k-means atoms (``quantize-k`` atoms with their masses) and runs
   POT's free-support barycenter (``support-size`` atoms); the clients compute exact OT
@@ -44,6 +52,11 @@ Modes
   summed cross-entropy gradients of consenting users (``query.raid_adv``), and local
   training adds the reversed gradient ``-gamma * dCE/de_u`` (gradient reversal, as the
   lineage code's ``adv`` baseline). Started with the warm-up like RAID.
+
+``release-transport``: after the last round's aggregation one more centroid round runs
+(unless the last round is one already) and every user takes its target, ``e_u <-
+t_u`` (``query.raid_transport``), so the evaluated and released embeddings are the
+transported ones.
 
 Evaluation: FedMF's ranking metrics every round; at every centroid round the W2
 between the group Gaussians (``bures_w2``, gaussian mode) is logged. The attack audit
@@ -132,7 +145,11 @@ class RAID(FedMF):
         if p.mode == "adversarial":
             if k >= 0:
                 self._train_adversary(grid, server_round, weights)
+        last = server_round == self.total_rounds() and p.release_transport
         if k < 0 or k % p.centroid_every:
+            if last and p.mode != "adversarial":
+                info = {"round": server_round, **self._centroid_round(grid, server_round, weights)}
+                self._transport(grid, server_round, weights, info)
             return weights
         info: dict[str, Any] = {"round": server_round}
         val = self._validate(grid, server_round, weights)
@@ -147,9 +164,26 @@ class RAID(FedMF):
             info.update(self._centroid_round(grid, server_round, weights))
         else:
             self.version += 1
+        if last and p.mode != "adversarial":
+            self._transport(grid, server_round, weights, info)
+            return weights
         self.defense_log.append(info)
         self._extra[server_round] = {k2: v for k2, v in info.items() if k2 != "round"}
         return weights
+
+    def _transport(self, grid, rnd, weights, info) -> None:
+        """release-transport: every user takes its OT target of the newest version."""
+        self.communicate(
+            grid,
+            f"query.{spec.TRANSPORT}",
+            self.client_ids,
+            rnd,
+            weights,
+            {spec.VERSION: self.version, spec.NUM_GROUPS: self.num_groups, **self.broadcast},
+        )
+        info["transported"] = True
+        self.defense_log.append(info)
+        self._extra[rnd] = {k2: v for k2, v in info.items() if k2 != "round"}
 
     def on_round_end(self, server_round: int, record) -> None:
         record.extra.update(self._extra.pop(server_round, {}))
@@ -190,6 +224,20 @@ class RAID(FedMF):
             present = cnt > 0
             means, covs = raid.moments_from_sums(cnt[present], sums[present], outer[present])
             m_star, C_star = raid.gaussian_barycenter(means, covs, cnt[present] / cnt.sum())
+            if p.target_moments == "resampled":
+                from fedrec.seeding import derive_seed
+
+                # one draw per run: the groups look like one fixed random sample of the
+                # barycenter (a fresh draw every version would move the targets each time)
+                m_star, C_star = raid.resampled_moments(
+                    m_star, C_star, cnt[present], seed=derive_seed(self.cfg.seed, "raid-resample")
+                )
+                tw = [
+                    raid.bures_w2(m_star[i], C_star[i], m_star[j], C_star[j]) ** 0.5
+                    for i in range(len(m_star))
+                    for j in range(i + 1, len(m_star))
+                ]
+                info["group-w2-target"] = float(np.mean(tw)) if tw else 0.0
             A_p, b_p = raid.gaussian_maps(means, covs, m_star, C_star, counts=cnt[present])
             A = np.tile(np.eye(d), (G, 1, 1))
             b = np.zeros((G, d))
@@ -204,23 +252,55 @@ class RAID(FedMF):
         else:
             atoms: list[list] = [[] for _ in range(G)]
             mass: list[list] = [[] for _ in range(G)]
+            uploads = []
             for r in replies:
                 gid, X, w = spec.unpack_quantized(r.arrays(), d)
+                uploads.append((r.client_id, gid))
                 for a in np.unique(gid):
                     atoms[int(a)].append(X[gid == a])
                     mass[int(a)].append(w[gid == a])
-            meas = [
-                (np.concatenate(atoms[a]), np.concatenate(mass[a])) for a in range(G) if atoms[a]
-            ]
+            present = [a for a in range(G) if atoms[a]]
+            meas = [(np.concatenate(atoms[a]), np.concatenate(mass[a])) for a in present]
             weights_g = np.array([m.sum() for _, m in meas])
             X_star = raid.free_support_barycenter(
                 meas, weights_g / weights_g.sum(), p.support_size, seed=rnd
             )
-            self.broadcast = spec.support_broadcast(X_star)
             info["atoms"] = int(sum(len(m) for _, m in meas))
+            if p.support_targets == "client-plans":
+                self.broadcast = spec.support_broadcast(X_star)
+            else:
+                self.broadcast = self._atom_targets(uploads, present, meas, X_star, rnd)
         self.version += 1
         info["version"] = self.version
         return info
+
+    def _atom_targets(self, uploads, present, meas, X_star, rnd) -> dict[str, Any]:
+        """free-support, ``support-targets = atoms``: every group's pooled atoms planned
+        onto the barycenter (onto a fresh sample of it with ``target-moments =
+        resampled``); the displacements go back in each client's upload order."""
+        from fedrec.algorithms import raid
+        from fedrec.seeding import derive_seed
+
+        p = self.params
+        disp = {}
+        for a, (X_a, w_a) in zip(present, meas, strict=True):
+            beta = None
+            if p.target_moments == "resampled":
+                beta = raid.resampled_support_weights(
+                    len(X_star),
+                    max(int(round(w_a.sum())), 1),
+                    seed=derive_seed(self.cfg.seed, "raid-resample", a),
+                )
+            disp[a] = raid.atom_displacements(X_a, w_a, X_star, beta)
+        taken = dict.fromkeys(present, 0)
+        owner, rows = [], []
+        for cid, gid in uploads:  # the pooled order: replies in order, atoms by group
+            for a in gid:
+                rows.append(disp[int(a)][taken[int(a)]])
+                taken[int(a)] += 1
+            owner.append(np.full(len(gid), cid))
+        D = np.stack(rows) if rows else np.zeros((0, X_star.shape[1]))
+        return spec.atoms_broadcast(X_star, np.concatenate(owner), D, rnd)
 
     def _train_adversary(self, grid, rnd, weights) -> None:
         from fedrec.seeding import derive_seed

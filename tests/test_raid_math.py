@@ -544,3 +544,156 @@ def test_user_errors_raise_one_line_config_error(call, match):
     with pytest.raises(ConfigError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ resampled targets
+def test_resampled_moments_by_hand_and_their_barycenter_is_the_input():
+    rng = np.random.default_rng(0)
+    d = 3
+    B = rng.standard_normal((d, d))
+    Cs = B @ B.T + np.eye(d)
+    ms = rng.standard_normal(d)
+    counts = np.array([50, 2, 0, 30])
+    means, covs = R.resampled_moments(ms, Cs, counts, seed=7)
+    again = R.resampled_moments(ms, Cs, counts, seed=7)
+    assert np.array_equal(means, again[0]) and np.array_equal(covs, again[1])
+    # by hand: draws z = eps @ C*^{1/2} + m*, groups in order (the empty one draws nothing)
+    ev, V = np.linalg.eigh(Cs)
+    root = (V * np.sqrt(ev)) @ V.T
+    g = np.random.default_rng(7)
+    z = [g.standard_normal((n, d)) @ root + ms for n in (50, 2, 30)]
+    zbar = np.array([z[0].mean(0), z[1].mean(0), ms, z[2].mean(0)])
+    w = counts / counts.sum()
+    np.testing.assert_allclose(means, ms + zbar - w @ zbar, atol=1e-12)
+
+    def brenier(C):  # symmetric A with A Cs A = C
+        r = scipy.linalg.sqrtm(Cs).real
+        ri = np.linalg.inv(r)
+        return ri @ scipy.linalg.sqrtm(r @ C @ r).real @ ri
+
+    R0 = [brenier(np.cov(z[0].T, bias=True)), np.eye(d), np.eye(d)]  # n <= d: identity
+    R0.append(brenier(np.cov(z[2].T, bias=True)))
+    Rbar = sum(wa * Ra for wa, Ra in zip(w, R0))
+    ih = np.linalg.inv(scipy.linalg.sqrtm(Rbar).real)
+    for a in range(4):
+        Ra = ih @ R0[a] @ ih
+        np.testing.assert_allclose(covs[a], Ra @ Cs @ Ra, atol=1e-8)
+    # N(m*, C*) is the barycenter of the targets (weights n_a / N)
+    keep = counts > 0
+    mb, Cb = R.gaussian_barycenter(means[keep], covs[keep], w[keep], tol=1e-12, num_iter=500)
+    np.testing.assert_allclose(mb, ms, atol=1e-10)
+    np.testing.assert_allclose(Cb, Cs, atol=1e-7)
+    with pytest.raises(ConfigError, match="counts"):
+        R.resampled_moments(ms, Cs, [0, 0], seed=1)
+
+
+def test_resampled_group_means_differ_like_those_of_a_fresh_sample():
+    d, n0, n1 = 2, 40, 60
+    Cs = np.array([[2.0, 0.3], [0.3, 1.0]])
+    diffs = []
+    for s in range(2000):
+        m, _ = R.resampled_moments(np.zeros(d), Cs, [n0, n1], seed=s)
+        diffs.append(m[1] - m[0])
+        np.testing.assert_allclose((n0 * m[0] + n1 * m[1]) / (n0 + n1), 0.0, atol=1e-12)
+    diffs = np.array(diffs)
+    np.testing.assert_allclose(diffs.mean(0), 0.0, atol=0.03)
+    np.testing.assert_allclose(np.cov(diffs.T), Cs * (1 / n0 + 1 / n1), rtol=0.1, atol=3e-3)
+
+
+def test_gaussian_maps_to_per_group_targets():
+    rng = np.random.default_rng(1)
+    d, G = 3, 2
+    x = rng.standard_normal((80, d)) * [1.0, 2.0, 0.5]
+    g = np.arange(80) % 2
+    x[g == 1] += 1.0
+    counts, sums, outer = R.group_moment_sums(x, g, G)
+    m, C = R.moments_from_sums(counts, sums, outer, ridge=0.0)
+    mt, Ct = R.resampled_moments(m.mean(0), C.mean(0), counts, seed=3)
+    A, b = R.gaussian_maps(m, C, mt, Ct, counts=counts)
+    y = R.gaussian_targets(x, g, A, b)
+    m2, C2 = R.moments_from_sums(*R.group_moment_sums(y, g, G), ridge=0.0)
+    np.testing.assert_allclose(m2, mt, atol=1e-9)  # every group lands on its own draw
+    np.testing.assert_allclose(C2, Ct, atol=1e-8)
+    with pytest.raises(ConfigError, match="one per group"):
+        R.gaussian_maps(m, C, mt[:1], Ct[:1])
+
+
+def test_exact_matching_anti_aligns_random_splits_and_resampling_does_not():
+    """The module docstring's claim: with the groups mapped exactly onto the barycenter,
+    the group-mean difference of a random part of the users is the negative of the
+    rest's (perfect anti-correlation); mapped onto resampled targets, the two are
+    uncorrelated, as for users drawn from one distribution."""
+    d, n = 2, 200
+    corr = {"barycenter": [], "resampled": [], "iid": []}
+    for rep in range(300):
+        rng = np.random.default_rng(rep)
+        g = (rng.random(n) < 0.3).astype(int)
+        x = rng.standard_normal((n, d)) + 0.8 * g[:, None]
+        cnt, s, o = R.group_moment_sums(x, g, 2)
+        m, C = R.moments_from_sums(cnt, s, o)
+        ms, Cs = R.gaussian_barycenter(m, C, cnt / cnt.sum())
+        targets = {
+            "barycenter": (ms, Cs),
+            "resampled": R.resampled_moments(ms, Cs, cnt, seed=10_000 + rep),
+        }
+        part = np.zeros(n, dtype=bool)  # 80 % of each group (stratified, as the attack's folds)
+        for a in (0, 1):
+            idx = np.flatnonzero(g == a)
+            part[rng.choice(idx, size=int(0.8 * idx.size), replace=False)] = True
+        for kind, (mt, Ct) in targets.items():
+            y = R.gaussian_targets(x, g, *R.gaussian_maps(m, C, mt, Ct, counts=cnt))
+            corr[kind].append(_split_products(y, g, part))
+        corr["iid"].append(_split_products(rng.standard_normal((n, d)), g, part))
+    bary, res, iid = (np.array(corr[k]) for k in ("barycenter", "resampled", "iid"))
+    # exact matching: delta_S = -(n_rest / n_S) delta_rest in every stratified split
+    assert np.all(bary <= 1e-12) and bary.mean() < -3 * bary.std() / np.sqrt(len(bary))
+    assert abs(res.mean()) < 3 * res.std() / np.sqrt(len(res))
+    assert abs(iid.mean()) < 3 * iid.std() / np.sqrt(len(iid))
+
+
+def _split_products(y, g, part):
+    def delta(mask):
+        return y[mask & (g == 1)].mean(0) - y[mask & (g == 0)].mean(0)
+
+    return float(delta(part) @ delta(~part))
+
+
+# ------------------------------------------------------------------ free-support: atom plans
+def test_quantize_groups_labels_index_each_users_atom():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 2))
+    g = np.r_[np.zeros(20, int), np.ones(10, int)]
+    meas, atom = R.quantize_groups(x, g, 2, k=4, seed=1, return_labels=True)
+    assert R.quantize_groups(x, g, 2, k=4, seed=1)[0][0].shape == meas[0][0].shape
+    for a, (C, w) in enumerate(meas):
+        lab = atom[g == a]
+        np.testing.assert_array_equal(np.bincount(lab, minlength=len(w)), w)
+        # every user's atom is the mean of its members (k-means centroid)
+        for j in range(len(w)):
+            np.testing.assert_allclose(C[j], x[g == a][lab == j].mean(0), atol=1e-9)
+    small, lab = R.quantize_groups(x[:3], np.zeros(3, int), 1, k=5, seed=0, return_labels=True)
+    np.testing.assert_array_equal(lab, [0, 1, 2])  # n <= k: the users are the atoms
+
+
+def test_atom_displacements_by_hand():
+    X_star = np.array([[0.0, 0.0], [2.0, 0.0]])
+    # one atom: all mass to both barycenter atoms, it moves to their mean
+    np.testing.assert_allclose(R.atom_displacements([[5.0, 1.0]], [3.0], X_star), [[-4.0, -1.0]])
+    # two atoms of equal mass near each barycenter atom: a permutation, each lands on its own
+    A = np.array([[0.1, 0.2], [1.7, -0.3]])
+    np.testing.assert_allclose(R.atom_displacements(A, [1.0, 1.0], X_star), X_star - A)
+    # target weights move mass: all onto the second barycenter atom
+    np.testing.assert_allclose(
+        R.atom_displacements(A, [1.0, 1.0], X_star, [0.0, 1.0]), [[2.0, 0.0]] - A
+    )
+    with pytest.raises(ConfigError, match="masses"):
+        R.atom_displacements(A, [0.0, 0.0], X_star)
+
+
+def test_resampled_support_weights_are_a_seeded_multinomial_sample():
+    w = R.resampled_support_weights(10, 37, seed=3)
+    assert w.shape == (10,) and w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w * 37, np.round(w * 37), atol=1e-9)
+    np.testing.assert_array_equal(w, R.resampled_support_weights(10, 37, seed=3))
+    mean = np.mean([R.resampled_support_weights(4, 5, seed=s) for s in range(4000)], axis=0)
+    np.testing.assert_allclose(mean, 0.25, atol=0.01)

@@ -95,7 +95,12 @@ def test_centroid_rounds_shrink_the_group_distance(tmp_path):
     for gamma in (0.0, 0.4):
         run = tmp_path / f"g{gamma}"
         fedrec.run(
-            {**BASE, "strategy.params.gamma": gamma, "strategy.params.release-embeddings": True},
+            {
+                **BASE,
+                "strategy.params.gamma": gamma,
+                "strategy.params.release-embeddings": True,
+                "strategy.params.target-moments": "barycenter",
+            },
             backend="local",
             out=run,
         )
@@ -112,11 +117,81 @@ def test_centroid_rounds_shrink_the_group_distance(tmp_path):
 
 
 @pytest.mark.e2e
-def test_free_support_cross_silo_runs_and_bad_attribute_is_named(tmp_path):
+@pytest.mark.parametrize("targets", ["barycenter", "resampled"])
+def test_release_transport_lands_the_released_groups_on_their_targets(tmp_path, targets):
+    """release-transport: after the last round every user takes its OT target, so the
+    released groups' moments are the targets' (barycenter: equal; resampled: the drawn
+    moments, whose W2 the server logs)."""
+    from fedrec.algorithms.raid import bures_w2, group_moment_sums, moments_from_sums
+    from fedrec.data import load_dataset
+
+    g = np.asarray(load_dataset("synthetic-rec", num_users=120).user_attrs["gender"])
+    run = tmp_path / targets
+    s = fedrec.run(
+        {
+            **BASE,
+            "num-server-rounds": 3,
+            "strategy.params.centroid-every": 5,  # the last round is no centroid round
+            "strategy.params.release-embeddings": True,
+            "strategy.params.release-transport": True,
+            "strategy.params.target-moments": targets,
+        },
+        backend="local",
+        out=run,
+    )
+    e = np.load(run / "embeddings.npz")
+    P = e["embeddings"][np.argsort(e["users"])].astype(np.float64)
+    m, C = moments_from_sums(*group_moment_sums(P, g, 2))
+    w2 = bures_w2(m[0], C[0], m[1], C[1]) ** 0.5
+    log = json.loads((run / "raid.json").read_text())["defense"]
+    assert [x["round"] for x in log] == [1, 3] and log[-1]["transported"]
+    expected = log[-1].get("group-w2-target", 0.0)
+    assert (targets == "resampled") == (expected > 0.1)
+    assert w2 == pytest.approx(expected, abs=2e-3)  # float32 embeddings
+    assert s["final"]["global"]["ndcg@10"] >= 0
+
+
+@pytest.mark.e2e
+def test_free_support_atom_targets_move_every_group_mean_onto_the_barycenter_mean(tmp_path):
+    """Each user moves with its k-means atom's displacement; the atoms are their members'
+    means and the plans' column marginals are uniform, so after release-transport every
+    group's mean is the mean of the barycenter atoms (a check of the atom bookkeeping
+    between the server's pooled order and each client's re-quantisation)."""
+    from fedrec.data import load_dataset
+
+    g = np.asarray(load_dataset("synthetic-rec", num_users=120).user_attrs["gender"])
+    run = tmp_path / "fs"
+    fedrec.run(
+        {
+            **BASE,
+            "strategy.params.mode": "free-support",
+            "strategy.params.support-targets": "atoms",
+            "strategy.params.target-moments": "barycenter",
+            "partition.num-clients": 12,
+            "strategy.params.users-per-client": 10,
+            "strategy.params.quantize-k": 3,
+            "strategy.params.support-size": 8,
+            "num-server-rounds": 2,
+            "strategy.params.centroid-every": 5,
+            "strategy.params.release-embeddings": True,
+            "strategy.params.release-transport": True,
+        },
+        backend="local",
+        out=run,
+    )
+    e = np.load(run / "embeddings.npz")
+    P = e["embeddings"][np.argsort(e["users"])].astype(np.float64)
+    np.testing.assert_allclose(P[g == 0].mean(0), P[g == 1].mean(0), atol=1e-5)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("targets", ["atoms", "client-plans"])
+def test_free_support_cross_silo_runs_and_bad_attribute_is_named(tmp_path, targets):
     s = fedrec.run(
         {
             **BASE,
             "strategy.params.mode": "free-support",
+            "strategy.params.support-targets": targets,
             "partition.num-clients": 12,
             "strategy.params.users-per-client": 10,
             "strategy.params.quantize-k": 3,
@@ -138,3 +213,46 @@ def test_free_support_cross_silo_runs_and_bad_attribute_is_named(tmp_path):
         fedrec.run(
             {**BASE, "strategy.params.attribute": "age"}, backend="local", out=tmp_path / "x"
         )
+
+
+def test_experiment_report_averages_seeds_and_reads_noise_at_equal_ndcg():
+    """experiments/raid/run_raid.py's table: NDCG as % of the same seed's reference,
+    mean ± std over seeds, the strongest attacker's symmetric AUC, and the noise curve
+    interpolated at a run's NDCG."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "raid" / "run_raid.py"
+    spec = importlib.util.spec_from_file_location("run_raid", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    atk = ("mlp", "logreg")
+
+    def row(name, seed, ndcg, sym):
+        r = {"name": name, "seed": seed, "ndcg@10": ndcg, "w2": 1.0, "wall": 1.0, "extra": 0}
+        for a in mod.ATTRS:
+            r[f"sym:{a}:mlp"], r[f"sym:{a}:logreg"] = sym, sym - 0.01
+        r["acc:gender:mlp"], r["majority:gender"] = 0.6, 0.7
+        return r
+
+    rows = [
+        row("none", 1, 0.04, 0.70),
+        row("none", 2, 0.02, 0.70),
+        row("noise-s1", 1, 0.03, 0.60),  # 75 %
+        row("noise-s1", 2, 0.015, 0.60),  # 75 %
+        row("raid-g1", 1, 0.036, 0.52),  # 90 %
+        row("raid-g1", 2, 0.020, 0.54),  # 100 %
+        row("silo-none", 1, 0.05, 0.70),
+        row("silo-raid-g1", 1, 0.045, 0.50),  # 90 % of silo-none
+    ]
+    S = mod.summarise(rows, atk)
+    assert S["raid-g1"]["ndcg%"][:2] == pytest.approx((95.0, 5.0))
+    assert S["raid-g1"]["gender:worst"][0] == pytest.approx(0.53)
+    assert S["silo-raid-g1"]["ndcg%"][0] == pytest.approx(90.0)
+    # noise curve (75 %, 0.60) -> (100 %, 0.70): at 95 % it reads 0.68
+    assert mod.noise_at(S, "gender:worst", 95.0) == pytest.approx(0.68)
+    assert mod.noise_at(S, "gender:worst", 50.0) is None
+    text = mod.report(rows, SimpleNamespace(attackers=list(atk), seeds=[1, 2]))
+    assert "| raid-g1 | 95.0 ± 5.0 | 0.530 ± 0.010 |" in text
+    assert "| raid-g1 | 95.0 | 0.530 / 0.680 |" in text

@@ -66,6 +66,30 @@ projection of the only coupling sends the user to the barycenter mean. With
 (without ``counts`` the ridge map ``(C*/ridge)^{1/2}`` would amplify any drift of
 the user away from ``m_a`` by ``~ridge^{-1/2}``).
 
+Resampled targets (our addition; ``target-moments = "resampled"``)
+-------------------------------------------------------------------
+Mapping every group exactly onto ``N(m*, C*)`` equalises the *sample* moments of the
+groups over all ``N`` users. That is more than independence: if the group means are
+equal over all users, then for any split of the users into a part ``S`` (the users an
+adversary knows the attribute of) and the rest, the group-mean difference of ``S`` is
+``-(n_rest / n_S)`` times that of the rest (for each group, ``n_S m_S + n_rest m_rest =
+N m*``). An attacker fitted on ``S`` is then anti-informative on the rest (AUC well
+below 0.5), and one that knows the defense flips its decisions and reads the attribute
+(``fedrec.attacks``' flip-aware attacker does exactly that, from the known users only).
+The sample moments of users drawn i.i.d. from one attribute-independent distribution
+are *not* equal: they differ by sampling noise that is independent across groups. So
+:func:`resampled_moments` draws, for every group, the moments of a fresh ``n_a``-sample
+of ``N(m*, C*)`` (normalised so that ``N(m*, C*)`` stays their barycenter, a constraint
+on the population only) and :func:`gaussian_maps` maps group ``a`` onto its own draw. For a
+Gaussian group this makes the transported group an exact i.i.d.-looking sample: the
+subtraction of its own sample mean (which makes the parts of any split anti-correlated,
+covariance ``-C/N``) is compensated by the fresh mean's variance ``C/n_a``, so the
+group means of ``S`` and of the rest become uncorrelated. The cost in utility is the
+size of the sampling noise (the groups' means differ by ~``sqrt(d (1/n_0 + 1/n_1))``
+standard deviations of nothing, as they would in an unrelated sample). The draws are
+seeded by the run seed and the centroid round; an adversary that knows them (e.g. the
+server itself, which also sees the group sums) is outside this threat model.
+
 Mode (b): free-support barycenter (cross-silo)
 ----------------------------------------------
 Each silo quantises its users' embeddings of each group with k-means
@@ -130,6 +154,7 @@ from sklearn.exceptions import ConvergenceWarning
 from fedrec.errors import ConfigError
 
 __all__ = [
+    "atom_displacements",
     "bures_w2",
     "free_support_barycenter",
     "gaussian_barycenter",
@@ -142,6 +167,8 @@ __all__ = [
     "quantize_groups",
     "raid_penalty",
     "raid_penalty_grad",
+    "resampled_moments",
+    "resampled_support_weights",
     "w2_between_groups",
 ]
 
@@ -349,27 +376,32 @@ def gaussian_maps(means, covs, m_star, C_star, counts=None) -> tuple[np.ndarray,
 
     Args:
         means: ``(G, d)``; covs: ``(G, d, d)`` positive definite.
-        m_star: ``(d,)``; C_star: ``(d, d)`` positive definite.
+        m_star: ``(d,)``; C_star: ``(d, d)`` positive definite: one target for every
+            group (the barycenter); or ``(G, d)`` and ``(G, d, d)``: a target per group
+            (the resampled targets of :func:`resampled_moments`).
         counts: optional ``(G,)`` group sizes; groups with fewer than 2 users get the
-            constant map ``A_a = 0, b_a = m_star`` (see the module docstring).
+            constant map ``A_a = 0, b_a = m_star[a]`` (see the module docstring).
 
     Returns:
         ``A (G, d, d)`` (symmetric) and ``b (G, d)`` with ``T_a(x) = x @ A[a].T + b[a]``;
-        ``A[a] @ covs[a] @ A[a].T == C_star`` and ``A[a] @ means[a] + b[a] == m_star``.
+        ``A[a] @ covs[a] @ A[a].T == C_star[a]`` and ``A[a] @ means[a] + b[a] == m_star[a]``.
     """
     m, C = _means_covs(means, covs)
     G, d = m.shape
     ms = np.asarray(m_star, dtype=np.float64)
     Cs = np.asarray(C_star, dtype=np.float64)
-    if ms.shape != (d,) or Cs.shape != (d, d):
+    if ms.shape == (d,) and Cs.shape == (d, d):
+        ms, Cs = np.broadcast_to(ms, (G, d)), np.broadcast_to(Cs, (G, d, d))
+    elif ms.shape != (G, d) or Cs.shape != (G, d, d):
         raise ConfigError(
-            f"m_star and C_star must have shapes ({d},) and ({d}, {d}), "
-            f"got {ms.shape} and {Cs.shape}"
+            f"m_star and C_star must have shapes ({d},) and ({d}, {d}) (one target) or "
+            f"({G}, {d}) and ({G}, {d}, {d}) (one per group), got {ms.shape} and {Cs.shape}"
         )
     if not (np.all(np.isfinite(ms)) and np.all(np.isfinite(Cs))):
         raise ConfigError("m_star and C_star must hold finite numbers")
     Cs = _sym(Cs)
-    _check_pd(Cs, "C_star")
+    for a in range(G):
+        _check_pd(Cs[a], "C_star" if G == 1 else f"C_star[{a}]")
     small = np.zeros(G, dtype=bool)
     if counts is not None:
         c = np.asarray(counts, dtype=np.float64)
@@ -380,14 +412,89 @@ def gaussian_maps(means, covs, m_star, C_star, counts=None) -> tuple[np.ndarray,
     b = np.zeros((G, d))
     for a in range(G):
         if small[a]:
-            b[a] = ms
+            b[a] = ms[a]
             continue
         _check_pd(C[a], f"covs[{a}]")
-        Ap, bp = ot.gaussian.bures_wasserstein_mapping(m[a], ms, C[a], Cs)
+        Ap, bp = ot.gaussian.bures_wasserstein_mapping(m[a], ms[a], C[a], Cs[a])
         # POT: T(x) = x @ Ap + bp (row vectors); Ap is symmetric, so Ap == Ap.T.
         A[a] = _sym(np.asarray(Ap, dtype=np.float64)).T
-        b[a] = ms - A[a] @ m[a]
+        b[a] = ms[a] - A[a] @ m[a]
     return A, b
+
+
+def resampled_moments(
+    m_star, C_star, counts, seed: int, weights=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group targets spread like the moments of fresh samples of the barycenter.
+
+    For every group ``a`` with ``n_a = counts[a]`` users, draws ``n_a`` i.i.d. points
+    ``z ~ N(m_star, C_star)`` (``np.random.default_rng(seed)``, groups in order) and
+    takes their sample mean ``zbar_a`` and the Brenier map ``R0_a`` (symmetric positive
+    definite) from ``C_star`` to their population covariance: the moments the group
+    would have if its members were a random sample of one distribution that does not
+    depend on the attribute. The draws are then normalised so that the barycenter of
+    the targets is ``N(m_star, C_star)`` exactly (weights ``w_a``, default ``n_a / N``):
+
+        m~_a = m_star + zbar_a - sum_b w_b zbar_b,
+        R_a = Rbar^{-1/2} R0_a Rbar^{-1/2},  Rbar = sum_b w_b R0_b,
+        C~_a = R_a C_star R_a.
+
+    ``sum_a w_a R_a = I`` with every ``R_a`` symmetric positive definite is exactly the
+    fixed-point condition of the Bures-Wasserstein barycenter, so ``N(m_star,
+    C_star)`` stays the barycenter of the targets. Without this the server's next
+    barycenter, estimated from groups that already sit on their draws, would absorb
+    the draws and the next draw would compound them version after version (our
+    choice; the constraint is on the population, not on any group, so it carries no
+    attribute information). Mapping each group onto its own target instead of onto
+    ``(m_star, C_star)`` keeps held-out users private (module docstring, "Resampled
+    targets"). A group with ``n_a <= d`` would get a singular sample covariance: its
+    ``R0_a`` is the identity (only its mean is resampled); an empty group gets
+    ``m_star`` and ``R0 = I`` and weight 0.
+
+    Args:
+        m_star: ``(d,)``; C_star: ``(d, d)`` symmetric positive definite.
+        counts: ``(G,)`` group sizes (non-negative integers, positive sum).
+        seed: the draw's seed.
+        weights: ``(G,)`` non-negative or ``None`` (``counts / counts.sum()``).
+
+    Returns:
+        ``means (G, d)`` and ``covs (G, d, d)``.
+    """
+    ms = np.asarray(m_star, dtype=np.float64)
+    Cs = _sym(np.asarray(C_star, dtype=np.float64))
+    d = ms.shape[0] if ms.ndim == 1 else -1
+    if ms.ndim != 1 or Cs.shape != (d, d):
+        raise ConfigError(
+            f"m_star and C_star must have shapes (d,) and (d, d), got {ms.shape} and {Cs.shape}"
+        )
+    if not (np.all(np.isfinite(ms)) and np.all(np.isfinite(Cs))):
+        raise ConfigError("m_star and C_star must hold finite numbers")
+    _check_pd(Cs, "C_star")
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim != 1 or c.size < 1 or np.any(c < 0) or np.any(c != np.round(c)) or c.sum() <= 0:
+        raise ConfigError("counts must be a 1-D array of non-negative integers with a positive sum")
+    G = c.shape[0]
+    w = _simplex(c if weights is None else weights, G, "weights")
+    ev, V = np.linalg.eigh(Cs)
+    root = (V * np.sqrt(ev)) @ V.T  # C_star^{1/2}
+    rng = np.random.default_rng(seed)
+    zbar = np.tile(ms, (G, 1))
+    R0 = np.tile(np.eye(d), (G, 1, 1))
+    for a, n_a in enumerate(c.astype(np.int64)):
+        if n_a == 0:
+            continue
+        z = rng.standard_normal((int(n_a), d)) @ root + ms
+        zbar[a] = z.mean(axis=0)
+        if n_a > d:  # else the sample covariance is singular: keep R0 = I
+            zc = z - zbar[a]
+            A, _ = ot.gaussian.bures_wasserstein_mapping(ms, ms, Cs, _sym(zc.T @ zc / n_a))
+            R0[a] = _sym(np.asarray(A, dtype=np.float64))
+    means = ms + zbar - w @ zbar
+    rv, RV = np.linalg.eigh(np.einsum("a,aij->ij", w, R0))
+    inv_half = (RV / np.sqrt(rv)) @ RV.T
+    R = inv_half @ R0 @ inv_half
+    covs = _sym(R @ Cs @ R)
+    return means, covs
 
 
 def gaussian_targets(emb, groups, A, b) -> np.ndarray:
@@ -435,8 +542,8 @@ def bures_w2(m1, C1, m2, C2) -> float:
 
 # ------------------------------------------------------------ mode (b): free support
 def quantize_groups(
-    emb, groups, num_groups: int, k: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
+    emb, groups, num_groups: int, k: int, seed: int, *, return_labels: bool = False
+):
     """k-means summary of every group's embeddings (one silo's upload).
 
     Args:
@@ -448,7 +555,8 @@ def quantize_groups(
         (numbers of users assigned, summing to ``n_g``). ``k_g = min(k, n_g)`` (when
         ``n_g <= k`` the support is the users' embeddings themselves with mass 1
         each); centroids left empty by duplicate embeddings are dropped. An empty
-        group gives ``((0, d), (0,))``.
+        group gives ``((0, d), (0,))``. With ``return_labels=True`` also ``(n,)`` int64:
+        each user's atom, as an index into its group's support.
     """
     x = _embeddings(emb)
     G = _positive_int(num_groups, "num_groups")
@@ -456,13 +564,16 @@ def quantize_groups(
     g = _groups(groups, x.shape[0], G)
     d = x.shape[1]
     out: list[tuple[np.ndarray, np.ndarray]] = []
+    user_atom = np.zeros(x.shape[0], dtype=np.int64)
     for a in range(G):
-        xa = x[g == a]
+        rows = np.flatnonzero(g == a)
+        xa = x[rows]
         na = xa.shape[0]
         if na == 0:
             out.append((np.zeros((0, d)), np.zeros(0)))
         elif na <= kk:
             out.append((xa.copy(), np.ones(na)))
+            user_atom[rows] = np.arange(na)
         else:
             km = KMeans(n_clusters=kk, n_init=1, random_state=seed)
             with warnings.catch_warnings():
@@ -472,7 +583,8 @@ def quantize_groups(
             keep = mass > 0
             centers = np.asarray(km.cluster_centers_, dtype=np.float64)
             out.append((centers[keep], mass[keep]))
-    return out
+            user_atom[rows] = (np.cumsum(keep) - 1)[labels]
+    return (out, user_atom) if return_labels else out
 
 
 def _measures(measures, d: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -594,6 +706,54 @@ def ot_targets(emb, groups, X_star, b_weights=None) -> np.ndarray:
     for idx, plan in group_plans(x, groups, Xs, b_weights).values():
         t[idx] = idx.size * (plan @ Xs)
     return t
+
+
+def atom_displacements(atoms, masses, X_star, target_weights=None) -> np.ndarray:
+    """Displacement of every atom of one group under the exact plan to the barycenter.
+
+    The plan is ``ot.emd(masses / sum, beta, ||atom_i - x_j||^2)`` from the group's
+    pooled atoms (all silos' k-means atoms of the group, with their masses) to the
+    barycenter support ``X_star``, with ``beta = target_weights`` (normalised; uniform
+    when ``None``). Each atom moves to its barycentric projection:
+    ``delta_i = sum_j plan[i, j] x_j / sum_j plan[i, j] - atom_i``.
+
+    Args:
+        atoms: ``(m, d)``; masses: ``(m,)`` non-negative with a positive sum;
+        X_star: ``(s, d)``; target_weights: ``(s,)`` non-negative or ``None``.
+
+    Returns:
+        ``(m, d)`` displacements (zero for atoms of zero mass).
+    """
+    A = _embeddings(atoms, "atoms")
+    Xs = _embeddings(X_star, "X_star")
+    if Xs.shape[1] != A.shape[1]:
+        raise ConfigError(f"X_star must have dimension {A.shape[1]} like atoms, got {Xs.shape}")
+    w = _simplex(masses, A.shape[0], "masses")
+    s = Xs.shape[0]
+    beta = (
+        np.full(s, 1.0 / s)
+        if target_weights is None
+        else _simplex(target_weights, s, "target_weights")
+    )
+    plan = np.asarray(
+        ot.emd(w, beta, ot.dist(A, Xs, metric="sqeuclidean"), numItermax=EMD_MAX_ITER),
+        dtype=np.float64,
+    )
+    row = plan.sum(axis=1)
+    out = np.zeros_like(A)
+    pos = row > 0
+    out[pos] = plan[pos] @ Xs / row[pos, None] - A[pos]
+    return out
+
+
+def resampled_support_weights(support_size: int, count: int, seed: int) -> np.ndarray:
+    """Weights of a fresh ``count``-sample of the uniform barycenter measure on
+    ``support_size`` atoms: ``Multinomial(count, 1/s) / count`` (the discrete analogue of
+    :func:`resampled_moments`; ``np.random.default_rng(seed)``)."""
+    s = _positive_int(support_size, "support_size")
+    n = _positive_int(count, "count")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(s, 1.0 / s)).astype(np.float64) / n
 
 
 # ------------------------------------------------------------------ diagnostic, penalty

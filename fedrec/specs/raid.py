@@ -26,6 +26,8 @@ from fedrec.specs.fedmf import NUM_EXAMPLES, FedMFParams
 __all__ = [
     "ADV",
     "ADV_PARAMS",
+    "ATOM_CLIENT",
+    "ATOM_DISP",
     "A_MAPS",
     "B_MAPS",
     "GAMMA",
@@ -36,12 +38,15 @@ __all__ = [
     "STATS",
     "STATE_TARGETS",
     "STATE_VERSION",
+    "STATS_ROUND",
     "SUPPORT",
+    "TRANSPORT",
     "VALIDATE",
     "VAL_NDCG",
     "VERSION",
     "adversary_broadcast",
     "adversary_layout",
+    "atoms_broadcast",
     "gaussian_broadcast",
     "pack_adv_grads",
     "pack_moments",
@@ -49,6 +54,7 @@ __all__ = [
     "support_broadcast",
     "unpack_adv_grads",
     "unpack_adversary",
+    "unpack_atom_displacements",
     "unpack_gaussian",
     "unpack_moments",
     "unpack_quantized",
@@ -85,6 +91,27 @@ class RAIDParams(FedMFParams):
     )
     centroid_every: int = key(
         5, "Rounds between centroid updates (F).", check=lambda v: v >= 1, check_doc=">= 1"
+    )
+    target_moments: str = key(
+        "resampled",
+        "gaussian: what each group is mapped onto. resampled: the moments of a fresh "
+        "n_a-sample of the barycenter, drawn per group (keeps held-out users private); "
+        "barycenter: the barycenter itself (equalises the sample moments exactly, which "
+        "makes an attacker's held-out predictions anti-informative, i.e. flippable).",
+        choices=("resampled", "barycenter"),
+    )
+    support_targets: str = key(
+        "atoms",
+        "free-support: how users get their targets. atoms: the server plans every group's "
+        "pooled atoms onto the barycenter and each user moves with its own atom's "
+        "displacement (keeps its offset from the atom); client-plans: each client plans its "
+        "own users onto the whole barycenter and takes the barycentric projection.",
+        choices=("atoms", "client-plans"),
+    )
+    release_transport: bool = key(
+        False,
+        "After the last round, one more centroid round and every user's embedding is "
+        "replaced by its OT target (the released/evaluated embeddings are transported).",
     )
     support_size: int = key(
         100, "free-support: atoms of the barycenter.", check=lambda v: v >= 1, check_doc=">= 1"
@@ -135,6 +162,7 @@ class RAIDParams(FedMFParams):
 STATS = "raid_stats"  # centroid round: per-group moment sums or k-means atoms
 ADV = "raid_adv"  # adversarial: the adversary's CE gradient sums
 VALIDATE = "raid_validate"  # validation-split per-user NDCG@10 (the constraint)
+TRANSPORT = "raid_transport"  # release-transport: users take their OT targets
 
 # ------------------------------------------------------------------ config keys (server -> client)
 GAMMA = "raid-gamma"  # train: penalty coefficient (0 = plain FedMF)
@@ -143,6 +171,9 @@ NUM_GROUPS = "num-groups"  # train, stats: G
 A_MAPS = "raid-A"  # gaussian: (G, d, d) float64
 B_MAPS = "raid-b"  # gaussian: (G, d) float64
 SUPPORT = "raid-X"  # free-support: (s, d) float64 atoms
+ATOM_CLIENT = "raid-atom-client"  # free-support, atoms: (m,) int64 client of every atom
+ATOM_DISP = "raid-atom-disp"  # free-support, atoms: (m, d) float64 atom displacements
+STATS_ROUND = "raid-stats-round"  # free-support, atoms: round of the quantisation (its seed)
 ADV_PARAMS = "adv-params"  # adversarial: flat float32 adversary (adversary_layout)
 
 # ------------------------------------------------------------------ metric keys (client -> server)
@@ -177,6 +208,29 @@ def support_broadcast(X: np.ndarray) -> dict[str, np.ndarray]:
 
 def unpack_support(config: Mapping[str, Any], d: int) -> np.ndarray:
     return np.asarray(config[SUPPORT], dtype=np.float64).reshape(-1, d)
+
+
+def atoms_broadcast(
+    X: np.ndarray, atom_client: np.ndarray, atom_disp: np.ndarray, stats_round: int
+) -> dict[str, Any]:
+    """free-support with ``support-targets = atoms``: the barycenter atoms, every uploaded
+    atom's client and displacement (in each client's upload order) and the round whose
+    quantisation they belong to."""
+    return {
+        **support_broadcast(X),
+        ATOM_CLIENT: np.asarray(atom_client, dtype=np.int64),
+        ATOM_DISP: np.asarray(atom_disp, dtype=np.float64),
+        STATS_ROUND: int(stats_round),
+    }
+
+
+def unpack_atom_displacements(config: Mapping[str, Any], client: int, d: int) -> np.ndarray | None:
+    """The displacements of ``client``'s atoms (its upload order), or ``None`` for the
+    ``client-plans`` broadcast."""
+    if ATOM_DISP not in config:
+        return None
+    owners = np.asarray(config[ATOM_CLIENT], dtype=np.int64)
+    return np.asarray(config[ATOM_DISP], dtype=np.float64).reshape(-1, d)[owners == client]
 
 
 def adversary_layout(d: int, hidden: int, num_groups: int) -> FlatLayout:
