@@ -33,9 +33,11 @@ What leaves a client, per action (exactly)
   over its consenting users (one flat float64 vector ``[dW1, db1, dW2, db2]`` per
   attribute, end to end; an empty vector when no user consents), their count and loss
   sum and, after an embedding step, the sum of the consenting users' vCLUB terms.
-- ``query.lego_combine``: as above on ``U(alpha)`` (``mode = "fit"``), or the sums of
-  ``dJ / d alpha_tilde`` and of the vCLUB terms over consenting users and their count
-  (``mode = "grad"``).
+- ``query.lego_combine``: as above on ``U(alpha)`` (``mode = "fit"``; only for the
+  estimators the message carries, ``fit-attrs``: in the warm-up of a dynamic request,
+  only the new attributes'), or the sums of ``dJ / d alpha_tilde`` (with the broadcast
+  weights ``c_t / count_t`` of the Step-2 objective) and of the vCLUB terms over
+  consenting users and their count (``mode = "grad"``).
 - ``query.lego_apply``: nothing.
 - Before LEGO, FedMF's traffic (item-row deltas); after each request, FedMF's
   evaluation replies (per-user ranking metrics and top-K lists, a measurement of the
@@ -235,11 +237,13 @@ def _calibrate(g: _Group, attrs, slots, weights, config) -> GroupReply:
 
 
 def _combine(g: _Group, attrs, slots, weights, config) -> GroupReply:
-    """Estimators' gradient sums on ``U(alpha)`` (``fit``) or alpha-gradient sums."""
-    params = spec.unpack_classifiers(weights, g.layouts(attrs))
+    """Estimators' gradient sums on ``U(alpha)`` (``fit``: of the attributes named in
+    ``fit-attrs``, default all; ``U(alpha)`` mixes every named slot) or alpha-gradient
+    sums (``grad``, with the broadcast weights)."""
     at = np.asarray(config[spec.ALPHA_TILDE], dtype=np.float64)
     S = [g.U(s) for s in slots]
     if config.get(spec.MODE) == spec.MODE_GRAD:
+        params = spec.unpack_classifiers(weights, g.layouts(attrs))
         ga, mi = L.combine_grad(
             at,
             S,
@@ -250,8 +254,12 @@ def _combine(g: _Group, attrs, slots, weights, config) -> GroupReply:
             weights=config[spec.WEIGHTS],
         )
         return None, None, {spec.G_ALPHA: ga, spec.MI: mi, spec.COUNT: g.consenting()}
+    fit = [a for a in str(config.get(spec.FIT_ATTRS, ",".join(attrs))).split(",") if a]
+    if any(a not in attrs for a in fit):
+        raise ValueError(f"lego: fit-attrs {fit} not among the message's attributes {attrs}")
+    params = spec.unpack_classifiers(weights, g.layouts(fit))
     Ua = L.mix(at, S)
-    return _fit_reply(g, attrs, params, [Ua] * len(attrs))
+    return _fit_reply(g, fit, params, [Ua] * len(fit))
 
 
 def _apply(g: _Group, attrs, slots, weights, config) -> GroupReply:

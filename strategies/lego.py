@@ -7,7 +7,7 @@ Calibration* (one calibration ``U_t*`` per attribute, vCLUB mutual information
 minimised against a variational estimator ``q_phi_t``, every row projected onto its
 ball ``||e_u - e_u^0|| <= eps * ||e_u^0||``), Step 2 *Flexible Combination*
 ``U(alpha) = sum_t alpha_t U_t*`` with ``alpha = softmax(alpha_tilde)`` learned for the
-summed MI. The maths, its defaults and why it factorises per user are in
+(balanced) MI of all attributes. The maths, its defaults and why it factorises per user are in
 :mod:`fedrec.algorithms.lego`; the messages in :mod:`fedrec.specs.lego`; what each
 message makes leave a client, in :mod:`fedrec.clients.lego`. This module is the message
 schedule around them.
@@ -22,9 +22,9 @@ frozen for good:
 
 1. request ``attributes`` (the first request; all of them calibrated in parallel);
 2. ``add-attributes`` (optional): Step 1 for the new attributes only, Step 2 again
-   over every active attribute;
+   over every active attribute (warm-started from the first request's solution);
 3. ``withdraw-attributes`` (optional): no Step 1, the calibrations are dropped and
-   Step 2 is solved again over the remaining ones (none left: back to ``U0``).
+   Step 2 is solved again over the remaining ones (warm; none left: back to ``U0``).
 
 After each request the clients set their embeddings ``P = U(alpha)`` and the ranking
 evaluation of FedMF runs (``evaluate`` phase, frozen item table). Each request
@@ -41,45 +41,62 @@ Phases of one request (all clients in every phase; ``k`` = attributes in the mes
   (``attr_names``), not learnt from the clients.
 - ``query.lego_calibrate`` (Step 1, ``warmup-phi + steps * n-phi + 1`` messages
   when ``steps, n-phi >= 1``, :func:`calibration_schedule`): the broadcast carries the
-  current estimator parameters ``phi_t`` of every attribute being calibrated (one flat
-  float32 vector each) and two flags. ``step``: first take one per-user Adam step on
-  each calibrated row with ``phi_t`` fixed and project it onto its ball (the priors
+  current estimator parameters ``phi_t`` of every attribute still being calibrated (one
+  flat float32 vector each) and two flags. ``step``: first take one per-user Adam step
+  on each calibrated row with ``phi_t`` fixed and project it onto its ball (the priors
   come with the message). ``fit``: return the estimators' cross-entropy gradient sums
   on the (new) calibrated rows. The server adds them and takes one Adam step per
   estimator (:func:`~fedrec.algorithms.estimators.classifier_step`). An embedding step
   and the next estimator update use the same ``phi`` (the update after ``n-phi``
   fits), so they share one message: the driver's sequence ``warmup x fit, steps x
-  (n-phi x fit, step)`` becomes that many messages.
-- ``query.lego_combine`` (Step 2, ``warmup-phi + combine-steps * (n-phi + 1)``
-  messages, only with ``k >= 2`` active attributes): the broadcast carries
-  ``alpha_tilde`` and fresh estimators ``phi_t`` (one per active attribute, seeded
-  ``attr_seed(seed, "combine:" + t)``); ``mode = fit`` returns their gradient sums on
-  ``U(alpha)``; ``mode = grad`` returns ``d J / d alpha_tilde`` (``J = sum_t w_t sum_u
-  m_{t,u}``, ``w_t = 1 / count_t`` broadcast) and the summed vCLUB terms, after which the
-  server takes one Adam step on ``alpha_tilde`` (``combine-lr``).
+  (n-phi x fit, step)`` becomes that many messages. **Early stop**
+  (``calibrate-patience``, ``calibrate-tol``; :func:`~fedrec.algorithms.lego.calibration_plateau`
+  on the summed vCLUB terms the step messages return): an attribute whose estimate has
+  plateaued after its peak leaves the messages (its slot keeps its last step); Step 1
+  ends when none is left, after ``len(calibration_schedule(s_max, ...))`` messages
+  with ``s_max`` the longest calibration's steps.
+- ``query.lego_combine`` (Step 2, only with ``k >= 2`` active attributes; a cold
+  request ``warmup-phi + combine-steps * (n-phi + 1)`` messages): the broadcast carries
+  ``alpha_tilde`` and the estimators ``phi_t`` (fresh ones seeded ``attr_seed(seed,
+  "combine:" + t)``, or the previous request's: warm start below); ``mode = fit``
+  returns the gradient sums of the estimators named in ``fit-attrs`` on ``U(alpha)``
+  (mixed over every active slot); ``mode = grad`` returns ``d J / d alpha_tilde``
+  (``J = sum_t w_t sum_u m_{t,u}`` with ``w_t = c_t / count_t`` broadcast, ``c_t`` the
+  coefficients of the objective ``combine-balance``:
+  :func:`~fedrec.algorithms.lego.balance_weights`, the scale ``s_t = H(p_t)`` from the
+  summed prior counts, for ``minmax`` the previous step's summed terms) and the summed
+  vCLUB terms, after which the server takes one Adam step on ``alpha_tilde``
+  (``combine-lr``); optional early stop ``combine-tol`` / ``combine-window``.
+  **Warm start** (``warm-combine-steps > 0`` and a previous Step 2): ``alpha_tilde`` of
+  the surviving attributes, new ones at their mean; the previous estimators and Adam
+  states; only new estimators get the ``warmup-phi`` updates, in messages that carry
+  only them (``fit-attrs``); then ``warm-combine-steps`` alpha steps
+  (``warmup-phi * [new] + warm-combine-steps * (n-phi + 1)`` messages). The server
+  keeps the solution (:attr:`FedLego.combination`) for the next request.
 - ``query.lego_apply`` (once): the clients set ``P = U(alpha)`` (one active attribute:
   its calibration; none: ``U0``); the slots of withdrawn attributes become free.
 
 With every client in every message (full batch, no sampling), this loop is
 the pure drivers :func:`~fedrec.algorithms.lego.calibrate` and
 :func:`~fedrec.algorithms.lego.combine` (and :class:`~fedrec.algorithms.lego.Lego` for
-the dynamic requests) with ``seed = derive_seed(cfg.seed, "lego") % 2**31`` and the
-consent mask of :func:`fedrec.clients.lego.consent_mask`: the tests compare final
-embeddings and alpha with the drivers run on the released original embeddings (equal
-to rounding: sums are formed per client and then added, in float64). Differences in
-the *procedure* that leave the result unchanged: (1) the attributes of a request are
-calibrated in parallel (their runs are independent, each with its own seed);
-(2) estimator updates after the last embedding step of a calibration are not sent
-(they change only the discarded estimator); (3) a combination is computed once per
-request, whereas ``Lego.add`` recombines after every single attribute (Step 2 always
-starts from scratch, so the final state is the same). The consent mask is one draw
-per user, shared by all attributes.
+the dynamic requests: ``Lego.request`` for a request of several attributes,
+``Lego.add``, ``Lego.withdraw``) with ``seed = derive_seed(cfg.seed, "lego") % 2**31``
+and the consent mask of :func:`fedrec.clients.lego.consent_mask`: the tests compare
+final embeddings, alpha, steps run and message counts of every request with the
+drivers run on the released original embeddings (equal to rounding: sums are formed
+per client and then added, in float64; the early-stop and balance decisions use the
+same sums). Differences in the *procedure* that leave the result unchanged: (1) the
+attributes of a request are calibrated in parallel (their runs are independent, each
+with its own seed); (2) estimator updates after the last embedding step of a
+calibration are not applied to anything (they change only the discarded estimator).
+The consent mask is one draw per user, shared by all attributes.
 
 Cost. A message costs one round trip of every client; the calibration of ``k``
-attributes in parallel needs as many messages as that of one attribute, the payload
-grows with ``k``. Per request the server records the wall time of Step 1 and Step 2,
-the message counts and the uploaded bytes (payload arrays and metric values, 8 bytes
-per number), so a dynamic request can be compared with a full one (measured costs:
+attributes in parallel needs as many messages as that of its longest calibration, the
+payload grows with the number still running. Per request the server records the wall
+time of Step 1 and Step 2, the steps run, whether Step 2 was warm, the message counts
+and the uploaded bytes (payload arrays and metric values, 8 bytes per number), so a
+dynamic request can be compared with a full one (measured costs:
 ``experiments/lego/README.md``).
 
 Outputs: ``lego.json`` (seed, options, per-request attributes, alpha, timings, counts,
@@ -173,25 +190,8 @@ def plan_requests(p: FedLegoParams, ds) -> list[tuple[str, list[str]]]:
     return plan
 
 
-def calibration_schedule(steps: int, n_phi: int, warmup_phi: int) -> list[tuple[bool, bool]]:
-    """Messages ``(step, fit)`` of one calibration (see the module docstring).
-
-    The driver's operations ``warmup x fit, steps x (n_phi x fit, step)`` with every
-    ``step`` merged into the following ``fit`` and the fits after the last step dropped.
-    """
-    ops = ["fit"] * warmup_phi + (["fit"] * n_phi + ["step"]) * steps
-    while ops and ops[-1] == "fit":
-        ops.pop()
-    msgs, i = [], 0
-    while i < len(ops):
-        if ops[i] == "step":
-            merged = i + 1 < len(ops) and ops[i + 1] == "fit"
-            msgs.append((True, merged))
-            i += 2 if merged else 1
-        else:
-            msgs.append((False, True))
-            i += 1
-    return msgs
+#: Messages ``(step, fit)`` of one calibration (the pure module's, re-exported here).
+calibration_schedule = L.calibration_schedule
 
 
 @dataclass
@@ -217,8 +217,9 @@ class FedLego(FedMF):
     Params = FedLegoParams
     client_half = "fedrec.clients.lego:LegoClient"
     # carried between rounds and requests: FedMF's lazy Adam, the active attributes (prior,
-    # count, state slot) and the request log
-    server_state_attrs: ClassVar[tuple[str, ...]] = ("_adam", "active", "lego_log")
+    # count, scale, state slot), the last Step-2 solution (alpha_tilde, estimators and their
+    # Adam states: a dynamic request warm-starts from it) and the request log
+    server_state_attrs: ClassVar[tuple[str, ...]] = ("_adam", "active", "combination", "lego_log")
     progress_keys = ("ndcg@10", "hr@10", "coverage@10")
 
     @classmethod
@@ -234,7 +235,8 @@ class FedLego(FedMF):
         self.plan = plan_requests(self.params, self.ds)
         self.seed = lego_seed(self.cfg)
         self.num_classes = {a: len(self.ds.attr_names[a]) for a in categorical_attributes(self.ds)}
-        self.active: dict[str, dict[str, Any]] = {}  # attr -> prior, count, slot (in order)
+        self.active: dict[str, dict[str, Any]] = {}  # attr -> prior, count, scale, slot
+        self.combination: dict[str, Any] | None = None  # the last Step 2 (warm starts)
         self.lego_log: dict[str, Any] = {}
         self.released_original: dict[str, np.ndarray] | None = None
         self._Q: list[np.ndarray] | None = None
@@ -316,7 +318,9 @@ class FedLego(FedMF):
                     f"the prior of '{t}' is undefined; raise it"
                 )
             priors[t] = c / c.sum()
-            self.active[t].update(prior=priors[t], count=int(c.sum()))
+            self.active[t].update(
+                prior=priors[t], count=int(c.sum()), scale=L.attribute_scale(priors[t])
+            )
         params = {
             t: E.classifier_init(p.dim, self.num_classes[t], p.hidden, L.attr_seed(self.seed, t))
             for t in attrs
@@ -324,83 +328,125 @@ class FedLego(FedMF):
         states: dict[str, Any] = {t: None for t in attrs}
         hist: dict[str, dict[str, list[float]]] = {t: {"mi": [], "ce": []} for t in attrs}
         schedule = calibration_schedule(p.steps, p.n_phi, p.warmup_phi)
-        layouts = self._layouts(attrs)
-        prior_cfg = {spec.prior_key(t): priors[t] for t in attrs}
+        running = list(attrs)  # attributes still calibrating (early stop drops them)
         for j, (step, fit) in enumerate(schedule):
             config = {
-                **self._request_config(attrs),
+                **self._request_config(running),
                 spec.STEP: step,
                 spec.FIT: fit,
-                **(prior_cfg if step else {}),
+                **({spec.prior_key(t): priors[t] for t in running} if step else {}),
             }
             replies = self._send(
                 grid,
                 spec.CALIBRATE,
-                spec.pack_classifiers([params[t] for t in attrs], layouts),
+                spec.pack_classifiers([params[t] for t in running], self._layouts(running)),
                 config,
                 traffic,
             )
             if step:
                 mi = np.sum([r.metrics[spec.MI] for r in replies], axis=0)
-                for i, t in enumerate(attrs):
+                for i, t in enumerate(running):
                     hist[t]["mi"].append(float(mi[i] / self.active[t]["count"]))
             if fit:
-                self._fit_step(replies, attrs, params, states, {t: hist[t]["ce"] for t in attrs})
+                self._fit_step(
+                    replies, running, params, states, {t: hist[t]["ce"] for t in running}
+                )
+            if step:
+                running = [
+                    t
+                    for t in running
+                    if not L.calibration_plateau(
+                        hist[t]["mi"], p.calibrate_patience, p.calibrate_tol
+                    )
+                ]
+                if not running:
+                    break
             if (j + 1) % 100 == 0:
                 log.info(
-                    "lego: calibrating %s, message %d/%d", ",".join(attrs), j + 1, len(schedule)
+                    "lego: calibrating %s, message %d/%d", ",".join(running), j + 1, len(schedule)
                 )
         return hist
 
     # ------------------------------------------------------------------ Step 2
-    def _combine(self, grid, traffic: Traffic) -> tuple[np.ndarray, dict[str, list]]:
+    def _combine(self, grid, traffic: Traffic) -> tuple[np.ndarray, dict[str, Any]]:
+        """Step 2 over the active attributes (warm from :attr:`combination` when it holds
+        estimators of some of them and ``warm-combine-steps > 0``): ``(alpha_tilde,
+        history)``; the solution is kept in :attr:`combination` for the next request."""
         p = self.params
         names = list(self.active)
         k = len(names)
-        at = np.zeros(k)
-        hist: dict[str, list] = {"objective": [], "mi": [], "alpha": []}
+        hist: dict[str, Any] = {"objective": [], "mi": [], "alpha": [], "weights": []}
+        prev = self.combination if p.warm_combine_steps > 0 else None
+        self.combination = None
+        warm = [t for t in names if prev is not None and t in prev["params"]]
+        hist.update(warm=bool(warm), steps=0, cold=len(names) - len(warm) if k > 1 else 0)
         if k < 2:
-            return at, hist
+            return np.zeros(k), hist
+        if warm:
+            old = list(prev["names"])
+            at = L.initial_alpha_tilde(
+                names, {t: float(prev["alpha_tilde"][old.index(t)]) for t in warm}
+            )
+            steps = p.warm_combine_steps
+        else:
+            at, steps = np.zeros(k), p.combine_steps
         params = {
-            t: E.classifier_init(
+            t: prev["params"][t]
+            if t in warm
+            else E.classifier_init(
                 p.dim, self.num_classes[t], p.hidden, L.attr_seed(self.seed, "combine:" + t)
             )
             for t in names
         }
-        states: dict[str, Any] = {t: None for t in names}
-        layouts = self._layouts(names)
-        w = np.array([1.0 / max(self.active[t]["count"], 1) for t in names])
-        grad_cfg = {
-            spec.MODE: spec.MODE_GRAD,
-            spec.WEIGHTS: w,
-            **{spec.prior_key(t): self.active[t]["prior"] for t in names},
-        }
-        at_state = None
+        states: dict[str, Any] = {t: prev["states"][t] if t in warm else None for t in names}
+        cold = [t for t in names if t not in warm]
+        inv = np.array([1.0 / max(self.active[t]["count"], 1) for t in names])
+        scales = np.array([self.active[t]["scale"] for t in names])
+        priors = {spec.prior_key(t): self.active[t]["prior"] for t in names}
+        at_state, previous = None, None
+        alphas = [L.softmax(at).tolist()]
         ce: dict[str, list] = {t: [] for t in names}
-        for step in range(p.combine_steps):
+        for step in range(steps):
             base = {**self._request_config(names), spec.ALPHA_TILDE: at.copy()}
-            for _ in range(p.n_phi + (p.warmup_phi if step == 0 else 0)):
+            fits = ([cold] * p.warmup_phi if step == 0 and cold else []) + [names] * p.n_phi
+            for fit_names in fits:
                 replies = self._send(
                     grid,
                     spec.COMBINE,
-                    spec.pack_classifiers([params[t] for t in names], layouts),
-                    {**base, spec.MODE: spec.MODE_FIT},
+                    spec.pack_classifiers([params[t] for t in fit_names], self._layouts(fit_names)),
+                    {**base, spec.MODE: spec.MODE_FIT, spec.FIT_ATTRS: ",".join(fit_names)},
                     traffic,
                 )
-                self._fit_step(replies, names, params, states, ce)
+                self._fit_step(replies, fit_names, params, states, ce)
+            c = L.balance_weights(scales, p.combine_balance, p.combine_temperature, previous)
             replies = self._send(
                 grid,
                 spec.COMBINE,
-                spec.pack_classifiers([params[t] for t in names], layouts),
-                {**base, **grad_cfg},
+                spec.pack_classifiers([params[t] for t in names], self._layouts(names)),
+                {**base, spec.MODE: spec.MODE_GRAD, spec.WEIGHTS: c * inv, **priors},
                 traffic,
             )
             g = np.sum([r.metrics[spec.G_ALPHA] for r in replies], axis=0)
-            mi = np.sum([r.metrics[spec.MI] for r in replies], axis=0)
-            hist["alpha"].append(L.softmax(at).tolist())
-            hist["mi"].append((mi * w).tolist())
-            hist["objective"].append(float((mi * w).sum()))
+            means = np.sum([r.metrics[spec.MI] for r in replies], axis=0) * inv
+            previous = means / scales
+            hist["alpha"].append(alphas[-1])
+            hist["mi"].append(means.tolist())
+            hist["weights"].append(c.tolist())
+            hist["objective"].append(
+                L.balanced_objective(means, scales, p.combine_balance, p.combine_temperature)
+            )
             (at,), at_state = adam_step([at], [g], at_state, p.combine_lr)
+            hist["steps"] += 1
+            alphas.append(L.softmax(at).tolist())
+            if L.alpha_converged(alphas, p.combine_tol, p.combine_window):
+                break
+        if hist["steps"]:
+            self.combination = {
+                "names": names,
+                "alpha_tilde": at.copy(),
+                "params": params,
+                "states": states,
+            }
         return at, hist
 
     # ------------------------------------------------------------------ requests
@@ -445,6 +491,9 @@ class FedLego(FedMF):
             "alpha_tilde": at.tolist(),
             "calibrations_run": [] if op == "withdraw" else list(attrs),
             "num_calibrations": 0 if op == "withdraw" else len(attrs),
+            "calibration_steps": {t: len(h["mi"]) for t, h in cal_hist.items()},
+            "combine_steps": comb_hist["steps"],
+            "warm": comb_hist["warm"],
             "calibrate_s": t1 - t0,
             "combine_s": t2 - t1,
             "total_s": t2 - t0,
@@ -492,6 +541,8 @@ class FedLego(FedMF):
                 "lr_emb": p.lr_emb,
                 "lr_relative": True,
                 "hidden": p.hidden,
+                "patience": p.calibrate_patience,
+                "plateau_tol": p.calibrate_tol,
             },
             "combine_options": {
                 "steps": p.combine_steps,
@@ -500,6 +551,11 @@ class FedLego(FedMF):
                 "warmup_phi": p.warmup_phi,
                 "lr_phi": p.lr_phi,
                 "hidden": p.hidden,
+                "balance": p.combine_balance,
+                "temperature": p.combine_temperature,
+                "tol": p.combine_tol,
+                "window": p.combine_window,
+                "warm_steps": p.warm_combine_steps,
             },
             "consent_fraction": p.consent_fraction,
             "consenting_users": {t: v["count"] for t, v in self.active.items()},

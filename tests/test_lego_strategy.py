@@ -56,6 +56,10 @@ DYNAMIC = {
     "strategy.params.withdraw-attributes": "age_bucket",
     "strategy.params.consent-fraction": 0.8,
     "strategy.params.release-embeddings": True,
+    # the early stop of Step 1 and the warm start of Step 2 at this scale
+    "strategy.params.steps": 12,
+    "strategy.params.calibrate-patience": 2,
+    "strategy.params.warm-combine-steps": 2,
 }
 EXTRA = {"age_bucket": ["a", "b", "c"], "occupation": ["w", "x", "y", "z"]}
 
@@ -84,6 +88,16 @@ def pure_lego(lg, U0):
     )
 
 
+def check_request(fed, ref):
+    """A federated request's record against the pure driver's last request."""
+    t = ref.timings[-1]
+    assert fed["alpha"] == pytest.approx(ref.alpha, abs=1e-7)
+    assert list(fed["alpha"]) == list(ref.alpha)
+    assert fed["calibration_steps"] == t["calibration_steps"]
+    assert (fed["combine_steps"], fed["warm"]) == (t["combine_steps"], t["warm"])
+    assert fed["messages"] == t["messages"]  # the pure driver counts the same schedule
+
+
 # ----------------------------------------------------------------- (a) + (b) + (c)
 @pytest.mark.e2e
 def test_federated_lego_equals_pure_drivers_and_stays_in_balls(lego_dynamic_run):
@@ -93,20 +107,28 @@ def test_federated_lego_equals_pure_drivers_and_stays_in_balls(lego_dynamic_run)
     mask = C.consent_mask(0, np.arange(N), 0.8)  # the users who consent
     assert 0.6 * N < mask.sum() < N
     assert lg["consenting_users"] == {"gender": mask.sum(), "occupation": mask.sum()}
-    # the pure drivers on the released originals, requests replayed one attribute at a time
+    # the pure dynamic driver on the released originals, the same three requests
     ref = pure_lego(lg, U0)
-    ref.add("gender", ds.user_attrs["gender"], mask)
-    ref.add("age_bucket", ds.user_attrs["age_bucket"], mask)
-    first = lg["requests"][0]
-    assert first["alpha"] == pytest.approx(ref.alpha, abs=1e-7)
+    req = lg["requests"]
+    ref.request(
+        {a: ds.user_attrs[a] for a in ("gender", "age_bucket")},
+        dict.fromkeys(("gender", "age_bucket"), mask),
+    )
+    check_request(req[0], ref)
     ref.add("occupation", ds.user_attrs["occupation"], mask)
-    assert lg["requests"][1]["alpha"] == pytest.approx(ref.alpha, abs=1e-7)
+    check_request(req[1], ref)
     ref.withdraw("age_bucket")
-    assert lg["requests"][2]["alpha"] == pytest.approx(ref.alpha, abs=1e-7)
-    assert list(lg["requests"][2]["alpha"]) == ["gender", "occupation"]
+    check_request(req[2], ref)
+    assert list(req[2]["alpha"]) == ["gender", "occupation"]
     np.testing.assert_allclose(U, ref.embeddings(), atol=1e-6, rtol=0)
     assert L.max_row_shift(U, U0) > 1e-3  # something moved
+    # the early stop cut some calibration short; the add and the withdraw were warm
+    steps = {**req[0]["calibration_steps"], **req[1]["calibration_steps"]}
+    assert min(steps.values()) < DYNAMIC["strategy.params.steps"], steps
+    assert [r["warm"] for r in req] == [False, True, True]
+    assert [r["combine_steps"] for r in req] == [4, 2, 2]
     # the Step-1 MI histories are the driver's too
+    first = req[0]
     np.testing.assert_allclose(
         first["history"]["calibrate"]["gender"]["mi"],
         ref.calibrations["gender"].history["mi"],
@@ -141,8 +163,31 @@ def test_add_reruns_only_the_new_calibration_and_withdraw_none(lego_dynamic_run)
     priors = [a for action, a, _ in sent if action == "lego_prior"]
     assert priors == ["gender,age_bucket", "occupation"]
     cal = [(a, n) for action, a, n in sent if action == "lego_calibrate"]
-    n_msgs = len(base_schedule())
-    assert cal == [("gender,age_bucket", 2)] * n_msgs + [("occupation", 1)] * n_msgs  # phi_t
+    p = BASE["strategy.params.n-phi"], BASE["strategy.params.warmup-phi"]
+    s0, s1 = req[0]["calibration_steps"], req[1]["calibration_steps"]
+    first = len(calibration_schedule(max(s0.values()), *p))
+    assert len(cal) == first + len(calibration_schedule(s1["occupation"], *p))
+    assert cal[0] == ("gender,age_bucket", 2) and cal[first:] == [("occupation", 1)] * (
+        len(cal) - first
+    )
+    for t in ("gender", "age_bucket"):  # a calibration is in the messages until it stops
+        n_t = sum(t in a.split(",") for a, _ in cal[:first])
+        assert n_t == len(calibration_schedule(s0[t], *p)), (t, s0)
+    for r in req:
+        assert r["messages"]["calibrate"] == (
+            1 + len(calibration_schedule(max(r["calibration_steps"].values()), *p))
+            if r["calibration_steps"]
+            else 0
+        )
+    # Step 2 of the add: warm-up messages carry only the new attribute's estimator
+    comb = [(a, n) for action, a, n in sent if action == "lego_combine"]
+    n_phi, warm = p[0], DYNAMIC["strategy.params.warm-combine-steps"]
+    first_comb = p[1] + BASE["strategy.params.combine-steps"] * (n_phi + 1)
+    add = comb[first_comb : first_comb + p[1] + warm * (n_phi + 1)]
+    assert add[: p[1]] == [("gender,age_bucket,occupation", 1)] * p[1]
+    assert set(add[p[1] :]) == {("gender,age_bucket,occupation", 3)}
+    assert len(comb) == first_comb + len(add) + warm * (n_phi + 1)  # withdraw: all warm
+    assert req[1]["messages"]["combine"] == len(add) + 1  # + lego_apply
     assert req[2]["messages"]["calibrate"] == 0 and req[2]["upload_bytes"]["calibrate"] == 0
     for r in req:
         assert r["total_s"] >= r["combine_s"] > 0
@@ -152,19 +197,44 @@ def test_add_reruns_only_the_new_calibration_and_withdraw_none(lego_dynamic_run)
     assert last["lego"]["total_calibrations"] == 3 and "history" not in last["lego"]["requests"][0]
 
 
-def base_schedule():
-    from fedrec.strategies.lego import calibration_schedule
+@pytest.mark.e2e
+@pytest.mark.parametrize("balance", ["sum", "minmax"])
+def test_other_objectives_federated_equal_pure(tmp_path, extra_attributes, balance):
+    """``combine-balance`` sum and minmax (the DYNAMIC run uses the default), a request
+    and a warm add, against the pure driver."""
+    cfg = {
+        **BASE,
+        "strategy.params.attributes": "gender,occupation",
+        "strategy.params.add-attributes": "age_bucket",
+        "strategy.params.combine-balance": balance,
+        "strategy.params.combine-temperature": 0.001,  # the vCLUB terms here are ~0.01
+        "strategy.params.warm-combine-steps": 3,
+        "strategy.params.release-embeddings": True,
+    }
+    out = tmp_path / "r"
+    fedrec.run(cfg, backend="local", out=out, quiet=True)
+    lg = json.loads((out / "lego.json").read_text())
+    assert lg["combine_options"]["balance"] == balance
+    U0, ds = released(out, "embeddings_original.npz"), extra_attributes
+    ref = pure_lego(lg, U0)
+    ref.request({a: ds.user_attrs[a] for a in ("gender", "occupation")})
+    check_request(lg["requests"][0], ref)
+    ref.add("age_bucket", ds.user_attrs["age_bucket"])
+    check_request(lg["requests"][1], ref)
+    hist = lg["requests"][1]["history"]["combine"]  # the balance's coefficients c_t
+    np.testing.assert_allclose(hist["weights"], ref.combination.history["weights"], rtol=1e-6)
+    if balance == "minmax":  # each step after the first weights the previous step's worst
+        assert any(max(w) / min(w) > 10 for w in hist["weights"][1:])
+    np.testing.assert_allclose(released(out), ref.embeddings(), atol=1e-6, rtol=0)
 
-    return calibration_schedule(
-        BASE["strategy.params.steps"],
-        BASE["strategy.params.n-phi"],
-        BASE["strategy.params.warmup-phi"],
-    )
+
+def calibration_schedule(*args):
+    from fedrec.strategies.lego import calibration_schedule as schedule
+
+    return schedule(*args)
 
 
 def test_calibration_schedule_is_the_driver_sequence():
-    from fedrec.strategies.lego import calibration_schedule
-
     for steps, n_phi, warm in [(3, 2, 4), (2, 0, 1), (0, 5, 3), (4, 1, 0)]:
         msgs = calibration_schedule(steps, n_phi, warm)
         ops = []
@@ -399,6 +469,16 @@ def test_no_message_leaving_a_client_holds_embeddings_or_labels(
         ({"withdraw-attributes": "gender2"}, r"'strategy.params.withdraw-attributes'"),
         ({"eps": -0.1}, r"'strategy.params.eps'.*>= 0"),
         ({"consent-fraction": 0.0}, r"'strategy.params.consent-fraction'.*\(0, 1\]"),
+        (
+            {"combine-balance": "mean"},
+            r"'strategy.params.combine-balance': 'mean' .*allowed values: sum, normalized, minmax",
+        ),
+        ({"combine-temperature": 0.0}, r"'strategy.params.combine-temperature'.*> 0"),
+        ({"combine-tol": -1.0}, r"'strategy.params.combine-tol'.*>= 0"),
+        ({"combine-window": 0}, r"'strategy.params.combine-window'.*>= 1"),
+        ({"warm-combine-steps": -1}, r"'strategy.params.warm-combine-steps'.*>= 0"),
+        ({"calibrate-patience": -2}, r"'strategy.params.calibrate-patience'.*>= 0"),
+        ({"calibrate-tol": -0.5}, r"'strategy.params.calibrate-tol'.*>= 0"),
     ],
 )
 def test_bad_params_are_one_line_config_errors(tmp_path, params, match):

@@ -1,23 +1,33 @@
-"""Federated LEGO on ML-100K: attacks before/after, noise baseline, dynamic-request cost.
+"""LEGO on ML-100K: balanced Step 2, dynamic-request cost, attacks over seeds, noise baseline.
 
-1. **Dynamic run** (``lego_ml100k.toml``): FedMF-BPR, 943 per-user clients, then the
-   LEGO requests "gender + age_bucket" and "add occupation"; the audit release gives
-   the original and the final (all three unlearned) user embeddings.
-2. **Full run**: the same config with one request "gender + age_bucket + occupation"
-   (its cost is the yardstick of the dynamic request; with ``--timing-rounds`` equal
-   to ``--rounds`` its FedMF model and therefore its final embeddings are those of the
-   dynamic run, which is checked: the "LEGO bricks" property).
-3. **Attacks**: MLP attacker of :mod:`fedrec.attacks` (class-balanced, 5 folds x 3) on
-   gender, age_bucket and occupation, original vs federated LEGO embeddings.
-4. **Gaussian-noise baseline**: ``e_u + c * ||e_u^0|| / sqrt(d) * N(0, I)`` (expected
-   shift ``~ c ||e_u^0||``, the same relative scale as LEGO's ``eps``) for several ``c``;
-   NDCG@10 recomputed with the frozen item table (``evaluate_full_ranking``).
-5. **eps sweep**: the pure drivers (:class:`fedrec.algorithms.lego.Lego`, same seed and
-   options as the federated run, which equals them: ``tests/test_lego_strategy.py``)
-   on the original embeddings, all three attributes, for several ``eps``.
+Two settings: **per-user** (943 clients of one user, ``lego_ml100k.toml``) and
+**cross-silo** (10 users per client, 95 clients). Per setting:
 
-Writes ``report.md``, ``results.json`` and ``lego_tradeoff.png`` to ``--out``
-(default ``runs/lego``)::
+1. **Federated cost runs** (pipeline seed ``--cost-seed``, default 0): the dynamic run
+   (request "gender + age_bucket", then "add occupation") and the full run (one request
+   "gender + age_bucket + occupation"), both after 30 FedMF rounds; the strategy records
+   each request's wall time, steps, messages and upload. The full run's final
+   embeddings are checked against the pure drivers on its released original
+   embeddings (max |diff|).
+2. **Seeds** (``--seeds``, default 0,1,2; the whole pipeline's seed: FedMF training,
+   LEGO, attackers): FedMF-BPR with a no-op LEGO request (releases the original
+   embeddings and the frozen item table), then the pure drivers (equal to the
+   federated run: ``tests/test_lego_strategy.py`` and step 1) for the full request
+   with the library defaults at ``eps = 0.5`` and, per-user only, the previous
+   objective (``balance = "sum"``) and the eps sweep ``--eps``.
+3. **Attacks** (:func:`fedrec.attacks.attack`, class-balanced, 5 folds x 3, seed = the
+   pipeline seed): symmetric AUC ``max(AUC, 1 - AUC)`` per attribute; the MLP and
+   logistic-regression attackers on every row, the flip-aware attacker (nested CV
+   choosing model and sign on the training users) on the LEGO rows at the main eps.
+   Also NDCG@10 relative to the original (frozen item table,
+   ``evaluate_full_ranking``), W2 between the gender groups
+   (:func:`fedrec.algorithms.raid.w2_between_groups`) and LEGO's wall time.
+4. **Gaussian-noise baseline** ``e_u + c ||e_u|| / sqrt(d) N(0, I)`` for ``--noise``
+   (MLP and logistic regression; the original is the point ``c = 0``), interpolated at
+   LEGO's NDCG per seed (at an NDCG above the original's: the original's AUC).
+
+Writes ``report.md``, ``results.json`` and ``lego_pareto.png`` to ``--out`` (default
+``runs/lego``)::
 
     FEDREC_DATA_DIR=../shared/data python experiments/lego/run_lego.py
 """
@@ -34,7 +44,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from select_defaults import load, make_ndcg, train_original  # noqa: E402
+
 ATTRS = ("gender", "age_bucket", "occupation")
+MAIN_EPS = 0.5
+SETTINGS = {"per-user": 1, "cross-silo": 10}
 log = logging.getLogger("fedrec.experiments.lego")
 
 
@@ -43,348 +58,405 @@ def released(path: Path, name: str) -> np.ndarray:
     return z["embeddings"][np.argsort(z["users"])].astype(np.float64)
 
 
-def main(argv=None) -> int:
-    import torch
+def silo_overrides(upc: int) -> list[str]:
+    if upc == 1:
+        return []
+    return [f"strategy.params.users-per-client={upc}", f"partition.num-clients={-(-943 // upc)}"]
 
+
+def federated_cost(out: Path, upc: int, seed: int) -> dict:
+    """The dynamic and the full federated run of one setting; their request records."""
     import fedrec
+
+    runs = {
+        "dynamic": ['strategy.params.attributes="gender,age_bucket"'],
+        "full": [
+            'strategy.params.attributes="gender,age_bucket,occupation"',
+            'strategy.params.add-attributes=""',
+        ],
+    }
+    res = {}
+    for name, ov in runs.items():
+        run = out / name
+        if not (run / "lego.json").exists():
+            t0 = time.perf_counter()
+            fedrec.run(
+                HERE / "lego_ml100k.toml",
+                out=run,
+                quiet=True,
+                overrides=[f"seed={seed}", *ov, *silo_overrides(upc)],
+            )
+            log.info(
+                "federated %s run (%d users/client): %.0f s", name, upc, time.perf_counter() - t0
+            )
+        lg = json.loads((run / "lego.json").read_text())
+        res[name] = {
+            "lego": {k: v for k, v in lg.items() if k != "requests"},
+            "requests": [{k: v for k, v in r.items() if k != "history"} for r in lg["requests"]],
+            "U0": released(run, "embeddings_original.npz"),
+            "U": released(run, "embeddings.npz"),
+        }
+    return res
+
+
+def federated_rows(fed: dict, run_dir: Path, labels, ud, seed: int) -> dict:
+    """Attacks (three attackers) and NDCG of the federated runs' final embeddings: the
+    full request and the dynamic sequence (first request + warm "add occupation")."""
     from fedrec.algorithms import lego as L
+
+    U0 = fed["full"]["U0"]
+    ndcg = make_ndcg(np.load(run_dir / "full" / "checkpoint.npz")["w0"].astype(np.float32), ud)
+    ctx = {"setting": "federated", "seed": seed, "labels": labels, "ndcg": ndcg, "U0": U0}
+    ctx.update(base=ndcg(U0), radii=L.eps_rows(U0, MAIN_EPS), rows={})
+    for name in ("full", "dynamic"):
+        measure(ctx, name, fed[name]["U"], ("mlp", "logreg", "flip-aware"))
+    return ctx["rows"]
+
+
+def pure_full(U0, eps, labels, K, lego_seed, **combine_overrides):
+    """The full request (all three attributes) with the pure drivers and the defaults."""
+    from fedrec.algorithms import lego as L
+
+    t0 = time.perf_counter()
+    lego = L.Lego(U0, eps=eps, seed=lego_seed, combine_options=combine_overrides)
+    lego.request({a: labels[a] for a in ATTRS})
+    return lego, time.perf_counter() - t0
+
+
+def attack_row(U, labels, seed, attackers) -> dict:
+    from fedrec.algorithms.raid import w2_between_groups
     from fedrec.attacks import attack
-    from fedrec.config import load_toml
+
+    X = np.asarray(U, dtype=np.float32)
+    out = {"auc_sym": {}, "auc": {}}
+    for a in ATTRS:
+        for att in attackers:
+            r = attack(X, labels[a], attacker=att, seed=seed, attribute=a)
+            out["auc_sym"][f"{a}/{att}"] = r.auc_sym
+            out["auc"][f"{a}/{att}"] = r.auc
+        out["auc_sym"][a] = max(out["auc_sym"][f"{a}/{att}"] for att in attackers)
+    out["worst"] = max(out["auc_sym"][a] for a in ATTRS)
+    out["w2_gender"] = float(w2_between_groups(U, labels["gender"])["w2"])
+    return out
+
+
+def noise_at(noise: dict, attr: str, ndcg_rel: float) -> float:
+    """Symmetric AUC (max over MLP / logreg) of the noise curve at ``ndcg_rel``
+    (linear interpolation; above the original's NDCG: the original's AUC)."""
+    pts = sorted((v["ndcg_rel"], v["auc_sym"][attr]) for v in noise.values())
+    xs, ys = [x for x, _ in pts], [y for _, y in pts]
+    if ndcg_rel >= xs[-1]:
+        return float(ys[-1])
+    if ndcg_rel < xs[0]:
+        return float("nan")
+    return float(np.interp(ndcg_rel, xs, ys))
+
+
+def main(argv=None) -> int:
+    from fedrec.algorithms import lego as L
     from fedrec.recsys.data import user_data
-    from fedrec.recsys.train import evaluate_full_ranking
 
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=30, help="FedMF rounds before unlearning")
-    p.add_argument(
-        "--timing-rounds",
-        type=int,
-        default=None,
-        help="FedMF rounds of the full-request run (default: --rounds)",
-    )
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--cost-seed", type=int, default=0)
+    p.add_argument("--eps", default="0.1,0.2,1.0", help="per-user eps sweep (besides 0.5)")
+    p.add_argument("--noise", default="0.1,0.2,0.5,1.0")
+    p.add_argument("--silo-noise", default="0.2,0.5,1.0")
     p.add_argument("--out", default="runs/lego")
-    p.add_argument(
-        "--eps",
-        default="0.1,0.2,1.0",
-        help="eps sweep (pure drivers; the config's eps is always included)",
-    )
-    p.add_argument(
-        "--noise",
-        default="0.05,0.1,0.2,0.5,1.0",
-        help="noise scales c (sigma_u = c ||e_u|| / sqrt(d))",
-    )
+    p.add_argument("--report-only", action="store_true", help="rebuild from results.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    toml = HERE / "lego_ml100k.toml"
-    base = load_toml(toml)
-    dyn_dir, full_dir = (
-        out / f"dynamic-r{args.rounds}",
-        out / f"full-r{args.timing_rounds or args.rounds}",
-    )
-    if not (dyn_dir / "summary.json").exists():
-        fedrec.run(toml, out=dyn_dir, overrides=[f"num-server-rounds={args.rounds}"], quiet=True)
-    if not (full_dir / "summary.json").exists():
-        fedrec.run(
-            toml,
-            out=full_dir,
-            quiet=True,
-            overrides=[
-                f"num-server-rounds={args.timing_rounds or args.rounds}",
-                'strategy.params.attributes="gender,age_bucket,occupation"',
-                'strategy.params.add-attributes=""',
-            ],
-        )
-    dyn = json.loads((dyn_dir / "lego.json").read_text())
-    full = json.loads((full_dir / "lego.json").read_text())
-
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+        results.setdefault("minutes", float("nan"))
+        plot(out / "lego_pareto.png", results)
+        (out / "report.md").write_text(report(results))
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",")]
     ds, ud = user_data("ml-100k")
     labels = {a: np.asarray(ds.user_attrs[a]) for a in ATTRS}
-    num_classes = {a: len(ds.attr_names[a]) for a in ATTRS}  # as the federated server
-    U0 = released(dyn_dir, "embeddings_original.npz")
-    U_fed = released(dyn_dir, "embeddings.npz")
-    Q = torch.as_tensor(np.load(dyn_dir / "checkpoint.npz")["w0"].astype(np.float32))
-    d = U0.shape[1]
-
-    def ndcg(U):
-        Ut = torch.as_tensor(np.asarray(U, dtype=np.float32))
-        m = evaluate_full_ranking(lambda u: Ut[u] @ Q.T, ud, (10,))
-        return {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"]}
-
-    def attacks(U, tag):
-        t0 = time.perf_counter()
-        res = {
-            a: attack(
-                np.asarray(U, dtype=np.float32), labels[a], attacker="mlp", seed=0, attribute=a
-            )
-            for a in ATTRS
-        }
-        log.info(
-            "attacked %s in %.0f s: %s",
-            tag,
-            time.perf_counter() - t0,
-            {a: round(r.auc, 3) for a, r in res.items()},
-        )
-        return {
-            a: {
-                "auc": r.auc,
-                "auc_std": r.auc_std,
-                "balanced_accuracy": r.balanced_accuracy,
-                "macro_f1": r.macro_f1,
-                "tpr@1%fpr": r.tpr_at_1pct_fpr,
-            }
-            for a, r in res.items()
-        }
-
-    rows = {
-        "original": {**ndcg(U0), "attack": attacks(U0, "original")},
-        "lego_federated": {**ndcg(U_fed), "attack": attacks(U_fed, "federated LEGO")},
+    K = {a: len(ds.attr_names[a]) for a in ATTRS}
+    results: dict = {
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cost_seed": args.cost_seed,
+        "settings": {},
     }
-
-    # pure drivers: the main eps (check against the federated run) and the sweep
-    opts = dict(
-        seed=dyn["seed"],
-        calibrate_options=dyn["calibrate_options"],
-        combine_options=dyn["combine_options"],
-    )
-    sweep = {}
-    main_eps = dyn["eps"]
-    for eps in sorted({float(x) for x in args.eps.split(",")} | {main_eps}):
-        t0 = time.perf_counter()
-        U, alpha = pure_lego(U0, eps, labels, num_classes, **opts)
-        entry = {
-            **ndcg(U),
-            "alpha": alpha,
-            "pure_s": time.perf_counter() - t0,
-            "max_row_shift_rel": float(
-                (L.row_shifts(U, U0) / np.maximum(np.linalg.norm(U0, axis=1), 1e-12)).max()
+    t_all = time.perf_counter()
+    for setting, upc in SETTINGS.items():
+        sdir = out / setting
+        res: dict = {"cost": {}, "seeds": {}}
+        # 1. federated cost runs
+        fed = federated_cost(sdir / f"cost-s{args.cost_seed}", upc, args.cost_seed)
+        ref, _ = pure_full(fed["full"]["U0"], MAIN_EPS, labels, K, fed["full"]["lego"]["seed"])
+        res["cost"] = {
+            "dynamic": fed["dynamic"]["requests"],
+            "full": fed["full"]["requests"],
+            "max_abs_diff_full_vs_pure": float(np.abs(fed["full"]["U"] - ref.embeddings()).max()),
+            "max_abs_diff_dynamic_vs_full": float(
+                np.abs(fed["dynamic"]["U"] - fed["full"]["U"]).max()
             ),
         }
-        if eps == main_eps:
-            entry["max_abs_diff_vs_federated"] = float(np.abs(U - U_fed).max())
-            entry["attack"] = rows["lego_federated"]["attack"]  # same embeddings to 1e-6
-        else:
-            entry["attack"] = attacks(U, f"LEGO eps={eps}")
-        sweep[eps] = entry
-    noise = {}
-    for c in (float(x) for x in args.noise.split(",")):
-        sigma = c * np.linalg.norm(U0, axis=1) / np.sqrt(d)
-        U = L.gaussian_noise(U0, sigma, seed=0)
-        noise[c] = {**ndcg(U), "attack": attacks(U, f"noise c={c}")}
+        log.info("%s cost: %s", setting, json.dumps(cost_summary(res["cost"])))
+        res["cost"]["rows"] = federated_rows(
+            fed, sdir / f"cost-s{args.cost_seed}", labels, ud, args.cost_seed
+        )
+        # 2.-4. seeds
+        for seed in seeds:
+            run = train_original(seed, sdir / f"orig-s{seed}", upc)
+            U0, Q, lseed = load(run)
+            ndcg = make_ndcg(Q, ud)
+            base = ndcg(U0)
+            radii = L.eps_rows(U0, MAIN_EPS)
+            rows: dict = {}
 
-    U_full = released(full_dir, "embeddings.npz")
-    same_model = (args.timing_rounds or args.rounds) == args.rounds
-    add, first, comp = dyn["requests"][1], dyn["requests"][0], full["requests"][0]
-    timing = {
-        "first_request_s": first["total_s"],
-        "add_request_s": add["total_s"],
-        "full_request_s": comp["total_s"],
-        "add_over_full": add["total_s"] / comp["total_s"],
-        "add_calibrate_s": add["calibrate_s"],
-        "add_combine_s": add["combine_s"],
-        "full_calibrate_s": comp["calibrate_s"],
-        "full_combine_s": comp["combine_s"],
-        "add_messages": add["messages"],
-        "full_messages": comp["messages"],
-        "add_upload_bytes": add["upload_bytes"],
-        "full_upload_bytes": comp["upload_bytes"],
-        "add_over_full_upload": sum(add["upload_bytes"].values())
-        / sum(comp["upload_bytes"].values()),
-        "calibrations": [r["num_calibrations"] for r in dyn["requests"]],
-        "full_run_same_model": same_model,
-        "max_abs_diff_dynamic_vs_full": float(np.abs(U_full - U_fed).max()) if same_model else None,
-        "alpha_dynamic": add["alpha"],
-        "alpha_full": comp["alpha"],
-    }
-    results = {
-        "rounds": args.rounds,
-        "eps": main_eps,
-        "lego_json": dyn,
-        "rows": rows,
-        "sweep": {str(k): v for k, v in sweep.items()},
-        "noise": {str(k): v for k, v in noise.items()},
-        "timing": timing,
-        "fedmf_before": dyn["before"],
-        "after_requests": [r["metrics"] for r in dyn["requests"]],
-        "config": {k: v for k, v in base.items() if k.startswith("strategy.params.")},
-    }
+            ctx = {"setting": setting, "seed": seed, "labels": labels, "ndcg": ndcg}
+            ctx.update(base=base, U0=U0, radii=radii, rows=rows)
+
+            def row(name, U, attackers=("mlp", "logreg"), ctx=ctx, **extra):
+                measure(ctx, name, U, attackers, **extra)
+
+            row("original", U0)
+            lego, secs = pure_full(U0, MAIN_EPS, labels, K, lseed)
+            row(
+                f"lego eps {MAIN_EPS:g}",
+                lego.embeddings(),
+                ("mlp", "logreg", "flip-aware"),
+                alpha=lego.alpha,
+                seconds=secs,
+                steps=lego.timings[-1]["calibration_steps"],
+            )
+            if upc == 1:
+                old, secs = pure_full(U0, MAIN_EPS, labels, K, lseed, balance="sum")
+                row(f"lego-sum eps {MAIN_EPS:g}", old.embeddings(), alpha=old.alpha, seconds=secs)
+                for eps in (float(x) for x in args.eps.split(",")):
+                    lg, secs = pure_full(U0, eps, labels, K, lseed)
+                    row(f"lego eps {eps:g}", lg.embeddings(), alpha=lg.alpha, seconds=secs)
+            noise = {"c 0": rows["original"]}
+            cs = args.noise if upc == 1 else args.silo_noise
+            for c in (float(x) for x in cs.split(",")):
+                sigma = c * np.linalg.norm(U0, axis=1) / np.sqrt(U0.shape[1])
+                row(f"noise c {c:g}", L.gaussian_noise(U0, sigma, seed=seed))
+                noise[f"c {c:g}"] = rows[f"noise c {c:g}"]
+            main = rows[f"lego eps {MAIN_EPS:g}"]
+            main["noise_at_ndcg"] = {a: noise_at(noise, a, main["ndcg_rel"]) for a in ATTRS}
+            res["seeds"][seed] = rows
+            (out / "results.json").write_text(
+                json.dumps(
+                    {**results, "settings": {**results["settings"], setting: res}},
+                    indent=1,
+                    default=float,
+                )
+                + "\n"
+            )
+        results["settings"][setting] = res
+    results["minutes"] = (time.perf_counter() - t_all) / 60
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    plot(out / "lego_tradeoff.png", rows, sweep, noise, main_eps)
-    text = report(results, sweep, noise)
-    (out / "report.md").write_text(text)
-    log.info("wrote %s, %s, %s", out / "report.md", out / "results.json", out / "lego_tradeoff.png")
+    plot(out / "lego_pareto.png", results)
+    (out / "report.md").write_text(report(results))
+    log.info("wrote %s (%.0f min)", out / "report.md", results["minutes"])
     return 0
 
 
-def pure_lego(U0, eps, labels, num_classes, *, seed, calibrate_options, combine_options):
-    """``Lego(U0, eps, seed).add(a)`` for every attribute, without the intermediate
-    combinations (Step 2 always restarts, so the final state is the same)."""
+def measure(ctx: dict, name: str, U, attackers, **extra) -> None:
+    """One row: NDCG, attacks, W2 and the mean row shift (as a share of the eps-0.5 ball)."""
     from fedrec.algorithms import lego as L
 
-    radii = L.eps_rows(U0, eps)
-    cal = {
-        a: L.calibrate(
-            U0,
-            labels[a],
-            eps=radii,
-            relative=False,
-            seed=L.attr_seed(seed, a),
-            num_classes=num_classes[a],
-            **calibrate_options,
-        )
-        for a in ATTRS
-    }
-    comb = L.combine(
-        {a: c.U for a, c in cal.items()},
-        {a: labels[a] for a in ATTRS},
-        seed=seed,
-        priors={a: c.prior for a, c in cal.items()},
-        **combine_options,
+    t0 = time.perf_counter()
+    r = {"ndcg": ctx["ndcg"](U), **attack_row(U, ctx["labels"], ctx["seed"], attackers), **extra}
+    r["ndcg_rel"] = r["ndcg"] / ctx["base"]
+    shift = L.row_shifts(U, ctx["U0"]) / np.maximum(ctx["radii"], 1e-12)
+    r["shift_rel"] = float(np.mean(shift))
+    ctx["rows"][name] = r
+    log.info(
+        "%s seed %d %-22s NDCG %.1f%% worst %.3f %s (%.0f s)",
+        ctx["setting"],
+        ctx["seed"],
+        name,
+        100 * r["ndcg_rel"],
+        r["worst"],
+        {a: round(r["auc_sym"][a], 3) for a in ATTRS},
+        time.perf_counter() - t0,
     )
-    return comb.U, comb.alpha
 
 
-def noise_auc_at(noise: dict, attr: str, ndcg: float) -> float:
-    """AUC of the noise baseline at a given NDCG@10 (linear interpolation along its curve)."""
-    pts = sorted((v["ndcg@10"], v["attack"][attr]["auc"]) for v in noise.values())
-    xs, ys = [x for x, _ in pts], [y for _, y in pts]
-    if ndcg < xs[0] or ndcg > xs[-1]:
-        return float("nan")
-    return float(np.interp(ndcg, xs, ys))
+def _r3(d: dict) -> str:
+    return json.dumps({k: round(v, 3) for k, v in d.items()})
 
 
-def plot(path: Path, rows, sweep, noise, main_eps) -> None:
+# ------------------------------------------------------------------ tables
+def cost_summary(cost: dict) -> dict:
+    add, full = cost["dynamic"][1], cost["full"][0]
+
+    def tot(r, k):
+        return sum(r[k].values())
+
+    return {
+        "add_over_full_wall": add["total_s"] / full["total_s"],
+        "add_over_full_messages": tot(add, "messages") / tot(full, "messages"),
+        "add_over_full_upload": tot(add, "upload_bytes") / tot(full, "upload_bytes"),
+    }
+
+
+def _ms(values) -> str:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return "-"
+    return f"{v.mean():.3f} ± {v.std():.3f}"
+
+
+def _pct(values) -> str:
+    v = 100 * np.asarray(values, dtype=float)
+    return f"{v.mean():.1f} ± {v.std():.1f} %"
+
+
+def report(results: dict) -> str:
+    lines = [f"# LEGO on ML-100K (started {results['started']}, {results['minutes']:.0f} min)", ""]
+    for setting, res in results["settings"].items():
+        seeds = list(res["seeds"])
+        names = list(next(iter(res["seeds"].values())))
+        lines += [
+            f"## {setting}: mean ± std over seeds {', '.join(map(str, seeds))}",
+            "",
+            "Symmetric AUC per attribute = max over the attackers run on the row (MLP, "
+            "logistic regression; + flip-aware on the main LEGO row).",
+            "",
+            "| embeddings | NDCG@10 / original | AUC gender | AUC age_bucket | AUC occupation "
+            "| worst | W2 gender | s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n in names:
+            rs = [res["seeds"][s][n] for s in seeds]
+            lines.append(
+                f"| {n} | {_pct([r['ndcg_rel'] for r in rs])} | "
+                + " | ".join(_ms([r["auc_sym"][a] for r in rs]) for a in ATTRS)
+                + f" | {_ms([r['worst'] for r in rs])} | {_ms([r['w2_gender'] for r in rs])} | "
+                + (_ms([r.get("seconds") for r in rs]) if "seconds" in rs[0] else "-")
+                + " |"
+            )
+        main = f"lego eps {MAIN_EPS:g}"
+        rs = [res["seeds"][s][main] for s in seeds]
+        lines += ["", f"Per attacker, {main} (symmetric AUC):", ""]
+        lines.append("| attribute | " + " | ".join(("mlp", "logreg", "flip-aware")) + " |")
+        lines.append("|---|---|---|---|")
+        for a in ATTRS:
+            lines.append(
+                f"| {a} | "
+                + " | ".join(
+                    _ms([r["auc_sym"][f"{a}/{t}"] for r in rs])
+                    for t in ("mlp", "logreg", "flip-aware")
+                )
+                + " |"
+            )
+        lines += ["", f"Noise baseline at the NDCG of {main} (interpolated per seed):", ""]
+        lines.append("| attribute | LEGO | noise at equal NDCG | LEGO lower in seeds |")
+        lines.append("|---|---|---|---|")
+        for a in ATTRS:
+            lw = [r["auc_sym"][a] for r in rs]
+            nz = [r["noise_at_ndcg"][a] for r in rs]
+            lines.append(
+                f"| {a} | {_ms(lw)} | {_ms(nz)} | {sum(x < y for x, y in zip(lw, nz))}/{len(rs)} |"
+            )
+        alphas = [r["alpha"] for r in rs]
+        lines += [
+            "",
+            "alpha per seed: "
+            + "; ".join(json.dumps({k: round(v, 3) for k, v in x.items()}) for x in alphas),
+            "calibration steps per seed: " + "; ".join(json.dumps(r["steps"]) for r in rs),
+            "",
+        ]
+        c = res["cost"]
+        lines += [
+            f"Cost (federated, seed {results.get('cost_seed', 0)}):",
+            "",
+            "| request | steps (Step 1) | Step-2 steps (warm) | Step 1 s | Step 2 s | total s "
+            "| messages (Step 1 + Step 2) | upload GB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in (
+            ("gender + age_bucket (first)", c["dynamic"][0]),
+            ("add occupation", c["dynamic"][1]),
+            ("gender + age_bucket + occupation (full)", c["full"][0]),
+        ):
+            warm = "warm" if r["warm"] else "cold"
+            lines.append(
+                f"| {name} | {json.dumps(r['calibration_steps'])} | {r['combine_steps']} "
+                f"({warm}) | {r['calibrate_s']:.0f} | {r['combine_s']:.0f} "
+                f"| {r['total_s']:.0f} | {r['messages']['calibrate']} + {r['messages']['combine']} "
+                f"| {sum(r['upload_bytes'].values()) / 1e9:.1f} |"
+            )
+        if "rows" in c:
+            lines += [
+                "",
+                "| federated final embeddings | NDCG@10 / original | "
+                + " | ".join(f"AUC {a}" for a in ATTRS)
+                + " | worst |",
+                "|---|---|---|---|---|---|",
+            ]
+            for n, r in c["rows"].items():
+                lines.append(
+                    f"| {n} | {100 * r['ndcg_rel']:.1f} % | "
+                    + " | ".join(f"{r['auc_sym'][a]:.3f}" for a in ATTRS)
+                    + f" | {r['worst']:.3f} |"
+                )
+        cs = cost_summary(c)
+        lines += [
+            "",
+            f"add / full: wall {cs['add_over_full_wall']:.0%}, messages "
+            f"{cs['add_over_full_messages']:.0%}, upload {cs['add_over_full_upload']:.0%}. "
+            f"Full run vs pure drivers: max |diff| {c['max_abs_diff_full_vs_pure']:.1e}; "
+            "dynamic vs full final embeddings: max |diff| "
+            f"{c['max_abs_diff_dynamic_vs_full']:.3f}; alpha dynamic "
+            f"{_r3(c['dynamic'][1]['alpha'])}, full {_r3(c['full'][0]['alpha'])}.",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, results: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    o = rows["original"]
-    for ax, a in zip(axes, ATTRS):
-        xs = [sweep[e]["ndcg@10"] for e in sorted(sweep)]
-        ax.plot(xs, [sweep[e]["attack"][a]["auc"] for e in sorted(sweep)], "o-", label="LEGO (eps)")
-        for e in sorted(sweep):
-            ax.annotate(
-                f"{e:g}",
-                (sweep[e]["ndcg@10"], sweep[e]["attack"][a]["auc"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
+    res = results["settings"].get("per-user")
+    if res is None:
+        return
+    seeds = list(res["seeds"])
+    names = list(next(iter(res["seeds"].values())))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+
+    def mean(n, key):
+        return float(np.mean([key(res["seeds"][s][n]) for s in seeds]))
+
+    for ax, a in zip(axes, [*ATTRS, "worst"]):
+        key = (lambda r: r["worst"]) if a == "worst" else (lambda r, a=a: r["auc_sym"][a])
+        for prefix, style, label in (
+            ("lego eps", "o-", "LEGO (eps)"),
+            ("noise c", "s--", "noise (c)"),
+        ):
+            pts = sorted(
+                (mean(n, lambda r: r["ndcg_rel"]), mean(n, key), n)
+                for n in names
+                if n.startswith(prefix)
             )
-        ks = sorted(noise)
-        ax.plot(
-            [noise[c]["ndcg@10"] for c in ks],
-            [noise[c]["attack"][a]["auc"] for c in ks],
-            "s--",
-            label="Gaussian noise (c)",
-        )
-        for c in ks:
-            ax.annotate(
-                f"{c:g}",
-                (noise[c]["ndcg@10"], noise[c]["attack"][a]["auc"]),
-                fontsize=7,
-                xytext=(3, -9),
-                textcoords="offset points",
-            )
-        f = rows["lego_federated"]
-        ax.plot(
-            [f["ndcg@10"]],
-            [f["attack"][a]["auc"]],
-            "D",
-            ms=8,
-            mfc="none",
-            label=f"federated LEGO (eps {main_eps:g})",
-        )
-        ax.plot([o["ndcg@10"]], [o["attack"][a]["auc"]], "*", ms=12, label="original")
-        ax.axhline(0.5, color="grey", lw=0.8)
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], style, label=label)
+            for x, y, n in pts:
+                ax.annotate(
+                    n.split()[-1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
+        for n, m in (("original", "*"), (f"lego-sum eps {MAIN_EPS:g}", "x")):
+            if n in names:
+                ax.plot([mean(n, lambda r: r["ndcg_rel"])], [mean(n, key)], m, ms=10, label=n)
         ax.axhline(0.55, color="grey", lw=0.8, ls=":")
-        ax.axvline(0.95 * o["ndcg@10"], color="grey", lw=0.8, ls=":")
-        ax.set(xlabel="NDCG@10", ylabel="attacker AUC (MLP)", title=a)
+        ax.axvline(0.95, color="grey", lw=0.8, ls=":")
+        ax.set(xlabel="NDCG@10 / original", ylabel="symmetric AUC", title=a)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def report(res, sweep, noise) -> str:
-    rows, t = res["rows"], res["timing"]
-    o = rows["original"]
-    lines = [
-        f"# Federated LEGO on ML-100K ({res['rounds']} FedMF rounds, 943 per-user clients)",
-        "",
-        "| embeddings | NDCG@10 | HR@10 | NDCG@10 / original | "
-        + " | ".join(f"AUC {a}" for a in ATTRS)
-        + " |",
-        "|---|---|---|---|" + "---|" * len(ATTRS),
-    ]
-
-    def row(name, r):
-        aucs = " | ".join(
-            f"{r['attack'][a]['auc']:.3f} ± {r['attack'][a]['auc_std']:.3f}" for a in ATTRS
-        )
-        return (
-            f"| {name} | {r['ndcg@10']:.4f} | {r['hr@10']:.4f} | "
-            f"{r['ndcg@10'] / o['ndcg@10']:.1%} | {aucs} |"
-        )
-
-    lines.append(row("original (FedMF)", o))
-    lines.append(row(f"federated LEGO, eps {res['eps']:g} (3 attributes)", rows["lego_federated"]))
-    for e in sorted(sweep, key=float):
-        if float(e) != res["eps"]:
-            lines.append(row(f"LEGO eps {float(e):g} (pure drivers)", sweep[e]))
-    for c in sorted(noise, key=float):
-        lines.append(row(f"Gaussian noise c {float(c):g}", noise[c]))
-    f = rows["lego_federated"]
-    lines += [
-        "",
-        "Noise baseline at the NDCG@10 of federated LEGO (interpolated): "
-        + ", ".join(
-            f"{a} {noise_auc_at(noise, a, f['ndcg@10']):.3f} (LEGO {f['attack'][a]['auc']:.3f})"
-            for a in ATTRS
-        ),
-        "",
-        f"alpha after the dynamic request: {_rounded(t['alpha_dynamic'])}; "
-        f"full request: {_rounded(t['alpha_full'])}",
-        "",
-        "| request | Step 1 s | Step 2 s | total s | messages (Step 1 + Step 2) | upload MB |",
-        "|---|---|---|---|---|---|",
-    ]
-    dyn = res["lego_json"]["requests"]
-    for name, r in (("gender + age_bucket (first)", dyn[0]), ("add occupation", dyn[1])):
-        lines.append(
-            f"| {name} | {r['calibrate_s']:.0f} | {r['combine_s']:.0f} | {r['total_s']:.0f} | "
-            f"{r['messages']['calibrate']} + {r['messages']['combine']} | "
-            f"{sum(r['upload_bytes'].values()) / 1e6:.0f} |"
-        )
-    lines.append(
-        f"| gender + age_bucket + occupation (full) | {t['full_calibrate_s']:.0f} | "
-        f"{t['full_combine_s']:.0f} | {t['full_request_s']:.0f} | "
-        f"{t['full_messages']['calibrate']} + {t['full_messages']['combine']} | "
-        f"{sum(t['full_upload_bytes'].values()) / 1e6:.0f} |"
-    )
-    lines += [
-        "",
-        f"Adding one attribute: {t['add_over_full']:.0%} of the full three-attribute "
-        f"request's wall time, {t['add_over_full_upload']:.0%} of its upload; calibrations "
-        f"run per request {t['calibrations']}.",
-    ]
-    if t["max_abs_diff_dynamic_vs_full"] is not None:
-        lines.append(
-            f"Final embeddings of the dynamic run vs the full run: max |diff| "
-            f"{t['max_abs_diff_dynamic_vs_full']:.2e}."
-        )
-    main = sweep[next(k for k in sweep if float(k) == res["eps"])]
-    lines.append(
-        f"Pure drivers vs federated run (eps {res['eps']:g}): max |diff| "
-        f"{main['max_abs_diff_vs_federated']:.2e}."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _rounded(alpha: dict) -> str:
-    return json.dumps({k: round(v, 3) for k, v in alpha.items()})
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.algorithms import lego as L
 from fedrec.algorithms.estimators import classifier_shapes
 from fedrec.config import key
 from fedrec.messages import FlatLayout
@@ -33,6 +34,7 @@ __all__ = [
     "COUNT",
     "COUNTS",
     "FIT",
+    "FIT_ATTRS",
     "FedLegoParams",
     "G_ALPHA",
     "LOSS",
@@ -124,11 +126,61 @@ class FedLegoParams(FedMFParams):
         check=lambda v: v >= 1,
         check_doc=">= 1",
     )
+    calibrate_patience: int = key(
+        L.DEFAULT_CALIBRATE["patience"],
+        "Step 1 early stop: a calibration stops once its vCLUB estimate has not "
+        "improved (by calibrate-tol of its first value) for this many embedding "
+        "steps; 0 = always run all steps.",
+        check=lambda v: v >= 0,
+        check_doc=">= 0",
+    )
+    calibrate_tol: float = key(
+        L.DEFAULT_CALIBRATE["plateau_tol"],
+        "Step 1 early stop: the improvement that counts, as a fraction of the "
+        "calibration's first vCLUB estimate.",
+        check=lambda v: v >= 0,
+        check_doc=">= 0",
+    )
     combine_steps: int = key(
         50, "Step 2: Adam steps on alpha_tilde.", check=lambda v: v >= 0, check_doc=">= 0"
     )
     combine_lr: float = key(
         0.03, "Step 2: Adam step size on alpha_tilde.", check=lambda v: v > 0, check_doc="> 0"
+    )
+    combine_balance: str = key(
+        L.DEFAULT_COMBINE["balance"],
+        "Step 2 objective: sum (sum of the attributes' mean vCLUB terms, the "
+        "paper's eq. 12), normalized (each divided by the entropy of its "
+        "attribute) or minmax (a smooth maximum of the normalised terms).",
+        choices=L.BALANCES,
+    )
+    combine_temperature: float = key(
+        L.DEFAULT_COMBINE["temperature"],
+        "Step 2, minmax: temperature of the smooth maximum (smaller = closer to "
+        "the worst attribute alone).",
+        check=lambda v: v > 0,
+        check_doc="> 0",
+    )
+    combine_tol: float = key(
+        L.DEFAULT_COMBINE["tol"],
+        "Step 2 early stop: stop once no alpha moved by this much over "
+        "combine-window steps; 0 = always run all steps.",
+        check=lambda v: v >= 0,
+        check_doc=">= 0",
+    )
+    combine_window: int = key(
+        L.DEFAULT_COMBINE["window"],
+        "Step 2 early stop: the window (alpha steps) of combine-tol.",
+        check=lambda v: v >= 1,
+        check_doc=">= 1",
+    )
+    warm_combine_steps: int = key(
+        L.DEFAULT_WARM_STEPS,
+        "Step 2 of a dynamic request (add / withdraw after a combination): "
+        "alpha steps from the previous solution and estimators; 0 = restart "
+        "Step 2 from scratch (combine-steps).",
+        check=lambda v: v >= 0,
+        check_doc=">= 0",
     )
     consent_fraction: float = key(
         1.0,
@@ -155,8 +207,10 @@ STEP = "step"  # calibrate: take one embedding step first (bool)
 FIT = "fit"  # calibrate: reply the estimators' gradient sums (bool)
 MODE = "mode"  # combine: MODE_FIT or MODE_GRAD
 MODE_FIT, MODE_GRAD = "fit", "grad"
+FIT_ATTRS = "fit-attrs"  # combine fit: comma list of the attributes whose estimators
+# travel and get gradient sums (default: all); U(alpha) always mixes every slot named
 ALPHA_TILDE = "alpha-tilde"  # combine, apply: (k,) float64
-WEIGHTS = "weights"  # combine grad: (k,) float64, 1 / count_t
+WEIGHTS = "weights"  # combine grad: (k,) float64, c_t / count_t (the balance's coefficients)
 
 
 def prior_key(attr: str) -> str:
