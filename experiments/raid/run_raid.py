@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--gammas", type=float, nargs="+", default=[0.03, 0.1, 0.3])
-    ap.add_argument("--sigmas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4])
+    ap.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.2, 0.4, 0.8, 1.6])
     ap.add_argument("--attackers", nargs="+", default=list(ATTACKERS), choices=ATTACKERS)
     ap.add_argument("--no-free-support", action="store_true")
     ap.add_argument("--no-adversarial", action="store_true")
