@@ -255,4 +255,5 @@ def test_experiment_report_averages_seeds_and_reads_noise_at_equal_ndcg():
     assert mod.noise_at(S, "gender:worst", 50.0) is None
     text = mod.report(rows, SimpleNamespace(attackers=list(atk), seeds=[1, 2]))
     assert "| raid-g1 | 95.0 ± 5.0 | 0.530 ± 0.010 |" in text
+    assert "| 0.600 (0.700) | 1.000 | 1 | 0 |" in text  # accuracy (majority), W2, wall, gamma
     assert "| raid-g1 | 95.0 | 0.530 / 0.680 |" in text

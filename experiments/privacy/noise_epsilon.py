@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-RAID_SIGMAS = (0.05, 0.1, 0.2, 0.4)
+RAID_SIGMAS = (0.1, 0.2, 0.4, 0.8, 1.6)  # experiments/raid/run_raid.py --sigmas
 LEGO_CS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedrec.privacy.accountant import gaussian_ldp_epsilon
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--raid-run", default="runs/raid/none")
+    p.add_argument("--raid-run", default="runs/raid/seed1/none")
     p.add_argument("--dim", type=int, default=64, help="LEGO's embedding size d")
     p.add_argument("--delta", type=float, default=1e-5)
     args = p.parse_args(argv)

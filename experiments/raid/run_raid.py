@@ -191,7 +191,7 @@ def summarise(rows: list[dict], attackers) -> dict[str, dict]:
             for k, v in fig.items():
                 vals.setdefault(k, []).append(v)
         out[name] = {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in vals.items()} | {
-            "extra": ", ".join(str(r["extra"]) for r in rs)
+            "extra": ", ".join(str(r["extra"]) for r in rs if r["extra"] != "")
         }
     return out
 
@@ -214,7 +214,7 @@ def report(rows: list[dict], args) -> str:
     head = ["run", "NDCG@10 % of undefended"]
     for a in ATTRS:
         head += [f"{a} {short[x]}" for x in atk]
-    head += ["W2 gender", "wall s", "final gamma"]
+    head += [f"gender accuracy {short[atk[0]]} (majority)", "W2 gender", "wall s", "final gamma"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(v):
@@ -225,6 +225,7 @@ def report(rows: list[dict], args) -> str:
         cells = [name, f"{v['ndcg%'][0]:.1f} ± {v['ndcg%'][1]:.1f}"]
         for a in ATTRS:
             cells += [cell(v[f"{a}:{x}"]) for x in atk]
+        cells += [f"{v['acc'][0]:.3f} ({v['majority'][0]:.3f})"]
         cells += [cell(v["w2"]), f"{v['wall'][0]:.0f}", v["extra"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
