@@ -43,10 +43,17 @@ Modes
   behaviour.
 * ``free-support`` (cross-silo, several users per client): the server pools the
   clients' per-group k-means atoms (``quantize-k`` atoms with their masses) and runs
-  POT's free-support barycenter (``support-size`` atoms); the clients compute exact OT
-  plans (``ot.emd``) from their users of each group to the atoms and the barycentric
-  targets. With one user per client the "quantisation" is the embedding itself: use
-  this mode cross-silo.
+  POT's free-support barycenter (``support-size`` atoms). ``support-targets = atoms``
+  (default): the server plans every group's pooled atoms onto the barycenter (onto a
+  multinomial resample of it with ``target-moments = resampled``,
+  :func:`fedrec.algorithms.raid.resampled_support_weights`) and broadcasts each atom's
+  displacement (:func:`fedrec.algorithms.raid.atom_displacements`); each client
+  re-quantises its users exactly as in the centroid round and moves every user with its
+  own atom's displacement, keeping its offset from the atom. ``client-plans``: the
+  clients compute exact OT plans (``ot.emd``) from their own users of each group to the
+  whole barycenter and take the barycentric projection (a few users per client spread
+  over all atoms: every target is pulled toward the barycenter mean). With one user per
+  client the "quantisation" is the embedding itself: use this mode cross-silo.
 * ``adversarial`` (baseline): a shared attribute classifier (the MLP ``d -> adv-hidden
   -> K`` of :mod:`fedrec.algorithms.estimators`) is trained each round by Adam on the
   summed cross-entropy gradients of consenting users (``query.raid_adv``), and local

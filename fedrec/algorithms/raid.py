@@ -117,6 +117,19 @@ plan cost or the projection is used; the projection gives a per-user target and
 the penalty above; :func:`ot_targets`, plans from :func:`group_plans`). For balanced
 sizes the plan is a permutation; a group of one user gets the barycenter mean.
 
+Atom targets (our addition; the strategy's ``support-targets = "atoms"``): a silo holds
+only a few users of a group, so its own plan spreads each user over many barycenter
+atoms and the projection pulls every target toward the barycenter mean. Instead the
+server plans each group's *pooled* atoms (with their masses) onto the barycenter and
+every atom moves to its barycentric projection (:func:`atom_displacements`); a user
+moves with its own atom's displacement, ``t_u = e_u + delta_{atom(u)}``, keeping its
+offset from the atom (:func:`quantize_groups` with ``return_labels=True`` gives each
+user's atom). The resampling principle above has a discrete analogue: plan onto a fresh
+``n_a``-sample of the uniform barycenter measure, ``Multinomial(n_a, 1/s) / n_a``
+(:func:`resampled_support_weights`). Measured limitation (``experiments/raid``): the
+quantisation itself differs between groups of different sizes in a silo, which the MLP
+attacker still reads.
+
 Diagnostic
 ----------
 :func:`w2_between_groups`: on embeddings standardised by the pooled mean and
