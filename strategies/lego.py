@@ -382,23 +382,24 @@ class FedLego(FedMF):
         hist.update(warm=bool(warm), steps=0, cold=len(names) - len(warm) if k > 1 else 0)
         if k < 2:
             return np.zeros(k), hist
+        pv: dict[str, Any] = prev or {}  # non-empty whenever warm is
         if warm:
-            old = list(prev["names"])
+            old = list(pv["names"])
             at = L.initial_alpha_tilde(
-                names, {t: float(prev["alpha_tilde"][old.index(t)]) for t in warm}
+                names, {t: float(pv["alpha_tilde"][old.index(t)]) for t in warm}
             )
             steps = p.warm_combine_steps
         else:
             at, steps = np.zeros(k), p.combine_steps
         params = {
-            t: prev["params"][t]
+            t: pv["params"][t]
             if t in warm
             else E.classifier_init(
                 p.dim, self.num_classes[t], p.hidden, L.attr_seed(self.seed, "combine:" + t)
             )
             for t in names
         }
-        states: dict[str, Any] = {t: prev["states"][t] if t in warm else None for t in names}
+        states: dict[str, Any] = {t: pv["states"][t] if t in warm else None for t in names}
         cold = [t for t in names if t not in warm]
         inv = np.array([1.0 / max(self.active[t]["count"], 1) for t in names])
         scales = np.array([self.active[t]["scale"] for t in names])

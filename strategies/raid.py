@@ -266,8 +266,8 @@ class RAID(FedMF):
                 for a in np.unique(gid):
                     atoms[int(a)].append(X[gid == a])
                     mass[int(a)].append(w[gid == a])
-            present = [a for a in range(G) if atoms[a]]
-            meas = [(np.concatenate(atoms[a]), np.concatenate(mass[a])) for a in present]
+            nonempty = [a for a in range(G) if atoms[a]]
+            meas = [(np.concatenate(atoms[a]), np.concatenate(mass[a])) for a in nonempty]
             weights_g = np.array([m.sum() for _, m in meas])
             X_star = raid.free_support_barycenter(
                 meas, weights_g / weights_g.sum(), p.support_size, seed=rnd
@@ -276,7 +276,7 @@ class RAID(FedMF):
             if p.support_targets == "client-plans":
                 self.broadcast = spec.support_broadcast(X_star)
             else:
-                self.broadcast = self._atom_targets(uploads, present, meas, X_star, rnd)
+                self.broadcast = self._atom_targets(uploads, nonempty, meas, X_star, rnd)
         self.version += 1
         info["version"] = self.version
         return info

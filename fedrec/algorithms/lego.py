@@ -336,7 +336,7 @@ __all__ = [
     "vclub_prior_terms",
 ]
 
-DEFAULT_CALIBRATE = {  # [X] defaults of calibrate(); the paper's are unpublished
+DEFAULT_CALIBRATE: dict[str, Any] = {  # [X] defaults of calibrate(); the paper's are unpublished
     "steps": 200,
     "n_phi": 5,
     "warmup_phi": 100,
@@ -347,7 +347,7 @@ DEFAULT_CALIBRATE = {  # [X] defaults of calibrate(); the paper's are unpublishe
     "patience": 25,
     "plateau_tol": 0.01,
 }
-DEFAULT_COMBINE = {  # [X] defaults of combine()
+DEFAULT_COMBINE: dict[str, Any] = {  # [X] defaults of combine()
     "steps": 50,
     "lr": 0.03,
     "n_phi": 5,
@@ -1067,6 +1067,7 @@ def combine(
         m = _mask(f"masks[{t!r}]", None if masks is None else masks[t], (n,))
         ps.append(attribute_prior(y, K, m) if pr is None else _prior(f"priors[{t!r}]", pr, K))
         if warm[i]:
+            assert classifiers is not None  # warm[i] implies it
             _, _, _, K0 = _params(f"classifiers[{t!r}]", classifiers[t], d)
             if K0 != K:
                 raise ConfigError(f"classifiers[{t!r}] has {K0} classes, labels need {K}")
@@ -1220,6 +1221,7 @@ class Lego:
         kw: dict[str, Any] = dict(self.combine_options)
         warm = [t for t in self.calibrations if prev is not None and t in prev.classifiers]
         if warm and self.warm_steps > 0:
+            assert prev is not None  # warm implies it
             names = list(prev.alpha)
             kw.update(
                 steps=self.warm_steps,
