@@ -53,7 +53,7 @@ from fedrec.specs import raid as spec
 
 def user_groups(cfg, p, users: np.ndarray) -> np.ndarray:
     ds, _ = cfg_user_data(cfg)
-    return np.asarray(ds.user_attrs[p.attribute], dtype=np.int64)[users]
+    return spec.group_codes(ds.user_attrs, p.attribute)[0][users]
 
 
 def consenting(cfg, p, users: np.ndarray) -> np.ndarray:
@@ -78,10 +78,7 @@ class RAIDClient(MFClient):
         ds, ud = cfg_user_data(cfg)
         users, owner, P = cls._users_and_P(cfg, p, ud, states)
         groups = user_groups(cfg, p, users)
-        G = (
-            int(config.get(spec.NUM_GROUPS, 0))
-            or int(np.asarray(ds.user_attrs[p.attribute]).max()) + 1
-        )
+        G = int(config.get(spec.NUM_GROUPS, 0)) or spec.group_codes(ds.user_attrs, p.attribute)[1]
         if message_type == f"query.{spec.VALIDATE}":
             # only what the back-off reads leaves the client: the per-user validation NDCG@10
             # (the full ranking reply would carry each user's top-20 list and rank, i.e. the

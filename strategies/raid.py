@@ -108,20 +108,22 @@ class RAID(FedMF):
 
         p = cls.parse_params(cfg)
         ds, _ = cfg_user_data(cfg)
-        if p.attribute not in (ds.user_attrs or {}):
-            allowed = (
-                ", ".join(sorted(ds.user_attrs or {}))
-                or "none (this dataset has no user attributes)"
-            )
-            raise ConfigError(
-                f"config key 'strategy.params.attribute': '{p.attribute}' is not a "
-                f"user attribute of '{cfg.dataset.name}'; allowed: {allowed}"
-            )
+        names = spec.attribute_names(p.attribute)
+        for name in names or [p.attribute]:
+            if name not in (ds.user_attrs or {}):
+                allowed = (
+                    ", ".join(sorted(ds.user_attrs or {}))
+                    or "none (this dataset has no user attributes)"
+                )
+                raise ConfigError(
+                    f"config key 'strategy.params.attribute': '{name}' is not a "
+                    f"user attribute of '{cfg.dataset.name}'; allowed: {allowed} "
+                    "(several joined by commas)"
+                )
 
     def setup(self, grid) -> None:
         super().setup(grid)
-        attr = np.asarray(self.ds.user_attrs[self.params.attribute], dtype=np.int64)
-        self.num_groups = int(attr.max()) + 1
+        _, self.num_groups = spec.group_codes(self.ds.user_attrs, self.params.attribute)
         self.gamma = float(self.params.gamma)
         self.version = 0
         self.broadcast: dict[str, Any] = {}

@@ -229,6 +229,26 @@ def test_gaussian_maps_small_groups_go_to_the_barycenter_mean():
     np.testing.assert_allclose(t[-1], m)
 
 
+def test_gaussian_maps_groups_of_at_most_d_users_are_only_shifted():
+    """A group of 2..d users has a singular covariance: the Brenier map to a full-rank
+    target would blow its users' off-span drift up by ~ridge^-1/2; it is shifted instead."""
+    rng = np.random.default_rng(9)
+    d = 4
+    emb = np.vstack([rng.normal(size=(60, d)), rng.normal(loc=2, size=(3, d))])
+    groups = np.r_[np.zeros(60, dtype=int), np.ones(3, dtype=int)]
+    counts, sums, outer = R.group_moment_sums(emb, groups, 2)
+    means, covs = R.moments_from_sums(counts, sums, outer)
+    m, C = R.gaussian_barycenter(means, covs, counts / counts.sum())
+    A, b = R.gaussian_maps(means, covs, m, C, counts=counts)
+    np.testing.assert_array_equal(A[1], np.eye(d))
+    np.testing.assert_allclose(b[1], m - means[1])
+    drift = emb + 1e-3  # a small drift off the group's affine span moves the target by as much
+    t = R.gaussian_targets(drift, groups, A, b)
+    np.testing.assert_allclose(t[60:] - R.gaussian_targets(emb, groups, A, b)[60:], 1e-3)
+    A_full, _ = R.gaussian_maps(means, covs, m, C)  # without counts: the ill-conditioned map
+    assert np.linalg.norm(A_full[1], 2) > 100
+
+
 # --------------------------------------------------- OT check 4: plan marginals
 @pytest.mark.parametrize("b_weights", [None, "random"])
 def test_group_plans_marginals_and_targets(b_weights):

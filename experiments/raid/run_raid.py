@@ -7,6 +7,8 @@ and their audits are reused):
 * ``raid-g{gamma}``: RAID, Gaussian mode (cross-device moments), per-user clients,
   resampled targets (``target-moments = "resampled"``, the default), a centroid round
   every round (the config's ``centroid-every = 1``), gamma swept;
+* ``raid-joint-g{0.03,0.1}``: ``attribute = "gender,age_bucket"``, the 14 combinations
+  aligned jointly (cells of 2 to d users only shifted);
 * ``raid-F5-g0.1``: gamma 0.1 with a centroid round every 5 rounds instead of every round;
 * ``raid-bary-g0.1``: gamma 0.1 with ``target-moments = "barycenter"`` (every group mapped
   onto the barycenter itself; the previous default, kept to show why it was replaced);
@@ -51,6 +53,11 @@ def plan(gammas, free_support: bool, adversarial: bool) -> dict[str, dict]:
     runs: dict[str, dict] = {"none": {"strategy.params.gamma": 0.0}}
     for g in gammas:
         runs[f"raid-g{g:g}"] = {"strategy.params.gamma": g}
+    for g in (0.03, 0.1):
+        runs[f"raid-joint-g{g:g}"] = {
+            "strategy.params.gamma": g,
+            "strategy.params.attribute": "gender,age_bucket",
+        }
     runs["raid-F5-g0.1"] = {"strategy.params.gamma": 0.1, "strategy.params.centroid-every": 5}
     runs["raid-bary-g0.1"] = {
         "strategy.params.gamma": 0.1,
@@ -271,6 +278,7 @@ def _plot(S: dict, path):
         for name, marker in (
             ("none", "k*"),
             ("raid-bary-g0.1", "mD"),
+            ("raid-joint-g0.03", "bP"),
             ("silo-raid-g0.1", "c^"),
             ("silo-raid-fs", "g^"),
             ("silo-raid-fs-plans", "y^"),

@@ -64,7 +64,11 @@ measure; no Monge map from a Dirac to a Gaussian exists, and the barycentric
 projection of the only coupling sends the user to the barycenter mean. With
 ``counts`` given, :func:`gaussian_maps` uses ``A_a = 0, b_a = m*`` for those groups
 (without ``counts`` the ridge map ``(C*/ridge)^{1/2}`` would amplify any drift of
-the user away from ``m_a`` by ``~ridge^{-1/2}``).
+the user away from ``m_a`` by ``~ridge^{-1/2}``). *Groups of 2 to d users* have a
+singular sample covariance (rank ``n_a - 1``) and the same amplification in the
+directions they do not span, so with ``counts`` given they are only shifted, ``A_a = I,
+b_a = m* - m_a`` (our choice; such groups arise with many-valued or joint attributes,
+e.g. ``gender,age_bucket`` on ML-100K has cells of 7 to 231 users at d = 64).
 
 Resampled targets (our addition; ``target-moments = "resampled"``)
 -------------------------------------------------------------------
@@ -393,7 +397,8 @@ def gaussian_maps(means, covs, m_star, C_star, counts=None) -> tuple[np.ndarray,
             group (the barycenter); or ``(G, d)`` and ``(G, d, d)``: a target per group
             (the resampled targets of :func:`resampled_moments`).
         counts: optional ``(G,)`` group sizes; groups with fewer than 2 users get the
-            constant map ``A_a = 0, b_a = m_star[a]`` (see the module docstring).
+            constant map ``A_a = 0, b_a = m_star[a]``, groups of 2 to ``d`` users the
+            shift ``A_a = I, b_a = m_star[a] - means[a]`` (see the module docstring).
 
     Returns:
         ``A (G, d, d)`` (symmetric) and ``b (G, d)`` with ``T_a(x) = x @ A[a].T + b[a]``;
@@ -416,16 +421,22 @@ def gaussian_maps(means, covs, m_star, C_star, counts=None) -> tuple[np.ndarray,
     for a in range(G):
         _check_pd(Cs[a], "C_star" if G == 1 else f"C_star[{a}]")
     small = np.zeros(G, dtype=bool)
+    few = np.zeros(G, dtype=bool)
     if counts is not None:
         c = np.asarray(counts, dtype=np.float64)
         if c.shape != (G,):
             raise ConfigError(f"counts must have shape ({G},), got {c.shape}")
         small = c < 2
+        few = (c >= 2) & (c <= d)
     A = np.zeros((G, d, d))
     b = np.zeros((G, d))
     for a in range(G):
         if small[a]:
             b[a] = ms[a]
+            continue
+        if few[a]:  # singular sample covariance: shift the mean only
+            A[a] = np.eye(d)
+            b[a] = ms[a] - m[a]
             continue
         _check_pd(C[a], f"covs[{a}]")
         Ap, bp = ot.gaussian.bures_wasserstein_mapping(m[a], ms[a], C[a], Cs[a])

@@ -46,8 +46,10 @@ __all__ = [
     "VERSION",
     "adversary_broadcast",
     "adversary_layout",
+    "attribute_names",
     "atoms_broadcast",
     "gaussian_broadcast",
+    "group_codes",
     "pack_adv_grads",
     "pack_moments",
     "pack_quantized",
@@ -74,7 +76,8 @@ class RAIDParams(FedMFParams):
     attribute: str = key(
         "gender",
         "The protected user attribute (a key of the dataset's "
-        "user profile, e.g. gender, age_bucket, occupation).",
+        "user profile, e.g. gender, age_bucket, occupation), or several joined by "
+        "commas, protected jointly (one group per combination of values).",
     )
     gamma: float = key(
         0.5,
@@ -156,6 +159,30 @@ class RAIDParams(FedMFParams):
         check=lambda v: 0 < v <= 1,
         check_doc="in (0, 1]",
     )
+
+
+def attribute_names(attribute: str) -> list[str]:
+    """The profile keys of ``strategy.params.attribute`` (comma-separated)."""
+    return [n.strip() for n in str(attribute).split(",") if n.strip()]
+
+
+def group_codes(user_attrs: Mapping[str, Any], attribute: str) -> tuple[np.ndarray, int]:
+    """Every user's protected group and the number of groups ``G``.
+
+    One attribute: its values (``G = max + 1``). Several, ``"a,b"``: the joint value
+    ``code = v_a * K_b + v_b`` (mixed radix over the attributes in the given order,
+    ``K = max + 1`` over all users; ``G`` the product), so RAID aligns every
+    combination's distribution (empty combinations are skipped by the server).
+    """
+    names = attribute_names(attribute)
+    codes = np.zeros(len(np.asarray(user_attrs[names[0]])), dtype=np.int64)
+    total = 1
+    for n in names:
+        v = np.asarray(user_attrs[n], dtype=np.int64)
+        k = int(v.max()) + 1
+        codes = codes * k + v
+        total *= k
+    return codes, total
 
 
 # ------------------------------------------------------------------ query actions
