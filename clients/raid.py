@@ -135,7 +135,7 @@ class RAIDClient(MFClient):
                     groups[m],
                     G,
                     p.quantize_k,
-                    seed=int(server_round) * 7919 + c,
+                    seed=spec.quantize_seed(server_round, c),
                 )
                 gid = np.concatenate([np.full(len(w), a) for a, (_, w) in enumerate(meas)])
                 X = np.concatenate([x for x, _ in meas]) if len(gid) else np.zeros((0, P.shape[1]))
@@ -194,7 +194,7 @@ class RAIDClient(MFClient):
                         continue
                     # atoms: the quantisation of the centroid round again (same rows,
                     # same seed), every user moved with its atom's displacement
-                    seed = int(config[spec.STATS_ROUND]) * 7919 + c
+                    seed = spec.quantize_seed(config[spec.STATS_ROUND], c)
                     meas, atom = raid.quantize_groups(
                         e, gk, G, p.quantize_k, seed=seed, return_labels=True
                     )

@@ -154,33 +154,34 @@ class RAID(FedMF):
         if p.mode == "adversarial":
             if k >= 0:
                 self._train_adversary(grid, server_round, weights)
-        last = server_round == self.total_rounds() and p.release_transport
-        if k < 0 or k % p.centroid_every:
-            if last and p.mode != "adversarial":
-                info = {"round": server_round, **self._centroid_round(grid, server_round, weights)}
-                self._transport(grid, server_round, weights, info)
+        transport = (
+            server_round == self.total_rounds() and p.release_transport and p.mode != "adversarial"
+        )
+        centroid = k >= 0 and k % p.centroid_every == 0
+        if not (centroid or transport):
             return weights
         info: dict[str, Any] = {"round": server_round}
-        val = self._validate(grid, server_round, weights)
-        info["val-ndcg@10"] = val
-        if self.val_ref is None:
-            self.val_ref = val
-        elif val < (1 - p.ndcg_tolerance) * self.val_ref:
-            self.gamma *= p.gamma_backoff
-            info["backoff"] = True
-        info["gamma"] = self.gamma
-        if p.mode != "adversarial":
+        if centroid:
+            val = self._validate(grid, server_round, weights)
+            info["val-ndcg@10"] = val
+            if self.val_ref is None:
+                self.val_ref = val
+            elif val < (1 - p.ndcg_tolerance) * self.val_ref:
+                self.gamma *= p.gamma_backoff
+                info["backoff"] = True
+            info["gamma"] = self.gamma
+        if p.mode != "adversarial":  # a centroid round, or the one before the transport
             info.update(self._centroid_round(grid, server_round, weights))
         else:
             self.version += 1
-        if last and p.mode != "adversarial":
-            self._transport(grid, server_round, weights, info)
-            return weights
+        if transport:
+            self._transport(grid, server_round, weights)
+            info["transported"] = True
         self.defense_log.append(info)
         self._extra[server_round] = {k2: v for k2, v in info.items() if k2 != "round"}
         return weights
 
-    def _transport(self, grid, rnd, weights, info) -> None:
+    def _transport(self, grid, rnd, weights) -> None:
         """release-transport: every user takes its OT target of the newest version."""
         self.communicate(
             grid,
@@ -190,9 +191,6 @@ class RAID(FedMF):
             weights,
             {spec.VERSION: self.version, spec.NUM_GROUPS: self.num_groups, **self.broadcast},
         )
-        info["transported"] = True
-        self.defense_log.append(info)
-        self._extra[rnd] = {k2: v for k2, v in info.items() if k2 != "round"}
 
     def on_round_end(self, server_round: int, record) -> None:
         record.extra.update(self._extra.pop(server_round, {}))
@@ -241,23 +239,13 @@ class RAID(FedMF):
                 m_star, C_star = raid.resampled_moments(
                     m_star, C_star, cnt[present], seed=derive_seed(self.cfg.seed, "raid-resample")
                 )
-                tw = [
-                    raid.bures_w2(m_star[i], C_star[i], m_star[j], C_star[j]) ** 0.5
-                    for i in range(len(m_star))
-                    for j in range(i + 1, len(m_star))
-                ]
-                info["group-w2-target"] = float(np.mean(tw)) if tw else 0.0
+                info["group-w2-target"] = _mean_pairwise_w2(m_star, C_star)
             A_p, b_p = raid.gaussian_maps(means, covs, m_star, C_star, counts=cnt[present])
             A = np.tile(np.eye(d), (G, 1, 1))
             b = np.zeros((G, d))
             A[present], b[present] = A_p, b_p
             self.broadcast = spec.gaussian_broadcast(A, b)
-            pairs = [
-                raid.bures_w2(means[i], covs[i], means[j], covs[j]) ** 0.5
-                for i in range(len(means))
-                for j in range(i + 1, len(means))
-            ]
-            info["group-w2-gaussian"] = float(np.mean(pairs)) if pairs else 0.0
+            info["group-w2-gaussian"] = _mean_pairwise_w2(means, covs)
         else:
             atoms: list[list] = [[] for _ in range(G)]
             mass: list[list] = [[] for _ in range(G)]
@@ -301,15 +289,13 @@ class RAID(FedMF):
                     seed=derive_seed(self.cfg.seed, "raid-resample", a),
                 )
             disp[a] = raid.atom_displacements(X_a, w_a, X_star, beta)
-        taken = dict.fromkeys(present, 0)
-        owner, rows = [], []
-        for cid, gid in uploads:  # the pooled order: replies in order, atoms by group
-            for a in gid:
-                rows.append(disp[int(a)][taken[int(a)]])
-                taken[int(a)] += 1
-            owner.append(np.full(len(gid), cid))
-        D = np.stack(rows) if rows else np.zeros((0, X_star.shape[1]))
-        return spec.atoms_broadcast(X_star, np.concatenate(owner), D, rnd)
+        # a group's pooled atoms are its rows of the replies in reply order
+        gids = np.concatenate([gid for _, gid in uploads])
+        D = np.zeros((gids.size, X_star.shape[1]))
+        for a in present:
+            D[gids == a] = disp[a]
+        owner = np.concatenate([np.full(len(gid), cid) for cid, gid in uploads])
+        return spec.atoms_broadcast(X_star, owner, D, rnd)
 
     def _train_adversary(self, grid, rnd, weights) -> None:
         from fedrec.seeding import derive_seed
@@ -351,3 +337,15 @@ class RAID(FedMF):
         (out_dir / "raid.json").write_text(
             json.dumps({"defense": self.defense_log, "final-gamma": self.gamma}, indent=1)
         )
+
+
+def _mean_pairwise_w2(means: np.ndarray, covs: np.ndarray) -> float:
+    """Mean Bures-Wasserstein distance (not squared) over the pairs of Gaussians."""
+    from fedrec.algorithms import raid
+
+    pairs = [
+        raid.bures_w2(means[i], covs[i], means[j], covs[j]) ** 0.5
+        for i in range(len(means))
+        for j in range(i + 1, len(means))
+    ]
+    return float(np.mean(pairs)) if pairs else 0.0

@@ -53,6 +53,7 @@ __all__ = [
     "pack_adv_grads",
     "pack_moments",
     "pack_quantized",
+    "quantize_seed",
     "support_broadcast",
     "unpack_adv_grads",
     "unpack_adversary",
@@ -183,6 +184,12 @@ def group_codes(user_attrs: Mapping[str, Any], attribute: str) -> tuple[np.ndarr
         codes = codes * k + v
         total *= k
     return codes, total
+
+
+def quantize_seed(stats_round: int, client: int) -> int:
+    """The k-means seed of ``client``'s quantisation in the centroid round ``stats_round``
+    (free-support): the upload and the atom targets re-quantise with the same one."""
+    return int(stats_round) * 7919 + int(client)
 
 
 # ------------------------------------------------------------------ query actions
